@@ -1,0 +1,56 @@
+"""Command line: ``semisupseg <command> ...`` (also ``python -m semisupseg``).
+
+Each command lives in its own module of this package with ``register(subparsers)`` adding its parser (and setting
+``func`` to a ``run(args) -> int`` function). Errors the package raises on purpose (:class:`SemiSupSegError`) are
+printed as one line ``error: ...`` with exit code 2; other exceptions keep their traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from semisupseg import __version__
+from semisupseg.errors import Cancelled, SemiSupSegError
+
+#: command modules in the order ``--help`` lists them
+COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "methods", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semisupseg",
+        description="Semi-supervised 3D medical image segmentation: train, segment, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"semisupseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"semisupseg.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"semisupseg.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 130
+    except SemiSupSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Device selection and the CPU/GPU fast paths (channels_last_3d, bf16 autocast) shared by inference and training."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Union
+
+import torch
+
+from semisupseg.errors import InputError
+
+DeviceSpec = Union[str, torch.device]
+
+
+def resolve_device(spec: DeviceSpec = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given.
+
+    Raises :class:`InputError` when CUDA is asked for and not available.
+    """
+    if isinstance(spec, torch.device):
+        return spec
+    spec = str(spec).strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {spec!r} requested but CUDA is not available (use --device cpu or auto)")
+    try:
+        return torch.device(spec)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {spec!r}: expected auto, cpu, cuda or cuda:N") from exc
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth using on ``device`` (CUDA with bf16, or a CPU with native bf16 kernels)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.backends.mkldnn.is_available()) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """bf16 autocast on ``device`` when ``enabled`` and supported; otherwise a no-op context."""
+    if enabled and bf16_supported(device):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A 5-D tensor in ``torch.channels_last_3d`` memory format (other tensors unchanged)."""
+    return x.contiguous(memory_format=torch.channels_last_3d) if x.dim() == 5 else x
