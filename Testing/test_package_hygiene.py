@@ -1,0 +1,79 @@
+"""Package-wide rules: no Slicer/Qt imports in the core package, Python 3.9 syntax, a working CLI entry point."""
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "semisupseg"
+FORBIDDEN = ("slicer", "qt", "PythonQt", "ctk", "vtk", "PyQt5", "PyQt6", "PySide2", "PySide6", "mrml")
+
+
+def _python_files():
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_no_slicer_or_qt_imports_in_package():
+    offenders = []
+    for path in _python_files():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] in FORBIDDEN:
+                    offenders.append(f"{path.relative_to(PACKAGE.parent)}: import {name}")
+    assert not offenders, "the core package must stay Qt/Slicer-free:\n" + "\n".join(offenders)
+
+
+def _python39():
+    """A working Python 3.9 interpreter (pyenv shims may exist without the version: check it runs)."""
+    candidates = sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python")) + [shutil.which("python3.9")]
+    for candidate in candidates:
+        if candidate and subprocess.run([str(candidate), "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],
+                                        capture_output=True).returncode == 0:
+            return str(candidate)
+    return None
+
+
+def test_package_compiles_with_python39():
+    """Slicer bundles Python 3.9+: the package must at least parse and compile there (syntax, not deps)."""
+    py39 = _python39()
+    if py39 is None:
+        pytest.skip("no Python 3.9 interpreter on this machine")
+    files = [str(p) for p in _python_files()]
+    code = ("import sys, py_compile\n"
+            "bad = []\n"
+            "for f in sys.argv[1:]:\n"
+            "    try: py_compile.compile(f, doraise=True, cfile='/dev/null')\n"
+            "    except py_compile.PyCompileError as e: bad.append(str(e))\n"
+            "print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n")
+    result = subprocess.run([py39, "-c", code, *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_module_has_future_annotations():
+    """PEP 604/585 annotations are only safe on 3.9 with postponed evaluation."""
+    missing = []
+    for path in _python_files():
+        text = path.read_text()
+        if ("|" in text or "list[" in text or "dict[" in text or "tuple[" in text) and \
+                "from __future__ import annotations" not in text and text.strip():
+            tree = ast.parse(text)
+            if any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.AnnAssign)) for n in ast.walk(tree)):
+                missing.append(str(path.relative_to(PACKAGE.parent)))
+    assert not missing, "add 'from __future__ import annotations' to: " + ", ".join(missing)
+
+
+def test_cli_help_runs():
+    result = subprocess.run([sys.executable, "-m", "semisupseg", "--help"], capture_output=True, text=True,
+                            cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr
+    assert "semisupseg" in result.stdout
