@@ -49,11 +49,11 @@ def test_package_compiles_with_python39():
     if py39 is None:
         pytest.skip("no Python 3.9 interpreter on this machine")
     files = [str(p) for p in _python_files()]
-    code = ("import sys, py_compile\n"
+    code = ("import sys\n"
             "bad = []\n"
             "for f in sys.argv[1:]:\n"
-            "    try: py_compile.compile(f, doraise=True, cfile='/dev/null')\n"
-            "    except py_compile.PyCompileError as e: bad.append(str(e))\n"
+            "    try: compile(open(f).read(), f, 'exec')\n"
+            "    except SyntaxError as e: bad.append(f'{f}:{e.lineno}: {e.msg}')\n"
             "print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n")
     result = subprocess.run([py39, "-c", code, *files], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
