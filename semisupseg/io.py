@@ -1,0 +1,637 @@
+"""Reading and writing volumes: NIfTI, NRRD, MHA/MHD, DICOM series folders (SimpleITK) and the LA ``mri_norm2.h5``.
+
+Everything read comes back as a :class:`~semisupseg.volume.Volume`: ``array`` in **z, y, x** order, ``spacing`` and
+``origin`` in **x, y, z** millimetres (ITK/LPS), ``direction`` a 3x3 cosine matrix whose column ``i`` is the
+physical direction of index axis ``i`` (x, y, z).
+
+Validation (every problem raises :class:`~semisupseg.errors.InputError` naming the file):
+
+* unreadable / corrupt / missing files, unsupported suffixes;
+* not a 3D scalar volume: 2D images, a single slice, 4D images with more than one component along the 4th axis
+  (a 4D image with exactly one component is squeezed to 3D), multi-component (vector / RGB) pixels unless
+  ``allow_channels=True``;
+* empty images (a zero-size axis);
+* NaN/Inf voxels: an error by default (``nonfinite="error"``); ``nonfinite="zero"`` replaces them by 0 instead
+  (documented opt-in, used e.g. for probability maps written by other tools);
+* labels (:func:`read_label`): geometry different from its image, float values that are not whole numbers, values
+  outside the declared classes. Labels come back as integers (``uint8`` when the values fit, else ``int16``/
+  ``int32``); float-typed label files with whole-number values (some Task04_Hippocampus files) are accepted.
+
+Writing (:func:`write_volume`) keeps exactly the geometry of the Volume, chooses the format by suffix
+(``.nii.gz``, ``.nii``, ``.nrrd``, ``.seg.nrrd``, ``.nhdr`` is not supported for writing, ``.mha``, ``.mhd``),
+refuses to replace an existing file unless ``overwrite=True`` (:class:`~semisupseg.errors.OutputExistsError`) and
+writes atomically: a temporary file in the destination folder, then :func:`os.replace`, so a crash never leaves a
+half-written output under the final name.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from semisupseg.errors import InputError, OutputExistsError
+from semisupseg.volume import Volume
+
+__all__ = [
+    "Volume",
+    "IMAGE_SUFFIXES",
+    "WRITE_SUFFIXES",
+    "LA_H5_SPACING",
+    "volume_suffix",
+    "strip_suffix",
+    "is_volume_file",
+    "read_volume",
+    "read_image",
+    "read_label",
+    "read_la_h5",
+    "read_image_or_h5",
+    "read_label_or_h5",
+    "check_finite",
+    "check_label_geometry",
+    "check_label_values",
+    "label_array",
+    "to_sitk",
+    "from_sitk",
+    "write_volume",
+    "write_segmentation",
+    "list_volume_files",
+    "describe",
+]
+
+PathLike = Union[str, Path]
+
+#: suffixes :func:`read_volume` accepts (lower case; ``.nii.gz`` etc. are matched as a whole)
+IMAGE_SUFFIXES: Tuple[str, ...] = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd", ".h5", ".hdf5")
+#: suffixes :func:`write_volume` can write
+WRITE_SUFFIXES: Tuple[str, ...] = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
+#: voxel size of the LA ``mri_norm2.h5`` release (x, y, z mm): the files store none, the LGE-MRI scans are 0.625 mm
+LA_H5_SPACING: Tuple[float, float, float] = (0.625, 0.625, 0.625)
+
+NonFinite = str  # "error" | "zero"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# names
+# ---------------------------------------------------------------------------------------------------------------
+def volume_suffix(path: PathLike) -> str:
+    """The recognised (lower-case) suffix of ``path`` (``".nii.gz"``, ``".nrrd"``...), or ``""`` if none."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def strip_suffix(path: PathLike) -> str:
+    """The file name without its volume suffix (``"case_001.nii.gz"`` → ``"case_001"``)."""
+    name = Path(path).name
+    suffix = volume_suffix(name)
+    return name[: len(name) - len(suffix)] if suffix else Path(name).stem
+
+
+def is_volume_file(path: PathLike) -> bool:
+    """Whether ``path`` is a regular, non-hidden file with a readable volume suffix."""
+    p = Path(path)
+    return p.is_file() and not p.name.startswith(".") and volume_suffix(p) != ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SimpleITK <-> Volume
+# ---------------------------------------------------------------------------------------------------------------
+def from_sitk(image: sitk.Image, path: Optional[PathLike] = None, allow_channels: bool = False) -> Volume:
+    """A :class:`Volume` from a 3D SimpleITK image (4D with one component along t is squeezed).
+
+    ``allow_channels``: accept multi-component pixels and return them as ``(C, Z, Y, X)``.
+    Raises :class:`InputError` (naming ``path``) for anything that is not a 3D volume.
+    """
+    dim = image.GetDimension()
+    size = tuple(image.GetSize())
+    if any(s == 0 for s in size):
+        raise InputError(f"empty image (size {size}, x,y,z...): no voxels", path)
+    if dim == 2:
+        raise InputError(f"2D image (size {size}); a 3D volume is required", path)
+    if dim == 4:
+        if size[3] != 1:
+            raise InputError(
+                f"4D image with {size[3]} components along the 4th axis (size {size}); only 3D volumes (or 4D "
+                "with a single component) are supported: split the channels into separate 3D files",
+                path,
+            )
+        extractor = sitk.ExtractImageFilter()
+        extractor.SetSize([size[0], size[1], size[2], 0])
+        extractor.SetIndex([0, 0, 0, 0])
+        image = extractor.Execute(image)
+        dim = 3
+        size = tuple(image.GetSize())
+    if dim != 3:
+        raise InputError(f"{dim}D image (size {size}); a 3D volume is required", path)
+    if size[2] == 1:
+        raise InputError(f"a single slice (size {size}, x,y,z): a 2D image; a 3D volume is required", path)
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    if ncomp > 1 and not allow_channels:
+        raise InputError(
+            f"multi-component pixels ({ncomp} components per voxel, e.g. RGB or a vector image); a scalar 3D "
+            "volume is required",
+            path,
+        )
+    array = sitk.GetArrayFromImage(image)  # (z, y, x) or (z, y, x, c)
+    if array.ndim == 4:
+        array = np.ascontiguousarray(np.moveaxis(array, -1, 0))
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    return Volume(array, image.GetSpacing(), image.GetOrigin(), direction, None if path is None else str(path))
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    """A SimpleITK image with exactly ``volume``'s geometry; a ``(C, Z, Y, X)`` array becomes a vector image."""
+    array = np.asarray(volume.array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.int64 or array.dtype == np.uint64:
+        array = _smallest_int(array)
+    elif array.dtype == np.float16:
+        array = array.astype(np.float32)
+    if array.ndim == 4:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(array, 0, -1)), isVector=True)
+    else:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing([float(s) for s in volume.spacing])
+    image.SetOrigin([float(o) for o in volume.origin])
+    image.SetDirection([float(d) for d in np.asarray(volume.direction, dtype=np.float64).reshape(-1)])
+    return image
+
+
+def _smallest_int(array: np.ndarray) -> np.ndarray:
+    """``array`` (integer) in the smallest of uint8/int16/int32 that holds its values."""
+    if array.size == 0:
+        return array.astype(np.uint8)
+    lo, hi = int(array.min()), int(array.max())
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return array.astype(dtype, copy=False)
+    return array.astype(np.int64, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validation helpers
+# ---------------------------------------------------------------------------------------------------------------
+def check_finite(array: np.ndarray, path: Optional[PathLike] = None, nonfinite: NonFinite = "error") -> np.ndarray:
+    """Check a floating array for NaN/Inf. ``nonfinite="error"`` raises :class:`InputError` naming the count;
+    ``"zero"`` returns a copy with those voxels set to 0. Integer arrays pass unchanged."""
+    if nonfinite not in ("error", "zero"):
+        raise InputError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    bad = int(array.size - np.count_nonzero(finite))
+    if nonfinite == "error":
+        n_nan = int(np.count_nonzero(np.isnan(array)))
+        raise InputError(
+            f"{bad} non-finite voxels ({n_nan} NaN, {bad - n_nan} Inf) of {array.size}; fix the file or read it "
+            "with nonfinite='zero' to replace them by 0",
+            path,
+        )
+    out = array.copy()
+    out[~finite] = 0
+    return out
+
+
+def label_array(array: np.ndarray, path: Optional[PathLike] = None) -> np.ndarray:
+    """A label array as integers: float arrays must hold whole numbers (else :class:`InputError`); the result is
+    ``uint8`` when the values fit, else ``int16``/``int32``."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        check_finite(array, path, "error")
+        rounded = np.rint(array)
+        if not np.array_equal(rounded, array):
+            frac = np.abs(array - rounded)
+            n = int(np.count_nonzero(frac > 0))
+            example = float(array.reshape(-1)[int(np.argmax(frac.reshape(-1)))])
+            raise InputError(
+                f"label file holds {n} non-integer values (e.g. {example!r}); a label map must contain whole class "
+                "numbers (is this a probability map or an image?)",
+                path,
+            )
+        array = rounded
+        if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
+            raise InputError("label values out of the int32 range", path)
+        array = array.astype(np.int64)
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"label array of unsupported type {array.dtype}", path)
+    return _smallest_int(array)
+
+
+def check_label_values(
+    array: np.ndarray,
+    path: Optional[PathLike] = None,
+    num_classes: Optional[int] = None,
+    label_values: Optional[Sequence[int]] = None,
+) -> None:
+    """Raise :class:`InputError` if ``array`` holds values outside ``label_values`` (the declared file values of the
+    classes) or outside ``0..num_classes-1``."""
+    if num_classes is None and label_values is None:
+        return
+    present = np.unique(array)
+    if label_values is not None:
+        allowed = set(int(v) for v in label_values)
+        what = f"the declared label values {sorted(allowed)}"
+    else:
+        allowed = set(range(int(num_classes)))  # type: ignore[arg-type]
+        what = f"the {num_classes} declared classes (0..{int(num_classes) - 1})"  # type: ignore[arg-type]
+    extra = [int(v) for v in present if int(v) not in allowed]
+    if extra:
+        counts = {v: int(np.count_nonzero(array == v)) for v in extra[:5]}
+        raise InputError(
+            f"label values {extra[:10]}{'...' if len(extra) > 10 else ''} are outside {what} "
+            f"(voxel counts: {counts})",
+            path,
+        )
+
+
+def check_label_geometry(label: Volume, image: Volume, path: Optional[PathLike] = None, tol: float = 1e-3) -> None:
+    """Raise :class:`InputError` (naming the label file) when the label's grid is not the image's grid.
+
+    Shape must be equal; spacing equal within ``tol`` relative; origin within ``tol`` × the smallest spacing (mm);
+    direction cosines within ``tol``. The message says which property differs and both values.
+    """
+    path = path if path is not None else label.path
+    img_name = image.path or "the image"
+    if label.shape_zyx != image.shape_zyx:
+        raise InputError(
+            f"label size {label.size_xyz} (x,y,z) does not match image {img_name} size {image.size_xyz}", path
+        )
+    sp_l, sp_i = np.asarray(label.spacing), np.asarray(image.spacing)
+    if not np.allclose(sp_l, sp_i, rtol=tol, atol=0):
+        raise InputError(
+            f"label spacing {tuple(np.round(sp_l, 6))} mm does not match image {img_name} spacing "
+            f"{tuple(np.round(sp_i, 6))} mm",
+            path,
+        )
+    if not np.allclose(label.origin, image.origin, rtol=0, atol=tol * float(sp_i.min())):
+        raise InputError(
+            f"label origin {tuple(np.round(label.origin, 4))} mm does not match image {img_name} origin "
+            f"{tuple(np.round(image.origin, 4))} mm",
+            path,
+        )
+    if not np.allclose(label.direction, image.direction, rtol=0, atol=tol):
+        raise InputError(
+            f"label direction {np.round(label.direction, 4).tolist()} does not match image {img_name} direction "
+            f"{np.round(image.direction, 4).tolist()}",
+            path,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# readers
+# ---------------------------------------------------------------------------------------------------------------
+def _read_sitk(path: Path, series_id: Optional[str] = None) -> sitk.Image:
+    if not path.exists():
+        raise InputError("file not found", path)
+    if path.is_dir():
+        return _read_dicom_series(path, series_id)
+    if path.stat().st_size == 0:
+        raise InputError("empty file (0 bytes)", path)
+    suffix = volume_suffix(path)
+    if suffix in (".h5", ".hdf5"):
+        raise InputError("an HDF5 file: read it with read_la_h5 / read_image_or_h5", path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line for line in first if "ERROR" in line.upper() or "exception" in line.lower()), "")
+        hint = "" if suffix else f" (unrecognised suffix; readable: {', '.join(IMAGE_SUFFIXES)} or a DICOM folder)"
+        raise InputError(
+            f"cannot read the file: corrupt, truncated or not an image{hint}. {detail.strip()[:300]}", path
+        ) from exc
+
+
+def _read_dicom_series(folder: Path, series_id: Optional[str] = None) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    try:
+        ids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as exc:
+        raise InputError(f"cannot scan the folder for DICOM series: {exc}", folder) from exc
+    if not ids:
+        raise InputError("folder holds no DICOM series (and a folder is only read as a DICOM series)", folder)
+    if series_id is None:
+        if len(ids) > 1:
+            raise InputError(
+                f"folder holds {len(ids)} DICOM series {ids}; choose one with series_id=...", folder
+            )
+        series_id = ids[0]
+    elif series_id not in ids:
+        raise InputError(f"DICOM series {series_id!r} not found; the folder holds {ids}", folder)
+    files = reader.GetGDCMSeriesFileNames(str(folder), series_id)
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read DICOM series {series_id}: {str(exc).strip()[:300]}", folder) from exc
+
+
+def read_volume(
+    path: PathLike,
+    *,
+    nonfinite: NonFinite = "error",
+    allow_channels: bool = False,
+    series_id: Optional[str] = None,
+) -> Volume:
+    """Read a 3D volume (NIfTI, NRRD, MHA/MHD, or a folder holding one DICOM series) keeping its geometry.
+
+    The array keeps the stored pixel type; see the module doc for the checks. ``nonfinite``: ``"error"`` (default)
+    or ``"zero"``. ``allow_channels``: accept vector pixels, returned as ``(C, Z, Y, X)``. ``series_id`` picks one
+    series from a DICOM folder holding several.
+    """
+    p = Path(path)
+    image = _read_sitk(p, series_id)
+    volume = from_sitk(image, p, allow_channels=allow_channels)
+    volume.array = check_finite(volume.array, p, nonfinite)
+    return volume
+
+
+def read_image(path: PathLike, *, nonfinite: NonFinite = "error", series_id: Optional[str] = None) -> Volume:
+    """Read an image for the network: like :func:`read_volume` (or :func:`read_la_h5` for ``.h5``) with a
+    ``float32`` array (uint8/int16 images such as some Task04_Hippocampus files are converted)."""
+    if volume_suffix(path) in (".h5", ".hdf5"):
+        image, _ = read_la_h5(path, with_label=False)
+        return image
+    volume = read_volume(path, nonfinite=nonfinite, series_id=series_id)
+    volume.array = volume.array.astype(np.float32, copy=False)
+    return volume
+
+
+def read_label(
+    path: PathLike,
+    image: Optional[Volume] = None,
+    num_classes: Optional[int] = None,
+    label_values: Optional[Sequence[int]] = None,
+) -> Volume:
+    """Read a label map: integer array (see :func:`label_array`), validated against ``image``'s geometry (when
+    given) and against the declared classes (``label_values``: the file values of the classes, or
+    ``num_classes``: values ``0..num_classes-1``). Errors are :class:`InputError` naming the label file."""
+    p = Path(path)
+    volume = read_volume(p)
+    volume.array = label_array(volume.array, p)
+    if image is not None:
+        check_label_geometry(volume, image, p)
+    check_label_values(volume.array, p, num_classes, label_values)
+    return volume
+
+
+def read_la_h5(
+    path: PathLike,
+    spacing: Sequence[float] = LA_H5_SPACING,
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    with_label: bool = True,
+    nonfinite: NonFinite = "error",
+) -> Tuple[Volume, Optional[Volume]]:
+    """Read the LA release format ``mri_norm2.h5``: datasets ``image`` (float32, z-scored) and optionally
+    ``label`` (uint8 {0,1}), both stored with axes **x, y, z**; transposed here to z, y, x.
+
+    The file stores no geometry: ``spacing`` (x, y, z mm; 0.625 isotropic for the LA release) and ``origin`` are
+    parameters, direction is identity. ``with_label=False`` never touches the ``label`` dataset (unlabeled use).
+    Returns ``(image Volume float32, label Volume uint8 or None)``; ``None`` also when the file has no ``label``.
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("file not found", p)
+    if p.is_dir():
+        raise InputError("a folder, expected an HDF5 file (mri_norm2.h5)", p)
+    try:
+        handle = h5py.File(str(p), "r")
+    except OSError as exc:
+        raise InputError(f"cannot open as HDF5 (corrupt or not an HDF5 file): {exc}", p) from exc
+    with handle:
+        if "image" not in handle:
+            raise InputError(f"HDF5 file has no 'image' dataset (keys: {sorted(handle.keys())})", p)
+        try:
+            raw = np.asarray(handle["image"][()])
+            raw_label = np.asarray(handle["label"][()]) if (with_label and "label" in handle) else None
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"cannot read the HDF5 datasets: {exc}", p) from exc
+    image_arr = _h5_array(raw, p, "image")
+    image_arr = check_finite(image_arr.astype(np.float32, copy=False), p, nonfinite)
+    image = Volume(image_arr, tuple(spacing), tuple(origin), np.eye(3), str(p))
+    label = None
+    if raw_label is not None:
+        label_arr = label_array(_h5_array(raw_label, p, "label"), p)
+        if label_arr.shape != image_arr.shape:
+            raise InputError(
+                f"'label' shape {raw_label.shape} does not match 'image' shape {raw.shape} (x,y,z)", p
+            )
+        label = Volume(label_arr, tuple(spacing), tuple(origin), np.eye(3), str(p))
+    return image, label
+
+
+def _h5_array(raw: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if raw.size == 0:
+        raise InputError(f"'{key}' dataset is empty (shape {raw.shape})", path)
+    if raw.ndim == 4 and 1 in raw.shape:
+        raw = raw.reshape([s for s in raw.shape if s != 1] if raw.shape.count(1) == 1 else raw.shape)
+    if raw.ndim != 3:
+        raise InputError(f"'{key}' dataset has shape {raw.shape}; a 3D x,y,z array is required", path)
+    return np.ascontiguousarray(raw.transpose(2, 1, 0))  # x,y,z -> z,y,x
+
+
+def read_image_or_h5(path: PathLike, h5_spacing: Sequence[float] = LA_H5_SPACING, **kwargs) -> Volume:
+    """An image from any supported file: ``.h5`` via :func:`read_la_h5` (image only, label never read) with
+    ``h5_spacing``; anything else via :func:`read_image`. The array is float32."""
+    if volume_suffix(path) in (".h5", ".hdf5"):
+        image, _ = read_la_h5(path, spacing=h5_spacing, with_label=False, **kwargs)
+        return image
+    return read_image(path, **kwargs)
+
+
+def read_label_or_h5(
+    path: PathLike,
+    image: Optional[Volume] = None,
+    num_classes: Optional[int] = None,
+    label_values: Optional[Sequence[int]] = None,
+    h5_spacing: Sequence[float] = LA_H5_SPACING,
+) -> Volume:
+    """A label map from any supported file (``.h5``: the ``label`` dataset), validated like :func:`read_label`."""
+    p = Path(path)
+    if volume_suffix(p) in (".h5", ".hdf5"):
+        _, label = read_la_h5(p, spacing=h5_spacing, with_label=True)
+        if label is None:
+            raise InputError("HDF5 file has no 'label' dataset", p)
+        if image is not None:
+            check_label_geometry(label, image, p)
+        check_label_values(label.array, p, num_classes, label_values)
+        return label
+    return read_label(p, image, num_classes, label_values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writers
+# ---------------------------------------------------------------------------------------------------------------
+def _write_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in WRITE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise InputError(f"cannot write this format: use one of {', '.join(WRITE_SUFFIXES)}", path)
+
+
+def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress: bool) -> Path:
+    suffix = _write_suffix(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError("output exists; pass overwrite=True (--overwrite) to replace it", path)
+    if path.is_dir():
+        raise InputError("output path is a folder", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name keeps the real suffix: SimpleITK picks the writer from it.
+    tmp_suffix = ".nrrd" if suffix == ".seg.nrrd" else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{tmp_suffix}", dir=str(path.parent))
+    os.close(fd)
+    tmp_path = Path(tmp)
+    extra: List[Path] = []
+    if suffix == ".mhd":  # MetaImage header + .raw/.zraw data file next to it
+        extra.append(tmp_path.with_suffix(".zraw" if compress else ".raw"))
+    try:
+        writer = sitk.ImageFileWriter()
+        writer.SetFileName(str(tmp_path))
+        writer.SetUseCompression(bool(compress))
+        writer.Execute(image)
+        if suffix == ".mhd":
+            _finish_mhd(tmp_path, path, compress, overwrite)
+        else:
+            os.replace(tmp_path, path)
+    except RuntimeError as exc:
+        raise InputError(f"cannot write the file: {str(exc).strip()[:300]}", path) from exc
+    finally:
+        for leftover in [tmp_path] + extra:
+            if leftover.exists():
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
+    return path
+
+
+def _finish_mhd(tmp_header: Path, path: Path, compress: bool, overwrite: bool) -> None:
+    """Move a MetaImage header+data pair to its final names (data first, header last, both atomic)."""
+    tmp_data = tmp_header.with_suffix(".zraw" if compress else ".raw")
+    data = path.with_suffix(".zraw" if compress else ".raw")
+    if data.exists() and not overwrite:
+        raise OutputExistsError("data file of the .mhd exists; pass overwrite=True to replace it", data)
+    header = tmp_header.read_text(encoding="latin-1")
+    lines = [
+        f"ElementDataFile = {data.name}" if line.startswith("ElementDataFile") else line
+        for line in header.splitlines()
+    ]
+    os.replace(tmp_data, data)
+    fd, tmp2 = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    with os.fdopen(fd, "w", encoding="latin-1") as handle:
+        handle.write("\n".join(lines) + "\n")
+    os.replace(tmp2, path)
+    tmp_header.unlink()
+
+
+def write_volume(volume: Volume, path: PathLike, overwrite: bool = False, compress: bool = True) -> Path:
+    """Write ``volume`` with exactly its geometry, format by suffix (``.nii.gz``, ``.nii``, ``.nrrd``,
+    ``.seg.nrrd``, ``.mha``, ``.mhd``), atomically. A ``(C, Z, Y, X)`` array is written as a vector image (one
+    component per channel). ``bool`` arrays are written as uint8, int64 as the smallest integer type holding the
+    values. Raises :class:`OutputExistsError` if ``path`` exists and ``overwrite`` is false. Returns the path."""
+    p = Path(path)
+    _write_suffix(p)
+    if p.exists() and not overwrite:
+        raise OutputExistsError("output exists; pass overwrite=True (--overwrite) to replace it", p)
+    return _atomic_sitk_write(to_sitk(volume), p, overwrite, compress)
+
+
+#: default segment colours (RGB 0-1) for :func:`write_segmentation`, one per foreground class
+SEGMENT_COLORS: Tuple[Tuple[float, float, float], ...] = (
+    (0.945, 0.839, 0.569),
+    (0.847, 0.396, 0.310),
+    (0.502, 0.682, 0.502),
+    (0.694, 0.478, 0.396),
+    (0.435, 0.722, 0.824),
+    (0.565, 0.933, 0.565),
+    (0.863, 0.961, 0.078),
+    (0.306, 0.247, 0.0),
+)
+
+
+def write_segmentation(
+    labels: Volume,
+    path: PathLike,
+    class_names: Optional[Sequence[str]] = None,
+    label_values: Optional[Sequence[int]] = None,
+    overwrite: bool = False,
+    colors: Optional[Sequence[Tuple[float, float, float]]] = None,
+) -> Path:
+    """Write a label map; for ``.seg.nrrd`` also the 3D Slicer segment metadata (``SegmentN_Name``,
+    ``SegmentN_LabelValue``...) so Slicer loads it as a segmentation with named segments.
+
+    ``class_names[i]`` names class index ``i`` (index 0, the background, gets no segment); ``label_values[i]``
+    is the voxel value of class ``i`` in ``labels`` (default ``i``).
+    """
+    p = Path(path)
+    suffix = _write_suffix(p)
+    array = label_array(labels.array, p)
+    image = to_sitk(labels.with_array(array))
+    if suffix == ".seg.nrrd":
+        values = list(label_values) if label_values is not None else sorted(int(v) for v in np.unique(array))
+        if 0 not in values:
+            values = [0] + values
+        names = list(class_names) if class_names is not None else [f"class_{v}" for v in values]
+        palette = list(colors) if colors is not None else list(SEGMENT_COLORS)
+        extent = _extent_string(array)
+        image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+        image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+        image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+        seg = 0
+        for index, value in enumerate(values):
+            if int(value) == 0:
+                continue
+            name = names[index] if index < len(names) else f"class_{value}"
+            colour = palette[(seg) % len(palette)]
+            key = f"Segment{seg}_"
+            image.SetMetaData(key + "ID", f"Segment_{int(value)}")
+            image.SetMetaData(key + "Name", str(name))
+            image.SetMetaData(key + "NameAutoGenerated", "0")
+            image.SetMetaData(key + "Color", " ".join(f"{c:.6g}" for c in colour))
+            image.SetMetaData(key + "ColorAutoGenerated", "0")
+            image.SetMetaData(key + "LabelValue", str(int(value)))
+            image.SetMetaData(key + "Layer", "0")
+            image.SetMetaData(key + "Extent", extent)
+            image.SetMetaData(key + "Tags", "")
+            seg += 1
+    if p.exists() and not overwrite:
+        raise OutputExistsError("output exists; pass overwrite=True (--overwrite) to replace it", p)
+    return _atomic_sitk_write(image, p, overwrite, compress=True)
+
+
+def _extent_string(array: np.ndarray) -> str:
+    z, y, x = array.shape[-3:]
+    return f"0 {x - 1} 0 {y - 1} 0 {z - 1}"
+
+
+def list_volume_files(folder: PathLike) -> List[Path]:
+    """Readable volume files directly inside ``folder`` (sorted by name; hidden files skipped)."""
+    f = Path(folder)
+    if not f.is_dir():
+        raise InputError("not a folder", f)
+    return sorted(p for p in f.iterdir() if is_volume_file(p))
+
+
+def describe(volume: Volume) -> Dict[str, object]:
+    """A JSON-able summary of a volume's geometry (for logs and model cards)."""
+    return {
+        "size_xyz": list(volume.size_xyz),
+        "spacing_xyz": [float(s) for s in volume.spacing],
+        "origin_xyz": [float(o) for o in volume.origin],
+        "direction": np.asarray(volume.direction).reshape(-1).tolist(),
+        "dtype": str(volume.array.dtype),
+    }
