@@ -9,11 +9,16 @@ down, transposed convolutions up, additive skip connections. Module names equal 
   segmentation head.
 
 Tensors are ``(B, C, Z, Y, X)``; every spatial side must be a multiple of 16.
+
+The MC-Net and SGRS-Net releases split the same network into ``encoder.`` and ``decoder.``/``decoder1.`` modules;
+:func:`map_state_dict` renames their keys (and :func:`infer_vnet_config` reads the architecture off a state_dict), see
+the section "Peer release layouts" at the end of this module.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+import math
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -62,11 +67,18 @@ class VNetConfig:
         return asdict(self)
 
 
+def group_norm_groups(channels: int) -> int:
+    """Number of groups of the ``"groupnorm"`` option: 16 as in the releases (which need ``channels % 16 == 0``);
+    for narrower layers (``n_filters < 16``, only used in tests and tiny models) the largest divisor of 16 that
+    divides ``channels``. Identical to the releases wherever they can be built."""
+    return math.gcd(16, channels)
+
+
 def _norm(kind: str, channels: int) -> Optional[nn.Module]:
     if kind == "batchnorm":
         return nn.BatchNorm3d(channels)
     if kind == "groupnorm":
-        return nn.GroupNorm(num_groups=16, num_channels=channels)
+        return nn.GroupNorm(num_groups=group_norm_groups(channels), num_channels=channels)
     if kind == "instancenorm":
         return nn.InstanceNorm3d(channels)
     return None
@@ -224,3 +236,179 @@ def softmax_logits(seg_logits: torch.Tensor, seg_form: str) -> torch.Tensor:
     if seg_form == "sigmoid":
         return torch.cat([torch.zeros_like(seg_logits), seg_logits], dim=1)
     return seg_logits
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Peer release layouts
+# ----------------------------------------------------------------------------------------------------------------------
+#
+# Our module names are those of the single-module V-Net of the UA-MT / SASSNet / DTC releases, so for those
+# ``map_state_dict`` only checks the heads. The MC-Net and SGRS-Net releases build the same network from an
+# ``Encoder`` (``block_one`` … ``block_five``, with the four ``*_dw`` blocks) and one or more ``Decoder``s
+# (``block_five_up`` … ``block_nine`` and the segmentation head ``out_conv``):
+#
+# =====================================  ======================================  ==================================
+# release key                            our key                                 where
+# =====================================  ======================================  ==================================
+# ``encoder.block_one.conv.0.weight``    ``block_one.conv.0.weight``             MC-Net, SGRS-Net (every encoder key)
+# ``decoder1.block_five_up.conv.0.*``    ``block_five_up.conv.0.*``              MCNet3d_v1/v2/v3, SGRS-Net ``VNet``
+# ``decoder1.out_conv.weight``           ``out_conv.weight``                     segmentation head (softmax)
+# ``decoder.block_six.conv.3.weight``    ``block_six.conv.3.weight``             MC-Net's single-decoder ``VNet``
+# ``decoder2.*``, ``decoder3.*``         dropped (reported)                      MC-Net's auxiliary decoders
+# ``module.<key>``                       ``<key>``                               ``nn.DataParallel`` wrappers (any layout)
+# =====================================  ======================================  ==================================
+#
+# Only a decoder built with transposed-convolution upsampling (MC-Net ``mode_interpolation=0``, SGRS-Net
+# ``up_type=0``: ``decoder``, ``decoder1``, MC-Net v3's ``decoder4``) is our V-Net's decoder; MC-Net's ``decoder2``
+# (trilinear upsampling + 3x3x3 conv) and ``decoder3`` (nearest + conv) are different networks and cannot be mapped.
+
+#: supported peer layouts (``import-checkpoint --layout``)
+LAYOUTS = ("sassnet", "uamt", "mcnet")
+
+ENCODER_BLOCKS = ("block_one", "block_one_dw", "block_two", "block_two_dw", "block_three", "block_three_dw",
+                  "block_four", "block_four_dw", "block_five")
+DECODER_BLOCKS = ("block_five_up", "block_six", "block_six_up", "block_seven", "block_seven_up", "block_eight",
+                  "block_eight_up", "block_nine", "out_conv")
+#: decoders of the MC-Net/SGRS-Net releases that use transposed convolutions, in order of preference
+MCNET_DECODERS = ("decoder1", "decoder", "decoder4")
+
+
+class LayoutError(ValueError):
+    """A state_dict that does not fit the stated peer layout (the message says what is wrong)."""
+
+
+def _strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _few(keys, n: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" … (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def map_state_dict(state_dict: Mapping[str, torch.Tensor], layout: str,
+                   decoder: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Rename a peer release's V-Net ``state_dict`` to our :class:`VNet` keys.
+
+    ``layout``: ``"uamt"`` (plain V-Net, ``out_conv`` = segmentation head), ``"sassnet"`` (SASSNet/DTC V-Net with SDM
+    head: ``out_conv`` = SDM head, ``out_conv2`` = segmentation head) or ``"mcnet"`` (MC-Net/SGRS-Net
+    ``encoder.``/``decoderK.`` split, see the table above). ``decoder`` picks the MC-Net decoder to keep (default: the
+    first present of ``decoder1``, ``decoder``, ``decoder4``). A ``module.`` prefix (``nn.DataParallel``) is removed.
+
+    Returns ``(mapped_state_dict, dropped_keys)``; raises :class:`LayoutError` when the keys do not fit the layout.
+    Tensors are not copied.
+    """
+    if layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    sd = _strip_prefix(state_dict, "module.")
+    if not sd:
+        raise LayoutError("the state_dict is empty")
+    dropped: List[str] = []
+    if layout in ("uamt", "sassnet"):
+        if any(k.startswith("encoder.") for k in sd):
+            raise LayoutError("keys start with 'encoder.': this is the MC-Net/SGRS-Net split layout, use --layout mcnet")
+        has_sdm = "out_conv2.weight" in sd
+        if layout == "sassnet" and not has_sdm:
+            raise LayoutError("layout 'sassnet' needs the two heads out_conv (SDM) and out_conv2 (segmentation), "
+                              "but there is no out_conv2: a plain V-Net is --layout uamt")
+        if layout == "uamt" and has_sdm:
+            raise LayoutError("the state_dict has out_conv2 (a second head): a SASSNet/DTC V-Net with SDM head is "
+                              "--layout sassnet")
+        return sd, dropped
+    # mcnet
+    decoders = sorted({k.split(".", 1)[0] for k in sd if k.startswith("decoder")})
+    if not any(k.startswith("encoder.") for k in sd) or not decoders:
+        raise LayoutError("layout 'mcnet' expects keys 'encoder.…' and 'decoder1.…' (or 'decoder.…'); found e.g. "
+                          + _few(sd))
+    if decoder is None:
+        candidates = [d for d in MCNET_DECODERS if d in decoders]
+        decoder = candidates[0] if candidates else decoders[0]
+    if decoder not in decoders:
+        raise LayoutError(f"no decoder {decoder!r}; the state_dict has {', '.join(decoders)}")
+    up = sd.get(f"{decoder}.block_five_up.conv.0.weight")
+    if up is None or up.ndim != 5 or up.shape[2:] != (2, 2, 2):
+        raise LayoutError(f"{decoder} does not upsample with 2x2x2 transposed convolutions (MC-Net's decoder2/decoder3 "
+                          "use interpolation + 3x3x3 conv, a different network); pick another decoder")
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        head, rest = key.split(".", 1) if "." in key else (key, "")
+        if head == "encoder":
+            out[rest] = value
+        elif head == decoder:
+            out[rest] = value
+        else:
+            dropped.append(key)
+    return out, dropped
+
+
+def to_layout(state_dict: Mapping[str, torch.Tensor], layout: str, decoder: str = "decoder1") -> Dict[str, torch.Tensor]:
+    """Inverse of :func:`map_state_dict`: our keys → the peer layout's keys (for exporting and for tests)."""
+    if layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    sd = dict(state_dict)
+    has_sdm = "out_conv2.weight" in sd
+    if layout == "sassnet" and not has_sdm:
+        raise LayoutError("layout 'sassnet' needs an SDM head")
+    if layout in ("uamt", "mcnet") and has_sdm:
+        raise LayoutError(f"layout {layout!r} has no SDM head; this model has one (use 'sassnet')")
+    if layout != "mcnet":
+        return sd
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        block = key.split(".", 1)[0]
+        if block in ENCODER_BLOCKS:
+            out["encoder." + key] = value
+        elif block in DECODER_BLOCKS:
+            out[f"{decoder}.{key}"] = value
+        else:
+            raise LayoutError(f"key {key!r} has no place in the mcnet layout")
+    return out
+
+
+def infer_vnet_config(state_dict: Mapping[str, torch.Tensor]) -> VNetConfig:
+    """Read a :class:`VNetConfig` off a state_dict in our key layout (e.g. the output of :func:`map_state_dict`).
+
+    ``in_channels`` and ``n_filters`` come from the first convolution; the normalisation from ``block_two``'s layers
+    (``running_mean`` → batch norm; affine weights without running statistics → group norm; a parameter-free layer
+    between the two convolutions, i.e. the second convolution at index 3 instead of 2 → instance norm (the releases'
+    ``InstanceNorm3d`` is not affine); no layer in between → none); the heads from ``out_conv``/``out_conv2``: one
+    segmentation channel is the sigmoid form (2 classes), more are softmax classes; an ``out_conv2`` makes
+    ``out_conv`` the SDM head. ``dropout`` is not recorded in a state_dict and is set False (it only acts in training).
+    """
+    try:
+        first = state_dict["block_one.conv.0.weight"]
+    except KeyError:
+        raise LayoutError("no 'block_one.conv.0.weight': not a V-Net state_dict in this layout (keys: "
+                          + _few(state_dict) + ")") from None
+    if first.ndim != 5:
+        raise LayoutError(f"block_one.conv.0.weight has shape {tuple(first.shape)}, expected a 3D convolution")
+    n_filters, in_channels = int(first.shape[0]), int(first.shape[1])
+    if "block_two.conv.1.running_mean" in state_dict:
+        normalization = "batchnorm"
+    elif "block_two.conv.1.weight" in state_dict and state_dict["block_two.conv.1.weight"].ndim == 1:
+        normalization = "groupnorm"
+    elif "block_two.conv.3.weight" in state_dict:
+        normalization = "instancenorm"
+    elif "block_two.conv.2.weight" in state_dict:
+        normalization = "none"
+    else:
+        raise LayoutError("cannot tell the normalisation: block_two's second convolution is missing")
+    if "out_conv.weight" not in state_dict:
+        raise LayoutError("no segmentation head 'out_conv.weight'")
+    sdm_head = "out_conv2.weight" in state_dict
+    seg = state_dict["out_conv2.weight" if sdm_head else "out_conv.weight"]
+    seg_channels = int(seg.shape[0])
+    if seg_channels == 1:
+        seg_form, num_classes = "sigmoid", 2
+    else:
+        seg_form, num_classes = "softmax", seg_channels
+    if sdm_head:
+        sdm_channels = int(state_dict["out_conv.weight"].shape[0])
+        if sdm_channels != num_classes - 1:
+            raise LayoutError(f"the SDM head has {sdm_channels} channels but the segmentation head implies "
+                              f"{num_classes} classes (expected {num_classes - 1} SDM channels)")
+    return VNetConfig(in_channels=in_channels, num_classes=num_classes, seg_form=seg_form, sdm_head=sdm_head,
+                      n_filters=n_filters, normalization=normalization, dropout=False)

@@ -1,0 +1,569 @@
+"""Model files: network weights plus a JSON model card, in one ``.pt`` file that loads without executing code.
+
+File format (``FORMAT_VERSION`` 1)
+----------------------------------
+A model file is written with :func:`torch.save` and read only with ``torch.load(..., weights_only=True)``. Its payload
+is a plain dict::
+
+    {"semisupseg_format": 1,                 # int: format version (a newer version is refused with a clear error)
+     "metadata": "<JSON text of the ModelCard>",
+     "state_dict": {"block_one.conv.0.weight": <tensor>, ...}}   # the network's state_dict, CPU, contiguous
+
+Only tensors, strings, numbers and containers are stored, so a file cannot carry code. The card is a JSON *string*
+(not a nested dict) so it survives any reader exactly and can be shown without building the network.
+
+Beside ``model.pt``, :func:`save_model` also writes ``model.json`` (the same card, indented) for humans, the Slicer
+module's model list and file browsers. It is a copy: :func:`load_model` and :func:`read_card` always use the card
+inside the ``.pt`` (the authoritative one), so a stale or missing sidecar is harmless. Pass ``sidecar=False`` to skip it.
+
+Training-run state (optimisers, samplers, RNG) uses the same safe machinery through :func:`save_state` /
+:func:`load_state`: atomic ``torch.save`` of a dict checked to contain only ``weights_only``-loadable values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from semisupseg import __version__
+from semisupseg.errors import CheckpointError, OutputExistsError
+
+PathLike = Union[str, os.PathLike]
+
+#: version of the file layout written by this package; files with a larger number are refused
+FORMAT_VERSION = 1
+#: key of the format version in the payload dict (its presence marks a SemiSupSeg model file)
+FORMAT_KEY = "semisupseg_format"
+#: suffix of the human-readable copy of the card written beside a model file
+SIDECAR_SUFFIX = ".json"
+
+__all__ = [
+    "FORMAT_VERSION", "ModelCard", "CheckpointError", "make_card", "save_model", "load_model", "read_card",
+    "read_model_file", "save_state", "load_state", "safe_torch_load", "load_state_dict_file", "sidecar_path",
+    "check_weights_only",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model card
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelCard:
+    """Everything needed to use a trained network on a new image, stored as JSON inside the model file.
+
+    * ``method``: the training method's registry name (``"sassnet"``, ``"uamt"``, …; for imported peer weights the
+      peer layout, see ``training["source"]``);
+    * ``arch`` / ``network``: the network registry name and its config dict (``semisupseg.nets.build_network(arch,
+      network)`` rebuilds it);
+    * ``class_names`` / ``label_values``: one entry per output class, background first; ``label_values[i]`` is the
+      value written in the label map for class ``i``;
+    * ``in_channels``: image channels the network expects;
+    * ``spacing_xyz``: target voxel spacing in mm, **x, y, z** (images are resampled to it before inference);
+    * ``patch_size_xyz``: training patch / inference window size in voxels, **x, y, z**;
+    * ``normalization``: the intensity normalisation (``semisupseg.data.preprocess.NormalizationConfig`` as a dict,
+      e.g. ``{"kind": "zscore"}``);
+    * ``training``: free-form summary (data, labeled/unlabeled cases, iterations, validation Dice, seed, …);
+    * ``package_version``, ``created`` (ISO 8601 UTC), ``format_version``;
+    * ``extra``: fields of a newer minor revision this version does not know (kept, not interpreted).
+    """
+
+    method: str
+    arch: str
+    network: Dict[str, Any]
+    class_names: List[str]
+    label_values: List[int]
+    in_channels: int
+    spacing_xyz: Tuple[float, float, float]
+    patch_size_xyz: Tuple[int, int, int]
+    normalization: Dict[str, Any] = field(default_factory=lambda: {"kind": "zscore"})
+    training: Dict[str, Any] = field(default_factory=dict)
+    package_version: str = __version__
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.created:
+            self.created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        self.class_names = [str(c) for c in self.class_names]
+        self.label_values = [int(v) for v in self.label_values]
+        self.spacing_xyz = tuple(float(s) for s in self.spacing_xyz)  # type: ignore[assignment]
+        self.patch_size_xyz = tuple(int(s) for s in self.patch_size_xyz)  # type: ignore[assignment]
+        self.in_channels = int(self.in_channels)
+        self.network = dict(self.network)
+        self.normalization = dict(self.normalization)
+        self.training = dict(self.training)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def spacing_zyx(self) -> Tuple[float, float, float]:
+        return tuple(reversed(self.spacing_xyz))  # type: ignore[return-value]
+
+    @property
+    def patch_size_zyx(self) -> Tuple[int, int, int]:
+        return tuple(reversed(self.patch_size_xyz))  # type: ignore[return-value]
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistency (called on save and on load)."""
+        if not self.method or not isinstance(self.method, str):
+            raise ValueError("method must be a non-empty string")
+        if not self.arch or not isinstance(self.arch, str):
+            raise ValueError("arch must be a non-empty string")
+        if len(self.class_names) < 2:
+            raise ValueError(f"class_names must list the background and at least one class, got {self.class_names}")
+        if len(self.label_values) != len(self.class_names):
+            raise ValueError(f"{len(self.class_names)} class_names but {len(self.label_values)} label_values")
+        if len(set(self.label_values)) != len(self.label_values) or min(self.label_values) < 0:
+            raise ValueError(f"label_values must be distinct non-negative integers, got {self.label_values}")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names must be distinct, got {self.class_names}")
+        if len(self.spacing_xyz) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing_xyz):
+            raise ValueError(f"spacing_xyz must be 3 positive millimetre values, got {self.spacing_xyz}")
+        if len(self.patch_size_xyz) != 3 or not all(s > 0 for s in self.patch_size_xyz):
+            raise ValueError(f"patch_size_xyz must be 3 positive voxel counts, got {self.patch_size_xyz}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        net_classes = self.network.get("num_classes")
+        if net_classes is not None and int(net_classes) != self.num_classes:
+            raise ValueError(f"the network has {net_classes} classes but the card names {self.num_classes}")
+        net_in = self.network.get("in_channels")
+        if net_in is not None and int(net_in) != self.in_channels:
+            raise ValueError(f"the network takes {net_in} input channels but the card says {self.in_channels}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["spacing_xyz"] = list(self.spacing_xyz)
+        d["patch_size_xyz"] = list(self.patch_size_xyz)
+        extra = d.pop("extra")
+        d.update({k: v for k, v in extra.items() if k not in d})
+        return d
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelCard":
+        """Build a card from its dict; unknown keys go to ``extra``; missing required keys raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = dict(d.get("extra") or {})
+        extra.update({k: v for k, v in d.items() if k not in names and k != "extra"})
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore
+        missing = [k for k in required if k not in known]
+        if missing:
+            raise ValueError(f"the model card lacks {', '.join(missing)}")
+        try:
+            return cls(**known, extra=extra)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed model card: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError("the metadata is not a JSON object")
+        return cls.from_dict(d)
+
+    def summary_lines(self) -> List[str]:
+        """Human-readable lines (``semisupseg info``)."""
+        net = ", ".join(f"{k}={v}" for k, v in self.network.items())
+        classes = ", ".join(f"{v}={n}" for n, v in zip(self.class_names, self.label_values))
+        norm = ", ".join(f"{k}={v}" for k, v in self.normalization.items()) or "none"
+        lines = [
+            f"method:           {self.method}",
+            f"network:          {self.arch} ({net})",
+            f"classes:          {classes}",
+            f"input channels:   {self.in_channels}",
+            "spacing (x,y,z):  " + " x ".join(f"{s:g}" for s in self.spacing_xyz) + " mm",
+            "patch (x,y,z):    " + " x ".join(str(s) for s in self.patch_size_xyz) + " voxels",
+            f"intensity norm.:  {norm}",
+        ]
+        if self.training:
+            lines.append("training:")
+            for k, v in self.training.items():
+                if isinstance(v, float):
+                    v = f"{v:.4g}"
+                elif isinstance(v, (dict, list)):
+                    v = json.dumps(v)
+                lines.append(f"  {k + ':':<16}{v}")
+        lines += [f"package version:  {self.package_version}", f"created:          {self.created}",
+                  f"format version:   {self.format_version}"]
+        for k, v in self.extra.items():
+            lines.append(f"{k + ':':<18}{json.dumps(v)}")
+        return lines
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain network inside DDP/DataParallel (``.module``) or ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
+
+
+def make_card(model: nn.Module, *, method: str, spacing_xyz: Sequence[float], patch_size_xyz: Sequence[int],
+              class_names: Optional[Sequence[str]] = None, label_values: Optional[Sequence[int]] = None,
+              normalization: Optional[Mapping[str, Any]] = None, training: Optional[Mapping[str, Any]] = None,
+              **extra: Any) -> ModelCard:
+    """A :class:`ModelCard` for ``model`` with ``arch``, ``network`` and ``in_channels`` taken from the model.
+
+    ``class_names`` default to ``background, class1, …``; ``label_values`` to ``0 … C-1``; ``normalization`` to
+    ``{"kind": "zscore"}``. Extra keyword arguments are stored in ``extra``.
+    """
+    from semisupseg.nets import network_arch
+
+    net = _unwrap(model)
+    config = net.config.to_dict()  # type: ignore[union-attr]
+    num_classes = int(config["num_classes"])
+    if class_names is None:
+        class_names = ["background"] + [f"class{i}" for i in range(1, num_classes)]
+    if label_values is None:
+        label_values = list(range(len(class_names)))
+    card = ModelCard(method=method, arch=network_arch(net), network=config, class_names=list(class_names),
+                     label_values=list(label_values), in_channels=int(config["in_channels"]),
+                     spacing_xyz=tuple(spacing_xyz), patch_size_xyz=tuple(patch_size_xyz),  # type: ignore[arg-type]
+                     normalization=dict(normalization) if normalization is not None else {"kind": "zscore"},
+                     training=dict(training or {}), extra=dict(extra))
+    card.validate()
+    return card
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Safe low-level file access
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: Python types a ``weights_only`` load accepts (besides tensors), checked before saving
+_PLAIN = (str, bytes, int, float, bool, complex, type(None), torch.Size, torch.dtype, torch.device)
+
+
+def check_weights_only(obj: Any, where: str = "payload") -> None:
+    """Raise ``TypeError`` naming the first value ``torch.load(weights_only=True)`` could not read back.
+
+    Allowed: tensors, ``str``/``bytes``/numbers/``bool``/``None``, ``torch.Size``/``dtype``/``device`` and
+    ``dict``/``list``/``tuple``/``set`` of those (dict keys: str/int/float/bool/None). numpy arrays and
+    generators are not: convert them (``torch.from_numpy``, ``.tolist()``) first.
+    """
+    if isinstance(obj, torch.Tensor):
+        if type(obj) is not torch.Tensor and not isinstance(obj, nn.Parameter):
+            raise TypeError(f"{where}: tensor subclass {type(obj).__name__} is not loadable with weights_only")
+        return
+    if isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool, type(None))):
+                raise TypeError(f"{where}: dict key {k!r} of type {type(k).__name__} is not allowed")
+            check_weights_only(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        if isinstance(obj, tuple) and type(obj) is not tuple:
+            raise TypeError(f"{where}: named tuple {type(obj).__name__} is not loadable with weights_only; "
+                            "use a plain tuple or dict")
+        for i, v in enumerate(obj):
+            check_weights_only(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__name__} is not loadable with weights_only "
+                    "(store tensors, numbers, strings and containers only)")
+
+
+def _atomic_torch_save(payload: Any, path: Path, overwrite: bool) -> None:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError("exists; pass overwrite=True (--overwrite) to replace it", path)
+    if path.exists() and path.is_dir():
+        raise CheckpointError("is a directory", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _atomic_write_text(text: str, path: Path, overwrite: bool) -> None:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError("exists; pass overwrite=True (--overwrite) to replace it", path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _sniff(path: Path) -> str:
+    """``"zip"`` (torch >= 1.6 format), ``"pickle"`` (legacy torch / raw pickle) or ``"unknown"`` from the first bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "unknown"
+
+
+def safe_torch_load(path: PathLike, mmap: bool = False) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with every failure turned into a
+    :class:`CheckpointError` naming the file. Nothing in the file is ever executed.
+
+    ``mmap=True`` maps tensor storages instead of reading them (cheap when only the metadata is needed).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError("no such file", path)
+    if path.is_dir():
+        raise CheckpointError("is a directory, not a model file", path)
+    if path.stat().st_size == 0:
+        raise CheckpointError("is empty, not a model file", path)
+    kind = _sniff(path)
+    if kind == "unknown":
+        raise CheckpointError("is not a PyTorch checkpoint (neither a torch zip archive nor a pickle; a text, image "
+                              "or corrupt file?)", path)
+    kwargs: Dict[str, Any] = {"map_location": "cpu", "weights_only": True}
+    if mmap and kind == "zip":
+        kwargs["mmap"] = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the pickle-protocol notice of the weights_only unpickler
+            return torch.load(str(path), **kwargs)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError, … for bad files
+        text = str(exc)
+        if "GLOBAL" in text or "unsupported global" in text.lower():
+            found = re.search(r"GLOBAL\s+([\w.]+)", text)
+            detail = f"it references {found.group(1)}" if found else "unsupported global"
+            raise CheckpointError(
+                "refused: the file contains pickled Python objects that can only be loaded by running code from "
+                f"the file ({detail}); nothing was executed. Model files must hold plain "
+                "tensors: if you trust its source, re-save its state_dict in a trusted Python session "
+                "(torch.save(model.state_dict(), ...)) and import that", path) from None
+        if kind == "zip":
+            raise CheckpointError(f"is a zip archive but not a readable PyTorch checkpoint ({_first_line(text)})",
+                                  path) from None
+        raise CheckpointError(f"is not a readable PyTorch checkpoint ({type(exc).__name__}: {_first_line(text)})",
+                              path) from None
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    noise = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6")
+    useful = [ln for ln in lines if not ln.startswith(noise)]
+    line = (useful or lines or ["unknown error"])[0]
+    return line[:200]
+
+
+def save_state(path: PathLike, payload: Dict[str, Any], overwrite: bool = True) -> Path:
+    """Atomically write a dict of tensors/plain values (e.g. a training run's resume state: model, optimisers,
+    sampler and RNG states) so that :func:`load_state` reads it with ``weights_only=True``.
+
+    The payload is checked first (:func:`check_weights_only`; a ``TypeError`` names the offending entry); the file
+    appears only complete (temp file + ``os.replace``). Returns the path.
+    """
+    if not isinstance(payload, dict):
+        raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+    check_weights_only(payload)
+    path = Path(path)
+    _atomic_torch_save(payload, path, overwrite)
+    return path
+
+
+def load_state(path: PathLike) -> Dict[str, Any]:
+    """Read a dict written by :func:`save_state` (``weights_only=True``, tensors on CPU); errors are
+    :class:`CheckpointError` naming the file."""
+    payload = safe_torch_load(path)
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"holds a {type(payload).__name__}, expected a dict of saved state", path)
+    return payload
+
+
+def load_state_dict_file(path: PathLike) -> Dict[str, torch.Tensor]:
+    """Read a raw ``state_dict`` (``{name: tensor}``) as the peer releases save it with ``torch.save(
+    model.state_dict())``. Common wrappers (``{"state_dict": …}``, ``{"model": …}``, ``{"net": …}``) are unwrapped.
+    Refuses SemiSupSeg model files (they need no import)."""
+    payload = safe_torch_load(path)
+    if isinstance(payload, dict) and FORMAT_KEY in payload:
+        raise CheckpointError("is already a SemiSupSeg model file; no import needed", path)
+    if isinstance(payload, dict) and not _is_tensor_dict(payload):
+        for key in ("state_dict", "model_state_dict", "model", "net", "network"):
+            if isinstance(payload.get(key), dict) and _is_tensor_dict(payload[key]):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not payload or not _is_tensor_dict(payload):
+        raise CheckpointError("does not hold a state_dict (a dict of parameter name → tensor)", path)
+    return dict(payload)
+
+
+def _is_tensor_dict(d: Mapping[Any, Any]) -> bool:
+    return bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model files
+# ----------------------------------------------------------------------------------------------------------------------
+
+def sidecar_path(path: PathLike) -> Path:
+    """``model.pt`` → ``model.json`` (the human-readable copy of the card)."""
+    return Path(path).with_suffix(SIDECAR_SUFFIX)
+
+
+def save_model(path: PathLike, model: nn.Module, card: ModelCard, overwrite: bool = False,
+               sidecar: bool = True) -> Path:
+    """Write ``model``'s weights and ``card`` to ``path`` (a ``.pt`` file, atomically) and, with ``sidecar``, the
+    card's JSON to ``path.with_suffix(".json")``.
+
+    ``arch``, ``network`` and ``in_channels`` of the card must describe ``model`` (use :func:`make_card`). Refuses to
+    replace existing files unless ``overwrite`` (:class:`~semisupseg.errors.OutputExistsError`). Returns the path.
+    """
+    from semisupseg.nets import network_arch
+
+    path = Path(path)
+    if path.suffix == SIDECAR_SUFFIX:
+        raise CheckpointError("a model file must not end in .json (that name is used for the card beside it)", path)
+    net = _unwrap(model)
+    try:
+        card.validate()
+    except ValueError as exc:
+        raise CheckpointError(f"invalid model card: {exc}", path) from None
+    try:
+        arch = network_arch(net)
+    except KeyError as exc:
+        raise CheckpointError(f"cannot save: {exc.args[0]}", path) from None
+    if arch != card.arch:
+        raise CheckpointError(f"the card says arch {card.arch!r} but the model is {arch!r}", path)
+    config = getattr(net, "config", None)
+    if config is not None and hasattr(config, "to_dict") and config.to_dict() != card.network:
+        raise CheckpointError(f"the card's network config {card.network} differs from the model's "
+                              f"{config.to_dict()}", path)
+    side = sidecar_path(path)
+    for p in ([path, side] if sidecar else [path]):
+        if p.exists() and not overwrite:
+            raise OutputExistsError("exists; pass overwrite=True (--overwrite) to replace it", p)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
+    payload = {FORMAT_KEY: int(card.format_version), "metadata": card.to_json(), "state_dict": state}
+    _atomic_torch_save(payload, path, overwrite=overwrite)
+    if sidecar:
+        _atomic_write_text(card.to_json(indent=2) + "\n", side, overwrite=overwrite)
+    return path
+
+
+def read_model_file(path: PathLike, mmap: bool = False) -> Tuple[ModelCard, Dict[str, torch.Tensor]]:
+    """The card and the raw state_dict of a model file (no network is built). Every problem is a
+    :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    payload = safe_torch_load(path, mmap=mmap)
+    if not isinstance(payload, dict) or FORMAT_KEY not in payload:
+        if isinstance(payload, dict) and (_is_tensor_dict(payload) or any(
+                isinstance(payload.get(k), dict) and _is_tensor_dict(payload[k]) for k in ("state_dict", "model", "net"))):
+            raise CheckpointError(
+                "is a raw PyTorch state_dict, not a SemiSupSeg model file (it has no model card: spacing, classes, "
+                "normalisation). Convert it once with: semisupseg import-checkpoint FILE -o MODEL.pt "
+                "--layout sassnet|uamt|mcnet --spacing MM", path)
+        raise CheckpointError(f"is a PyTorch file but not a SemiSupSeg model file (no {FORMAT_KEY!r} entry)", path)
+    version = payload[FORMAT_KEY]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"has an invalid format version {version!r}", path)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"was written in model-file format {version} by a newer SemiSupSeg; this is version {__version__} which "
+            f"reads format <= {FORMAT_VERSION}. Upgrade semisupseg to load it", path)
+    meta = payload.get("metadata")
+    if not isinstance(meta, str):
+        raise CheckpointError("has no model card (metadata text)", path)
+    try:
+        card = ModelCard.from_json(meta)
+        card.validate()
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"has an unreadable model card: {exc}", path) from None
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not _is_tensor_dict(state):
+        raise CheckpointError("has no weights (state_dict of tensors)", path)
+    return card, state
+
+
+def read_card(path: PathLike) -> ModelCard:
+    """The :class:`ModelCard` of a model file, read from the ``.pt`` itself (tensor data is memory-mapped, not read)."""
+    card, _ = read_model_file(path, mmap=True)
+    return card
+
+
+def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return
+
+    def few(items: List[str]) -> str:
+        return ", ".join(items[:4]) + (f" … (+{len(items) - 4} more)" if len(items) > 4 else "")
+
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (file vs network): {few(shapes)}")
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {few(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {few(unexpected)}")
+    raise CheckpointError("weights do not fit the network its card describes — " + "; ".join(parts), path)
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, ModelCard]:
+    """Rebuild the network of a model file with :func:`semisupseg.nets.build_network`, load its weights and return
+    ``(model in eval mode on device, card)``.
+
+    Raises :class:`CheckpointError` naming the file for: a missing/unreadable file, anything that is not a SemiSupSeg
+    model file (a raw peer state_dict gets a hint to ``semisupseg import-checkpoint``), a pickle needing code
+    execution (refused, nothing executed), a newer format version, an unknown architecture, and weights that do not
+    fit the network (missing/unexpected keys, wrong shapes — a few are listed).
+    """
+    from semisupseg.nets import build_network
+
+    path = Path(path)
+    card, state = read_model_file(path)
+    try:
+        model = build_network(card.arch, card.network)
+    except KeyError as exc:
+        raise CheckpointError(f"cannot rebuild the network: {exc.args[0]}", path) from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot rebuild network {card.arch!r} from {card.network}: {exc}", path) from None
+    _check_keys(model, state, path)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise CheckpointError(f"cannot move the model to device {device!r}: {exc}", path) from None
+    return model, card
