@@ -51,7 +51,7 @@ SIDECAR_SUFFIX = ".json"
 __all__ = [
     "FORMAT_VERSION", "ModelCard", "CheckpointError", "make_card", "save_model", "load_model", "read_card",
     "read_model_file", "save_state", "load_state", "safe_torch_load", "load_state_dict_file", "sidecar_path",
-    "check_weights_only",
+    "check_weights_only", "import_peer_checkpoint",
 ]
 
 
@@ -566,4 +566,79 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tupl
         model.to(device)
     except (RuntimeError, AssertionError) as exc:
         raise CheckpointError(f"cannot move the model to device {device!r}: {exc}", path) from None
+    return model, card
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Importing peer release weights
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: patch sizes (x, y, z voxels) the LA releases trained with — the default of ``import-checkpoint``
+DEFAULT_PEER_PATCH_XYZ = (112, 112, 80)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def import_peer_checkpoint(src: PathLike, layout: str, spacing_xyz: Sequence[float], *,
+                           class_names: Optional[Sequence[str]] = None,
+                           label_values: Optional[Sequence[int]] = None,
+                           n_filters: Optional[int] = None,
+                           patch_size_xyz: Sequence[int] = DEFAULT_PEER_PATCH_XYZ,
+                           normalization: Optional[Mapping[str, Any]] = None,
+                           method: Optional[str] = None,
+                           decoder: Optional[str] = None) -> Tuple[nn.Module, ModelCard]:
+    """Turn a raw peer ``state_dict`` file (UA-MT, SASSNet/DTC, MC-Net/SGRS-Net releases) into ``(model, card)``.
+
+    The architecture (input channels, ``n_filters``, normalisation, classes, head form, SDM head) is read off the
+    weights (:func:`semisupseg.nets.vnet.infer_vnet_config`); ``n_filters``, when given, must agree. What the weights
+    cannot tell must be stated: ``spacing_xyz`` (mm, x,y,z; the LA releases use 0.625 isotropic), ``patch_size_xyz``
+    (default 112 112 80), the intensity ``normalization`` (default ``{"kind": "zscore"}``: the releases' data are
+    z-score normalised per volume) and the class names. The weights are checked by running the network on nothing:
+    they must load strictly. Every problem is a :class:`CheckpointError` naming ``src``.
+    """
+    from semisupseg.nets import network_arch
+    from semisupseg.nets.vnet import LayoutError, VNet, infer_vnet_config, map_state_dict
+
+    src = Path(src)
+    raw = load_state_dict_file(src)
+    try:
+        mapped, dropped = map_state_dict(raw, layout, decoder=decoder)
+        config = infer_vnet_config(mapped)
+    except LayoutError as exc:
+        raise CheckpointError(f"does not fit layout {layout!r}: {exc}", src) from None
+    if n_filters is not None and int(n_filters) != config.n_filters:
+        raise CheckpointError(f"--n-filters {n_filters} was given but the weights have n_filters "
+                              f"{config.n_filters}", src)
+    if class_names is None:
+        class_names = (["background", "foreground"] if config.num_classes == 2
+                       else ["background"] + [f"class{i}" for i in range(1, config.num_classes)])
+    if len(class_names) != config.num_classes:
+        raise CheckpointError(f"{len(class_names)} class names given ({', '.join(class_names)}) but the weights "
+                              f"have {config.num_classes} classes (background included)", src)
+    model = VNet(config)
+    _check_keys(model, mapped, src)
+    model.load_state_dict(mapped, strict=True)
+    model.eval()
+    training: Dict[str, Any] = {"source": "imported", "file": src.name, "sha256": _sha256(src), "layout": layout}
+    if dropped:
+        training["dropped_prefixes"] = sorted({k.split(".", 1)[0] for k in dropped})
+    try:
+        card = ModelCard(method=method or layout, arch=network_arch(model), network=config.to_dict(),
+                         class_names=list(class_names),
+                         label_values=list(label_values) if label_values is not None else list(range(config.num_classes)),
+                         in_channels=config.in_channels, spacing_xyz=tuple(spacing_xyz),  # type: ignore[arg-type]
+                         patch_size_xyz=tuple(patch_size_xyz),  # type: ignore[arg-type]
+                         normalization=dict(normalization) if normalization is not None else {"kind": "zscore"},
+                         training=training)
+        card.validate()
+    except ValueError as exc:
+        raise CheckpointError(f"cannot describe the imported model: {exc}", src) from None
     return model, card
