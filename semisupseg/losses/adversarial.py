@@ -3,7 +3,8 @@
 Convention: the discriminator ``D`` outputs a logit ``l`` per sample, ``D = sigmoid(l)`` is the probability that the
 judged map comes from a **labeled** image ("real"); maps of unlabeled images are "fake".
 
-* :func:`discriminator_loss` -- SASSNet eq. 5 as a loss for ``D``: ``-[Σ_l log D(l) + Σ_u log(1 - D(u))] / (N_l + N_u)``
+* :func:`discriminator_loss` -- SASSNet eq. 5 as a loss for ``D``:
+  ``-[Σ_l log D(l) + Σ_u log(1 - D(u))] / (N_l + N_u)``
   (the mean binary cross-entropy over the whole two-stream batch, which is what the release's two-class
   cross-entropy computes).
 * :func:`generator_loss` -- SASSNet eq. 6 (the non-saturating surrogate the segmenter minimises, on unlabeled data

@@ -69,8 +69,8 @@ def sdm_mse_loss(pred_sdm: torch.Tensor, target_sdm: torch.Tensor) -> torch.Tens
 
 
 def product_loss(pred_sdm: torch.Tensor, target_sdm: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """The product term of SB-Net eq. 3 (Xue et al. AAAI 2020): ``-Σ p g / (Σ p g + Σ p² + Σ g²)`` per class channel
-    (sums over batch and space), averaged over the channels. It is -1/3 at ``p = g`` and penalises sign errors
+    """The product term of SB-Net eq. 3 (Xue et al. AAAI 2020): ``-Σ p g / (Σ p g + Σ p² + Σ g²)`` per class
+    channel (sums over batch and space), averaged over the channels. It is -1/3 at ``p = g`` and penalises sign errors
     (``p g < 0``) most. A channel whose maps are all zero contributes 0."""
     p, g = pred_sdm.float().transpose(0, 1).flatten(1), target_sdm.float().transpose(0, 1).flatten(1)
     pg = (p * g).sum(1)
