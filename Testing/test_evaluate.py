@@ -1,0 +1,220 @@
+"""Tests of semisupseg.evaluation and the ``semisupseg evaluate`` command."""
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semisupseg import io as sio
+from semisupseg.cli import main as cli_main
+from semisupseg.errors import Cancelled, InputError, OutputExistsError
+from semisupseg.evaluation import CSV_COLUMNS, evaluate, match_cases
+from semisupseg.progress import CancelToken
+from semisupseg.volume import Volume
+
+medpy_binary = pytest.importorskip("medpy.metric.binary")
+
+SPACING_XYZ = (0.8, 1.0, 2.5)
+
+
+def _shift_x(array: np.ndarray, n: int = 1) -> np.ndarray:
+    """Shift a (z, y, x) label map by ``n`` voxels along x (zero fill, no wrap)."""
+    out = np.zeros_like(array)
+    out[..., n:] = array[..., :-n]
+    return out
+
+
+def _labels(rng, shape=(9, 12, 14)):
+    lab = np.zeros(shape, np.uint8)
+    lab[2:6, 3:8, 3:9] = 1
+    lab[5:8, 4:10, 6:12] = 2
+    lab[rng.random(shape) > 0.97] = 0
+    return lab
+
+
+@pytest.fixture
+def folders(tmp_path, rng):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    arrays = {}
+    for i in range(3):
+        lab = _labels(rng)
+        pred = _shift_x(lab)
+        if i == 2:
+            pred[pred == 2] = 0  # class 2 missed entirely
+        arrays[f"case_{i}"] = (pred, lab)
+        sio.write_volume(Volume(lab, spacing=SPACING_XYZ, origin=(1, 2, 3)), ref_dir / f"case_{i}.nii.gz")
+        sio.write_volume(Volume(pred, spacing=SPACING_XYZ, origin=(1, 2, 3)), pred_dir / f"case_{i}.nii.gz")
+    sio.write_volume(Volume(_labels(rng), spacing=SPACING_XYZ, origin=(1, 2, 3)), ref_dir / "case_9.nii.gz")
+    return pred_dir, ref_dir, arrays
+
+
+def test_evaluate_folders_matches_medpy_and_reports_empty(folders):
+    pred_dir, ref_dir, arrays = folders
+    calls = []
+    result = evaluate(pred_dir, ref_dir, [1, 2], progress=lambda f, m: calls.append(f))
+    assert [c.case_id for c in result.cases] == ["case_0", "case_1", "case_2"]
+    assert result.missing_predictions == ["case_9"]
+    assert len(result.rows) == 6
+    assert calls[-1] == pytest.approx(1.0) and len(calls) == 3
+    sp_zyx = SPACING_XYZ[::-1]
+    for row in result.rows:
+        pred, ref = arrays[row.case_id]
+        m = row.metrics
+        p, r = pred == m.label, ref == m.label
+        assert m.dice == pytest.approx(medpy_binary.dc(p, r), abs=1e-12)
+        if row.case_id == "case_2" and m.label == 2:
+            assert m.status == "empty_pred" and m.dice == 0.0 and math.isnan(m.hd95)
+            continue
+        assert m.status == "ok"
+        assert m.hd95 == pytest.approx(medpy_binary.hd95(p, r, sp_zyx), abs=1e-6)
+        assert m.asd == pytest.approx(medpy_binary.asd(p, r, sp_zyx), abs=1e-6)
+        assert m.assd == pytest.approx(medpy_binary.assd(p, r, sp_zyx), abs=1e-6)
+        assert m.hd95_vox == pytest.approx(medpy_binary.hd95(p, r), abs=1e-6)
+    s1, s2 = result.summary
+    assert s2.status_counts["empty_pred"] == 1 and s2.n_finite["hd95"] == 2 and s2.n_finite["dice"] == 3
+    text = result.format_summary()
+    assert "case_9" in text and "HD95 mm" in text and "2/3" in text
+
+
+def test_labels_default_adds_both_empty_rows(tmp_path):
+    a = np.zeros((5, 6, 7), np.uint8)
+    a[1:3, 1:3, 1:3] = 1
+    b = a.copy()
+    b[3:5, 3:5, 3:5] = 3
+    for name, arr in (("x", a), ("y", b)):
+        for d in ("p", "r"):
+            (tmp_path / d).mkdir(exist_ok=True)
+            sio.write_volume(Volume(arr), tmp_path / d / f"{name}.nii.gz")
+    result = evaluate(tmp_path / "p", tmp_path / "r")
+    assert result.labels == [1, 3]
+    rows = {(r.case_id, r.metrics.label): r.metrics for r in result.rows}
+    assert rows[("x", 3)].status == "both_empty" and rows[("x", 3)].dice == 1.0
+    assert rows[("y", 3)].status == "ok" and rows[("y", 3)].hd95 == 0.0
+
+
+def test_matching_rules_and_errors(folders, tmp_path):
+    pred_dir, ref_dir, _ = folders
+    # single files pair whatever their names
+    other = tmp_path / "renamed_seg.nii.gz"
+    shutil.copy(pred_dir / "case_0.nii.gz", other)
+    cases, missing = match_cases(other, ref_dir / "case_0.nii.gz")
+    assert len(cases) == 1 and not missing
+    # a suffix is dropped on request
+    suffixed = tmp_path / "sfx"
+    suffixed.mkdir()
+    shutil.copy(pred_dir / "case_1.nii.gz", suffixed / "case_1_seg.nii.gz")
+    with pytest.raises(InputError, match="no reference file named 'case_1_seg'"):
+        match_cases(suffixed, ref_dir)
+    cases, missing = match_cases(suffixed, ref_dir, pred_suffix="_seg")
+    assert [c.case_id for c in cases] == ["case_1"] and "case_0" in missing
+    # file lists
+    cases, _ = match_cases([pred_dir / "case_2.nii.gz", pred_dir / "case_0.nii.gz"], ref_dir)
+    assert [c.case_id for c in cases] == ["case_0", "case_2"]
+    with pytest.raises(InputError, match="no such file"):
+        evaluate(tmp_path / "nope", ref_dir)
+    with pytest.raises(InputError, match="background"):
+        evaluate(pred_dir, ref_dir, [0, 1])
+
+
+def test_geometry_mismatch_is_an_error(folders, tmp_path):
+    pred_dir, ref_dir, arrays = folders
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pred, _ = arrays["case_0"]
+    sio.write_volume(Volume(pred, spacing=(1.0, 1.0, 1.0), origin=(1, 2, 3)), bad / "case_0.nii.gz")
+    with pytest.raises(InputError, match="spacing") as exc:
+        evaluate(bad, ref_dir)
+    assert "case_0.nii.gz" in str(exc.value)
+    assert evaluate(bad, ref_dir, [1], check_geometry=False).rows[0].metrics.status == "ok"
+    sio.write_volume(Volume(pred[:-1], spacing=SPACING_XYZ, origin=(1, 2, 3)), bad / "case_0.nii.gz",
+                     overwrite=True)
+    with pytest.raises(InputError, match="size"):
+        evaluate(bad, ref_dir, check_geometry=False)
+
+
+def test_cancel_between_cases(folders):
+    pred_dir, ref_dir, _ = folders
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        evaluate(pred_dir, ref_dir, cancel=token)
+
+
+def test_cli_writes_csv_atomically_and_refuses_overwrite(folders, tmp_path, capsys):
+    pred_dir, ref_dir, _ = folders
+    out = tmp_path / "metrics.csv"
+    summ = tmp_path / "summary.csv"
+    rc = cli_main(["evaluate", str(pred_dir), str(ref_dir), "--labels", "1", "2", "-o", str(out),
+                   "--summary-csv", str(summ), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "3 case(s) evaluated" in printed and "Dice" in printed and "empty pred" in printed
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0].keys()) == CSV_COLUMNS and len(rows) == 6
+    missed = [r for r in rows if r["status"] == "empty_pred"]
+    assert len(missed) == 1 and missed[0]["hd95_mm"] == "nan" and missed[0]["dice"] == "0.0"
+    with summ.open() as fh:
+        srows = list(csv.DictReader(fh))
+    assert [(r["label"], r["statistic"]) for r in srows][:3] == [("1", "mean"), ("1", "std"), ("1", "n")]
+    before = out.read_bytes()
+    rc = cli_main(["evaluate", str(pred_dir), str(ref_dir), "-o", str(out), "--quiet"])
+    assert rc == 2 and "exists" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert cli_main(["evaluate", str(pred_dir), str(ref_dir), "--labels", "1", "-o", str(out), "--overwrite",
+                     "--quiet"]) == 0
+    assert len(out.read_text().strip().splitlines()) == 1 + 3
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(OutputExistsError):
+        evaluate(pred_dir, ref_dir, [1]).write_csv(out)
+
+
+def _hippocampus_cases(hippocampus_dir, n=3):
+    files = sorted((hippocampus_dir / "labelsTr").glob("hippocampus_*.nii.gz"))
+    assert files, "no labels in Task04_Hippocampus/labelsTr"
+    return files[:n]
+
+
+@pytest.mark.slow
+def test_done_when_hippocampus_self_and_shifted(hippocampus_dir, tmp_path, capsys):
+    """Issue 2 'done when': labels against themselves give Dice 1 / HD95 0; against a copy shifted one voxel along x
+    they give non-trivial values that match medpy."""
+    files = _hippocampus_cases(hippocampus_dir)
+    ref_dir, shifted_dir = tmp_path / "ref", tmp_path / "shifted"
+    ref_dir.mkdir()
+    shifted_dir.mkdir()
+    for f in files:
+        shutil.copy(f, ref_dir / f.name)
+        vol = sio.read_label(f)
+        sio.write_volume(vol.with_array(_shift_x(vol.array)), shifted_dir / f.name)
+
+    rc = cli_main(["evaluate", str(ref_dir), str(ref_dir), "--quiet", "-o", str(tmp_path / "self.csv")])
+    assert rc == 0
+    assert "1.0000 ± 0.0000" in capsys.readouterr().out
+    self_rows = list(csv.DictReader((tmp_path / "self.csv").open()))
+    assert len(self_rows) == 2 * len(files)
+    assert all(float(r["dice"]) == 1.0 and float(r["hd95_mm"]) == 0.0 and float(r["assd_mm"]) == 0.0
+               for r in self_rows)
+
+    rc = cli_main(["evaluate", str(shifted_dir), str(ref_dir), "--labels", "1", "2", "--quiet",
+                   "-o", str(tmp_path / "shift.csv")])
+    assert rc == 0
+    rows = list(csv.DictReader((tmp_path / "shift.csv").open()))
+    for row in rows:
+        ref = sio.read_label(ref_dir / f"{row['case']}.nii.gz")
+        label = int(row["label"])
+        r = ref.array == label
+        p = _shift_x(ref.array) == label
+        sp = ref.spacing_zyx
+        assert 0.3 < float(row["dice"]) < 1.0
+        assert float(row["dice"]) == pytest.approx(medpy_binary.dc(p, r), abs=1e-9)
+        assert float(row["hd95_mm"]) == pytest.approx(medpy_binary.hd95(p, r, sp), abs=1e-6)
+        assert float(row["asd_mm"]) == pytest.approx(medpy_binary.asd(p, r, sp), abs=1e-6)
+        assert float(row["assd_mm"]) == pytest.approx(medpy_binary.assd(p, r, sp), abs=1e-6)
+        assert float(row["hd95_mm"]) >= 1.0 and float(row["assd_mm"]) > 0.0

@@ -1,0 +1,338 @@
+"""Evaluate predicted label files against reference label files: per-case, per-label metrics and summaries.
+
+``evaluate(pred, ref, labels)`` takes a prediction folder / file / list of files and a reference folder / file /
+list of files, matches cases **by file name** (the name without its volume suffix, e.g. ``hippocampus_001``;
+``pred_suffix`` strips an extra ending such as ``"_seg"`` from prediction names), reads them with
+:mod:`semisupseg.io` (NIfTI, NRRD, MHA/MHD, DICOM folders, LA ``.h5`` ``label`` datasets), checks that each
+prediction lies on its reference's grid, and computes :func:`semisupseg.metrics.evaluate_case` with the
+**reference file's spacing** (mm). Metric semantics and the empty-mask convention are documented in
+:mod:`semisupseg.metrics`.
+
+Rules (each a clear :class:`~semisupseg.errors.InputError` naming the file):
+
+* every prediction must have a reference of the same name; references without a prediction are not evaluated but
+  listed in :attr:`EvaluationResult.missing_predictions` (and printed by the CLI), never silently dropped;
+* a prediction whose size, spacing, origin or direction differs from its reference is an error
+  (``check_geometry=False`` compares only the array shape);
+* ``labels=None`` evaluates every non-zero value found in any reference or prediction; a case where a label is
+  absent from both files gets a ``both_empty`` row, exactly as if the labels had been listed.
+"""
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from semisupseg import io as sio
+from semisupseg.errors import InputError, OutputExistsError
+from semisupseg.metrics import STATUS_BOTH_EMPTY, ClassMetrics, MetricSummary, binary_metrics, summarize
+from semisupseg.progress import CancelToken, ProgressCallback, no_progress
+from semisupseg.volume import Volume
+
+PathLike = Union[str, Path]
+PathsArg = Union[PathLike, Sequence[PathLike]]
+
+#: CSV columns of the per-case file (distances ``*_mm`` in millimetres, ``*_vox`` in voxels)
+CSV_COLUMNS = ("case", "label", "dice", "jaccard", "hd95_mm", "asd_mm", "assd_mm", "hd95_vox", "asd_vox",
+               "assd_vox", "pred_voxels", "ref_voxels", "status")
+#: CSV columns of the summary file
+SUMMARY_COLUMNS = ("label", "statistic", "dice", "jaccard", "hd95_mm", "asd_mm", "assd_mm", "hd95_vox", "asd_vox",
+                   "assd_vox")
+_METRIC_TO_COLUMN = {"dice": "dice", "jaccard": "jaccard", "hd95": "hd95_mm", "asd": "asd_mm", "assd": "assd_mm",
+                     "hd95_vox": "hd95_vox", "asd_vox": "asd_vox", "assd_vox": "assd_vox"}
+
+
+@dataclass
+class EvaluationCase:
+    """One prediction/reference pair matched by name."""
+
+    case_id: str
+    pred_path: Path
+    ref_path: Path
+
+
+@dataclass
+class CaseRow:
+    """One (case, label) result: the case id and its :class:`~semisupseg.metrics.ClassMetrics`."""
+
+    case_id: str
+    metrics: ClassMetrics
+
+    def as_csv_dict(self) -> Dict[str, object]:
+        m = self.metrics
+        return {
+            "case": self.case_id, "label": m.label, "dice": m.dice, "jaccard": m.jaccard,
+            "hd95_mm": m.hd95, "asd_mm": m.asd, "assd_mm": m.assd,
+            "hd95_vox": m.hd95_vox, "asd_vox": m.asd_vox, "assd_vox": m.assd_vox,
+            "pred_voxels": m.pred_voxels, "ref_voxels": m.ref_voxels, "status": m.status,
+        }
+
+
+@dataclass
+class EvaluationResult:
+    """Rows per (case, label), their per-label summary, the evaluated labels and unmatched references."""
+
+    rows: List[CaseRow]
+    labels: List[int]
+    cases: List[EvaluationCase]
+    missing_predictions: List[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> List[MetricSummary]:
+        return summarize(r.metrics for r in self.rows)
+
+    def write_csv(self, path: PathLike, overwrite: bool = False) -> Path:
+        """Write the per-case rows (columns :data:`CSV_COLUMNS`) atomically; refuse to replace a file unless
+        ``overwrite``."""
+        return write_csv_atomic(path, CSV_COLUMNS, [r.as_csv_dict() for r in self.rows], overwrite)
+
+    def write_summary_csv(self, path: PathLike, overwrite: bool = False) -> Path:
+        """Write mean/std/n per label (columns :data:`SUMMARY_COLUMNS`) atomically."""
+        out = []
+        for s in self.summary:
+            for stat, values in (("mean", s.mean), ("std", s.std), ("n", s.n_finite)):
+                row: Dict[str, object] = {"label": s.label, "statistic": stat}
+                row.update({_METRIC_TO_COLUMN[k]: v for k, v in values.items()})
+                out.append(row)
+        return write_csv_atomic(path, SUMMARY_COLUMNS, out, overwrite)
+
+    def format_summary(self, label_names: Optional[Dict[int, str]] = None) -> str:
+        """A readable table: per label mean ± std of Dice, Jaccard, HD95/ASD/ASSD (mm) and the empty-case counts."""
+        return format_summary(self.summary, len(self.cases), self.missing_predictions, label_names)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# matching
+
+
+def _as_paths(arg: PathsArg) -> Tuple[List[Path], bool]:
+    """Files of ``arg`` and whether it was a folder."""
+    if isinstance(arg, (str, Path)):
+        p = Path(arg)
+        if p.is_dir() and not _is_dicom_folder(p):
+            files = sio.list_volume_files(p)
+            if not files:
+                raise InputError("folder holds no volume files (.nii.gz, .nrrd, .mha, ...)", p)
+            return files, True
+        if not p.exists():
+            raise InputError("no such file or folder", p)
+        return [p], False
+    return [Path(a) for a in arg], False
+
+
+def _is_dicom_folder(p: Path) -> bool:
+    """A folder without any recognised volume file but with other files is read as one DICOM series."""
+    try:
+        entries = [e for e in p.iterdir() if e.is_file() and not e.name.startswith(".")]
+    except OSError:
+        return False
+    return bool(entries) and not any(sio.volume_suffix(e) for e in entries)
+
+
+def _case_id(path: Path, suffix: str = "") -> str:
+    name = sio.strip_suffix(path)
+    if suffix and name.endswith(suffix) and len(name) > len(suffix):
+        name = name[: -len(suffix)]
+    return name
+
+
+def match_cases(pred: PathsArg, ref: PathsArg, pred_suffix: str = "") -> Tuple[List[EvaluationCase], List[str]]:
+    """Pair predictions with references by case id; returns the pairs (sorted by id) and the ids of references
+    that have no prediction. A single prediction file and a single reference file are paired whatever their
+    names. Raises :class:`InputError` for a prediction without reference or duplicate case ids."""
+    pred_files, _ = _as_paths(pred)
+    ref_files, _ = _as_paths(ref)
+    if len(pred_files) == 1 and len(ref_files) == 1 and not isinstance(pred, (list, tuple)):
+        return [EvaluationCase(_case_id(pred_files[0], pred_suffix), pred_files[0], ref_files[0])], []
+    refs: Dict[str, Path] = {}
+    for f in ref_files:
+        cid = _case_id(f)
+        if cid in refs:
+            raise InputError(f"two reference files share the case name {cid!r}: {refs[cid].name}, {f.name}", f)
+        refs[cid] = f
+    cases: Dict[str, EvaluationCase] = {}
+    for f in pred_files:
+        cid = _case_id(f, pred_suffix)
+        if cid in cases:
+            raise InputError(f"two predictions share the case name {cid!r}", f)
+        if cid not in refs:
+            hint = f" (known references: {', '.join(sorted(refs)[:5])}{', ...' if len(refs) > 5 else ''})"
+            raise InputError(f"no reference file named {cid!r}{hint}; use --pred-suffix if prediction names carry an "
+                             "extra ending", f)
+        cases[cid] = EvaluationCase(cid, f, refs[cid])
+    missing = sorted(set(refs) - set(cases))
+    return [cases[k] for k in sorted(cases)], missing
+
+
+# --------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _check_pred_geometry(pred: Volume, ref: Volume, pred_path: Path, ref_path: Path, full: bool,
+                         tol: float = 1e-3) -> None:
+    if pred.shape_zyx != ref.shape_zyx:
+        raise InputError(f"prediction size {pred.size_xyz} (x,y,z) differs from reference {ref_path.name} size "
+                         f"{ref.size_xyz}", pred_path)
+    if not full:
+        return
+    if not np.allclose(pred.spacing, ref.spacing, rtol=tol, atol=0):
+        raise InputError(f"prediction spacing {tuple(round(s, 6) for s in pred.spacing)} mm differs from reference "
+                         f"{ref_path.name} spacing {tuple(round(s, 6) for s in ref.spacing)} mm", pred_path)
+    if not np.allclose(pred.origin, ref.origin, rtol=0, atol=tol * min(ref.spacing)):
+        raise InputError(f"prediction origin {tuple(round(o, 4) for o in pred.origin)} mm differs from reference "
+                         f"{ref_path.name} origin {tuple(round(o, 4) for o in ref.origin)} mm", pred_path)
+    if not np.allclose(pred.direction, ref.direction, rtol=0, atol=tol):
+        raise InputError(f"prediction direction differs from reference {ref_path.name}", pred_path)
+
+
+def evaluate(
+    pred: PathsArg,
+    ref: PathsArg,
+    labels: Optional[Sequence[int]] = None,
+    *,
+    pred_suffix: str = "",
+    check_geometry: bool = True,
+    voxel_units: bool = True,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> EvaluationResult:
+    """Evaluate prediction label files against reference label files (see the module docstring).
+
+    ``labels``: label values to evaluate (``None``: every non-zero value present). Distances use each reference
+    file's spacing (mm) and are also given in voxels (``voxel_units``). ``progress(fraction, message)`` is called
+    after each case; ``cancel`` is polled between cases (raises :class:`~semisupseg.errors.Cancelled`).
+    """
+    progress = progress or no_progress
+    if labels is not None:
+        labels = [int(v) for v in labels]
+        if not labels:
+            raise InputError("no labels to evaluate")
+        if any(v == 0 for v in labels):
+            raise InputError("label 0 is the background; evaluate foreground labels only")
+        if len(set(labels)) != len(labels):
+            raise InputError(f"labels listed twice: {labels}")
+    cases, missing = match_cases(pred, ref, pred_suffix)
+    if not cases:
+        raise InputError("no prediction/reference pairs to evaluate")
+    per_case: List[Tuple[str, List[ClassMetrics], set]] = []
+    found: set = set()
+    for i, case in enumerate(cases):
+        if cancel is not None:
+            cancel.raise_if_cancelled("evaluation")
+        ref_vol = sio.read_label_or_h5(case.ref_path)
+        pred_vol = sio.read_label_or_h5(case.pred_path)
+        _check_pred_geometry(pred_vol, ref_vol, case.pred_path, case.ref_path, check_geometry)
+        present = set(int(v) for v in np.unique(ref_vol.array)) | set(int(v) for v in np.unique(pred_vol.array))
+        present.discard(0)
+        found |= present
+        todo = labels if labels is not None else sorted(present)
+        spacing = ref_vol.spacing_zyx
+        rows = [binary_metrics(pred_vol.array == v, ref_vol.array == v, spacing, v, voxel_units) for v in todo]
+        per_case.append((case.case_id, rows, present))
+        progress((i + 1) / len(cases), f"evaluated {case.case_id} ({i + 1}/{len(cases)})")
+    final_labels = list(labels) if labels is not None else sorted(found)
+    out_rows: List[CaseRow] = []
+    for case_id, rows, present in per_case:
+        by_label = {r.label: r for r in rows}
+        for v in final_labels:
+            row = by_label.get(v)
+            if row is None:  # labels=None and the label is in neither file of this case
+                nan = math.nan
+                row = ClassMetrics(v, 1.0, 1.0, nan, nan, nan, nan, nan, nan, 0, 0, STATUS_BOTH_EMPTY)
+            out_rows.append(CaseRow(case_id, row))
+    return EvaluationResult(out_rows, final_labels, cases, missing)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# output
+
+
+def _csv_value(v: object) -> object:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    return v
+
+
+def write_csv_atomic(path: PathLike, columns: Sequence[str], rows: Sequence[Dict[str, object]],
+                     overwrite: bool = False) -> Path:
+    """Write ``rows`` as CSV to ``path`` via a temporary file in the same folder and :func:`os.replace`.
+
+    Refuses to replace an existing file unless ``overwrite`` (:class:`~semisupseg.errors.OutputExistsError`).
+    NaN is written as ``nan``; floats with full precision.
+    """
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise OutputExistsError("output exists; pass --overwrite (overwrite=True) to replace it", p)
+    if p.is_dir():
+        raise InputError("output path is a folder", p)
+    if not p.parent.exists():
+        raise InputError("output folder does not exist", p.parent)
+    buf = _stdio.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k, "")) for k in columns})
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_summary(summary: Sequence[MetricSummary], n_cases: int, missing: Sequence[str] = (),
+                   label_names: Optional[Dict[int, str]] = None) -> str:
+    """Summary table text: one line per label with mean ± std (population std) over the cases where the metric is
+    defined, the number of cases each distance mean covers, and the counts of empty predictions/references."""
+    header = ["label", "Dice", "Jaccard", "HD95 mm", "ASD mm", "ASSD mm", "n dist", "empty pred", "empty ref",
+              "both empty"]
+    lines = []
+    for s in summary:
+        name = str(s.label) if not label_names or s.label not in label_names else f"{s.label} {label_names[s.label]}"
+        lines.append([
+            name,
+            _pm(s.mean["dice"], s.std["dice"], 4),
+            _pm(s.mean["jaccard"], s.std["jaccard"], 4),
+            _pm(s.mean["hd95"], s.std["hd95"], 2),
+            _pm(s.mean["asd"], s.std["asd"], 2),
+            _pm(s.mean["assd"], s.std["assd"], 2),
+            f"{s.n_finite['hd95']}/{s.n_cases}",
+            str(s.status_counts["empty_pred"]),
+            str(s.status_counts["empty_ref"]),
+            str(s.status_counts["both_empty"]),
+        ])
+    widths = [max(len(header[i]), *(len(l[i]) for l in lines)) if lines else len(header[i])
+              for i in range(len(header))]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [f"{n_cases} case(s) evaluated; mean ± std over cases (distances over the cases where both masks are "
+           "non-empty)", fmt(header), fmt(["-" * w for w in widths])]
+    out += [fmt(l) for l in lines]
+    if missing:
+        shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+        out.append(f"{len(missing)} reference case(s) without a prediction (not evaluated): {shown}")
+    return "\n".join(out)
+
+
+__all__ = [
+    "CSV_COLUMNS", "SUMMARY_COLUMNS", "EvaluationCase", "CaseRow", "EvaluationResult", "match_cases", "evaluate",
+    "write_csv_atomic", "format_summary",
+]
