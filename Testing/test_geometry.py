@@ -66,6 +66,25 @@ def test_sdm_matches_release_formula_and_signs(rng):
         assert np.all(sdm[~m] > 0)
 
 
+def test_sdm_small_objects_match_release_formula(rng):
+    """Objects far from the edges (the inside distance is computed in their bounding box) and on the edge."""
+    for k in range(4):
+        m = np.zeros((20, 22, 24), bool)
+        m[5:11, 6:13, 4:12] = _random_shape(rng, (6, 7, 8))
+        m[15:18, 2:4, 20:23] = True
+        if k % 2:
+            m[0, :3, :3] = True
+        if not m.any():
+            continue
+        np.testing.assert_allclose(G.signed_distance_map(m), _release_compute_sdf(m), atol=1e-6)
+        sp = (2.0, 0.7, 1.3)
+        inside = ndimage.distance_transform_edt(m, sampling=sp)
+        outside = ndimage.distance_transform_edt(~m, sampling=sp)
+        expected = outside / outside.max() - inside / inside.max()
+        expected[G.inner_boundary(m)] = 0
+        np.testing.assert_allclose(G.signed_distance_map(m, spacing=sp), expected, atol=1e-6)
+
+
 def test_sdm_ball_is_radial():
     m = _ball((21, 21, 21), (10, 10, 10), 6)
     sdm = G.signed_distance_map(m)
@@ -279,3 +298,14 @@ def test_sgrs_regions_partition_numpy_and_torch():
     with pytest.raises(ValueError):
         G.sgrs_regions(pa, pb[:, :2])
     assert set(G.REGION_NAMES) == {0, 1, 2, 3}
+
+
+def test_torch_shift_morphology_equals_scipy(rng):
+    """The device-side (CUDA) path of boundary_ring: dilation/erosion by shifts equal scipy's with the cross."""
+    for it in (1, 3):
+        m = _random_shape(rng, (9, 10, 11))
+        t = torch.from_numpy(m)
+        np.testing.assert_array_equal(G._dilate_cross_torch(t, it).numpy(),
+                                      ndimage.binary_dilation(m, G.CROSS_3D, iterations=it))
+        np.testing.assert_array_equal((~G._dilate_cross_torch(~t, it)).numpy(),
+                                      ndimage.binary_erosion(m, G.CROSS_3D, iterations=it, border_value=1))

@@ -110,7 +110,11 @@ def _sdm_single(mask: np.ndarray, sampling: Optional[Tuple[float, ...]], degener
     # seed paper eq. 1 (SASSNet/DTC compute_sdf): outside distance / its max - inside distance / its max, 0 on
     # the boundary. Both minima are 0 because both sets are non-empty, so min-max normalisation is a division.
     outside = ndimage.distance_transform_edt(~mask, sampling=sampling)  # > 0 outside: distance to the object
-    inside = ndimage.distance_transform_edt(mask, sampling=sampling)  # > 0 inside: distance to the background
+    # > 0 inside: distance to the background. Computed in the object's bounding box grown by one voxel: that
+    # layer is background, and any background voxel farther out is never nearer than its projection onto it.
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    inside = np.zeros(mask.shape, dtype=np.float64)
+    inside[box] = ndimage.distance_transform_edt(mask[box], sampling=sampling)
     sdm = outside / outside.max() - inside / inside.max()
     sdm[inner_boundary(mask)] = 0.0
     return sdm.astype(np.float32)
@@ -215,6 +219,9 @@ def _dilate_cross_torch(m: torch.Tensor, iterations: int) -> torch.Tensor:
 
 def _ring_single(mask: ArrayLike, w_max: int) -> Tuple[ArrayLike, ArrayLike]:
     it = ring_iterations(mask, w_max)
+    if isinstance(mask, torch.Tensor) and mask.device.type == "cpu":  # scipy is ~5x faster than shifts on CPU
+        outer, inner = _ring_single(mask.numpy().astype(bool), w_max)
+        return torch.from_numpy(outer), torch.from_numpy(inner)
     if isinstance(mask, torch.Tensor):
         m = mask.bool()
         grown = _dilate_cross_torch(m, it)
@@ -237,7 +244,7 @@ def boundary_ring(mask: ArrayLike, w_max: int = 20) -> BoundaryRing:
     bands.
 
     ``mask``: ``(Z, Y, X)`` or a batch ``(B, Z, Y, X)`` (``it`` computed per sample), numpy or torch (computed with
-    torch ops on the tensor's device). Returns a :class:`BoundaryRing` ``(outer, inner)`` of bool arrays of the
+    torch ops on the tensor's device; CPU tensors go through scipy, which is faster). Returns a :class:`BoundaryRing` ``(outer, inner)`` of bool arrays of the
     same shape; ``.ring`` is M_bound.
     """
     batched = _check_spatial(_to_numpy(mask) if not isinstance(mask, torch.Tensor) else mask, "mask")
