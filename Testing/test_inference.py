@@ -1,0 +1,361 @@
+"""Sliding-window inference, segment() and post-processing on synthetic shapes with known answers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from semisupseg.errors import Cancelled, InputError
+from semisupseg.inference import (
+    PAPERS_STRIDE_ZYX, SegmentOptions, clear_fast_path_cache, importance_map, keep_largest_component,
+    label_agreement, segment, sliding_window_inference, window_positions,
+)
+from semisupseg.nets import VNet, VNetConfig
+from semisupseg.progress import CancelToken
+from semisupseg.volume import Volume
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from 2 threads, and lose a lot when the machine is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Pointwise(nn.Module):
+    """Voxel-wise model: foreground logit ``k * (x - t)`` — flip-equivariant and independent of the window, so
+    the blended whole-image result is known exactly: ``sigmoid(k (x - t))``. Has an SDM head ``tanh(t - x)``."""
+
+    def __init__(self, k: float = 3.0, t: float = 0.0):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(float(k)))
+        self.t = t
+
+    def forward(self, x):
+        z = self.k * (x[:, :1] - self.t)
+        return {"seg": torch.cat([torch.zeros_like(z), z], 1), "sdm": torch.tanh(self.t - x[:, :1])}
+
+
+class Constant(nn.Module):
+    """Same logits everywhere: the blended result must be exactly the same constant."""
+
+    def __init__(self, logits=(0.3, -0.2, 1.1)):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(logits))
+
+    def forward(self, x):
+        b, _, z, y, w = x.shape
+        return {"seg": self.logits.view(1, -1, 1, 1, 1).expand(b, -1, z, y, w).contiguous()}
+
+
+class Shifted(nn.Module):
+    """Not flip-equivariant: an asymmetric 3-tap kernel along x."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, (1, 1, 3), padding=(0, 0, 1), bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[[[[0.0, 0.0, 0.0]]]], [[[[1.0, 2.0, -3.0]]]]]))
+
+    def forward(self, x):
+        return {"seg": self.conv(x)}
+
+
+def release_positions_xyz(shape_xyz, patch_xyz, stride_xy, stride_z):
+    """The releases' test_single_case window arithmetic (x, y, z arrays, loops x, y, z), for comparison."""
+    ww, hh, dd = shape_xyz
+    sx = math.ceil((ww - patch_xyz[0]) / stride_xy) + 1
+    sy = math.ceil((hh - patch_xyz[1]) / stride_xy) + 1
+    sz = math.ceil((dd - patch_xyz[2]) / stride_z) + 1
+    out = []
+    for x in range(sx):
+        xs = min(stride_xy * x, ww - patch_xyz[0])
+        for y in range(sy):
+            ys = min(stride_xy * y, hh - patch_xyz[1])
+            for z in range(sz):
+                zs = min(stride_z * z, dd - patch_xyz[2])
+                out.append((xs, ys, zs))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ layouts
+@pytest.mark.parametrize("shape_xyz", [(180, 134, 88), (174, 148, 88), (148, 141, 88), (112, 112, 80), (113, 200, 81)])
+def test_papers_layout_reproduces_release_positions(shape_xyz):
+    ref = release_positions_xyz(shape_xyz, (112, 112, 80), 18, 4)
+    ours = window_positions(shape_xyz[::-1], (80, 112, 112), stride_zyx=PAPERS_STRIDE_ZYX)
+    assert [(x, y, z) for z, y, x in ours] == ref  # same windows, same order
+    if shape_xyz == (180, 134, 88):
+        assert len(ours) == 45
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.75])
+@pytest.mark.parametrize("shape", [(80, 134, 180), (33, 40, 97), (16, 16, 16)])
+def test_default_layout_covers_every_voxel_with_overlap(shape, overlap):
+    patch = (16, 16, 32) if shape != (16, 16, 16) else (16, 16, 16)
+    patch = tuple(min(p, s) for p, s in zip(patch, shape))
+    cover = np.zeros(shape, dtype=int)
+    positions = window_positions(shape, patch, overlap)
+    for z, y, x in positions:
+        cover[z:z + patch[0], y:y + patch[1], x:x + patch[2]] += 1
+    assert cover.min() >= 1
+    for axis in range(3):
+        starts = sorted(set(p[axis] for p in positions))
+        assert starts[0] == 0 and starts[-1] == shape[axis] - patch[axis]
+        steps = np.diff(starts)
+        # neighbours share at least `overlap` of the patch, and the spacing is even (differs by <= 1 voxel)
+        if len(steps):
+            assert steps.max() <= max(1, int(patch[axis] * (1 - overlap)))
+            assert steps.max() - steps.min() <= 1
+
+
+def test_gaussian_importance_map():
+    w = importance_map((16, 24, 32), "gaussian").numpy()
+    assert w.dtype == np.float32 and w.max() == pytest.approx(1.0) and w.min() > 0
+    assert np.allclose(w, w[::-1, ::-1, ::-1])  # symmetric about the centre
+    # separable Gaussian with sigma = patch / 8 along x
+    line = w[7, 11] / w[7, 11].max()  # near-centre row along x (centre is between voxels 15 and 16)
+    i = np.arange(32)
+    expected = np.exp(-((i - 15.5) ** 2) / (2 * 4.0 ** 2))
+    assert np.allclose(line, expected / expected.max(), atol=1e-6)
+    assert np.all(importance_map((4, 4, 4), "constant").numpy() == 1)
+    with pytest.raises(InputError):
+        importance_map((4, 4, 4), "triangle")
+
+
+# ------------------------------------------------------------------------------------------------------ blending
+@pytest.mark.parametrize("kwargs", [dict(blend="gaussian"), dict(blend="constant"), dict(layout="papers"),
+                                    dict(overlap=0.75, batch_size=3)])
+def test_constant_model_gives_constant_output(kwargs, rng):
+    image = rng.normal(size=(1, 20, 37, 45)).astype(np.float32)
+    out = sliding_window_inference(Constant(), image, (16, 16, 16), fast=False, **kwargs)
+    expected = torch.softmax(torch.tensor([0.3, -0.2, 1.1]), 0).numpy()
+    assert out["prob"].shape == (3, 20, 37, 45) and out["prob"].dtype == np.float32
+    assert np.allclose(out["prob"], expected[:, None, None, None], atol=1e-5)
+    assert "sdm" not in out
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_blending_places_windows_exactly(blend, rng):
+    """A window-independent model: every voxel of the blended result equals the voxel-wise answer."""
+    image = rng.normal(size=(1, 21, 30, 50)).astype(np.float32)
+    out = sliding_window_inference(Pointwise(), image, (16, 16, 16), blend=blend, fast=False, batch_size=2)
+    fg = 1 / (1 + np.exp(-3.0 * image[0]))
+    assert np.allclose(out["prob"][1], fg, atol=1e-5)
+    assert np.allclose(out["prob"].sum(0), 1, atol=1e-5)
+    assert out["sdm"].shape == (1, 21, 30, 50)
+    assert np.allclose(out["sdm"][0], np.tanh(-image[0]), atol=1e-5)
+
+
+def test_input_smaller_than_patch_is_padded_and_cropped_back(rng):
+    image = rng.normal(size=(1, 9, 20, 13)).astype(np.float32)
+    for layout in ("default", "papers"):
+        out = sliding_window_inference(Pointwise(), image, (16, 16, 16), layout=layout, fast=False)
+        assert out["prob"].shape == (2, 9, 20, 13)
+        assert np.allclose(out["prob"][1], 1 / (1 + np.exp(-3.0 * image[0])), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------ TTA / ROI
+def test_flip_tta_on_equivariant_model_changes_nothing(rng):
+    image = rng.normal(size=(1, 18, 20, 22)).astype(np.float32)
+    plain = sliding_window_inference(Pointwise(), image, (16, 16, 16), fast=False)
+    tta = sliding_window_inference(Pointwise(), image, (16, 16, 16), fast=False, tta_axes=(0, 1, 2))
+    assert tta["info"]["passes_per_window"] == 8
+    assert np.allclose(plain["prob"], tta["prob"], atol=1e-6)
+    assert np.allclose(plain["sdm"], tta["sdm"], atol=1e-6)
+
+
+def test_flip_tta_averages_flipped_predictions(rng):
+    image = rng.normal(size=(1, 16, 16, 16)).astype(np.float32)  # one window: no blending involved
+    model = Shifted()
+    out = sliding_window_inference(model, image, (16, 16, 16), fast=False, tta_axes=(2,))
+    x = torch.from_numpy(image)[None]
+    with torch.no_grad():
+        p0 = torch.softmax(model(x)["seg"], 1)
+        p1 = torch.flip(torch.softmax(model(torch.flip(x, [4]))["seg"], 1), [4])
+    expected = ((p0 + p1) / 2)[0].numpy()
+    assert np.allclose(out["prob"], expected, atol=1e-5)
+    assert not np.allclose(out["prob"], p0[0].numpy(), atol=1e-3)  # the flip really mattered
+
+
+def test_roi_limits_windows_and_is_background_outside(rng):
+    image = rng.normal(size=(1, 40, 40, 40)).astype(np.float32) + 1.0
+    roi = ((5, 12), (10, 30), (0, 40))
+    out = sliding_window_inference(Pointwise(), image, (16, 16, 16), roi=roi, fast=False)
+    full = sliding_window_inference(Pointwise(), image, (16, 16, 16), fast=False)
+    assert out["info"]["windows"] < full["info"]["windows"]
+    inside = (slice(None), slice(5, 12), slice(10, 30), slice(0, 40))
+    assert np.allclose(out["prob"][inside], full["prob"][inside], atol=1e-5)
+    mask = np.ones((40, 40, 40), bool)
+    mask[inside[1:]] = False
+    assert np.all(out["prob"][0][mask] == 1) and np.all(out["prob"][1][mask] == 0)
+    assert np.all(out["sdm"][0][mask] == 1)
+    with pytest.raises(InputError):
+        sliding_window_inference(Pointwise(), image, (16, 16, 16), roi=((50, 60), (0, 5), (0, 5)))
+
+
+# ------------------------------------------------------------------------------------------------------ progress
+def test_progress_and_cancel(rng):
+    image = rng.normal(size=(1, 16, 16, 64)).astype(np.float32)
+    seen = []
+    sliding_window_inference(Pointwise(), image, (16, 16, 16), overlap=0.0, fast=False,
+                             progress=lambda f, m="": seen.append(f))
+    assert seen == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+    token = CancelToken()
+    calls = []
+
+    def cancel_after_first(fraction, message=""):
+        calls.append(fraction)
+        token.cancel()
+
+    with pytest.raises(Cancelled):
+        sliding_window_inference(Pointwise(), image, (16, 16, 16), overlap=0.0, fast=False,
+                                 progress=cancel_after_first, cancel=token)
+    assert calls == [0.25]  # stopped before the second batch
+
+
+def test_cancel_via_stop_file(tmp_path, rng):
+    stop = tmp_path / "stop"
+    stop.touch()
+    with pytest.raises(Cancelled):
+        sliding_window_inference(Pointwise(), rng.normal(size=(1, 16, 16, 16)).astype(np.float32), (16, 16, 16),
+                                 fast=False, cancel=CancelToken(stop))
+
+
+# ------------------------------------------------------------------------------------------------------ fast path
+def test_label_agreement():
+    a = torch.zeros(1, 3, 4, 4, 4)
+    a[:, 0] = 1
+    assert label_agreement(a, a) == 1.0
+    b = a.clone()
+    b[:, 1, :2] = 2  # class 1 on half the voxels in b only
+    assert label_agreement(a, b) == 0.0
+    assert label_agreement(b, b) == 1.0
+
+
+def test_fast_path_matches_fp32_and_falls_back(rng):
+    clear_fast_path_cache()
+    torch.manual_seed(0)
+    model = VNet(VNetConfig(n_filters=4, sdm_head=True)).eval()
+    image = rng.normal(size=(1, 24, 40, 36)).astype(np.float32)
+    ref = sliding_window_inference(model, image, (16, 32, 32), fast=False)
+    fast = sliding_window_inference(model, image, (16, 32, 32), fast=True)
+    if fast["info"]["precision"] == "bf16":
+        assert fast["info"]["fast_path_agreement"] >= 0.995
+        assert label_agreement(torch.from_numpy(ref["prob"])[None], torch.from_numpy(fast["prob"])[None]) > 0.97
+    else:  # the guard refused bf16: then the fast path is exact fp32 (channels_last only)
+        assert np.allclose(ref["prob"], fast["prob"], atol=1e-4)
+    # an impossible agreement threshold forces the fp32 fallback, which matches the reference
+    clear_fast_path_cache()
+    forced = sliding_window_inference(model, image, (16, 32, 32), fast=True, fast_min_dice=1.01)
+    assert forced["info"]["precision"] == "fp32"
+    assert np.allclose(ref["prob"], forced["prob"], atol=1e-4)
+    assert np.allclose(ref["sdm"], forced["sdm"], atol=1e-4)
+    # the user's model is untouched (the fast path works on a cached channels_last copy)
+    assert model.block_one.conv[0].weight.is_contiguous()
+
+
+# ------------------------------------------------------------------------------------------------------ largest CC
+def test_keep_largest_component():
+    labels = np.zeros((10, 20, 20), np.uint8)
+    labels[1:4, 1:4, 1:4] = 1          # 27 voxels
+    labels[5:9, 10:15, 10:15] = 1      # 100 voxels: kept
+    labels[0:2, 15:20, 0:3] = 2        # 30 voxels: kept
+    labels[8, 0, 0] = 2                # 1 voxel: removed
+    labels[4, 4, 4] = 1                # touches the first blob by a corner only (26-connected)
+    out = keep_largest_component(labels)
+    assert (out == 1).sum() == 100 and (out == 2).sum() == 30
+    assert out[2, 2, 2] == 0 and out[8, 0, 0] == 0
+    only2 = keep_largest_component(labels, classes=[2])
+    assert (only2 == 1).sum() == (labels == 1).sum()
+    vol = Volume(labels, spacing=(0.5, 0.5, 2.0), origin=(1, 2, 3))
+    res = keep_largest_component(vol)
+    assert isinstance(res, Volume) and res.same_geometry(vol) and np.array_equal(res.array, out)
+
+
+# ------------------------------------------------------------------------------------------------------ segment()
+def _card(spacing_xyz, patch_xyz, num_classes=2, label_values=None, sdm=True, normalization=None):
+    from semisupseg.checkpoint import ModelCard
+
+    names = ["background"] + [f"c{i}" for i in range(1, num_classes)]
+    return ModelCard(method="test", arch="vnet", network={"num_classes": num_classes, "sdm_head": sdm},
+                     class_names=names, label_values=label_values or list(range(num_classes)), in_channels=1,
+                     spacing_xyz=spacing_xyz, patch_size_xyz=patch_xyz,
+                     normalization=normalization or {"kind": "none"})
+
+
+def _sphere(shape_zyx, spacing_xyz, radius_mm, centre_mm):
+    zz, yy, xx = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape_zyx, spacing_xyz[::-1])], indexing="ij")
+    d = np.sqrt((zz - centre_mm[2]) ** 2 + (yy - centre_mm[1]) ** 2 + (xx - centre_mm[0]) ** 2)
+    return d
+
+
+def test_segment_resampling_round_trip_keeps_geometry_and_shape():
+    """Anisotropic input resampled to a 1 mm model grid and back: outputs have exactly the input geometry and
+    the known sphere is recovered."""
+    spacing = (0.7, 0.8, 1.6)
+    shape = (20, 40, 45)  # z, y, x
+    d = _sphere(shape, spacing, 8.0, (15.0, 16.0, 15.0))
+    image = (8.0 - d).astype(np.float32)  # > 0 inside the sphere
+    direction = np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]], float)
+    vol = Volume(image, spacing, origin=(-10.0, 5.0, 2.5), direction=direction, path="sphere.nii.gz")
+    card = _card((1.0, 1.0, 1.0), (16, 16, 16), label_values=[0, 7])
+    result = segment(vol, Pointwise(k=2.0), card, SegmentOptions(fast=False))
+    for v in (result.labels, result.probabilities, result.sdm, result.entropy):
+        assert v.same_geometry(vol, tol=1e-9)
+    assert result.probabilities.array.shape == (2,) + shape
+    assert result.labels.array.dtype == np.uint8 and set(np.unique(result.labels.array)) <= {0, 7}
+    truth = d < 8.0
+    pred = result.labels.array == 7
+    dice = 2 * (truth & pred).sum() / (truth.sum() + pred.sum())
+    assert dice > 0.97
+    assert np.allclose(result.probabilities.array.sum(0), 1, atol=1e-5)
+    assert result.entropy.array.max() <= math.log(2) + 1e-5
+    assert result.info["model_grid_zyx"] == [32, 32, 31]  # 45 * 0.7 mm = 31.5 (31.4999 in floats) -> 31
+    kept = segment(vol, Pointwise(k=2.0), card, SegmentOptions(fast=False, keep_largest=True, compute_sdm=False,
+                                                               compute_entropy=False))
+    assert kept.sdm is None and kept.entropy is None
+    assert np.array_equal(kept.labels.array, keep_largest_component(result.labels.array, [7]))
+
+
+def test_segment_normalises_and_checks_channels(rng):
+    vol = Volume(rng.normal(loc=100.0, scale=20.0, size=(16, 16, 16)).astype(np.float32))
+    card = _card((1.0, 1.0, 1.0), (16, 16, 16), normalization={"kind": "zscore"})
+    res = segment(vol, Pointwise(), card, SegmentOptions(fast=False))
+    z = (vol.array - vol.array.mean()) / vol.array.std()
+    assert np.allclose(res.probabilities.array[1], 1 / (1 + np.exp(-3 * z)), atol=1e-4)
+    with pytest.raises(InputError):
+        segment([vol, vol], Pointwise(), card)
+    bad = Volume(vol.array.copy())
+    bad.array[0, 0, 0] = np.nan
+    with pytest.raises(InputError):
+        segment(bad, Pointwise(), card)
+
+
+def test_segment_roi_in_input_voxels(rng):
+    vol = Volume(np.ones((20, 24, 28), np.float32), spacing=(0.5, 0.5, 0.5))
+    card = _card((1.0, 1.0, 1.0), (16, 16, 16))
+    res = segment(vol, Pointwise(), card, SegmentOptions(fast=False, roi=((2, 10), (4, 20), (0, 28))))
+    lab = res.labels.array
+    assert lab[2:10, 4:20, :].min() == 1
+    assert lab.sum() == 8 * 16 * 28
+
+
+def test_segment_with_vnet_multiclass_and_model_file(tmp_path, rng):
+    from semisupseg.checkpoint import make_card, save_model
+
+    torch.manual_seed(1)
+    model = VNet(VNetConfig(num_classes=3, n_filters=2, sdm_head=True)).eval()
+    card = make_card(model, method="supervised", spacing_xyz=(1.0, 1.0, 1.0), patch_size_xyz=(32, 16, 16),
+                     label_values=[0, 3, 5])
+    path = save_model(tmp_path / "m.pt", model, card)
+    vol = Volume(rng.normal(size=(20, 18, 40)).astype(np.float32), spacing=(1.0, 1.0, 1.0))
+    res = segment(vol, path, options=SegmentOptions(batch_size=2))
+    assert res.probabilities.array.shape == (3, 20, 18, 40) and res.sdm.array.shape == (2, 20, 18, 40)
+    assert set(np.unique(res.labels.array)) <= {0, 3, 5}
+    assert res.entropy.array.max() <= math.log(3) + 1e-5

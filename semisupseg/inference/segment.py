@@ -1,0 +1,262 @@
+"""Segment a whole image with a trained model: what the CLI ``segment`` command and the Slicer *Segment* button call.
+
+Pipeline (:func:`segment`): normalise the intensities as the model card says → resample (linear) to the model's
+voxel spacing → sliding-window inference → resample the class probabilities (and SDM) back to the input grid
+(linear) → argmax → label values of the card → optional largest-component filtering. Every output is a
+:class:`~semisupseg.volume.Volume` with exactly the input's geometry (shape, spacing, origin, direction).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from semisupseg.errors import InputError
+from semisupseg.inference.postprocess import keep_largest_component
+from semisupseg.inference.sliding_window import (BLENDS, FAST_MIN_DICE, LAYOUTS, Box,
+                                                 sliding_window_inference)
+from semisupseg.progress import CancelToken, ProgressCallback, scaled
+from semisupseg.volume import Volume
+
+
+@dataclass
+class SegmentOptions:
+    """How :func:`segment` runs (defaults: the fast, default layout).
+
+    * ``layout``: ``"default"`` (``overlap``, ``blend``) or ``"papers"`` (the releases' strides 18/18/4 and
+      uniform averaging; overrides ``overlap`` and ``blend``).
+    * ``overlap``: fraction of the window shared with its neighbour (0.5); ``blend``: ``"gaussian"`` or
+      ``"constant"``; ``sigma_scale``: Gaussian sigma as a fraction of the window side (1/8).
+    * ``batch_size``: windows per forward pass; ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``...
+    * ``fast``: channels_last_3d + bf16 autocast when it keeps the labels (``fast_min_dice`` against fp32 on a
+      probe window, see :func:`~semisupseg.inference.sliding_window_inference`); ``False`` = plain fp32.
+    * ``tta_axes``: spatial axes flipped for test-time augmentation, **z, y, x** numbering (0, 1, 2) of the
+      model's grid; ``()`` none.
+    * ``roi``: ``((z0, z1), (y0, y1), (x0, x1))`` voxel bounds in the **input** image (stop exclusive); only that
+      box is segmented, the rest is background.
+    * ``keep_largest``: keep the largest connected component of each class (the releases' post-processing).
+    * ``compute_sdm`` / ``compute_entropy``: also return the SDM (when the model has the head) / voxel entropy;
+      ``entropy_base``: logarithm base of the entropy (``e``: nats; ``2``: bits, in [0, 1] for two classes).
+    """
+
+    layout: str = "default"
+    overlap: float = 0.5
+    blend: str = "gaussian"
+    sigma_scale: float = 0.125
+    batch_size: int = 1
+    device: str = "auto"
+    fast: bool = True
+    fast_min_dice: float = FAST_MIN_DICE
+    tta_axes: Tuple[int, ...] = ()
+    roi: Optional[Box] = None
+    keep_largest: bool = False
+    compute_sdm: bool = True
+    compute_entropy: bool = True
+    entropy_base: float = math.e
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise InputError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.blend not in BLENDS:
+            raise InputError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        if not 0.0 <= float(self.overlap) < 1.0:
+            raise InputError(f"overlap must be in [0, 1), got {self.overlap}")
+        if int(self.batch_size) < 1:
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+        self.tta_axes = tuple(int(a) for a in self.tta_axes)
+        if any(a not in (0, 1, 2) for a in self.tta_axes):
+            raise InputError(f"TTA flip axes are 0 (z), 1 (y), 2 (x); got {self.tta_axes}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SegmentationResult:
+    """Outputs of :func:`segment`, all in the input image's geometry.
+
+    * ``labels``: ``(Z, Y, X)`` label map with the card's ``label_values`` (uint8 when they fit);
+    * ``probabilities``: ``(C, Z, Y, X)`` float32 class probabilities (class order of the card, background first);
+    * ``sdm``: ``(C-1, Z, Y, X)`` float32 signed distance prediction in [-1, 1] (negative inside), or ``None``;
+    * ``entropy``: ``(Z, Y, X)`` float32 voxel entropy of the probabilities (base ``SegmentOptions.entropy_base``),
+      or ``None``;
+    * ``info``: windows, precision used, timings.
+    """
+
+    labels: Volume
+    probabilities: Volume
+    sdm: Optional[Volume] = None
+    entropy: Optional[Volume] = None
+    info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _label_dtype(values: Sequence[int]) -> np.dtype:
+    lo, hi = min(values), max(values)
+    for dt in (np.uint8, np.int16, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def _as_channels(volume: Union[Volume, Sequence[Volume]], in_channels: int) -> Volume:
+    """One ``(C, Z, Y, X)`` float32 Volume from a Volume (3D, or 4D with channels) or a list of 3D Volumes."""
+    if isinstance(volume, Volume):
+        vols = [volume]
+    else:
+        vols = list(volume)
+        if not vols or not all(isinstance(v, Volume) for v in vols):
+            raise InputError("segment() needs a Volume or a list of Volumes (one per input channel)")
+    ref = vols[0]
+    arrays = []
+    for v in vols:
+        if not v.same_geometry(ref):
+            raise InputError(f"input channels must share one geometry; {v.path or 'a channel'} differs from "
+                             f"{ref.path or 'the first'}", v.path)
+        a = np.asarray(v.array, dtype=np.float32)
+        arrays.extend([a] if a.ndim == 3 else list(a))
+    if len(arrays) != in_channels:
+        raise InputError(f"the model expects {in_channels} input channel(s), got {len(arrays)}", ref.path)
+    for a in arrays:
+        if not np.all(np.isfinite(a)):
+            raise InputError("image contains NaN or infinite values", ref.path)
+    return Volume(np.stack(arrays), ref.spacing, ref.origin, ref.direction.copy(), ref.path)
+
+
+def resample_to_reference(volume: Volume, reference: Volume) -> Volume:
+    """``volume`` (``(Z, Y, X)`` or ``(C, Z, Y, X)`` float) linearly resampled onto ``reference``'s grid (shape,
+    spacing, origin, direction).
+
+    Points of the reference grid outside the hull of ``volume``'s voxel centres (within half a voxel of the extent,
+    e.g. when the resampled grid rounded the extent down) take the nearest voxel's value instead of 0.
+    """
+    import SimpleITK as sitk
+
+    from semisupseg.io import to_sitk
+
+    if volume.same_geometry(reference, tol=1e-6):
+        return volume
+    f = sitk.ResampleImageFilter()
+    f.SetReferenceImage(to_sitk(reference.with_array(np.zeros(reference.shape_zyx, np.uint8))))
+    f.SetInterpolator(sitk.sitkLinear)
+    f.SetTransform(sitk.Transform())
+    f.SetUseNearestNeighborExtrapolator(True)
+    f.SetOutputPixelType(sitk.sitkUnknown)
+    array = volume.array.astype(np.float32, copy=False)
+    channels = [array] if array.ndim == 3 else list(array)
+    out = [sitk.GetArrayFromImage(f.Execute(to_sitk(volume.with_array(np.ascontiguousarray(c))))) for c in channels]
+    result = out[0] if array.ndim == 3 else np.stack(out)
+    return reference.with_array(result.astype(np.float32, copy=False))
+
+
+def _roi_on_grid(roi: Box, shape_in: Sequence[int], shape_out: Sequence[int]) -> Box:
+    """Voxel box of the input grid mapped to a grid of the same extent with ``shape_out`` voxels (covering)."""
+    out = []
+    for (a, b), n, m in zip(roi, shape_in, shape_out):
+        out.append((int(math.floor(a * m / n)), int(math.ceil(b * m / n))))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def segment(
+    volume: Union[Volume, Sequence[Volume]],
+    model: Union[nn.Module, str, Path],
+    card: Optional[Any] = None,
+    options: Optional[SegmentOptions] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> SegmentationResult:
+    """Segment ``volume`` with ``model`` (see the module docstring for the pipeline).
+
+    Args:
+        volume: the image (a :class:`Volume`), or one Volume per channel when ``card.in_channels > 1``.
+        model: the network, or the path of a model file (then ``card`` defaults to the file's card).
+        card: the :class:`~semisupseg.checkpoint.ModelCard` (spacing, window size, normalisation, classes).
+        options: :class:`SegmentOptions`.
+        progress: ``callback(fraction, message)``; cancel: a :class:`CancelToken` polled between window batches.
+    """
+    t0 = time.perf_counter()
+    options = options or SegmentOptions()
+    progress = progress or (lambda f, m="": None)
+    if isinstance(model, (str, Path)):
+        from semisupseg.checkpoint import load_model
+
+        model, file_card = load_model(model, device="cpu")
+        card = card or file_card
+    if card is None:
+        raise InputError("segment() needs the model card (spacing, window size, normalisation, classes)")
+    from semisupseg.data.preprocess import NormalizationConfig, normalize, resample_volume
+    from semisupseg.geometry import entropy as voxel_entropy
+
+    image = _as_channels(volume, int(card.in_channels))
+    reference = Volume(np.zeros(image.shape_zyx, dtype=np.uint8), image.spacing, image.origin,
+                       image.direction.copy(), image.path)
+    progress(0.0, "preprocessing")
+    norm_cfg = NormalizationConfig.from_dict(card.normalization)
+    normalised = image.with_array(normalize(image.array, norm_cfg))
+    on_grid = resample_volume(normalised, card.spacing_xyz, is_label=False)
+    roi_grid = None
+    if options.roi is not None:
+        roi_in = tuple((max(0, int(a)), min(int(n), int(b))) for (a, b), n in zip(options.roi, image.shape_zyx))
+        if len(roi_in) != 3 or any(b <= a for a, b in roi_in):
+            raise InputError(f"roi {options.roi} does not overlap the image of shape (z, y, x) {image.shape_zyx}",
+                             image.path)
+        roi_grid = _roi_on_grid(roi_in, image.shape_zyx, on_grid.shape_zyx)
+    progress(0.05, "sliding windows")
+
+    out = sliding_window_inference(
+        model, on_grid.array, card.patch_size_zyx, overlap=options.overlap, blend=options.blend,
+        batch_size=options.batch_size, device=options.device, fast=options.fast, layout=options.layout,
+        tta_axes=options.tta_axes, roi=roi_grid, sigma_scale=options.sigma_scale,
+        fast_min_dice=options.fast_min_dice, progress=scaled(progress, 0.05, 0.9), cancel=cancel,
+    )
+    prob = out["prob"]
+    n_classes = int(card.num_classes)
+    if prob.shape[0] != n_classes:
+        raise InputError(f"the model outputs {prob.shape[0]} classes but its card lists {n_classes} "
+                         f"({card.class_names})")
+    if cancel is not None:
+        cancel.raise_if_cancelled("segmentation")
+    progress(0.9, "resampling to the input grid")
+
+    prob_vol = resample_to_reference(on_grid.with_array(prob), reference)
+    p = np.clip(prob_vol.array.astype(np.float32, copy=False), 0.0, 1.0)
+    p /= np.maximum(p.sum(axis=0, keepdims=True), 1e-12)
+    sdm_vol = None
+    if options.compute_sdm and "sdm" in out:
+        sdm_vol = resample_to_reference(on_grid.with_array(out["sdm"]), reference)
+        sdm_vol = reference.with_array(np.clip(sdm_vol.array.astype(np.float32), -1.0, 1.0))
+    if options.roi is not None:
+        # outside the box: background (resampling may have blurred the box edge)
+        inside = np.zeros(image.shape_zyx, dtype=bool)
+        inside[tuple(slice(a, b) for a, b in roi_in)] = True
+        p[:, ~inside] = 0.0
+        p[0, ~inside] = 1.0
+        if sdm_vol is not None:
+            sdm_vol.array[:, ~inside] = 1.0
+
+    values = [int(v) for v in card.label_values]
+    index = np.argmax(p, axis=0)
+    labels = np.asarray(values, dtype=_label_dtype(values))[index]
+    if options.keep_largest:
+        progress(0.95, "keeping the largest component per class")
+        labels = keep_largest_component(labels, classes=values[1:], background=values[0])
+    ent = None
+    if options.compute_entropy:
+        ent = reference.with_array(np.asarray(voxel_entropy(p, axis=0, base=options.entropy_base), np.float32))
+    info = dict(out["info"])
+    info.update({"model_grid_zyx": list(on_grid.shape_zyx), "model_spacing_xyz": list(card.spacing_xyz),
+                 "total_seconds": time.perf_counter() - t0})
+    progress(1.0, "done")
+    return SegmentationResult(
+        labels=reference.with_array(labels),
+        probabilities=reference.with_array(p),
+        sdm=sdm_vol,
+        entropy=ent,
+        info=info,
+    )
