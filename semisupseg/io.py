@@ -337,6 +337,82 @@ def _read_dicom_series(folder: Path, series_id: Optional[str] = None) -> sitk.Im
         raise InputError(f"cannot read DICOM series {series_id}: {str(exc).strip()[:300]}", folder) from exc
 
 
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
+
+
+def _nifti_scan(path: Path) -> int:
+    """Check a ``.nii``/``.nii.gz`` file is complete and count its non-finite float voxels.
+
+    Needed because ITK's NIfTI reader silently accepts a truncated file (missing voxels come back as garbage/0)
+    and replaces NaN voxels by 0, so neither problem would be visible in the array it returns. The file is
+    streamed once (gzip CRC checked), in chunks, without holding a second copy of the data.
+    """
+    import gzip
+    import struct
+    import zlib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:  # type: ignore[operator]
+            head = handle.read(540)
+            if len(head) < 348:
+                raise InputError("truncated NIfTI file (incomplete header)", path)
+            endian = None
+            for e in ("<", ">"):
+                size = struct.unpack(e + "i", head[:4])[0]
+                if size in (348, 540):
+                    endian = e
+                    break
+            if endian is None:
+                return 0  # not a NIfTI header we know: let ITK decide
+            if size == 348:
+                dims = struct.unpack(endian + "8h", head[40:56])
+                datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+                offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            else:
+                datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+                dims = struct.unpack(endian + "8q", head[16:80])
+                offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            ndim = int(dims[0])
+            if not 1 <= ndim <= 7:
+                return 0
+            nvox = int(np.prod([max(int(d), 0) for d in dims[1: ndim + 1]], dtype=np.int64))
+            nbytes = nvox * max(int(bitpix), 0) // 8
+            if len(head) > offset:
+                leftover = head[offset:]
+            else:
+                skipped = handle.read(offset - len(head))
+                if len(skipped) < offset - len(head):
+                    raise InputError("truncated NIfTI file (ends before the voxel data)", path)
+                leftover = b""
+            fmt = _NIFTI_FLOATS.get(int(datatype))
+            item = int(bitpix) // 8 if fmt else 1
+            remaining = nbytes - len(leftover)
+            bad = 0
+            buf = leftover
+            chunk = 1 << 22
+            while True:
+                if fmt and len(buf) >= item:
+                    usable = len(buf) - len(buf) % item
+                    arr = np.frombuffer(buf[:usable], dtype=endian + fmt)
+                    bad += int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                    buf = buf[usable:]
+                if remaining <= 0:
+                    break
+                data = handle.read(min(chunk, remaining))
+                if not data:
+                    break
+                remaining -= len(data)
+                buf = buf + data if buf else data
+            if remaining > 0:
+                raise InputError(
+                    f"truncated NIfTI file: {remaining} of {nbytes} bytes of voxel data are missing", path
+                )
+            return bad
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"corrupt or truncated file ({exc})", path) from exc
+
+
 def read_volume(
     path: PathLike,
     *,
@@ -351,8 +427,19 @@ def read_volume(
     series from a DICOM folder holding several.
     """
     p = Path(path)
+    if nonfinite not in ("error", "zero"):
+        raise InputError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
+    nifti_bad = 0
+    if p.is_file() and p.stat().st_size > 0 and volume_suffix(p) in (".nii", ".nii.gz"):
+        nifti_bad = _nifti_scan(p)
     image = _read_sitk(p, series_id)
     volume = from_sitk(image, p, allow_channels=allow_channels)
+    if nifti_bad and nonfinite == "error":
+        raise InputError(
+            f"{nifti_bad} non-finite voxels (NaN or Inf) of {volume.array.size}; fix the file or read it with "
+            "nonfinite='zero' to replace them by 0",
+            p,
+        )
     volume.array = check_finite(volume.array, p, nonfinite)
     return volume
 
