@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from semisupseg.methods import get_method
 from semisupseg.methods.base import Batch, StepContext
-from semisupseg.methods.vwadv import (VoxelAdversarial, VWAdvParams, byol_loss, ema_update_module,
-                                      sample_class_voxels, voxel_adversarial_loss, voxel_discriminator_loss)
+from semisupseg.losses.adversarial import discriminator_loss, generator_loss
+from semisupseg.methods.vwadv import VoxelAdversarial, VWAdvParams, byol_loss, ema_update_module, sample_class_voxels
 from semisupseg.nets import VNet
 from semisupseg.nets.voxel_features import (MLPHead, MultiScaleVoxelFeatures, VoxelDiscriminator, sample_trilinear,
                                             vnet_stage_channels)
@@ -64,10 +64,10 @@ def test_byol_loss_hand_value():
 def test_discriminator_losses_hand_values():
     real = torch.tensor([0.0])
     fake = torch.tensor([math.log(3.0)])  # σ = 0.75
-    assert voxel_discriminator_loss(real, fake).item() == pytest.approx(math.log(2) + math.log(4), rel=1e-6)
-    assert voxel_discriminator_loss(real, fake[:0]).item() == pytest.approx(math.log(2), rel=1e-6)
-    assert voxel_adversarial_loss(fake).item() == pytest.approx(-math.log(0.75), rel=1e-6)
-    assert voxel_adversarial_loss(fake[:0]).item() == 0.0
+    # mean BCE over every sampled voxel: (-log 0.5 - log(1 - 0.75)) / 2
+    assert discriminator_loss(real, fake).item() == pytest.approx((math.log(2) + math.log(4)) / 2, rel=1e-6)
+    assert discriminator_loss(real, fake[:0]).item() == pytest.approx(math.log(2), rel=1e-6)
+    assert generator_loss(fake).item() == pytest.approx(-math.log(0.75), rel=1e-6)
 
 
 def test_voxel_discriminator_class_heads():
@@ -168,10 +168,11 @@ def test_step_any_patch_size_finite_terms_and_updates(shape):
 def test_discriminator_trained_only_by_its_own_loss():
     net, _, method, batch, ctx = _setup()
     result = method.step(net, batch, ctx)
-    sum(result.losses.values()).backward()  # leaves L_adv gradients in the discriminator
+    sum(result.losses.values()).backward()
+    assert all(prm.grad is None for prm in method.discriminator.parameters())  # L_adv went through a frozen D
     f_l, cls_l, f_u, cls_u = method._pending
     ref = copy.deepcopy(method.discriminator)
-    voxel_discriminator_loss(ref(f_l, cls_l), ref(f_u, cls_u)).backward()
+    discriminator_loss(ref(f_l, cls_l), ref(f_u, cls_u)).backward()
     for group in method.optimizers["discriminator"].param_groups:
         group["lr"] = 0.0  # keep the parameters, inspect the gradients
     method.after_step(net, batch, ctx)

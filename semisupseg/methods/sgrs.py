@@ -55,6 +55,7 @@ from semisupseg.losses.regional import consistent_region_loss, noise_robust_regi
 from semisupseg.losses.segmentation import cross_entropy, multiclass_dice_loss
 from semisupseg.methods import register
 from semisupseg.methods.base import Batch, Method, MethodParams, StepContext, StepResult
+from semisupseg.methods.mean_teacher import teacher_input_noise
 from semisupseg.nets.vnet import softmax_logits
 from semisupseg.schedules import consistency_weight
 
@@ -124,12 +125,6 @@ def mix_images(u: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> tor
     return lam * u + (1.0 - lam) * partner
 
 
-def clipped_noise(shape: Tuple[int, ...], std: float, clip: float, generator: torch.Generator) -> torch.Tensor:
-    """``clip(N(0, std²), -clip, clip)`` drawn from ``generator`` (on the generator's device)."""
-    noise = torch.randn(shape, generator=generator, device=generator.device) * std
-    return noise.clamp(-clip, clip)
-
-
 @register
 class SGRS(Method):
     name = "sgrs"
@@ -148,7 +143,7 @@ class SGRS(Method):
         p = self.params
         if p.noise_std <= 0:
             return x
-        return x + clipped_noise(tuple(x.shape), p.noise_std, p.noise_clip, generator).to(x.device, x.dtype)
+        return x + teacher_input_noise(x, generator, p.noise_std, p.noise_clip)
 
     def pseudo_labels(self, teacher: nn.Module, u_noisy: torch.Tensor, seg_form: str) -> torch.Tensor:
         """``Y = argmax teacher(Ũ)`` ``(B, Z, Y, X)`` int64, computed without gradients."""
@@ -269,4 +264,4 @@ class SGRS(Method):
         return codes.cpu().numpy()
 
 
-__all__ = ["SGRS", "SGRSParams", "mixup_lambda", "sample_beta", "mix_images", "clipped_noise"]
+__all__ = ["SGRS", "SGRSParams", "mixup_lambda", "sample_beta", "mix_images"]

@@ -9,8 +9,10 @@ trilinear upsampling to the mask resolution → add → 1x1 conv + ReLU):
 * **Voxel-wise feature discriminator** (:class:`~semisupseg.nets.voxel_features.VoxelDiscriminator`): sampled voxel
   features → 2 MLP layers → the head of the voxel's class (ground truth on labeled, pseudo label on unlabeled);
   labeled voxels are "real", unlabeled "fake". The discriminator is trained in :meth:`VoxelAdversarial.after_step` with
-  its own Adam (lr 2e-4, betas (0.5, 0.999)) on the detached features of the step (no second forward); the
-  segmenter's adversarial term ``L_adv = BCE(D(f_u), real)`` on the unlabeled voxels, weight α = 0.01.
+  its own Adam (lr 2e-4, betas (0.5, 0.999)) on the detached features of the step (no second forward) with the mean
+  BCE over all sampled voxels (:func:`semisupseg.losses.adversarial.discriminator_loss`); the segmenter's adversarial
+  term ``L_adv = -mean log D(f_u)`` on the unlabeled voxels (:func:`~semisupseg.losses.adversarial.generator_loss`,
+  through a frozen discriminator), weight α = 0.01.
 * **Voxel-wise representation learning** (BYOL): ``K`` voxels per class sampled from the labeled patches by their
   ground truth; student projection ``z_s = g(f_s)`` and prediction ``q(z_s)``, teacher projection ``z_t = g_t(f_t)``
   of the teacher's (noisy-input) features at the same voxels; ``L_feature = mean ||q(z_s)/|q(z_s)| - z_t/|z_t| ||²``
@@ -35,9 +37,9 @@ Design decisions (the paper leaves them open or the engine API shapes them):
   network's features go through this EMA head, as BYOL's target network.
 * **Method-owned heads**: the fusion module, projector and predictor receive gradients from the engine's backward (of
   ``α L_adv + β L_feature``) and are stepped in :meth:`after_step` by their own SGD (lr 0.01, momentum 0.9, weight
-  decay 1e-4, the V-Net releases' settings, constant lr). The discriminator's gradients left by the engine's backward
-  are discarded before its own update, so only ``L_D`` trains it and only the segmenter's optimiser moves the
-  segmenter.
+  decay 1e-4, the V-Net releases' settings, constant lr). ``L_adv`` passes through a frozen discriminator and the
+  discriminator's gradients are reset before its own update, so only ``L_D`` trains it; only the segmenter's
+  optimiser moves the segmenter.
 * Teacher input noise ``clip(N(0, 0.1²), ±0.2)`` as the mean-teacher releases; teacher forward in BN train mode
   (release behaviour; ``teacher_mode="eval"`` selectable).
 """
@@ -51,11 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semisupseg.losses.adversarial import discriminator_accuracy, discriminator_loss, frozen, generator_loss
 from semisupseg.losses.consistency import mean_teacher_consistency
 from semisupseg.losses.segmentation import multiclass_dice_loss
 from semisupseg.methods import register
 from semisupseg.methods.base import Batch, Method, MethodParams, StepContext, StepResult
-from semisupseg.methods.sgrs import clipped_noise
+from semisupseg.methods.mean_teacher import teacher_input_noise
 from semisupseg.nets.vnet import softmax_logits
 from semisupseg.nets.voxel_features import MLPHead, MultiScaleVoxelFeatures, VoxelDiscriminator, vnet_stage_channels
 from semisupseg.schedules import consistency_weight
@@ -116,23 +119,6 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = F.normalize(prediction.float(), dim=1)
     z = F.normalize(target.float(), dim=1)
     return ((p - z) ** 2).sum(dim=1).mean()
-
-
-def voxel_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator loss ``BCE(D(f_l), 1) + BCE(D(f_u), 0)`` (each a mean over its voxels; an empty set adds 0)."""
-    loss = real_logits.new_zeros((), dtype=torch.float32)
-    if real_logits.numel():
-        loss = loss + F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits.float()))
-    if fake_logits.numel():
-        loss = loss + F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits.float()))
-    return loss
-
-
-def voxel_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Segmenter's adversarial term ``BCE(D(f_u), 1)``: unlabeled voxel features should look labeled (0 if none)."""
-    if fake_logits.numel() == 0:
-        return fake_logits.new_zeros((), dtype=torch.float32)
-    return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits.float()))
 
 
 def sample_class_voxels(labels: torch.Tensor, num_classes: int, per_class: int, generator: torch.Generator,
@@ -234,9 +220,8 @@ class VoxelAdversarial(Method):
         teacher.train(p.teacher_mode == "train")
         try:
             with torch.no_grad():
-                noise = clipped_noise(tuple(x.shape), p.noise_std, p.noise_clip, ctx.generator) \
-                    if p.noise_std > 0 else torch.zeros(())
-                t_out = teacher(x + noise.to(x.device, x.dtype), features=True)
+                t_in = x + teacher_input_noise(x, ctx.generator, p.noise_std, p.noise_clip) if p.noise_std > 0 else x
+                t_out = teacher(t_in, features=True)
                 t_prob = torch.softmax(softmax_logits(t_out["seg"], ctx.seg_form).float(), dim=1)
                 t_feats = self._stage_features(t_out["encoder"])
         finally:
@@ -255,7 +240,11 @@ class VoxelAdversarial(Method):
         feats = self.fusion.sample(s_feats, torch.cat([idx_l, idx_u], dim=0), full_shape)
         f_l, f_u = feats[:idx_l.shape[0]], feats[idx_l.shape[0]:]
 
-        loss_adv = voxel_adversarial_loss(self.discriminator(f_u, cls_u))
+        if f_u.shape[0]:
+            with frozen(self.discriminator):  # L_adv reaches the segmenter through D, never D's weights
+                loss_adv = generator_loss(self.discriminator(f_u, cls_u))
+        else:
+            loss_adv = feats.sum() * 0.0  # no confident unlabeled voxel this step
 
         if f_l.shape[0] >= 2:
             prediction = self.predictor(self.projector(f_l))
@@ -301,20 +290,16 @@ class VoxelAdversarial(Method):
             with ctx.autocast():
                 real = self.discriminator(f_l, cls_l)
                 fake = self.discriminator(f_u, cls_u)
-                loss_d = voxel_discriminator_loss(real, fake)
-            if loss_d.requires_grad:
+            if real.numel() + fake.numel():
+                loss_d = discriminator_loss(real, fake)
                 loss_d.backward()
+                logs["loss_d"] = float(loss_d.detach())
+                logs["d_accuracy"] = discriminator_accuracy(real, fake)
             for prm in self.discriminator.parameters():
                 if prm.grad is None:
                     prm.grad = torch.zeros_like(prm)
             ctx.all_reduce_grads(self.discriminator)
             disc_opt.step()
-            with torch.no_grad():
-                logs["loss_d"] = float(loss_d.detach())
-                if real.numel():
-                    logs["d_real_acc"] = float((real > 0).float().mean())
-                if fake.numel():
-                    logs["d_fake_acc"] = float((fake < 0).float().mean())
 
         # 3) EMA of the teacher's projection head (same rule as the engine's teacher)
         step = ctx.iteration + 1
@@ -324,5 +309,4 @@ class VoxelAdversarial(Method):
         return logs
 
 
-__all__ = ["VoxelAdversarial", "VWAdvParams", "byol_loss", "voxel_discriminator_loss", "voxel_adversarial_loss",
-           "sample_class_voxels", "ema_update_module"]
+__all__ = ["VoxelAdversarial", "VWAdvParams", "byol_loss", "sample_class_voxels", "ema_update_module"]
