@@ -95,6 +95,24 @@ def test_card_defaults_and_unknown_fields_are_kept(tmp_path):
     assert back.extra == {"future_field": {"x": 1}} and back.to_dict()["future_field"] == {"x": 1}
 
 
+def test_training_summary_is_made_json_safe(tmp_path):
+    import numpy as np
+
+    net = _trained_net()
+    card = _card(net, training={"iterations": np.int64(300), "val_dice": np.float32(0.75), "hd95": float("nan"),
+                                "cases": [{"case": "a", "dice": np.float64(0.5), "hd95": np.nan}],
+                                "data_dir": tmp_path, "patch": (1, 2, 3)})
+    path = save_model(tmp_path / "m.pt", net, card)
+    t = read_card(path).training
+    assert t["iterations"] == 300 and type(t["iterations"]) is int and t["val_dice"] == 0.75
+    assert t["hd95"] is None and t["cases"] == [{"case": "a", "dice": 0.5, "hd95": None}]
+    assert t["data_dir"] == str(tmp_path) and t["patch"] == [1, 2, 3]
+    bad = _card(net, training={"sampler": object()})
+    with pytest.raises(CheckpointError, match=r"card.training.sampler"):
+        save_model(tmp_path / "bad.pt", net, bad)
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_overwrite_rules_and_no_sidecar(tmp_path):
     net = _trained_net()
     card = _card(net)

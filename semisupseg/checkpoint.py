@@ -146,7 +146,8 @@ class ModelCard:
             raise ValueError(f"the network takes {net_in} input channels but the card says {self.in_channels}")
 
     def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """A JSON-ready dict (``extra`` merged in; numpy scalars/arrays and paths converted; NaN/inf become None)."""
+        d = _jsonable(dataclasses.asdict(self), "card")
         d["spacing_xyz"] = list(self.spacing_xyz)
         d["patch_size_xyz"] = list(self.patch_size_xyz)
         extra = d.pop("extra")
@@ -207,6 +208,26 @@ class ModelCard:
         for k, v in self.extra.items():
             lines.append(f"{k + ':':<18}{json.dumps(v)}")
         return lines
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+    """``obj`` with JSON-compatible types only: numpy scalars/arrays → Python numbers/lists, tuples → lists,
+    paths → str, non-finite floats → None. Anything else raises ``ValueError`` naming the entry."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalar/array, 0-d or small tensors
+        return _jsonable(obj.tolist(), where)
+    raise ValueError(f"{where}: {type(obj).__name__} value {obj!r} cannot be stored in the JSON model card")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -454,6 +475,7 @@ def save_model(path: PathLike, model: nn.Module, card: ModelCard, overwrite: boo
     net = _unwrap(model)
     try:
         card.validate()
+        card_json = card.to_json()
     except ValueError as exc:
         raise CheckpointError(f"invalid model card: {exc}", path) from None
     try:
@@ -471,7 +493,7 @@ def save_model(path: PathLike, model: nn.Module, card: ModelCard, overwrite: boo
         if p.exists() and not overwrite:
             raise OutputExistsError("exists; pass overwrite=True (--overwrite) to replace it", p)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    payload = {FORMAT_KEY: int(card.format_version), "metadata": card.to_json(), "state_dict": state}
+    payload = {FORMAT_KEY: int(card.format_version), "metadata": card_json, "state_dict": state}
     _atomic_torch_save(payload, path, overwrite=overwrite)
     if sidecar:
         _atomic_write_text(card.to_json(indent=2) + "\n", side, overwrite=overwrite)
