@@ -61,8 +61,15 @@ def _as_arrays(case: CaseLike) -> Tuple[str, np.ndarray, Optional[np.ndarray]]:
 class PatchSampler:
     """Random (augmented) patches from in-memory cases.
 
-    ``cases``: :class:`~semisupseg.data.cases.LoadedCase` objects, ``(image, label)`` tuples or image arrays;
-    images ``(C, Z, Y, X)`` (or ``(Z, Y, X)``) float32, labels ``(Z, Y, X)`` class indices. ``patch_size_zyx``:
+    ``cases``: a sequence whose items are any of
+
+    * :class:`~semisupseg.data.cases.LoadedCase` (its ``image`` and ``label``),
+    * a tuple ``(image, label)``: ``image`` a numpy array ``(C, Z, Y, X)`` (or ``(Z, Y, X)``, then C = 1)
+      float32, normalised; ``label`` a numpy integer array ``(Z, Y, X)`` of class indices (any integer dtype,
+      uint8/int64) or ``None``,
+    * a bare image array (unlabeled).
+
+    Arrays are used in place (not copied) unless they must be padded or cast to float32. ``patch_size_zyx``:
     patch size in voxels, **z, y, x**. ``seed``: the generator's seed. ``augment``: rotation + flip.
     ``foreground_prob``: probability of a foreground-centred crop (labeled cases only). ``use_labels=False``
     makes an unlabeled stream (labels, if any, are dropped at construction). ``flip``: ``"always"`` (papers) or
@@ -165,9 +172,19 @@ class PatchSampler:
         return tuple(int(self.rng.integers(0, n - s + 1)) for s, n in zip(size, shape))  # type: ignore
 
     # --- sampling --------------------------------------------------------------------------------------------
-    def sample(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """One patch: ``(image (C, z, y, x) float32, label (z, y, x) int64 or None)``."""
-        i = self._next_case()
+    def sample(self, index: Optional[int] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """One patch: ``(image (C, z, y, x) float32, label (z, y, x) int64 or None)``.
+
+        ``index``: crop from that case (the caller owns the case order, e.g. the engine's two-stream batcher);
+        ``None``: the next case of the sampler's own shuffled order. Either way the crop position and the
+        augmentation come from this sampler's generator.
+        """
+        if index is None:
+            i = self._next_case()
+        else:
+            i = int(index)
+            if not 0 <= i < self.num_cases:
+                raise InputError(f"case index {index} out of range 0..{self.num_cases - 1}")
         if self.augment:
             k, axis = draw_rot_flip(self.rng, self.flip)
         else:
