@@ -1,0 +1,113 @@
+"""``semisupseg segment`` end to end on real files: outputs exist, have the input's geometry, are not overwritten."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from semisupseg.checkpoint import make_card, save_model
+from semisupseg.cli import main
+from semisupseg.io import read_image_or_h5, read_volume, write_volume
+from semisupseg.nets import VNet, VNetConfig
+from semisupseg.volume import Volume
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model_file(tmp_path, num_classes, spacing, patch_xyz, sdm=True, label_values=None, name="model.pt"):
+    torch.manual_seed(0)
+    model = VNet(VNetConfig(num_classes=num_classes, n_filters=2, sdm_head=sdm)).eval()
+    card = make_card(model, method="supervised", spacing_xyz=spacing, patch_size_xyz=patch_xyz,
+                     class_names=["background"] + [f"structure{i}" for i in range(1, num_classes)],
+                     label_values=label_values)
+    return save_model(tmp_path / name, model, card)
+
+
+def _check_outputs(outdir, case, reference: Volume, num_classes, label_values):
+    labels = read_volume(outdir / f"{case}_label.nii.gz")
+    assert labels.same_geometry(reference, tol=1e-5)
+    assert set(np.unique(labels.array).tolist()) <= set(label_values)
+    prob = read_volume(outdir / f"{case}_prob.nii.gz", allow_channels=True)
+    sdm = read_volume(outdir / f"{case}_sdm.nii.gz", allow_channels=True)
+    ent = read_volume(outdir / f"{case}_entropy.nii.gz")
+    for v in (prob, sdm, ent):
+        assert v.same_geometry(reference, tol=1e-5)
+    fg = num_classes - 1
+    if fg == 1:
+        assert prob.array.shape == reference.shape_zyx and sdm.array.shape == reference.shape_zyx
+    else:
+        assert prob.array.shape == (fg,) + reference.shape_zyx and sdm.array.shape == (fg,) + reference.shape_zyx
+    assert prob.array.min() >= 0 and prob.array.max() <= 1 + 1e-6
+    assert sdm.array.min() >= -1 and sdm.array.max() <= 1
+    assert ent.array.min() >= 0 and ent.array.max() <= np.log(num_classes) + 1e-5
+
+
+def test_segment_cli_hippocampus_nifti(tmp_path, hippocampus_dir, capsys):
+    image_path = hippocampus_dir / "imagesTr" / "hippocampus_003.nii.gz"
+    if not image_path.exists():
+        pytest.skip("hippocampus_003 not available")
+    model = _model_file(tmp_path, 3, (1.0, 1.0, 1.0), (32, 32, 32), label_values=[0, 1, 2])
+    out = tmp_path / "out"
+    argv = ["segment", str(image_path), "--model", str(model), "-o", str(out), "--prob", "--sdm", "--entropy",
+            "--keep-largest"]
+    assert main(argv) == 0
+    _check_outputs(out, "hippocampus_003", read_image_or_h5(image_path), 3, [0, 1, 2])
+    # never overwrite without --overwrite: error exit, file untouched
+    before = (out / "hippocampus_003_label.nii.gz").stat().st_mtime_ns
+    assert main(argv) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (out / "hippocampus_003_label.nii.gz").stat().st_mtime_ns == before
+    assert main(argv + ["--overwrite", "--layout", "papers", "--tta", "x", "--json-progress"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert lines[0]["event"] == "case" and lines[-1]["event"] == "done"
+    fractions = [r["fraction"] for r in lines if r["event"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+@pytest.mark.slow
+def test_segment_cli_full_resolution_la_h5(tmp_path, la_dir):
+    """A full-resolution LA h5 (0.625 mm, origin 0, identity): the model works at 1.25 mm, outputs come back at
+    0.625 mm in the h5's own grid."""
+    h5 = sorted((la_dir / "h5").glob("*/mri_norm2.h5"))
+    if not h5:
+        pytest.skip("no LA h5 files")
+    path = h5[0]
+    model = _model_file(tmp_path, 2, (1.25, 1.25, 1.25), (64, 64, 48))
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "--model", str(model), "-o", str(out), "--prob", "--sdm", "--entropy",
+                 "--batch-size", "2"]) == 0
+    case = path.parent.name
+    reference = read_image_or_h5(path)
+    assert reference.spacing == (0.625, 0.625, 0.625) and reference.origin == (0.0, 0.0, 0.0)
+    _check_outputs(out, case, reference, 2, [0, 1])
+
+
+def test_segment_cli_errors(tmp_path, capsys):
+    model = _model_file(tmp_path, 2, (1.0, 1.0, 1.0), (16, 16, 16), sdm=False)
+    img = tmp_path / "a.nii.gz"
+    write_volume(Volume(np.random.default_rng(0).normal(size=(12, 20, 18)).astype(np.float32),
+                        spacing=(0.9, 1.1, 1.3), origin=(4, 5, 6)), img)
+    out = tmp_path / "o"
+    assert main(["segment", str(img), "--model", str(model), "-o", str(out), "--sdm"]) == 2
+    assert "no SDM head" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "missing.nii.gz"), "--model", str(model), "-o", str(out)]) == 2
+    assert main(["segment", str(img), str(img), "--model", str(model), "-o", str(out)]) == 2  # same case twice
+    stop = tmp_path / "stop"
+    stop.touch()
+    assert main(["segment", str(img), "--model", str(model), "-o", str(out), "--stop-file", str(stop)]) == 130
+    assert not (out / "a_label.nii.gz").exists()
+    stop.unlink()
+    assert main(["segment", str(img), "--model", str(model), "-o", str(out), "--output-suffix", ".seg.nrrd",
+                 "--prob", "--roi", "2", "10", "0", "20", "0", "12"]) == 0
+    seg = read_volume(out / "a_label.seg.nrrd")
+    prob = read_volume(out / "a_prob.nrrd")
+    assert seg.same_geometry(prob) and seg.spacing == pytest.approx((0.9, 1.1, 1.3))
+    assert prob.array[:, :, :2].max() == 0 and prob.array[:, :, 10:].max() == 0  # outside the x range of the ROI

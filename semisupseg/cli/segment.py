@@ -1,0 +1,202 @@
+"""``semisupseg segment IMAGE... --model MODEL -o OUTDIR``: segment images with a trained model.
+
+Outputs per case (``<case>`` is the file name without its suffix; for the LA release's ``<ID>/mri_norm2.h5`` it is
+the folder name ``<ID>``), in the input image's exact geometry, format by ``--output-suffix``:
+
+* ``<case>_label<suffix>``: the label map with the model card's label values (``.seg.nrrd`` gets 3D Slicer segment
+  names);
+* ``--prob``: ``<case>_prob<suffix>``, the probabilities of the **foreground** classes (the background is
+  ``1 - sum``): a scalar volume for a binary model, else a multi-component (vector) image whose component ``i`` is
+  class ``i + 1`` of the card;
+* ``--sdm``: ``<case>_sdm<suffix>``, the predicted signed distance map (negative inside, in [-1, 1]), same
+  component layout (only for models with an SDM head);
+* ``--entropy``: ``<case>_entropy<suffix>``, the voxel entropy of the class probabilities (nats).
+
+Existing outputs are never replaced without ``--overwrite`` (checked for every case before any work starts).
+With a model of ``k > 1`` input channels, give the images in groups of ``k`` consecutive paths (one case each).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+AXIS_INDEX_ZYX = {"z": 0, "y": 1, "x": 2}
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    p = subparsers.add_parser(
+        "segment", help="segment images with a trained model (labels, probabilities, SDM, entropy)",
+        description="Segment one or more images (NIfTI/NRRD/MHA/DICOM folder/LA .h5) with a SemiSupSeg model file. "
+                    "Outputs are written in each input's geometry as <case>_label, _prob, _sdm, _entropy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="input images (groups of k for k-channel models)")
+    p.add_argument("--model", "-m", required=True, help="model file (.pt)")
+    p.add_argument("--output", "-o", required=True, metavar="OUTDIR", help="output folder (created if needed)")
+    p.add_argument("--prob", action="store_true", help="also write the foreground class probabilities")
+    p.add_argument("--sdm", action="store_true", help="also write the predicted SDM (models with an SDM head)")
+    p.add_argument("--entropy", action="store_true", help="also write the voxel entropy (uncertainty)")
+    p.add_argument("--keep-largest", action="store_true",
+                   help="keep only the largest connected component of each class (the papers' post-processing)")
+    p.add_argument("--layout", choices=("default", "papers"), default="default",
+                   help="window layout: default (--overlap, --blend) or papers (strides 18,18,4 voxels, uniform "
+                        "averaging, as the reference releases' test code)")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default layout)")
+    p.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian",
+                   help="blending of overlapping windows (default layout)")
+    p.add_argument("--tta", nargs="*", choices=("x", "y", "z"), default=None, metavar="AXIS",
+                   help="flip test-time augmentation over these axes (all of x y z when none given; "
+                        "2^n passes per window)")
+    p.add_argument("--roi", nargs=6, type=int, default=None, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
+                   help="segment only this voxel box of the input (x, y, z ranges, stop exclusive)")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-fast", dest="fast", action="store_false",
+                   help="disable the fast path (channels_last_3d + bf16 autocast, which is used only when its "
+                        "labels agree with fp32 on a probe window)")
+    p.add_argument("--output-suffix", default=".nii.gz",
+                   choices=(".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha"),
+                   help="output format (.seg.nrrd: the label map as a Slicer segmentation, maps as .nrrd)")
+    p.add_argument("--h5-spacing", type=float, default=0.625, help="voxel size (mm) of .h5 inputs (LA release)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--stop-file", default=None,
+                   help="cancel cleanly when this file appears (for GUIs running the command in a process)")
+    p.add_argument("--json-progress", action="store_true",
+                   help="print progress and results as JSON lines on stdout instead of a progress bar")
+    p.set_defaults(func=run)
+
+
+def case_name(path: Path) -> str:
+    """Output stem of an input: file name without its volume suffix; ``<ID>/mri_norm2.h5`` → ``<ID>``."""
+    from semisupseg.io import strip_suffix, volume_suffix
+
+    stem = strip_suffix(path)
+    if volume_suffix(path) in (".h5", ".hdf5") and stem == "mri_norm2" and path.parent.name:
+        return path.resolve().parent.name
+    return stem
+
+
+def output_paths(case: str, outdir: Path, suffix: str, prob: bool, sdm: bool, entropy: bool) -> Dict[str, Path]:
+    """The files ``segment`` writes for ``case`` (label always; the others when asked)."""
+    map_suffix = ".nrrd" if suffix == ".seg.nrrd" else suffix
+    paths = {"labels": outdir / f"{case}_label{suffix}"}
+    if prob:
+        paths["probabilities"] = outdir / f"{case}_prob{map_suffix}"
+    if sdm:
+        paths["sdm"] = outdir / f"{case}_sdm{map_suffix}"
+    if entropy:
+        paths["entropy"] = outdir / f"{case}_entropy{map_suffix}"
+    return paths
+
+
+def _group_cases(images: List[str], in_channels: int) -> List[Tuple[str, List[Path]]]:
+    from semisupseg.errors import InputError
+
+    paths = [Path(p) for p in images]
+    if len(paths) % in_channels:
+        raise InputError(f"the model takes {in_channels} channels: give the images in groups of {in_channels} "
+                         f"(got {len(paths)} paths)")
+    groups = [paths[i:i + in_channels] for i in range(0, len(paths), in_channels)]
+    cases = [(case_name(g[0]), g) for g in groups]
+    seen: Dict[str, Path] = {}
+    for name, g in cases:
+        if name in seen:
+            raise InputError(f"two inputs give the same case name {name!r} ({seen[name]} and {g[0]}); "
+                             "segment them into different output folders", g[0])
+        seen[name] = g[0]
+    return cases
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from semisupseg.checkpoint import load_model
+    from semisupseg.errors import InputError, OutputExistsError
+    from semisupseg.inference import SegmentOptions, segment
+    from semisupseg.io import read_image_or_h5, write_segmentation, write_volume
+    from semisupseg.progress import CancelToken
+
+    model_path = Path(args.model)
+    model, card = load_model(model_path, device="cpu")
+    has_sdm = bool(card.network.get("sdm_head", False))
+    if args.sdm and not has_sdm:
+        raise InputError("--sdm asked for but this model has no SDM head", model_path)
+    tta = () if args.tta is None else tuple(sorted(AXIS_INDEX_ZYX[a] for a in (args.tta or ["x", "y", "z"])))
+    roi = None
+    if args.roi is not None:
+        x0, x1, y0, y1, z0, z1 = args.roi
+        roi = ((z0, z1), (y0, y1), (x0, x1))
+    options = SegmentOptions(layout=args.layout, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
+                             device=args.device, fast=args.fast, tta_axes=tta, roi=roi,
+                             keep_largest=args.keep_largest, compute_sdm=args.sdm, compute_entropy=args.entropy)
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError("output exists and is not a folder", outdir)
+    cases = _group_cases(args.images, int(card.in_channels))
+    for _, group in cases:
+        for p in group:
+            if not p.exists():
+                raise InputError("input not found", p)
+    plans = [(name, group, output_paths(name, outdir, args.output_suffix, args.prob, args.sdm, args.entropy))
+             for name, group in cases]
+    if not args.overwrite:
+        for _, _, outs in plans:
+            for p in outs.values():
+                if p.exists():
+                    raise OutputExistsError("output exists; pass --overwrite to replace it", p)
+    outdir.mkdir(parents=True, exist_ok=True)
+    cancel = CancelToken(args.stop_file)
+
+    def emit(record: dict) -> None:
+        print(json.dumps(record), flush=True)
+
+    for index, (name, group, outs) in enumerate(plans):
+        volumes = [read_image_or_h5(p, h5_spacing=(args.h5_spacing,) * 3) for p in group]
+        bar: Optional[tqdm] = None
+        if args.json_progress:
+            emit({"event": "case", "case": name, "index": index, "cases": len(plans)})
+
+            def progress(fraction: float, message: str = "", _name: str = name) -> None:
+                emit({"event": "progress", "case": _name, "fraction": round(float(fraction), 4),
+                      "message": message})
+        else:
+            bar = tqdm(total=100, desc=f"[{index + 1}/{len(plans)}] {name}", unit="%", file=sys.stderr,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+            def progress(fraction: float, message: str = "", _bar: tqdm = bar) -> None:
+                _bar.n = int(round(100 * fraction))
+                _bar.set_postfix_str(message, refresh=False)
+                _bar.refresh()
+        try:
+            result = segment(volumes, model, card, options, progress=progress, cancel=cancel)
+        finally:
+            if bar is not None:
+                bar.close()
+        written = {}
+        written["labels"] = write_segmentation(result.labels, outs["labels"], class_names=card.class_names,
+                                               label_values=card.label_values, overwrite=args.overwrite)
+        if "probabilities" in outs:
+            fg = result.probabilities.array[1:]
+            written["probabilities"] = write_volume(result.probabilities.with_array(fg[0] if len(fg) == 1 else fg),
+                                                    outs["probabilities"], overwrite=args.overwrite)
+        if "sdm" in outs and result.sdm is not None:
+            sdm = result.sdm.array
+            written["sdm"] = write_volume(result.sdm.with_array(sdm[0] if len(sdm) == 1 else sdm), outs["sdm"],
+                                         overwrite=args.overwrite)
+        if "entropy" in outs and result.entropy is not None:
+            written["entropy"] = write_volume(result.entropy, outs["entropy"], overwrite=args.overwrite)
+        counts = {card.class_names[i]: int(np.count_nonzero(result.labels.array == v))
+                  for i, v in enumerate(card.label_values) if i > 0}
+        info = result.info
+        if args.json_progress:
+            emit({"event": "done", "case": name, "outputs": {k: str(v) for k, v in written.items()},
+                  "voxels": counts, "seconds": round(info["total_seconds"], 3), "windows": info["windows"],
+                  "precision": info["precision"]})
+        else:
+            print(f"{name}: {info['windows']} windows ({info['precision']}), {info['total_seconds']:.1f} s; "
+                  + ", ".join(f"{k} {v} voxels" for k, v in counts.items()) + f" -> {written['labels']}",
+                  file=sys.stderr)
+    return 0
