@@ -33,7 +33,8 @@ Design decisions (the paper leaves them open or the engine API shapes them):
   the deepest carrying the global context); ``feature_stages`` selects others.
 * **Teacher projection head**: the engine's EMA covers only the segmenter, so the method keeps an EMA copy of its
   fusion module and projector (``teacher_fusion``, ``teacher_projector``) updated in :meth:`after_step` with the
-  engine's rule ``decay = min(1 - 1/(t + 1), ema_decay)`` (t = iterations done), BN buffers copied. The teacher
+  engine's functions and rule (:func:`semisupseg.training.ema.ema_decay_at`: ``min(1 - 1/(t + 1), ema_decay)`` at the
+  0-based step t; BN buffers kept as the engine's teacher keeps them). The teacher
   network's features go through this EMA head, as BYOL's target network.
 * **Method-owned heads**: the fusion module, projector and predictor receive gradients from the engine's backward (of
   ``α L_adv + β L_feature``) and are stepped in :meth:`after_step` by their own SGD (lr 0.01, momentum 0.9, weight
@@ -62,6 +63,7 @@ from semisupseg.methods.mean_teacher import teacher_input_noise
 from semisupseg.nets.vnet import softmax_logits
 from semisupseg.nets.voxel_features import MLPHead, MultiScaleVoxelFeatures, VoxelDiscriminator, vnet_stage_channels
 from semisupseg.schedules import consistency_weight
+from semisupseg.training.ema import ema_decay_at, ema_update
 
 
 @dataclass
@@ -94,8 +96,10 @@ class VWAdvParams(MethodParams):
     head_lr: float = 0.01
     head_momentum: float = 0.9
     head_weight_decay: float = 1e-4
-    #: EMA decay of the teacher projection head (should equal the engine's EMA decay)
+    #: EMA decay of the teacher projection head (should equal the engine's ``ema_decay``)
     ema_decay: float = 0.99
+    #: BN buffers of the EMA head: "keep" (its own, as the engine's teacher), "copy" or "ema"
+    ema_buffers: str = "keep"
     noise_std: float = 0.1
     noise_clip: float = 0.2
     teacher_mode: str = "train"
@@ -147,15 +151,6 @@ def sample_class_voxels(labels: torch.Tensor, num_classes: int, per_class: int, 
     index = torch.cat(idx_parts, dim=0)
     index[:, 0] += batch_offset
     return index, torch.cat(cls_parts, dim=0)
-
-
-@torch.no_grad()
-def ema_update_module(target: nn.Module, source: nn.Module, decay: float) -> None:
-    """``θ_t ← decay θ_t + (1 - decay) θ_s`` for parameters; buffers (BN statistics) copied."""
-    for pt, ps in zip(target.parameters(), source.parameters()):
-        pt.mul_(decay).add_(ps.detach(), alpha=1.0 - decay)
-    for bt, bs in zip(target.buffers(), source.buffers()):
-        bt.copy_(bs)
 
 
 @register
@@ -302,11 +297,10 @@ class VoxelAdversarial(Method):
             disc_opt.step()
 
         # 3) EMA of the teacher's projection head (same rule as the engine's teacher)
-        step = ctx.iteration + 1
-        decay = min(1.0 - 1.0 / (step + 1), p.ema_decay)
-        ema_update_module(self.teacher_fusion, self.fusion, decay)
-        ema_update_module(self.teacher_projector, self.projector, decay)
+        decay = ema_decay_at(ctx.iteration, p.ema_decay)
+        ema_update(self.teacher_fusion, self.fusion, decay, p.ema_buffers)
+        ema_update(self.teacher_projector, self.projector, decay, p.ema_buffers)
         return logs
 
 
-__all__ = ["VoxelAdversarial", "VWAdvParams", "byol_loss", "sample_class_voxels", "ema_update_module"]
+__all__ = ["VoxelAdversarial", "VWAdvParams", "byol_loss", "sample_class_voxels"]
