@@ -122,6 +122,33 @@ def test_matching_rules_and_errors(folders, tmp_path):
         evaluate(pred_dir, ref_dir, [0, 1])
 
 
+def test_segment_output_folder_and_la_h5_references(tmp_path, rng):
+    """``semisupseg segment`` writes <case>_label beside <case>_prob/_sdm: those are matched by default; LA release
+    references <ID>/mri_norm2.h5 are named by their folder."""
+    h5py = pytest.importorskip("h5py")
+    out_dir, ref_dir = tmp_path / "out", tmp_path / "la"
+    out_dir.mkdir()
+    for cid in ("AAA", "BBB"):
+        lab = _labels(rng)
+        lab[lab == 2] = 1
+        (ref_dir / cid).mkdir(parents=True)
+        with h5py.File(ref_dir / cid / "mri_norm2.h5", "w") as fh:
+            fh["image"] = rng.random(lab.shape[::-1]).astype(np.float32)
+            fh["label"] = lab.transpose(2, 1, 0)  # the release stores x, y, z
+        sp = sio.LA_H5_SPACING
+        sio.write_volume(Volume(_shift_x(lab), spacing=sp), out_dir / f"{cid}_label.nii.gz")
+        sio.write_volume(Volume(rng.random(lab.shape).astype(np.float32), spacing=sp), out_dir / f"{cid}_sdm.nii.gz")
+    result = evaluate(out_dir, ref_dir, [1])
+    assert [c.case_id for c in result.cases] == ["AAA", "BBB"] and not result.missing_predictions
+    for row in result.rows:
+        ref = sio.read_label_or_h5(ref_dir / row.case_id / "mri_norm2.h5").array == 1
+        pred = _shift_x(sio.read_label_or_h5(ref_dir / row.case_id / "mri_norm2.h5").array) == 1
+        assert row.metrics.hd95 == pytest.approx(medpy_binary.hd95(pred, ref, (0.625,) * 3), abs=1e-6)
+    # an explicit suffix that matches nothing is a clear error
+    with pytest.raises(InputError, match="ends with '_seg'"):
+        match_cases(out_dir, ref_dir, pred_suffix="_seg")
+
+
 def test_geometry_mismatch_is_an_error(folders, tmp_path):
     pred_dir, ref_dir, arrays = folders
     bad = tmp_path / "bad"

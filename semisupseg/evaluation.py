@@ -2,7 +2,8 @@
 
 ``evaluate(pred, ref, labels)`` takes a prediction folder / file / list of files and a reference folder / file /
 list of files, matches cases **by file name** (the name without its volume suffix, e.g. ``hippocampus_001``;
-``pred_suffix`` strips an extra ending such as ``"_seg"`` from prediction names), reads them with
+``pred_suffix`` strips an extra ending such as ``"_seg"`` from prediction names; ``semisupseg segment``'s
+``<case>_label`` files are recognised by default, see :func:`match_cases`), reads them with
 :mod:`semisupseg.io` (NIfTI, NRRD, MHA/MHD, DICOM folders, LA ``.h5`` ``label`` datasets), checks that each
 prediction lies on its reference's grid, and computes :func:`semisupseg.metrics.evaluate_case` with the
 **reference file's spacing** (mm). Metric semantics and the empty-mask convention are documented in
@@ -113,53 +114,72 @@ class EvaluationResult:
 
 
 def _as_paths(arg: PathsArg) -> Tuple[List[Path], bool]:
-    """Files of ``arg`` and whether it was a folder."""
+    """Files of ``arg`` and whether it was a folder. A folder gives its volume files; without any, its
+    ``<ID>/mri_norm2.h5`` sub-folders (LA release layout); without those, it is read as one DICOM series."""
     if isinstance(arg, (str, Path)):
         p = Path(arg)
-        if p.is_dir() and not _is_dicom_folder(p):
-            files = sio.list_volume_files(p)
-            if not files:
-                raise InputError("folder holds no volume files (.nii.gz, .nrrd, .mha, ...)", p)
-            return files, True
         if not p.exists():
             raise InputError("no such file or folder", p)
+        if p.is_dir():
+            files = sio.list_volume_files(p)
+            if not files:
+                files = sorted(f for f in p.glob("*/mri_norm2.h5") if f.is_file())
+            if files:
+                return files, True
+            if not any(e.is_file() and not e.name.startswith(".") for e in p.iterdir()):
+                raise InputError("folder holds no volume files (.nii.gz, .nrrd, .mha, ...)", p)
         return [p], False
     return [Path(a) for a in arg], False
 
 
-def _is_dicom_folder(p: Path) -> bool:
-    """A folder without any recognised volume file but with other files is read as one DICOM series."""
-    try:
-        entries = [e for e in p.iterdir() if e.is_file() and not e.name.startswith(".")]
-    except OSError:
-        return False
-    return bool(entries) and not any(sio.volume_suffix(e) for e in entries)
-
-
-def _case_id(path: Path, suffix: str = "") -> str:
+def case_id(path: PathLike, suffix: str = "") -> str:
+    """Case name of a file: its name without the volume suffix (``<ID>/mri_norm2.h5`` -> ``<ID>``), without
+    ``suffix`` at its end (e.g. ``"_label"``) when present."""
+    path = Path(path)
     name = sio.strip_suffix(path)
+    if name == "mri_norm2" and sio.volume_suffix(path) in (".h5", ".hdf5") and path.parent.name:
+        name = path.resolve().parent.name
     if suffix and name.endswith(suffix) and len(name) > len(suffix):
         name = name[: -len(suffix)]
     return name
 
 
-def match_cases(pred: PathsArg, ref: PathsArg, pred_suffix: str = "") -> Tuple[List[EvaluationCase], List[str]]:
+#: ending of the label maps ``semisupseg segment`` writes (``<case>_label.nii.gz`` next to ``_prob``/``_sdm``...)
+SEGMENT_LABEL_SUFFIX = "_label"
+
+
+def match_cases(pred: PathsArg, ref: PathsArg, pred_suffix: Optional[str] = None
+                ) -> Tuple[List[EvaluationCase], List[str]]:
     """Pair predictions with references by case id; returns the pairs (sorted by id) and the ids of references
     that have no prediction. A single prediction file and a single reference file are paired whatever their
-    names. Raises :class:`InputError` for a prediction without reference or duplicate case ids."""
-    pred_files, _ = _as_paths(pred)
+    names. Raises :class:`InputError` for a prediction without reference or duplicate case ids.
+
+    ``pred_suffix``: an ending of prediction names to drop before matching. In a prediction **folder** only the
+    files carrying it are used, so ``semisupseg segment``'s output folder (``<case>_label`` beside
+    ``<case>_prob``, ``_sdm``, ``_entropy``) is evaluated as is: ``None`` (default) picks ``"_label"``
+    automatically when the folder holds such files, else uses the names unchanged.
+    """
+    pred_files, pred_is_folder = _as_paths(pred)
     ref_files, _ = _as_paths(ref)
-    if len(pred_files) == 1 and len(ref_files) == 1 and not isinstance(pred, (list, tuple)):
-        return [EvaluationCase(_case_id(pred_files[0], pred_suffix), pred_files[0], ref_files[0])], []
+    if pred_suffix is None:
+        has_label_files = pred_is_folder and any(
+            sio.strip_suffix(f).endswith(SEGMENT_LABEL_SUFFIX) for f in pred_files)
+        pred_suffix = SEGMENT_LABEL_SUFFIX if has_label_files else ""
+    if pred_is_folder and pred_suffix:
+        pred_files = [f for f in pred_files if sio.strip_suffix(f).endswith(pred_suffix)]
+        if not pred_files:
+            raise InputError(f"no prediction file name ends with {pred_suffix!r}", Path(pred))  # type: ignore[arg-type]
+    if len(pred_files) == 1 and len(ref_files) == 1 and not isinstance(pred, (list, tuple)) and not pred_is_folder:
+        return [EvaluationCase(case_id(pred_files[0], pred_suffix), pred_files[0], ref_files[0])], []
     refs: Dict[str, Path] = {}
     for f in ref_files:
-        cid = _case_id(f)
+        cid = case_id(f)
         if cid in refs:
-            raise InputError(f"two reference files share the case name {cid!r}: {refs[cid].name}, {f.name}", f)
+            raise InputError(f"two reference files share the case name {cid!r}: {refs[cid]}, {f}", f)
         refs[cid] = f
     cases: Dict[str, EvaluationCase] = {}
     for f in pred_files:
-        cid = _case_id(f, pred_suffix)
+        cid = case_id(f, pred_suffix)
         if cid in cases:
             raise InputError(f"two predictions share the case name {cid!r}", f)
         if cid not in refs:
@@ -197,7 +217,7 @@ def evaluate(
     ref: PathsArg,
     labels: Optional[Sequence[int]] = None,
     *,
-    pred_suffix: str = "",
+    pred_suffix: Optional[str] = None,
     check_geometry: bool = True,
     voxel_units: bool = True,
     progress: Optional[ProgressCallback] = None,
@@ -333,6 +353,7 @@ def format_summary(summary: Sequence[MetricSummary], n_cases: int, missing: Sequ
 
 
 __all__ = [
-    "CSV_COLUMNS", "SUMMARY_COLUMNS", "EvaluationCase", "CaseRow", "EvaluationResult", "match_cases", "evaluate",
+    "CSV_COLUMNS", "SUMMARY_COLUMNS", "SEGMENT_LABEL_SUFFIX", "EvaluationCase", "CaseRow", "EvaluationResult",
+    "case_id", "match_cases", "evaluate",
     "write_csv_atomic", "format_summary",
 ]

@@ -22,8 +22,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("-o", "--output", metavar="CSV", help="write the per-case, per-label rows to this CSV file")
     p.add_argument("--summary-csv", metavar="CSV", help="also write mean/std/n per label to this CSV file")
     p.add_argument("--overwrite", action="store_true", help="replace existing CSV files")
-    p.add_argument("--pred-suffix", default="", metavar="TEXT",
-                   help="extra ending of prediction names to drop before matching (e.g. _seg)")
+    p.add_argument("--pred-suffix", default=None, metavar="TEXT",
+                   help="extra ending of prediction names to drop before matching (e.g. _seg); in a folder only "
+                        "files with it are used. Default: '_label' when PRED is a folder written by "
+                        "'semisupseg segment' (<case>_label beside _prob/_sdm/_entropy), else none")
     p.add_argument("--no-geometry-check", action="store_true",
                    help="only require equal array sizes (default: spacing, origin and direction must match too)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
