@@ -13,7 +13,7 @@ from semisupseg.checkpoint import (FORMAT_KEY, FORMAT_VERSION, ModelCard, check_
                                    load_model, load_state, load_state_dict_file, make_card, read_card, save_model,
                                    save_state, sidecar_path)
 from semisupseg.cli import main as cli_main
-from semisupseg.errors import CheckpointError, OutputExistsError
+from semisupseg.errors import CheckpointError, InputError, OutputExistsError
 from semisupseg.nets import VNet, VNetConfig
 from semisupseg.nets.vnet import to_layout
 
@@ -60,8 +60,8 @@ def test_round_trip_restores_weights_card_and_outputs(tmp_path):
                  normalization={"kind": "zscore", "clip_percentiles": [0.5, 99.5]},
                  training={"data": "Task04_Hippocampus", "labeled": 8, "iterations": 6000, "val_dice": 0.873})
     path = save_model(tmp_path / "model.pt", net, card)
-    model, loaded = load_model(path)
-    assert loaded == card
+    model, loaded = load_model(path, device="auto" if not torch.cuda.is_available() else "cpu")
+    assert loaded == card and next(model.parameters()).device.type == "cpu"
     assert not model.training and isinstance(model, VNet) and model.config == net.config
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
@@ -79,6 +79,11 @@ def test_round_trip_restores_weights_card_and_outputs(tmp_path):
     assert side == tmp_path / "model.json" and ModelCard.from_dict(json.loads(side.read_text())) == card
     side.write_text("{ stale")
     assert read_card(path) == card
+    with pytest.raises(CheckpointError, match="pass the model file"):
+        read_card(side)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            load_model(path, device="cuda")
     assert read_card(path).spacing_zyx == (1.25, 1.25, 1.25) and read_card(path).patch_size_zyx == (32, 64, 64)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

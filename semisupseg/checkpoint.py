@@ -38,6 +38,7 @@ from torch import nn
 
 from semisupseg import __version__
 from semisupseg.errors import CheckpointError, OutputExistsError
+from semisupseg.runtime import resolve_device
 
 PathLike = Union[str, os.PathLike]
 
@@ -370,6 +371,8 @@ def safe_torch_load(path: PathLike, mmap: bool = False) -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError("is empty, not a model file", path)
     kind = _sniff(path)
+    if kind == "unknown" and path.suffix == SIDECAR_SUFFIX:
+        raise CheckpointError("is the JSON copy of a model card; pass the model file (.pt) beside it", path)
     if kind == "unknown":
         raise CheckpointError("is not a PyTorch checkpoint (neither a torch zip archive nor a pickle; a text, image "
                               "or corrupt file?)", path)
@@ -564,7 +567,8 @@ def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path)
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, ModelCard]:
     """Rebuild the network of a model file with :func:`semisupseg.nets.build_network`, load its weights and return
-    ``(model in eval mode on device, card)``.
+    ``(model in eval mode on device, card)``. ``device``: ``"cpu"``, ``"cuda[:N]"`` or ``"auto"``
+    (:func:`semisupseg.runtime.resolve_device`; an unavailable device is an ``InputError``).
 
     Raises :class:`CheckpointError` naming the file for: a missing/unreadable file, anything that is not a SemiSupSeg
     model file (a raw peer state_dict gets a hint to ``semisupseg import-checkpoint``), a pickle needing code
@@ -584,11 +588,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tupl
     _check_keys(model, state, path)
     model.load_state_dict(state, strict=True)
     model.eval()
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError) as exc:
-        raise CheckpointError(f"cannot move the model to device {device!r}: {exc}", path) from None
-    return model, card
+    return model.to(resolve_device(device)), card
 
 
 # ----------------------------------------------------------------------------------------------------------------------
