@@ -109,6 +109,9 @@ class Method(nn.Module):
     uses_teacher: ClassVar[bool] = False
     #: the model is built with Dropout3d (UA-MT's Monte-Carlo dropout)
     needs_dropout: ClassVar[bool] = False
+    #: the method trains on unlabeled patches; ``False`` (supervised baseline): the engine's batches hold only the
+    #: ``labeled_batch_size`` labeled patches
+    uses_unlabeled: ClassVar[bool] = True
     #: registered network architecture the engine builds for this method (:func:`semisupseg.nets.build_network`);
     #: methods whose final output comes from extra branches (SB-Net) register their own network
     network_arch: ClassVar[str] = "vnet"

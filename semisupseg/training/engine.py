@@ -1,0 +1,617 @@
+"""The training engine: one loop for every method (see :mod:`semisupseg.methods.base` for the plugin API).
+
+:class:`Trainer` owns data and two-stream batches, the student network and its optimiser, the learning-rate
+schedule, bf16 autocast / channels_last_3d, gradient clipping, the EMA teacher, validation with sliding-window
+inference (Dice, HD95), ``last``/``best`` model files with model cards, an atomic resume state, events, cancellation
+and distributed data parallel training (``torchrun``).
+
+Run directory layout (``config.out``)::
+
+    config.yaml      the resolved config (written at start; ``--resume`` reads it back)
+    data.json        which cases were labeled / unlabeled / validation
+    events.jsonl     JSON-lines events (appended across resumes)
+    resume.pt        resume state (weights_only): model, optimisers, teacher, method modules, sampler + RNG states
+    last.pt/.json    the latest model file (our format) — written at each validation, cancellation and the end
+    best.pt/.json    the model with the best validation Dice so far
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from semisupseg import runtime
+from semisupseg.errors import Cancelled, CheckpointError, InputError, OutputExistsError
+from semisupseg.methods import Batch, Method, StepContext, get_method
+from semisupseg.progress import CancelToken, ProgressCallback
+from semisupseg.schedules import poly_lr, step_decay_lr
+from semisupseg.training import distributed as dist_utils
+from semisupseg.training.batches import (TwoStreamBatcher, from_json_text, merge_shard_states, to_json_text)
+from semisupseg.training.config import TrainConfig, save_config
+from semisupseg.training.data import TrainData
+from semisupseg.training.ema import ema_decay_at, ema_update, make_teacher
+from semisupseg.training.events import Events
+
+#: smallest V-Net bottleneck side (patch side / 16) at which ``amp=auto`` uses bf16 on CPU (see ``_setup``)
+BF16_MIN_BOTTLENECK = 3
+RESUME_FORMAT = "semisupseg-resume"
+RESUME_VERSION = 1
+#: files the engine writes in a run directory (``overwrite`` removes exactly these)
+RUN_FILES = ("config.yaml", "data.json", "events.jsonl", "resume.pt", "last.pt", "last.json", "best.pt", "best.json")
+
+
+def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+    """The student's learning rate for the step ``iteration`` (0-based) under ``cfg.optim.schedule``."""
+    o = cfg.optim
+    if o.schedule == "step":
+        return step_decay_lr(o.lr, iteration, o.step_size, o.gamma)
+    if o.schedule == "poly":
+        return poly_lr(o.lr, iteration, cfg.iterations, o.poly_power)
+    return float(o.lr)
+
+
+def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def network_config(cfg: TrainConfig, method_cls) -> Dict[str, Any]:
+    """The network config dict for :func:`semisupseg.nets.build_network` (SDM head and dropout from the method)."""
+    seg_form = cfg.model.seg_form
+    if seg_form is None:
+        seg_form = getattr(method_cls, "seg_form", None) or "softmax"
+        if seg_form == "sigmoid" and cfg.data.num_classes != 2:
+            seg_form = "softmax"  # the method's binary preference; multi-class data needs softmax
+    net = {"in_channels": cfg.data.in_channels, "num_classes": cfg.data.num_classes, "seg_form": seg_form,
+           "sdm_head": bool(method_cls.needs_sdm), "n_filters": cfg.model.n_filters,
+           "normalization": cfg.model.normalization, "dropout": bool(method_cls.needs_dropout),
+           "dropout_p": cfg.model.dropout_p}
+    net.update(cfg.model.extra)
+    return net
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux ``ru_maxrss`` is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _DDP(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that exposes the wrapped network's attributes (``config``, ``probabilities``)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.run` returns. ``status``: ``finished`` or ``cancelled``."""
+
+    status: str
+    iteration: int
+    run_dir: Path
+    best_metric: Optional[float] = None
+    best_iteration: Optional[int] = None
+    last_path: Optional[Path] = None
+    best_path: Optional[Path] = None
+    losses: List[float] = field(default_factory=list)
+    seconds_per_iteration: List[float] = field(default_factory=list)
+
+
+class Trainer:
+    """Train ``config.method`` as configured; :meth:`run` does it.
+
+    Args:
+        config: the run (``config.out`` is the run directory).
+        events: the event sink (default: ``RUN_DIR/events.jsonl`` only); the trainer points its file at the run
+            directory unless it already has a path.
+        cancel: polled every iteration; set by SIGINT/SIGTERM (installed while running in the main thread) or by its
+            stop file. Cancelling saves the resume state and a ``last`` model, emits ``cancelled`` and returns.
+        progress: ``callback(fraction, message)`` for a GUI (added to the events sink).
+        data: preloaded :class:`TrainData` (otherwise read from ``config.data``).
+        resume: continue from ``RUN_DIR/resume.pt`` (starts fresh when there is none yet).
+        overwrite: start afresh in a run directory that holds a previous run (its engine files are removed).
+    """
+
+    def __init__(self, config: TrainConfig, events: Optional[Events] = None, cancel: Optional[CancelToken] = None,
+                 progress: Optional[ProgressCallback] = None, data: Optional[TrainData] = None,
+                 resume: bool = False, overwrite: bool = False, handle_signals: bool = True):
+        self.cfg = config.validate()
+        if not config.out:
+            raise InputError("config out (the run directory) is not set")
+        self.run_dir = Path(config.out)
+        self.events = events if events is not None else Events()
+        if progress is not None:
+            self.events.progress = progress
+        self.cancel = cancel if cancel is not None else CancelToken()
+        self.data = data
+        self.resume = resume
+        self.overwrite = overwrite
+        self.handle_signals = handle_signals
+        self.iteration = 0
+        self.best_metric: Optional[float] = None
+        self.best_iteration: Optional[int] = None
+        self._durations: List[float] = []
+        self._losses: List[float] = []
+
+    # ------------------------------------------------------------------------------------------------- set-up
+    def _prepare_run_dir(self) -> None:
+        d = self.run_dir
+        if d.exists() and not d.is_dir():
+            raise InputError("the run directory is a file", d)
+        if self.resume:
+            return
+        existing = [p for p in d.iterdir()] if d.exists() else []
+        if existing:
+            if not self.overwrite:
+                raise OutputExistsError("run directory is not empty; use --resume to continue it or --overwrite "
+                                        "to start again", d)
+            for name in RUN_FILES:
+                if (d / name).exists():
+                    (d / name).unlink()
+        d.mkdir(parents=True, exist_ok=True)
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        device = runtime.resolve_device(cfg.device)
+        self.dist = dist_utils.init_distributed(device)
+        self.device = dist_utils.local_device(device, self.dist)
+        if not self.dist.is_main:
+            self.events.enabled = False
+        if cfg.num_threads:
+            torch.set_num_threads(int(cfg.num_threads))
+        # AMP / memory format
+        if cfg.amp == "bf16" and not runtime.bf16_supported(self.device):
+            raise InputError(f"amp=bf16 requested but {self.device} has no bf16 support (use amp=auto or off)")
+        self.use_bf16 = cfg.amp != "off" and runtime.bf16_supported(self.device)
+        self.amp_note = ""
+        if cfg.amp == "auto" and self.use_bf16 and self.device.type == "cpu" and \
+                min(cfg.data.patch_size_zyx) // 16 < BF16_MIN_BOTTLENECK:
+            # measured (torch 2.13 CPU, oneDNN): bf16 conv weight gradients at the V-Net bottleneck are sometimes
+            # garbage (~1e34) when its spatial side is 1 or 2 voxels, i.e. patch sides < 48; fp32 is exact there
+            self.use_bf16 = False
+            self.amp_note = (f"bf16 autocast disabled: patch side {min(cfg.data.patch_size_zyx)} < "
+                             f"{16 * BF16_MIN_BOTTLENECK} (CPU bf16 gradients unreliable at a bottleneck < "
+                             f"{BF16_MIN_BOTTLENECK} voxels); set amp=bf16 to force it")
+        if cfg.channels_last == "auto":
+            self.channels_last = self.use_bf16 and self.device.type == "cpu"
+        else:
+            self.channels_last = cfg.channels_last == "on"
+        # seeds (per rank: the global RNG drives dropout; sampling has its own per-slot seeds)
+        seed = int(cfg.seed)
+        torch.manual_seed(seed + 1000 * self.dist.rank)
+        np.random.seed((seed + 1000 * self.dist.rank) % (2 ** 32))
+        random.seed(seed + 1000 * self.dist.rank)
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed + 7 + 1000 * self.dist.rank)
+
+        # data
+        if self.data is None:
+            from semisupseg.training.loading import load_train_data
+
+            report = self.events.progress
+            self.data = load_train_data(
+                cfg.data, progress=(lambda f, m="": report(0.0, m)) if report is not None else (lambda f, m="": None),
+                cancel=self.cancel)
+        if cfg.data.num_classes is None:
+            cfg.data.num_classes = self.data.infer_num_classes()
+        self.data.check(cfg.data.num_classes, cfg.data.in_channels)
+
+        # method and networks
+        method_cls = get_method(cfg.method)
+        try:
+            params = method_cls.make_params(cfg.method_params)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"config method_params: {exc}") from None
+        self.method: Method = method_cls(params)
+        from semisupseg.nets import build_network
+
+        self.net_config = network_config(cfg, method_cls)
+        torch.manual_seed(seed)  # identical initial weights on every rank (DDP also broadcasts them)
+        model = build_network(method_cls.network_arch, self.net_config)
+        self.method.build(model, cfg.data.num_classes, cfg.data.in_channels)
+        torch.manual_seed(seed + 1000 * self.dist.rank)
+        model = dist_utils.convert_sync_batchnorm(model, self.dist)
+        model.to(self.device)
+        self.method.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last_3d)
+        self.model = model  # the plain network (state dicts, EMA, checkpoints)
+        self.teacher = make_teacher(model) if method_cls.uses_teacher else None
+        if self.dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model: nn.Module = _DDP(model, device_ids=ids,
+                                              find_unused_parameters=cfg.ddp_find_unused_parameters)
+        else:
+            self.step_model = model
+        self.optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+
+        # batches
+        uses_unlabeled = getattr(method_cls, "uses_unlabeled", True)
+        unlabeled_bs = cfg.batch_size - cfg.labeled_batch_size if uses_unlabeled else 0
+        self.batcher = TwoStreamBatcher(
+            [c.pair for c in self.data.labeled], [c.pair for c in self.data.unlabeled],
+            cfg.labeled_batch_size, unlabeled_bs, cfg.data.patch_size_zyx, seed,
+            rank=self.dist.rank, world_size=self.dist.world_size, augment=cfg.data.augment,
+            foreground_prob=cfg.data.foreground_prob)
+        self.seg_form = self.net_config["seg_form"]
+
+    # ------------------------------------------------------------------------------------------------- context
+    def _autocast(self):
+        return runtime.autocast(self.device, enabled=self.use_bf16)
+
+    def _all_reduce_grads(self, module: nn.Module) -> None:
+        dist_utils.all_reduce_grads(module, self.dist)
+
+    def _context(self, iteration: int) -> StepContext:
+        return StepContext(iteration=iteration, max_iterations=self.cfg.iterations, device=self.device,
+                           num_classes=self.cfg.data.num_classes, seg_form=self.seg_form, generator=self.generator,
+                           teacher=self.teacher, all_reduce_grads=self._all_reduce_grads, autocast=self._autocast)
+
+    def _to_batch(self, image: np.ndarray, label: np.ndarray) -> Batch:
+        x = torch.from_numpy(image).to(self.device)
+        if self.channels_last:
+            x = runtime.to_channels_last(x)
+        y = torch.from_numpy(label).to(self.device)
+        return Batch(image=x, label=y, labeled_bs=self.batcher.local_labeled_bs)
+
+    # ------------------------------------------------------------------------------------------------- one step
+    def _train_step(self) -> Tuple[float, Dict[str, float], Dict[str, float]]:
+        t = self.iteration
+        lr = learning_rate(self.cfg, t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        self.method.train()
+        image, label = self.batcher.next()
+        batch = self._to_batch(image, label)
+        ctx = self._context(t)
+        with self._autocast():
+            result = self.method.step(self.step_model, batch, ctx)
+        if not result.losses:
+            raise RuntimeError(f"method {self.cfg.method!r} returned no loss terms")
+        loss = sum(v.float() for v in result.losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.cfg.optim.grad_clip))
+        self.optimizer.step()
+        if self.teacher is not None:
+            ema_update(self.teacher, self.model, ema_decay_at(t, self.cfg.ema_decay), self.cfg.ema_buffers)
+        logs = dict(result.logs)
+        logs.update(self.method.after_step(self.step_model, batch, ctx) or {})
+        terms = {k: float(v.detach().float().item()) for k, v in result.losses.items()}
+        return float(loss.detach().item()), terms, logs
+
+    # ------------------------------------------------------------------------------------------------- validation
+    def _validate(self) -> Optional[Dict[str, Any]]:
+        """Dice / HD95 of the student on the validation cases (rank 0 only; ``None`` elsewhere or without cases)."""
+        if not self.dist.is_main or not self.data.validation:
+            return None
+        from semisupseg import metrics
+        from semisupseg.inference import sliding_window_inference
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        per_case = []
+        dices: List[float] = []
+        hds: List[float] = []
+        try:
+            for case in self.data.validation:
+                out = sliding_window_inference(model, case.image, self.cfg.data.patch_size_zyx,
+                                               overlap=self.cfg.val_overlap, blend=self.cfg.val_blend,
+                                               batch_size=self.cfg.val_batch_size, device=self.device,
+                                               fast=self.use_bf16,
+                                               cancel=None if self.dist.distributed else self.cancel)
+                pred = np.argmax(out["prob"], axis=0)
+                spacing_zyx = tuple(reversed(case.spacing_xyz))
+                cd, ch = [], []
+                for c in range(1, self.cfg.data.num_classes):
+                    cd.append(metrics.dice(pred == c, case.label == c))
+                    ch.append(metrics.hd95(pred == c, case.label == c, spacing_zyx))
+                d = float(np.mean(cd))
+                h = float(np.nanmean(ch)) if not all(math.isnan(v) for v in ch) else math.nan
+                dices.append(d)
+                hds.append(h)
+                per_case.append({"case": case.case_id, "dice": d, "hd95": h})
+        finally:
+            model.train(was_training)
+        finite_hd = [h for h in hds if not math.isnan(h)]
+        return {"dice": float(np.mean(dices)), "hd95": float(np.mean(finite_hd)) if finite_hd else math.nan,
+                "hd95_undefined": len(hds) - len(finite_hd), "cases": per_case}
+
+    # ------------------------------------------------------------------------------------------------- files
+    def _card(self, extra_training: Dict[str, Any]):
+        from semisupseg.checkpoint import make_card
+
+        cfg = self.cfg
+        data = self.data
+        training = {
+            "method_params": dict(cfg.method_params), "iterations": self.iteration,
+            "max_iterations": cfg.iterations, "batch_size": cfg.batch_size,
+            "labeled_batch_size": cfg.labeled_batch_size, "seed": cfg.seed,
+            "labeled_cases": len(data.labeled), "unlabeled_cases": len(data.unlabeled),
+            "validation_cases": [c.case_id for c in data.validation],
+            "best_val_dice": self.best_metric, "best_iteration": self.best_iteration,
+        }
+        training.update(extra_training)
+        training = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in training.items()}
+        return make_card(self.model, method=cfg.method, spacing_xyz=data.spacing_xyz,
+                         patch_size_xyz=[int(v) for v in cfg.data.patch_size], class_names=data.class_names,
+                         label_values=data.label_values, normalization=data.normalization, training=training)
+
+    def _save_model(self, name: str, extra: Dict[str, Any]) -> Path:
+        from semisupseg.checkpoint import save_model
+
+        path = self.run_dir / f"{name}.pt"
+        save_model(path, self.model, self._card(extra), overwrite=True)
+        self.events.emit("checkpoint", name=name, path=str(path), iteration=self.iteration)
+        return path
+
+    def _rng_state(self) -> Dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                 "numpy": to_json_text(np.random.get_state()), "python": to_json_text(random.getstate())}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state: Dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.generator.set_state(state["generator"])
+        np_state = from_json_text(state["numpy"])
+        np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+        py = from_json_text(state["python"])
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    def _save_resume(self) -> None:
+        """Gather per-rank sampler/RNG states; rank 0 writes ``resume.pt`` atomically (weights_only-loadable)."""
+        from semisupseg.checkpoint import save_state
+
+        shards = dist_utils.all_gather_object(self.batcher.state_dict(), self.dist)
+        rngs = dist_utils.all_gather_object(
+            {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self._rng_state().items()}, self.dist)
+        if not self.dist.is_main:
+            return
+        state = {
+            "format": RESUME_FORMAT, "version": RESUME_VERSION, "iteration": self.iteration,
+            "world_size": self.dist.world_size, "method": self.cfg.method,
+            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "teacher": None if self.teacher is None else {k: v.detach().cpu().contiguous()
+                                                          for k, v in self.teacher.state_dict().items()},
+            "method_modules": {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()},
+            "method_optimizers": self.method.optimizer_state(),
+            "batcher": to_json_text(merge_shard_states(shards)),
+            "rng": rngs,
+            "best_metric": self.best_metric, "best_iteration": self.best_iteration,
+            "elapsed_s": self._elapsed(),
+        }
+        save_state(self.run_dir / "resume.pt", state, overwrite=True)
+
+    def _load_resume(self) -> bool:
+        from semisupseg.checkpoint import load_state, read_card
+
+        path = self.run_dir / "resume.pt"
+        if not path.exists():
+            return False
+        state = load_state(path)
+        if state.get("format") != RESUME_FORMAT:
+            raise CheckpointError("is not a SemiSupSeg resume state", path)
+        if state.get("method") != self.cfg.method:
+            raise CheckpointError(f"was written by method {state.get('method')!r}, the config says "
+                                  f"{self.cfg.method!r}", path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.teacher is not None:
+            if state.get("teacher") is None:
+                raise CheckpointError("has no EMA teacher but the method needs one", path)
+            self.teacher.load_state_dict(state["teacher"])
+        self.method.load_state_dict(state["method_modules"])
+        self.method.load_optimizer_state(state["method_optimizers"])
+        self.iteration = int(state["iteration"])
+        self.best_metric = state.get("best_metric")
+        self.best_iteration = state.get("best_iteration")
+        self._elapsed_before = float(state.get("elapsed_s") or 0.0)
+        same_world = int(state.get("world_size", 1)) == self.dist.world_size
+        self.batcher.load_state_dict(from_json_text(state["batcher"]))
+        if same_world:
+            self._set_rng_state(state["rng"][self.dist.rank])
+        else:  # different number of processes: the index streams continue, the RNGs are re-seeded
+            torch.manual_seed(self.cfg.seed + 1000 * self.dist.rank + self.iteration)
+        # a best model written after the last resume state (killed in between) still counts
+        best = self.run_dir / "best.pt"
+        if best.exists():
+            try:
+                saved = read_card(best).training.get("best_val_dice")
+                if saved is not None and (self.best_metric is None or saved > self.best_metric):
+                    self.best_metric = float(saved)
+                    self.best_iteration = read_card(best).training.get("best_iteration")
+            except CheckpointError:
+                pass
+        return True
+
+    # ------------------------------------------------------------------------------------------------- loop
+    def _elapsed(self) -> float:
+        return getattr(self, "_elapsed_before", 0.0) + (time.perf_counter() - self._t0)
+
+    def _check_cancel(self) -> bool:
+        return dist_utils.any_flag(self.cancel.cancelled, self.dist)
+
+    def _validate_and_save(self) -> Optional[Dict[str, Any]]:
+        metrics = self._validate()
+        metrics = dist_utils.broadcast_object(metrics, self.dist)
+        if self.dist.is_main:
+            extra: Dict[str, Any] = {}
+            if metrics is not None:
+                self.events.emit("validation", iteration=self.iteration, max_iterations=self.cfg.iterations,
+                                 metrics=metrics)
+                extra = {"val_dice": metrics["dice"], "val_hd95": metrics["hd95"]}
+                improved = self.best_metric is None or metrics["dice"] > self.best_metric
+                if improved:
+                    self.best_metric, self.best_iteration = metrics["dice"], self.iteration
+                    self._save_model("best", extra)
+            self._save_model("last", extra)
+        self._save_resume()
+        return metrics
+
+    def run(self) -> TrainResult:
+        """Train to ``config.iterations`` (or until cancelled). Raises on failure after emitting ``failed``."""
+        old_handlers = self._install_signals()
+        try:
+            return self._run()
+        finally:
+            self._restore_signals(old_handlers)
+
+    def _install_signals(self):
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return None
+        old = {}
+
+        def handler(signum, frame):
+            self.cancel.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+        return old
+
+    @staticmethod
+    def _restore_signals(old) -> None:
+        for sig, h in (old or {}).items():
+            try:
+                signal.signal(sig, h)
+            except (ValueError, OSError):
+                pass
+
+    def _run(self) -> TrainResult:
+        cfg = self.cfg
+        self._t0 = time.perf_counter()
+        self.dist = dist_utils.DistInfo()
+        if int(os.environ.get("RANK", "0")) != 0 and dist_utils.env_world_size() > 1:
+            self.events.enabled = False  # only rank 0 reports and writes files
+        try:
+            if dist_utils.env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0:
+                self._prepare_run_dir()
+            if self.events.path is None:
+                self.events.set_path(self.run_dir / "events.jsonl")
+            self._setup()
+            resumed = self._load_resume() if self.resume else False
+            if self.dist.is_main:
+                save_config(cfg, self.run_dir / "config.yaml")
+                import json
+
+                (self.run_dir / "data.json").write_text(json.dumps(self.data.summary(), indent=1))
+            common = dict(iteration=self.iteration, max_iterations=cfg.iterations, method=cfg.method,
+                          run_dir=str(self.run_dir), device=str(self.device), world_size=self.dist.world_size,
+                          bf16=self.use_bf16, channels_last=self.channels_last, amp_note=self.amp_note,
+                          labeled_cases=len(self.data.labeled), unlabeled_cases=len(self.data.unlabeled),
+                          validation_cases=len(self.data.validation))
+            self.events.emit("resumed" if resumed else "started", **common)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+        try:
+            window: List[float] = []
+            while self.iteration < cfg.iterations:
+                if self._check_cancel():
+                    raise Cancelled("training cancelled")
+                t_start = time.perf_counter()
+                loss, terms, logs = self._train_step()
+                if not math.isfinite(loss) and cfg.stop_on_nonfinite:
+                    raise FloatingPointError(f"non-finite loss {loss} at iteration {self.iteration} (terms {terms}); "
+                                             "lower optim.lr, enable optim.grad_clip or set amp=off")
+                self.iteration += 1
+                dt = time.perf_counter() - t_start
+                self._durations.append(dt)
+                self._losses.append(loss)
+                window = (window + [dt])[-20:]
+                if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
+                    if self.dist.distributed:
+                        loss = dist_utils.all_reduce_mean(loss, self.dist)
+                        terms = {k: dist_utils.all_reduce_mean(v, self.dist) for k, v in terms.items()}
+                    s_per_it = float(np.mean(window))
+                    self.events.emit("iteration", iteration=self.iteration, max_iterations=cfg.iterations,
+                                     loss=loss, losses=terms, logs=logs, lr=self.optimizer.param_groups[0]["lr"],
+                                     it_per_s=1.0 / s_per_it if s_per_it > 0 else None, s_per_it=s_per_it,
+                                     eta_s=s_per_it * (cfg.iterations - self.iteration),
+                                     elapsed_s=self._elapsed())
+                if self.iteration % cfg.val_every == 0 or self.iteration == cfg.iterations:
+                    self._validate_and_save()
+                elif self.iteration % cfg.save_every == 0:
+                    self._save_resume()
+        except Cancelled as exc:
+            try:
+                self._save_on_cancel()
+            finally:
+                self.events.emit("cancelled", iteration=self.iteration, max_iterations=cfg.iterations,
+                                 message=str(exc) or "cancelled")
+                dist_utils.cleanup(self.dist)
+            return self._result("cancelled")
+        except BaseException as exc:
+            self._fail(exc)
+            dist_utils.cleanup(self.dist)
+            raise
+        durations = sorted(self._durations[1:] or self._durations)
+        self.events.emit("finished", iteration=self.iteration, max_iterations=cfg.iterations,
+                         best_val_dice=self.best_metric, best_iteration=self.best_iteration,
+                         s_per_it_median=float(np.median(durations)) if durations else None,
+                         peak_rss_mb=peak_rss_mb(), elapsed_s=self._elapsed(),
+                         last=str(self.run_dir / "last.pt"),
+                         best=str(self.run_dir / "best.pt") if (self.run_dir / "best.pt").exists() else None)
+        self.events.close()
+        dist_utils.cleanup(self.dist)
+        return self._result("finished")
+
+    def _save_on_cancel(self) -> None:
+        """On cancellation: keep what was trained (``last`` model + resume state), no validation (be quick)."""
+        if self.dist.is_main:
+            self._save_model("last", {"cancelled_at": self.iteration})
+        self._save_resume()
+
+    def _fail(self, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, (InputError, CheckpointError, FloatingPointError)):
+            message += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
+        try:
+            self.events.emit("failed", iteration=self.iteration, max_iterations=self.cfg.iterations,
+                             message=message)
+            self.events.close()
+        except Exception:  # never hide the original error
+            pass
+
+    def _result(self, status: str) -> TrainResult:
+        last = self.run_dir / "last.pt"
+        best = self.run_dir / "best.pt"
+        return TrainResult(status=status, iteration=self.iteration, run_dir=self.run_dir,
+                           best_metric=self.best_metric, best_iteration=self.best_iteration,
+                           last_path=last if last.exists() else None, best_path=best if best.exists() else None,
+                           losses=list(self._losses), seconds_per_iteration=list(self._durations))
+
+
+__all__ = ["Trainer", "TrainResult", "learning_rate", "build_optimizer", "network_config", "peak_rss_mb"]

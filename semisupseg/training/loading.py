@@ -1,0 +1,101 @@
+"""Read the training cases a :class:`~semisupseg.training.config.DataConfig` names into a :class:`TrainData`.
+
+Discovery, splits, reading, resampling and normalisation are :mod:`semisupseg.data`'s (``build_dataset``,
+``load_dataset``); this module only adds the engine's rule for the validation hold-out (see ``DataConfig``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from semisupseg.errors import InputError
+from semisupseg.progress import CancelToken, ProgressCallback, no_progress
+from semisupseg.training.config import DataConfig
+from semisupseg.training.data import CaseArrays, TrainData
+
+
+def _dataset_spec(cfg: DataConfig):
+    from semisupseg.data import DatasetSpec
+
+    if cfg.labeled is None:
+        raise InputError("no labeled data given (--labeled DIR or data.labeled)")
+    root, images = (None, cfg.labeled) if cfg.labels is not None else (cfg.labeled, None)
+    return DatasetSpec(root=root, images=images, labels=cfg.labels, unlabeled=list(cfg.unlabeled),
+                       split=cfg.split, labeled_key=cfg.split_labeled, num_labeled=cfg.num_labeled,
+                       train_key=cfg.split_all, val_key=cfg.split_val, class_names=cfg.class_names,
+                       label_values=cfg.label_values, h5_spacing_xyz=tuple(float(s) for s in cfg.h5_spacing))
+
+
+def _hold_out(ds, cfg: DataConfig, spec) -> List[str]:
+    """Move validation cases into ``ds.val`` following ``cfg.validation``; returns notes for ``data.json``."""
+    from semisupseg.data import discover_cases
+
+    notes: List[str] = []
+    if ds.val:
+        notes.append(f"validation: the split's {cfg.split_val!r} list ({len(ds.val)} cases)")
+        return notes
+    want = cfg.validation
+    if isinstance(want, int) and want == 0:
+        notes.append("validation: disabled (data.validation = 0)")
+        return notes
+    full = {c.case_id: c for c in discover_cases(spec.root, spec.images, spec.labels, allow_missing_labels=True)}
+    pool_with_labels = [c.case_id for c in ds.unlabeled if c.case_id in full and full[c.case_id].label_path]
+    if isinstance(want, int):
+        if len(pool_with_labels) >= want:
+            ids = pool_with_labels[-want:]
+            notes.append(f"validation: the last {want} cases of the unlabeled pool (their labels are read only "
+                         "for validation)")
+        else:
+            if want >= len(ds.labeled):
+                raise InputError(f"data.validation={want} would leave no labeled training case "
+                                 f"({len(ds.labeled)} labeled)")
+            ids = [c.case_id for c in ds.labeled[-want:]]
+            notes.append(f"validation: the last {want} labeled cases (the unlabeled pool has no labels)")
+    else:
+        ids = [str(v) for v in want]
+        known = {c.case_id for c in ds.labeled} | set(pool_with_labels)
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise InputError(f"validation case(s) {missing} are neither labeled cases nor pool cases with labels")
+        notes.append(f"validation: the listed cases {ids}")
+    idset = set(ids)
+    ds.val = [full[i] for i in ids]
+    ds.labeled = [c for c in ds.labeled if c.case_id not in idset]
+    ds.unlabeled = [c for c in ds.unlabeled if c.case_id not in idset]
+    if not ds.labeled:
+        raise InputError("the validation cases leave no labeled training case")
+    return notes
+
+
+def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
+                    cancel: Optional[CancelToken] = None) -> TrainData:
+    """Discover, split, read and preprocess the cases of ``cfg`` (see :class:`DataConfig` for the rules)."""
+    from semisupseg.data import PreprocessConfig, build_dataset, load_dataset
+
+    spec = _dataset_spec(cfg)
+    ds = build_dataset(spec)
+    notes = _hold_out(ds, cfg, spec)
+    if cfg.max_unlabeled is not None:
+        ds.unlabeled = ds.unlabeled[: int(cfg.max_unlabeled)]
+    pre = PreprocessConfig(normalization=dict(cfg.normalization),
+                           spacing_xyz=None if cfg.spacing is None else tuple(cfg.spacing))
+    loaded = load_dataset(ds, pre, progress=progress, cancel=cancel)
+
+    def conv(cases) -> List[CaseArrays]:
+        return [CaseArrays(c.case_id, c.image, c.label, c.spacing_xyz) for c in cases]
+
+    data = TrainData(labeled=conv(loaded.labeled), unlabeled=conv(loaded.unlabeled), validation=conv(loaded.val),
+                     class_names=list(loaded.classes.names), label_values=list(loaded.classes.label_values),
+                     normalization=pre.normalization.to_dict())
+    spacings = {tuple(round(s, 4) for s in c.spacing_xyz) for c in data.labeled + data.unlabeled + data.validation}
+    if len(spacings) > 1:
+        raise InputError(f"the cases have different voxel spacings {sorted(spacings)[:4]}; set data.spacing "
+                         "(x y z mm) to resample them to one grid")
+    data.spacing_xyz = data.labeled[0].spacing_xyz
+    data.notes = notes
+    return data
+
+
+__all__ = ["load_train_data"]
