@@ -244,8 +244,8 @@ def boundary_ring(mask: ArrayLike, w_max: int = 20) -> BoundaryRing:
     bands.
 
     ``mask``: ``(Z, Y, X)`` or a batch ``(B, Z, Y, X)`` (``it`` computed per sample), numpy or torch (computed with
-    torch ops on the tensor's device; CPU tensors go through scipy, which is faster). Returns a :class:`BoundaryRing` ``(outer, inner)`` of bool arrays of the
-    same shape; ``.ring`` is M_bound.
+    torch ops on the tensor's device; CPU tensors go through scipy, which is faster). Returns a
+    :class:`BoundaryRing` ``(outer, inner)`` of bool arrays of the same shape; ``.ring`` is M_bound.
     """
     batched = _check_spatial(_to_numpy(mask) if not isinstance(mask, torch.Tensor) else mask, "mask")
     if not batched:

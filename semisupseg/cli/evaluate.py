@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                 raise OutputExistsError("output exists; pass --overwrite to replace it", o)
 
     bar = None
-    progress = None
+    progress = None  # replaced by a tqdm-driven callback unless --quiet
     if not args.quiet:
         try:
             from tqdm import tqdm
@@ -53,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
             bar = tqdm(total=100, desc="evaluate", unit="%", file=sys.stderr, leave=False,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
-            def progress(fraction: float, message: str = "") -> None:
+            def show(fraction: float, message: str = "") -> None:
                 bar.n = int(round(100 * fraction))
                 bar.set_postfix_str(message, refresh=False)
                 bar.refresh()
+
+            progress = show
         except ImportError:  # pragma: no cover - tqdm is a dependency
             bar = None
     try:
