@@ -342,7 +342,10 @@ def format_summary(summary: Sequence[MetricSummary], n_cases: int, missing: Sequ
         ])
     widths = [max(len(header[i]), *(len(l[i]) for l in lines)) if lines else len(header[i])
               for i in range(len(header))]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+    def fmt(cells: Sequence[str]) -> str:  # first column left-aligned, numbers right-aligned
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     out = [f"{n_cases} case(s) evaluated; mean ± std over cases (distances over the cases where both masks are "
            "non-empty)", fmt(header), fmt(["-" * w for w in widths])]
     out += [fmt(l) for l in lines]
