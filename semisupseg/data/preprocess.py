@@ -211,6 +211,9 @@ def _resample_sitk(image: sitk.Image, size_xyz: Sequence[int], spacing_xyz: Sequ
     f.SetOutputDirection([float(d) for d in direction])
     f.SetInterpolator(interpolator)
     f.SetDefaultPixelValue(default)
+    # Points beyond the outermost voxel centres (up to half a voxel at the grid's edge, or the last output voxel
+    # of a grid whose extent is rounded up) take the nearest voxel's value instead of mixing in a 0 background.
+    f.SetUseNearestNeighborExtrapolator(True)
     f.SetTransform(sitk.Transform())
     return f.Execute(image)
 
