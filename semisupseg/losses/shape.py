@@ -104,10 +104,15 @@ def multiscale_psm_dice_loss(probs: Sequence[torch.Tensor], target: torch.Tensor
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     """``|∇x|`` of ``(B, K, Z, Y, X)`` maps by central differences (one-sided at the patch faces), voxel units.
 
-    A tiny epsilon inside the square root keeps the gradient finite where the map is flat."""
+    A tiny epsilon inside the square root keeps the gradient finite where the map is flat; sides of one voxel
+    contribute nothing."""
     x = x.float()
-    grads = torch.gradient(x, dim=(2, 3, 4))
-    return torch.sqrt(sum(g * g for g in grads) + 1e-12)
+    squared = torch.zeros_like(x)
+    for dim in (2, 3, 4):
+        if x.shape[dim] >= 2:  # a side of one voxel has no gradient along it
+            g = torch.gradient(x, dim=dim)[0]
+            squared = squared + g * g
+    return torch.sqrt(squared + 1e-12)
 
 
 def boundary_gradient_hinge_loss(prob: torch.Tensor, target: torch.Tensor, ring: torch.Tensor,
