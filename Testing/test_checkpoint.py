@@ -341,6 +341,9 @@ def test_save_state_round_trip_and_checks(tmp_path):
         save_state(path, {"iteration": 19}, overwrite=False)
     import numpy as np
 
+    legacy = tmp_path / "legacy.pt"  # pre-1.6 torch file format (old releases) loads too
+    torch.save({"iteration": 3, "w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert load_state(legacy)["iteration"] == 3
     with pytest.raises(TypeError, match=r"payload\['sampler'\]\['state'\].*numpy"):
         save_state(tmp_path / "bad.pt", {"sampler": {"state": np.zeros(3)}})
     assert not (tmp_path / "bad.pt").exists()
@@ -353,6 +356,37 @@ def test_save_state_round_trip_and_checks(tmp_path):
     torch.save([1], notdict)
     with pytest.raises(CheckpointError, match="expected a dict"):
         load_state(notdict)
+
+
+_Pair = __import__("collections").namedtuple("_Pair", "a b")
+
+
+def _weights_only_loadable(obj) -> bool:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"x": obj}, buf)
+    buf.seek(0)
+    try:
+        torch.load(buf, weights_only=True)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("obj", [torch.nn.Parameter(torch.zeros(2)), torch.float16, torch.device("cpu"),
+                                 torch.Size([2, 3]), {1, 2}, 1j, b"raw", frozenset([1]), {1: 2, None: 3},
+                                 __import__("collections").OrderedDict(a=1), __import__("collections").Counter(a=1),
+                                 _Pair(1, 2), range(3), Path("x"),
+                                 __import__("numpy").float64(1.0)])
+def test_check_weights_only_agrees_with_torch_load(obj):
+    ok = _weights_only_loadable(obj)
+    try:
+        check_weights_only({"x": obj})
+        accepted = True
+    except TypeError:
+        accepted = False
+    assert accepted == ok, (obj, ok)
 
 
 def test_save_state_is_atomic_when_writing_fails(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ Training-run state (optimisers, samplers, RNG) uses the same safe machinery thro
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as _dt
 import json
@@ -281,25 +282,27 @@ def check_weights_only(obj: Any, where: str = "payload") -> None:
     """Raise ``TypeError`` naming the first value ``torch.load(weights_only=True)`` could not read back.
 
     Allowed: tensors, ``str``/``bytes``/numbers/``bool``/``None``, ``torch.Size``/``dtype``/``device`` and
-    ``dict``/``list``/``tuple``/``set`` of those (dict keys: str/int/float/bool/None). numpy arrays and
+    plain ``dict``/``OrderedDict``/``list``/``tuple``/``set`` of those (dict keys: str/int/float/bool/None). numpy arrays and
     generators are not: convert them (``torch.from_numpy``, ``.tolist()``) first.
     """
     if isinstance(obj, torch.Tensor):
         if type(obj) is not torch.Tensor and not isinstance(obj, nn.Parameter):
             raise TypeError(f"{where}: tensor subclass {type(obj).__name__} is not loadable with weights_only")
         return
-    if isinstance(obj, _PLAIN):
+    if type(obj) in _PLAIN:  # exact types: numpy scalars subclass float/int but need numpy globals to load
         return
     if isinstance(obj, dict):
+        if type(obj) not in (dict, collections.OrderedDict, collections.Counter):
+            raise TypeError(f"{where}: {type(obj).__name__} is not loadable with weights_only; use a plain dict")
         for k, v in obj.items():
-            if not isinstance(k, (str, int, float, bool, type(None))):
+            if type(k) not in (str, int, float, bool, type(None)):
                 raise TypeError(f"{where}: dict key {k!r} of type {type(k).__name__} is not allowed")
             check_weights_only(v, f"{where}[{k!r}]")
         return
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        if isinstance(obj, tuple) and type(obj) is not tuple:
-            raise TypeError(f"{where}: named tuple {type(obj).__name__} is not loadable with weights_only; "
-                            "use a plain tuple or dict")
+    if isinstance(obj, (list, tuple, set)):
+        if type(obj) not in (list, tuple, set):
+            raise TypeError(f"{where}: {type(obj).__name__} is not loadable with weights_only; "
+                            "use a plain list, tuple or dict")
         for i, v in enumerate(obj):
             check_weights_only(v, f"{where}[{i}]")
         return
