@@ -510,7 +510,8 @@ def test_import_detects_normalization(tmp_path, norm):
     torch.manual_seed(0)
     net = VNet(VNetConfig(n_filters=16 if norm == "groupnorm" else 2, normalization=norm, num_classes=3)).eval()
     src = tmp_path / "peer.pth"
-    torch.save(net.state_dict(), src)
+    # the 2019-2020 releases' .pth files may be in the legacy (pre-1.6, non-zip) torch format
+    torch.save(net.state_dict(), src, _use_new_zipfile_serialization=(norm != "none"))
     model, card = import_peer_checkpoint(src, "uamt", (1.0, 1.0, 1.0))
     assert card.network == net.config.to_dict() and card.class_names == ["background", "class1", "class2"]
     x = torch.randn(1, 1, 32, 32, 16)
