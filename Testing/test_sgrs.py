@@ -209,3 +209,32 @@ def test_sigmoid_head_form():
     ctx.seg_form = "sigmoid"
     result = SGRS(SGRSParams(rampup="sigmoid")).step(net, batch, ctx)
     assert all(torch.isfinite(v) for v in result.losses.values())
+
+
+def _train_tiny(method: str, la_dir, tmp_path, iterations: int = 6):
+    """A few iterations of ``method`` on 2 labeled + 2 unlabeled real LA cases; returns the iteration events."""
+    import json
+
+    from semisupseg.training.config import DataConfig, ModelConfig, TrainConfig
+    from semisupseg.training.engine import Trainer
+
+    cfg = TrainConfig(method=method, out=str(tmp_path / method), iterations=iterations, batch_size=4,
+                      labeled_batch_size=2, seed=3, device="cpu", amp="off", val_every=10 ** 6, save_every=10 ** 6,
+                      data=DataConfig(labeled=str(la_dir), num_labeled=2, max_unlabeled=2, validation=0,
+                                      patch_size=[32, 32, 16], foreground_prob=0.5),
+                      model=ModelConfig(n_filters=4))
+    result = Trainer(cfg, handle_signals=False).run()
+    assert result.status == "finished" and result.iteration == iterations
+    events = [json.loads(line) for line in (tmp_path / method / "events.jsonl").read_text().splitlines()]
+    return [e for e in events if e.get("event") == "iteration"]
+
+
+@pytest.mark.slow
+def test_sgrs_trains_end_to_end_on_la(la_dir, tmp_path):
+    steps = _train_tiny("sgrs", la_dir, tmp_path)
+    assert len(steps) == 6
+    for e in steps:
+        assert all(math.isfinite(v) for v in e["losses"].values())
+        assert e["logs"]["region_delta"] + e["logs"]["region_omega"] + e["logs"]["region_theta"] == pytest.approx(1.0)
+    sup = [e["losses"]["supervised"] for e in steps]
+    assert np.mean(sup[-2:]) < np.mean(sup[:2])

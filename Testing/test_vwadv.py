@@ -201,3 +201,17 @@ def test_bf16_autocast_step_is_finite():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         result = method.step(net, batch, ctx)
     assert all(torch.isfinite(v.float()) for v in result.losses.values())
+
+
+@pytest.mark.slow
+def test_vwadv_trains_end_to_end_on_la(la_dir, tmp_path):
+    import numpy as np
+    from test_sgrs import _train_tiny
+
+    steps = _train_tiny("vwadv", la_dir, tmp_path)
+    assert len(steps) == 6
+    for e in steps:
+        assert all(math.isfinite(v) for v in e["losses"].values())
+        assert math.isfinite(e["logs"]["loss_d"])
+    dice = [e["losses"]["dice"] for e in steps]
+    assert np.mean(dice[-2:]) < np.mean(dice[:2])
