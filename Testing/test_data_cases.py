@@ -313,6 +313,19 @@ def test_load_dataset_preprocesses_in_memory():
         assert v_new == pytest.approx(v_ref, rel=0.25)
 
 
+def test_training_preprocessing_equals_inference_preprocessing():
+    """load_dataset (training) and preprocess_image (what inference calls) give the same array."""
+    from semisupseg.data import preprocess_image
+    from semisupseg.io import read_image
+
+    cfg = PreprocessConfig(spacing_xyz=(1.3, 0.9, 1.6))
+    data = load_dataset(build_dataset(DatasetSpec(root=str(HIPPO), labeled_key="labeled_2")), cfg)
+    vol = preprocess_image(read_image(HIPPO / "imagesTr" / f"{HIPPO_IDS[0]}.nii.gz"), cfg)
+    assert data.labeled[0].case_id == HIPPO_IDS[0]
+    np.testing.assert_array_equal(data.labeled[0].image[0], vol.array)
+    assert data.labeled[0].spacing_xyz == vol.spacing == (1.3, 0.9, 1.6)
+
+
 def test_load_cancel(tmp_path):
     from semisupseg.errors import Cancelled
     from semisupseg.progress import CancelToken

@@ -40,6 +40,7 @@ from semisupseg.data.preprocess import (
     PreprocessConfig,
     normalize,
     pad_to_size,
+    preprocess_image,
     resample_like,
     resample_to_shape,
     resample_volume,
@@ -50,7 +51,8 @@ from semisupseg.data.sampling import PatchSampler, TwoStreamSampler
 __all__ = [
     "Case", "ClassInfo", "Dataset", "DatasetSpec", "LoadedCase", "LoadedDataset", "apply_split", "build_dataset",
     "discover_cases", "discover_unlabeled", "load_case", "load_cases", "load_dataset", "load_split",
-    "read_dataset_json", "NormalizationConfig", "PreprocessConfig", "normalize", "pad_to_size", "resample_like",
+    "read_dataset_json", "NormalizationConfig", "PreprocessConfig", "normalize", "pad_to_size", "preprocess_image",
+    "resample_like",
     "resample_to_shape", "resample_volume", "unpad", "PatchSampler", "TwoStreamSampler", "sample_data_dir",
     "sample_dataset", "sample_dataset_names",
 ]

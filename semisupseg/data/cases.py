@@ -37,7 +37,7 @@ from semisupseg.io import (
 from semisupseg.progress import CancelToken, ProgressCallback, no_progress
 from semisupseg.volume import Volume
 
-from semisupseg.data.preprocess import PreprocessConfig, normalize, resample_volume
+from semisupseg.data.preprocess import PreprocessConfig, preprocess_image, resample_volume
 
 __all__ = [
     "Case",
@@ -557,12 +557,11 @@ def load_case(
             label_vol = label_vol.with_array(classes.to_indices(label_vol.array, case.label_path))
         else:
             present = np.unique(label_vol.array)
-    if cfg.spacing_xyz is not None:
-        image = resample_volume(image, cfg.spacing_xyz)
-        if label_vol is not None:
-            label_vol = resample_volume(label_vol, cfg.spacing_xyz, is_label=True, label_mode=cfg.label_mode,
-                                        num_classes=None if classes is None else classes.num_classes)
-    arr = normalize(image.array, cfg.normalization)
+    image = preprocess_image(image, cfg)
+    if cfg.spacing_xyz is not None and label_vol is not None:
+        label_vol = resample_volume(label_vol, cfg.spacing_xyz, is_label=True, label_mode=cfg.label_mode,
+                                    num_classes=None if classes is None else classes.num_classes)
+    arr = image.array
     if arr.ndim == 3:
         arr = arr[None]
     if label_vol is not None:

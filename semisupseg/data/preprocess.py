@@ -12,7 +12,8 @@ Normalisation (:class:`NormalizationConfig`, :func:`normalize`):
 * ``"fixed"`` — ``(x - mean) / std`` with dataset-level ``mean``/``std`` (nnU-Net's CT scheme, after ``clip``).
 * ``"none"`` — cast to float32 only (data already normalised, e.g. the LA h5 release).
 
-Resampling keeps the physical **extent** of the volume (corner-aligned grids): the first voxel centre moves by half
+Order (:func:`preprocess_image`, used by training and inference alike): normalise on the image's own grid, then
+resample. Resampling keeps the physical **extent** of the volume (corner-aligned grids): the first voxel centre moves by half
 the spacing change, exactly as the 2x block-average of ``../shared/data/LA`` (origin 0 → 0.3125 mm at 1.25 mm).
 Images are resampled linearly, labels by nearest neighbour or — ``label_mode="linear_argmax"`` — by linear
 interpolation of each class's one-hot channel followed by argmax (smoother boundaries when down-sampling).
@@ -35,6 +36,7 @@ __all__ = [
     "NormalizationConfig",
     "PreprocessConfig",
     "normalize",
+    "preprocess_image",
     "zscore",
     "target_shape_zyx",
     "resample_volume",
@@ -330,6 +332,17 @@ def resample_to_shape(array: Union[np.ndarray, torch.Tensor], shape_zyx: Sequenc
         raise InputError(f"resample_to_shape order must be 0 or 1, got {order}")
     out = out.reshape(tuple(lead) + shape)
     return out.numpy() if is_np else out
+
+
+def preprocess_image(volume: Volume, cfg: Optional[PreprocessConfig] = None) -> Volume:
+    """The image half of :class:`PreprocessConfig`, identical for training and inference: normalise on the
+    image's own grid (statistics of the scan as acquired), then resample linearly to ``cfg.spacing_xyz`` (if set).
+    Returns a float32 Volume (``(Z, Y, X)`` or ``(C, Z, Y, X)``)."""
+    cfg = cfg or PreprocessConfig()
+    out = volume.with_array(normalize(volume.array, cfg.normalization))
+    if cfg.spacing_xyz is not None:
+        out = resample_volume(out, cfg.spacing_xyz)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -278,6 +278,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         raise InputError(f"config {key}: expected a number, got {value!r}")
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads bare on/off/yes/no as booleans (amp: off)
+            return "on" if value else "off"
         if isinstance(value, (str, Path)):
             return str(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -332,6 +334,8 @@ def parse_override(text: str) -> Tuple[str, Any]:
     key = key.strip()
     if not key:
         raise InputError(f"override {text!r} has no key")
+    if raw.strip().lower() in ("on", "off", "yes", "no"):
+        return key, raw.strip()  # keep words; bool fields accept them, string fields (amp=off) need them
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -212,7 +212,7 @@ class Trainer:
             report = self.events.progress
             self.data = load_train_data(
                 cfg.data, progress=(lambda f, m="": report(0.0, m)) if report is not None else (lambda f, m="": None),
-                cancel=self.cancel)
+                cancel=self.cancel, with_unlabeled=getattr(get_method(cfg.method), "uses_unlabeled", True))
         if cfg.data.num_classes is None:
             cfg.data.num_classes = self.data.infer_num_classes()
         self.data.check(cfg.data.num_classes, cfg.data.in_channels)

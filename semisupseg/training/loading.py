@@ -70,8 +70,9 @@ def _hold_out(ds, cfg: DataConfig, spec) -> List[str]:
 
 
 def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
-                    cancel: Optional[CancelToken] = None) -> TrainData:
-    """Discover, split, read and preprocess the cases of ``cfg`` (see :class:`DataConfig` for the rules)."""
+                    cancel: Optional[CancelToken] = None, with_unlabeled: bool = True) -> TrainData:
+    """Discover, split, read and preprocess the cases of ``cfg`` (see :class:`DataConfig` for the rules).
+    ``with_unlabeled=False`` skips reading the unlabeled pool (methods that do not use it)."""
     from semisupseg.data import PreprocessConfig, build_dataset, load_dataset
 
     spec = _dataset_spec(cfg)
@@ -79,6 +80,9 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
     notes = _hold_out(ds, cfg, spec)
     if cfg.max_unlabeled is not None:
         ds.unlabeled = ds.unlabeled[: int(cfg.max_unlabeled)]
+    if not with_unlabeled:
+        notes.append(f"unlabeled pool of {len(ds.unlabeled)} cases not read: the method uses labeled data only")
+        ds.unlabeled = []
     pre = PreprocessConfig(normalization=dict(cfg.normalization),
                            spacing_xyz=None if cfg.spacing is None else tuple(cfg.spacing))
     loaded = load_dataset(ds, pre, progress=progress, cancel=cancel)

@@ -1,0 +1,78 @@
+"""Training config: YAML/JSON load, dotted overrides with type checks, save/reload round trip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semisupseg.errors import InputError
+from semisupseg.training.config import (TrainConfig, apply_overrides, config_from_dict, load_config, parse_override,
+                                        save_config)
+
+
+def test_defaults_are_the_papers():
+    cfg = TrainConfig()
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
+    assert (cfg.optim.schedule, cfg.optim.step_size, cfg.optim.gamma) == ("step", 2500, 0.1)
+    assert (cfg.batch_size, cfg.labeled_batch_size, cfg.ema_decay) == (4, 2, 0.99)
+    assert cfg.data.patch_size == [112, 112, 80] and cfg.data.patch_size_zyx == (80, 112, 112)
+
+
+def test_yaml_load_nested_and_types(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("method: mean-teacher\niterations: 50\noptim:\n  lr: 0.005\n  schedule: poly\n"
+                 "data:\n  patch_size: [64, 64, 48]\n  validation: [a, b]\nmethod_params:\n  consistency: 0.1\n")
+    cfg = load_config(p)
+    assert cfg.method == "mean-teacher" and cfg.iterations == 50
+    assert cfg.optim.lr == 0.005 and cfg.optim.schedule == "poly" and cfg.optim.momentum == 0.9
+    assert cfg.data.patch_size_zyx == (48, 64, 64)
+    assert cfg.data.validation == ["a", "b"]
+    assert cfg.method_params == {"consistency": 0.1}
+
+
+def test_json_load_and_errors(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"iterations": 7, "optim": {"lrr": 1}}))
+    with pytest.raises(InputError, match=r"optim\.lrr.*optim\.lr"):
+        load_config(p)
+    p.write_text(json.dumps({"iterations": "many"}))
+    with pytest.raises(InputError, match="iterations"):
+        load_config(p)
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_dotted_keys_and_coercion():
+    cfg = TrainConfig()
+    apply_overrides(cfg, ["optim.lr=1e-3", "data.patch_size=[32,32,16]", "iterations=12", "amp=off",
+                          "method_params.consistency=0.5", "data.validation=3", "data.validation=[x1]",
+                          "optim.grad_clip=null", "data.augment=false"])
+    assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
+    assert cfg.data.patch_size == [32, 32, 16] and cfg.iterations == 12 and cfg.amp == "off"
+    assert cfg.method_params == {"consistency": 0.5}
+    assert cfg.data.validation == ["x1"] and cfg.optim.grad_clip is None and cfg.data.augment is False
+    with pytest.raises(InputError, match="did you mean iterations"):
+        apply_overrides(cfg, ["iteration=3"])
+    with pytest.raises(InputError, match="key=value"):
+        parse_override("optim.lr")
+    with pytest.raises(InputError, match="integer"):
+        apply_overrides(cfg, ["batch_size=2.5"])
+
+
+def test_validate_ranges():
+    with pytest.raises(InputError, match="labeled_batch_size"):
+        config_from_dict({"batch_size": 2, "labeled_batch_size": 3}).validate()
+    with pytest.raises(InputError, match="amp"):
+        config_from_dict({"amp": "fp8"}).validate()
+    with pytest.raises(InputError, match="schedule"):
+        config_from_dict({"optim": {"schedule": "cosine"}}).validate()
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_save_and_reload_round_trip(tmp_path, suffix):
+    cfg = TrainConfig()
+    apply_overrides(cfg, ["optim.lr=0.02", "data.patch_size=[64,64,48]", "method_params.x=1", "out=run"])
+    path = save_config(cfg, tmp_path / f"config{suffix}")
+    again = load_config(path)
+    assert again.to_dict() == cfg.to_dict()
+    assert not list(tmp_path.glob(".tmp-*"))  # atomic write leaves no temp file

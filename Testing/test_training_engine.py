@@ -1,0 +1,136 @@
+"""The training engine end to end on tiny synthetic data (and a tiny real LA subset when available)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from semisupseg.checkpoint import load_model, load_state
+from semisupseg.errors import OutputExistsError
+from semisupseg.training import CaseArrays, Events, TrainConfig, TrainData, Trainer, load_config, read_events
+
+
+def _case(rng, cid, labeled=True, shape=(16, 24, 24)):
+    """A bright box on noise: learnable in a few steps."""
+    label = np.zeros(shape, np.uint8)
+    z, y, x = shape
+    z0, y0, x0 = rng.integers(1, 4, size=3)
+    label[z0:z0 + z // 2, y0:y0 + y // 2, x0:x0 + x // 2] = 1
+    image = rng.normal(0, 1, size=shape).astype(np.float32) + 2.0 * label
+    return CaseArrays(cid, image, label if labeled else None, (1.0, 1.0, 1.0))
+
+
+def _data(seed=0, unlabeled=2):
+    rng = np.random.default_rng(seed)
+    return TrainData(labeled=[_case(rng, f"l{i}") for i in range(3)],
+                     unlabeled=[_case(rng, f"u{i}", False) for i in range(unlabeled)],
+                     validation=[_case(rng, "v0")])
+
+
+def _config(out, method="supervised", iterations=8, **kw):
+    cfg = TrainConfig(method=method, iterations=iterations, batch_size=4, labeled_batch_size=2, device="cpu",
+                      amp="off", val_every=4, save_every=2, num_threads=1, out=str(out))
+    cfg.data.patch_size = [16, 16, 16]
+    cfg.model.n_filters = 2
+    cfg.optim.lr = 0.05
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _weights(path):
+    return load_state(path)["model"]
+
+
+def test_supervised_run_writes_a_complete_run_dir(tmp_path):
+    cfg = _config(tmp_path / "run", iterations=16)
+    cfg.method_params = {"dice_weight": 0.5, "ce_weight": 0.5}
+    result = Trainer(cfg, data=_data()).run()
+    assert result.status == "finished" and result.iteration == 16
+    losses = np.asarray(result.losses)
+    assert np.all(np.isfinite(losses))
+    assert losses[-4:].mean() < losses[:4].mean()  # it learns
+    run = tmp_path / "run"
+    for name in ("config.yaml", "data.json", "events.jsonl", "resume.pt", "last.pt", "last.json", "best.pt"):
+        assert (run / name).is_file(), name
+    assert load_config(run / "config.yaml").to_dict() == cfg.to_dict()
+    model, card = load_model(run / "best.pt")
+    assert card.method == "supervised" and card.patch_size_xyz == (16, 16, 16)
+    assert card.training["best_val_dice"] == pytest.approx(result.best_metric)
+    state = load_state(run / "resume.pt")  # weights_only=True inside
+    assert state["iteration"] == 16 and state["teacher"] is None
+    events = read_events(run / "events.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    assert kinds.count("iteration") == 16 and kinds.count("validation") == 4
+    it = [e for e in events if e["event"] == "iteration"][-1]
+    assert set(it["losses"]) == {"dice", "ce"} and it["lr"] == pytest.approx(0.05) and it["eta_s"] >= 0
+    val = [e for e in events if e["event"] == "validation"][-1]["metrics"]
+    assert 0.0 <= val["dice"] <= 1.0 and val["cases"][0]["case"] == "v0"
+    with pytest.raises(OutputExistsError):
+        Trainer(_config(tmp_path / "run"), data=_data())._prepare_run_dir()
+
+
+def test_deterministic_runs_and_exact_resume_after_cancel(tmp_path):
+    """Same config twice: identical losses and weights. A run cancelled (stop file) at iteration 3 and resumed
+    reaches the uninterrupted run's final weights exactly (mean-teacher: EMA teacher, noise generator)."""
+    method = "mean-teacher"
+    a = Trainer(_config(tmp_path / "a", method), data=_data()).run()
+    b = Trainer(_config(tmp_path / "b", method), data=_data()).run()
+    assert a.losses == b.losses
+    wa, wb = _weights(tmp_path / "a" / "resume.pt"), _weights(tmp_path / "b" / "resume.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    stop = tmp_path / "STOP"
+
+    def stopper(record):
+        if record["event"] == "iteration" and record["iteration"] == 3:
+            stop.touch()
+
+    from semisupseg.progress import CancelToken
+
+    c = Trainer(_config(tmp_path / "c", method), data=_data(), events=Events(listeners=[stopper]),
+                cancel=CancelToken(stop_file=stop)).run()
+    assert c.status == "cancelled" and c.iteration == 3
+    assert [e["event"] for e in read_events(tmp_path / "c" / "events.jsonl")][-1] == "cancelled"
+    assert load_state(tmp_path / "c" / "resume.pt")["iteration"] == 3 and (tmp_path / "c" / "last.pt").exists()
+    stop.unlink()
+    d = Trainer(_config(tmp_path / "c", method), data=_data(), resume=True).run()
+    assert d.status == "finished" and d.iteration == 8
+    assert c.losses + d.losses == a.losses
+    wd = _weights(tmp_path / "c" / "resume.pt")
+    assert all(torch.equal(wa[k], wd[k]) for k in wa)
+    ta, td = (load_state(tmp_path / x / "resume.pt")["teacher"] for x in ("a", "c"))
+    assert all(torch.equal(ta[k], td[k]) for k in ta)
+
+
+def test_nonfinite_loss_fails_with_event(tmp_path):
+    cfg = _config(tmp_path / "run", iterations=3)
+    cfg.optim.lr = 1e30
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        Trainer(cfg, data=_data()).run()
+    last = read_events(tmp_path / "run" / "events.jsonl")[-1]
+    assert last["event"] == "failed" and "non-finite" in last["message"]
+
+
+def test_tiny_real_la_subset(tmp_path, la_dir):
+    """Three real LA cases (1.25 mm): 2 labeled, 1 validation from the pool; files read by the data layer."""
+    from semisupseg.training.loading import load_train_data
+
+    ids = json.loads((la_dir / "splits.json").read_text())["train"][:3]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ids, "two": ids[:2]}))
+    cfg = _config(tmp_path / "run", iterations=6)
+    cfg.data.labeled, cfg.data.split, cfg.data.split_labeled, cfg.data.validation = str(la_dir), str(split), "two", 1
+    cfg.data.patch_size = [32, 32, 16]
+    cfg.method_params = {"dice_weight": 0.5, "ce_weight": 0.5}
+    data = load_train_data(cfg.data, with_unlabeled=False)
+    assert [c.case_id for c in data.validation] == ids[2:] and len(data.labeled) == 2
+    assert data.spacing_xyz == pytest.approx((1.25, 1.25, 1.25))
+    result = Trainer(cfg, data=data).run()
+    assert all(math.isfinite(v) for v in result.losses) and result.losses[-1] < result.losses[0]
+    _, card = load_model(tmp_path / "run" / "last.pt")
+    assert card.spacing_xyz == pytest.approx((1.25, 1.25, 1.25)) and card.class_names[0] == "background"
