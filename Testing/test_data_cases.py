@@ -69,6 +69,30 @@ def test_nnunet_channel_suffix_tolerated_and_multichannel(tmp_path):
     np.testing.assert_allclose(data.labeled[0].image[0], data.labeled[0].image[1])
 
 
+def test_channel_suffix_heuristics(tmp_path):
+    src = HIPPO / "imagesTr" / f"{HIPPO_IDS[0]}.nii.gz"
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(3):  # one subject's numbered scans: 3 cases, not one 3-channel case
+        shutil.copyfile(src, series / f"scan_{i:04d}.nii.gz")
+    assert [c.case_id for c in discover_unlabeled(series)] == ["scan_0000", "scan_0001", "scan_0002"]
+    mm = tmp_path / "multimodal"
+    mm.mkdir()
+    for base in ("a", "b"):
+        for ch in range(2):
+            shutil.copyfile(src, mm / f"{base}_{ch:04d}.nii.gz")
+    cases = discover_unlabeled(mm)
+    assert [c.case_id for c in cases] == ["a", "b"] and all(len(c.channel_paths) == 2 for c in cases)
+    (mm / "b_0001.nii.gz").unlink()  # inconsistent: names kept as they are when no labels say otherwise
+    assert len(discover_unlabeled(mm)) == 3
+    labs = tmp_path / "labs"
+    labs.mkdir()
+    for base in ("a", "b"):
+        shutil.copyfile(HIPPO / "labelsTr" / f"{HIPPO_IDS[0]}.nii.gz", labs / f"{base}.nii.gz")
+    with pytest.raises(InputError, match="inconsistent nnU-Net channel files"):
+        discover_cases(images=mm, labels=labs)
+
+
 def test_separate_image_and_label_folders_any_format(tmp_path):
     img_dir, lab_dir = tmp_path / "imgs", tmp_path / "labs"
     img_dir.mkdir()

@@ -204,32 +204,37 @@ def _volume_entries(folder: Path) -> Dict[str, Path]:
 
 def _group_channels(entries: Dict[str, Path], label_ids: Optional[set] = None
                     ) -> Dict[str, Union[Path, Tuple[Path, ...]]]:
-    """Group nnU-Net ``<id>_0000``, ``<id>_0001`` files into channels when every name carries such a suffix and
-    (if labels are known) the labels use the bare ids."""
+    """Group nnU-Net ``<id>_0000``, ``<id>_0001``... files into the channels of case ``<id>``.
+
+    Used when every name carries such a suffix, no label file uses the suffixed name, and the grouping is
+    consistent: each case has channels ``0..n-1`` with the same ``n``, and either ``n == 1`` or there are at least
+    two cases (a lone ``scan_0000 .. scan_0099`` series is read as 100 cases, not one 100-channel case). When the
+    labels use the bare ids, an inconsistent grouping is an error; otherwise the names are taken as they are.
+    """
     if not entries:
         return {}
     matches = {cid: _CHANNEL_RE.match(cid) for cid in entries}
-    nnunet = all(m is not None for m in matches.values())
-    if nnunet and label_ids is not None and any(cid in label_ids for cid in entries):
-        nnunet = False
-    if not nnunet:
+    if not all(m is not None for m in matches.values()):
+        return dict(entries)
+    if label_ids is not None and any(cid in label_ids for cid in entries):
         return dict(entries)
     groups: Dict[str, Dict[int, Path]] = {}
     for cid, m in matches.items():
         groups.setdefault(m.group("base"), {})[int(m.group("ch"))] = entries[cid]  # type: ignore[union-attr]
-    out: Dict[str, Union[Path, Tuple[Path, ...]]] = {}
-    n_channels = None
-    for base, chans in sorted(groups.items()):
-        idx = sorted(chans)
-        if idx != list(range(len(idx))):
-            raise InputError(f"case {base!r} has channel files {idx}; expected _0000.._{len(idx) - 1:04d}",
-                             chans[idx[0]].parent)
-        if n_channels is None:
-            n_channels = len(idx)
-        elif n_channels != len(idx):
-            raise InputError(f"case {base!r} has {len(idx)} channels, others have {n_channels}", chans[idx[0]].parent)
-        out[base] = chans[0] if len(idx) == 1 else tuple(chans[i] for i in idx)
-    return out
+    labels_use_bases = label_ids is not None and all(base in label_ids for base in groups)
+    counts = {base: len(chans) for base, chans in groups.items()}
+    consistent = all(sorted(chans) == list(range(len(chans))) for chans in groups.values()) \
+        and len(set(counts.values())) == 1
+    n_channels = next(iter(counts.values()))
+    if not consistent or (n_channels > 1 and len(groups) < 2 and not labels_use_bases):
+        if labels_use_bases:
+            bad = sorted((b, sorted(c)) for b, c in groups.items() if sorted(c) != list(range(len(c))))[:3]
+            raise InputError(f"inconsistent nnU-Net channel files: channels per case {sorted(set(counts.values()))}"
+                             f"{'; ' + str(bad) if bad else ''} (expected _0000.._000N for every case)",
+                             next(iter(entries.values())).parent)
+        return dict(entries)
+    return {base: (chans[0] if n_channels == 1 else tuple(chans[i] for i in range(n_channels)))
+            for base, chans in sorted(groups.items())}
 
 
 def discover_cases(
