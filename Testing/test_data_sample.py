@@ -30,7 +30,7 @@ def test_sample_data_is_small_and_documented():
         sample_dataset("brats")
 
 
-@pytest.mark.parametrize("name,n,classes", [("hippocampus", 6, 3), ("la", 3, 2)])
+@pytest.mark.parametrize("name,n,classes", [("hippocampus", 6, 3), ("la", 4, 2)])
 def test_sample_datasets_index_and_load(name, n, classes):
     root = sample_dataset(name)
     index = json.loads((root / "dataset.json").read_text())

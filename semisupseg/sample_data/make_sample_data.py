@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 HIPPO_IDS = ["hippocampus_008", "hippocampus_011", "hippocampus_015", "hippocampus_017", "hippocampus_023",
              "hippocampus_025"]
-LA_COUNT = 3  # the first three ids of the LA release's training list (also its first labeled cases)
+LA_COUNT = 4  # the first four ids of the LA release's training list (also its first labeled cases)
 
 
 def main(shared: Path) -> None:
@@ -50,7 +50,7 @@ def main(shared: Path) -> None:
             shutil.copyfile(src / sub / f"{cid}.nii.gz", dst / sub / f"{cid}.nii.gz")
     (dst / "dataset.json").write_text(json.dumps({
         "name": "Left atrium LGE-MRI (sample)",
-        "description": "3 cases of the 2018 Atrial Segmentation Challenge training set as preprocessed by the "
+        "description": "4 cases of the 2018 Atrial Segmentation Challenge training set as preprocessed by the "
                        "UA-MT release (mri_norm2.h5: z-scored, cropped), 2x2x2 block-averaged to 1.25 mm",
         "reference": "Xiong et al., A global benchmark of algorithms for segmenting the left atrium from late "
                      "gadolinium-enhanced cardiac MRI, Medical Image Analysis 67, 101832 (2021)",
@@ -62,8 +62,9 @@ def main(shared: Path) -> None:
         "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in ids],
     }, indent=1) + "\n")
     (dst / "splits.json").write_text(json.dumps({
-        "note": "demo split: first case labeled, the other two unlabeled (order of the release's train.list)",
-        "train": ids, "labeled_1": ids[:1], "labeled_2": ids[:2],
+        "note": "demo split (order of the release's train.list): train = first 3, of which labeled_1 / labeled_2 "
+                "are labeled and the rest the unlabeled pool; val = the 4th, held out",
+        "train": ids[:3], "labeled_1": ids[:1], "labeled_2": ids[:2], "val": ids[3:],
     }, indent=1) + "\n")
 
 
