@@ -132,6 +132,13 @@ def test_la_h5_errors(tmp_path):
         f["data"] = np.zeros((4, 4, 4), np.float32)
     with pytest.raises(InputError, match="no 'image' dataset"):
         read_la_h5(nokey)
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as f:
+        f["image"] = np.zeros((0, 4, 4), np.float32)
+    with pytest.raises(InputError, match="empty"):
+        read_la_h5(empty)
+    with pytest.raises(InputError, match="read_la_h5"):
+        read_volume(LA_H5)  # an .h5 is not a SimpleITK volume: the message says what to use
     flat = tmp_path / "flat.h5"
     with h5py.File(flat, "w") as f:
         f["image"] = np.zeros((4, 4), np.float32)
@@ -196,6 +203,7 @@ def test_write_round_trip_exact_geometry(tmp_path, suffix):
     np.testing.assert_allclose(back.direction, vol.direction, atol=1e-5)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+    assert out.stat().st_mode & 0o777 == io._FILE_MODE  # not mkstemp's 0600
 
 
 def test_write_label_types_and_multichannel(tmp_path):

@@ -570,6 +570,16 @@ def _write_suffix(path: Path) -> str:
     raise InputError(f"cannot write this format: use one of {', '.join(WRITE_SUFFIXES)}", path)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of new outputs (``mkstemp`` creates 0600 files; outputs should look like any other written file)
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress: bool) -> Path:
     suffix = _write_suffix(path)
     if path.exists() and not overwrite:
@@ -590,6 +600,7 @@ def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress:
         writer.SetFileName(str(tmp_path))
         writer.SetUseCompression(bool(compress))
         writer.Execute(image)
+        os.chmod(tmp_path, _FILE_MODE)
         if suffix == ".mhd":
             _finish_mhd(tmp_path, path, compress, overwrite)
         else:
@@ -617,10 +628,12 @@ def _finish_mhd(tmp_header: Path, path: Path, compress: bool, overwrite: bool) -
         f"ElementDataFile = {data.name}" if line.startswith("ElementDataFile") else line
         for line in header.splitlines()
     ]
+    os.chmod(tmp_data, _FILE_MODE)
     os.replace(tmp_data, data)
     fd, tmp2 = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     with os.fdopen(fd, "w", encoding="latin-1") as handle:
         handle.write("\n".join(lines) + "\n")
+    os.chmod(tmp2, _FILE_MODE)
     os.replace(tmp2, path)
     tmp_header.unlink()
 
