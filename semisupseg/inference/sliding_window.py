@@ -222,21 +222,29 @@ def _fast_model(model: nn.Module, device: torch.device) -> _FastPathEntry:
     return entry
 
 
-def _check_bf16(entry: _FastPathEntry, probe: torch.Tensor, min_dice: float) -> None:
+Outputs = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+
+def _check_bf16(entry: _FastPathEntry, probe: torch.Tensor, min_dice: float) -> Optional[Outputs]:
     """Decide once per model/device/weights whether bf16 autocast keeps the labels of the fp32 result: one probe
-    batch through both; bf16 is used when the label Dice >= ``min_dice`` (``min_dice <= 0`` skips the check)."""
+    batch through both; bf16 is used when the label Dice >= ``min_dice`` (``min_dice <= 0`` skips the check).
+
+    Returns the probe's outputs in the chosen precision when they were computed now (the caller reuses them
+    instead of running that window again), else ``None``.
+    """
     if entry.agreement is not None:
-        return
+        return None
     if not bf16_supported(probe.device):
         entry.bf16, entry.agreement = False, float("nan")
-        return
+        return None
     if min_dice <= 0:
         entry.bf16, entry.agreement = True, float("nan")
-        return
-    ref, _ = _predict_batch(entry.model, probe, [()], channels_last=True, bf16=False)
-    low, _ = _predict_batch(entry.model, probe, [()], channels_last=True, bf16=True)
-    entry.agreement = label_agreement(ref, low)
+        return None
+    ref = _predict_batch(entry.model, probe, [()], channels_last=True, bf16=False)
+    low = _predict_batch(entry.model, probe, [()], channels_last=True, bf16=True)
+    entry.agreement = label_agreement(ref[0], low[0])
     entry.bf16 = entry.agreement >= min_dice
+    return low if entry.bf16 else ref
 
 
 # ------------------------------------------------------------------------------------------------------- the loop
@@ -361,46 +369,52 @@ def sliding_window_inference(
             model.to(dev).eval()
     channels_last = entry is not None
 
-    prob_acc: Optional[torch.Tensor] = None
-    sdm_acc: Optional[torch.Tensor] = None
+    acc: Dict[str, torch.Tensor] = {}
     weight_acc = torch.zeros(work_shape, dtype=torch.float32)
-    n_batches = math.ceil(len(positions) / batch_size)
     info: Dict[str, Any] = {"windows": len(positions), "passes_per_window": len(flips), "batch_size": batch_size,
                             "precision": "fp32", "fast_path_agreement": None, "device": str(dev)}
+
+    def accumulate(batch_pos: List[ZYX], prob: torch.Tensor, sdm: Optional[torch.Tensor], w: torch.Tensor) -> None:
+        for key, value in (("prob", prob), ("sdm", sdm)):
+            if value is None:
+                continue
+            value = (value * w).cpu()
+            if key not in acc:
+                acc[key] = torch.zeros((value.shape[1],) + work_shape, dtype=torch.float32)
+            for i, (z, y, xx) in enumerate(batch_pos):
+                acc[key][:, z:z + patch[0], y:y + patch[1], xx:xx + patch[2]] += value[i]
+        for z, y, xx in batch_pos:
+            weight_acc[z:z + patch[0], y:y + patch[1], xx:xx + patch[2]] += weights
+
     try:
         with torch.inference_mode():
+            w_dev = weights.to(dev)
+            todo = list(positions)
             if entry is not None:
                 # probe: the window nearest the centre (most likely to contain the structure)
                 centre = [(s - p) / 2.0 for s, p in zip(work_shape, patch)]
                 pz, py, px = min(positions, key=lambda q: sum((a - c) ** 2 for a, c in zip(q, centre)))
                 probe = sub[None, :, pz:pz + patch[0], py:py + patch[1], px:px + patch[2]].to(dev)
-                _check_bf16(entry, probe, fast_min_dice)
+                probe_out = _check_bf16(entry, probe, fast_min_dice)
                 info["precision"] = "bf16" if entry.bf16 else "fp32"
                 info["fast_path_agreement"] = entry.agreement
+                if probe_out is not None and flips == [()]:
+                    accumulate([(pz, py, px)], probe_out[0], probe_out[1], w_dev)  # not computed twice
+                    todo.remove((pz, py, px))
             bf16 = entry.bf16 if entry is not None else False
-            w_dev = weights.to(dev)
+            n_batches = max(1, math.ceil(len(todo) / batch_size))
             for b in range(n_batches):
                 if cancel is not None:
                     cancel.raise_if_cancelled("inference")
-                batch_pos = positions[b * batch_size:(b + 1) * batch_size]
-                x = torch.stack([sub[:, z:z + patch[0], y:y + patch[1], xx:xx + patch[2]]
-                                 for z, y, xx in batch_pos]).to(dev)
-                prob, sdm = _predict_batch(run_model, x, flips, channels_last, bf16)
-                prob = (prob * w_dev).cpu()
-                if sdm is not None:
-                    sdm = (sdm * w_dev).cpu()
-                if prob_acc is None:
-                    prob_acc = torch.zeros((prob.shape[1],) + work_shape, dtype=torch.float32)
-                if sdm is not None and sdm_acc is None:
-                    sdm_acc = torch.zeros((sdm.shape[1],) + work_shape, dtype=torch.float32)
-                for i, (z, y, xx) in enumerate(batch_pos):
-                    sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(xx, xx + patch[2]))
-                    prob_acc[(slice(None),) + sl] += prob[i]
-                    if sdm is not None:
-                        sdm_acc[(slice(None),) + sl] += sdm[i]  # type: ignore[index]
-                    weight_acc[sl] += weights
+                batch_pos = todo[b * batch_size:(b + 1) * batch_size]
+                if batch_pos:
+                    x = torch.stack([sub[:, z:z + patch[0], y:y + patch[1], xx:xx + patch[2]]
+                                     for z, y, xx in batch_pos]).to(dev)
+                    prob, sdm = _predict_batch(run_model, x, flips, channels_last, bf16)
+                    accumulate(batch_pos, prob, sdm, w_dev)
                 progress((b + 1) / n_batches, f"window batch {b + 1}/{n_batches}")
-            assert prob_acc is not None
+            prob_acc = acc["prob"]
+            sdm_acc = acc.get("sdm")
             prob_acc /= weight_acc
             if sdm_acc is not None:
                 sdm_acc /= weight_acc
