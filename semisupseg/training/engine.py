@@ -480,10 +480,12 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train to ``config.iterations`` (or until cancelled). Raises on failure after emitting ``failed``."""
         old_handlers = self._install_signals()
+        threads = torch.get_num_threads()
         try:
             return self._run()
         finally:
             self._restore_signals(old_handlers)
+            torch.set_num_threads(threads)  # num_threads is a per-run setting, not a process-wide change
 
     def _install_signals(self):
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
