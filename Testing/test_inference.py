@@ -359,3 +359,23 @@ def test_segment_with_vnet_multiclass_and_model_file(tmp_path, rng):
     assert res.probabilities.array.shape == (3, 20, 18, 40) and res.sdm.array.shape == (2, 20, 18, 40)
     assert set(np.unique(res.labels.array)) <= {0, 3, 5}
     assert res.entropy.array.max() <= math.log(3) + 1e-5
+
+
+def test_whole_layout_is_one_padded_window(rng, monkeypatch):
+    import semisupseg.inference.sliding_window as sw
+
+    image = rng.normal(size=(1, 21, 30, 50)).astype(np.float32)
+    out = sliding_window_inference(Pointwise(), image, (16, 16, 16), layout="whole", fast=False)
+    assert out["info"]["windows"] == 1 and out["info"]["window_zyx"] == [32, 32, 64]
+    assert np.allclose(out["prob"][1], 1 / (1 + np.exp(-3.0 * image[0])), atol=1e-5)
+    seen = []
+
+    class Recorder(Pointwise):
+        def forward(self, x):
+            seen.append(tuple(x.shape[2:]))
+            return super().forward(x)
+
+    monkeypatch.setattr(sw, "WHOLE_MAX_VOXELS", 1000)  # too big to be one window: default layout instead
+    out = sliding_window_inference(Recorder(), image, (16, 16, 16), layout="whole", fast=False)
+    assert out["info"]["layout"] == "default" and out["info"]["windows"] > 1
+    assert set(seen) == {(16, 16, 16)}

@@ -6,7 +6,8 @@ Variants (each in a fresh subprocess, so its peak resident memory — ``ru_maxrs
 * ``b``       papers' layout, windows batched (``--batch``), fast path;
 * ``b_fp32``  papers' layout, batched, fp32 (what batching alone gives);
 * ``c``       default layout (overlap 0.5, Gaussian), fast path (channels_last_3d + guarded bf16);
-* ``c_fp32``  default layout, fp32 contiguous (``fast=False``).
+* ``c_fp32``  default layout, fp32 contiguous (``fast=False``);
+* ``d``       the whole padded scan as one window (fully convolutional), fast path.
 
 Timed is :func:`semisupseg.inference.segment` end to end (normalisation, windows, argmax, entropy) on the scan, after
 one warm-up run (oneDNN primitive creation), median of ``--repeats`` runs. With ``--model`` (a trained model file)
@@ -42,6 +43,7 @@ VARIANTS = {
     "b_fp32": dict(layout="papers", batch_size=None, fast=False),
     "c": dict(layout="default", batch_size=1, fast=True),
     "c_fp32": dict(layout="default", batch_size=1, fast=False),
+    "d": dict(layout="whole", batch_size=1, fast=True),
 }
 
 
@@ -160,7 +162,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", default=None, help="LA mri_norm2.h5 (default: the first in ../shared/data/LA/h5)")
     p.add_argument("--model", default=None, help="trained model file (default: random V-Net n_filters 16)")
-    p.add_argument("--variants", nargs="+", default=["a", "b", "b_fp32", "c", "c_fp32"], choices=sorted(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["a", "b", "b_fp32", "c", "c_fp32", "d"], choices=sorted(VARIANTS))
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (after one warm-up)")
     p.add_argument("--repeats-slow", type=int, default=1, help="timed runs of variant a (slow)")
     p.add_argument("--threads", type=int, default=2)

@@ -40,9 +40,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--entropy", action="store_true", help="also write the voxel entropy (uncertainty)")
     p.add_argument("--keep-largest", action="store_true",
                    help="keep only the largest connected component of each class (the papers' post-processing)")
-    p.add_argument("--layout", choices=("default", "papers"), default="default",
-                   help="window layout: default (--overlap, --blend) or papers (strides 18,18,4 voxels, uniform "
-                        "averaging, as the reference releases' test code)")
+    p.add_argument("--layout", choices=("default", "papers", "whole"), default="default",
+                   help="window layout: default (--overlap, --blend), papers (strides 18,18,4 voxels, uniform "
+                        "averaging, as the reference releases' test code) or whole (the padded image as one "
+                        "window: fastest on CPU, more context than in training)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default layout)")
     p.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian",
                    help="blending of overlapping windows (default layout)")

@@ -30,8 +30,8 @@ from semisupseg.volume import Volume
 class SegmentOptions:
     """How :func:`segment` runs (defaults: the fast, default layout).
 
-    * ``layout``: ``"default"`` (``overlap``, ``blend``) or ``"papers"`` (the releases' strides 18/18/4 and
-      uniform averaging; overrides ``overlap`` and ``blend``).
+    * ``layout``: ``"default"`` (``overlap``, ``blend``), ``"papers"`` (the releases' strides 18/18/4 and
+      uniform averaging; overrides ``overlap`` and ``blend``) or ``"whole"`` (the padded image as one window).
     * ``overlap``: fraction of the window shared with its neighbour (0.5); ``blend``: ``"gaussian"`` or
       ``"constant"``; ``sigma_scale``: Gaussian sigma as a fraction of the window side (1/8).
     * ``batch_size``: windows per forward pass; ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``...

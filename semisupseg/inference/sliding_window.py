@@ -13,6 +13,10 @@ Two window layouts:
   fixed strides 18 voxels in-plane (x, y) and 4 through-plane (z), ``n = ceil((S - P) / stride) + 1`` windows per
   axis at ``min(i * stride, S - P)``, uniform averaging of the softmax outputs, and zero padding (split
   ``pad // 2`` before, the rest after) of any axis smaller than the patch. Selecting it reproduces their numbers.
+* ``"whole"``: the network is fully convolutional, so the whole image (zero padded to a multiple of 16 per side
+  and at least the patch) is one window, when it has at most ``WHOLE_MAX_VOXELS`` voxels (else the default layout
+  is used). No window seams and no voxel computed twice: the cheapest layout on CPU, but the network sees more
+  context than in training (results differ slightly from windowed inference; measure before relying on it).
 
 Outputs are accumulated into one probability buffer (and one SDM buffer) while the windows are computed, so memory
 is bounded by the output size plus one batch of windows — there is never a list of all window outputs.
@@ -35,7 +39,11 @@ from semisupseg.runtime import autocast, bf16_supported, resolve_device, to_chan
 
 #: strides (z, y, x) of the releases' ``test_single_case``: ``stride_z=4``, ``stride_xy=18``
 PAPERS_STRIDE_ZYX: Tuple[int, int, int] = (4, 18, 18)
-LAYOUTS = ("default", "papers")
+LAYOUTS = ("default", "papers", "whole")
+#: ``"whole"`` layout: the padded image is used as one window when it has at most this many voxels
+WHOLE_MAX_VOXELS = 8_000_000
+#: ``"whole"`` layout: each padded side is a multiple of this (the V-Net halves the grid 4 times)
+WHOLE_MULTIPLE = 16
 BLENDS = ("gaussian", "constant")
 #: label agreement (Dice) the bf16 fast path must reach against fp32 on a probe window, else it is not used
 FAST_MIN_DICE = 0.995
@@ -297,8 +305,9 @@ def sliding_window_inference(
             when its labels agree with fp32 on a probe window (Dice >= ``fast_min_dice``; decided once per model,
             device and weights; ``fast_min_dice <= 0`` trusts bf16 without the check). ``fast=False`` runs the
             model as it is, in fp32. Inference always runs under ``torch.inference_mode`` in eval mode.
-        layout: ``"default"`` or ``"papers"`` (releases' strides ``PAPERS_STRIDE_ZYX`` and uniform blending;
-            overrides ``stride_zyx``, ``overlap`` and ``blend``).
+        layout: ``"default"``, ``"papers"`` (releases' strides ``PAPERS_STRIDE_ZYX`` and uniform blending;
+            overrides ``stride_zyx``, ``overlap`` and ``blend``) or ``"whole"`` (one window over the padded image,
+            see the module doc; falls back to ``"default"`` above ``WHOLE_MAX_VOXELS``).
         tta_axes: spatial axes (0=z, 1=y, 2=x) to flip for test-time augmentation; the outputs of every
             combination of flips (``2 ** len(tta_axes)`` passes) are flipped back and averaged.
         roi: ``((z0, z1), (y0, y1), (x0, x1))`` voxel bounds (stop exclusive) limiting the windows: only the box
@@ -348,6 +357,13 @@ def sliding_window_inference(
     sub = img[:, crop[0][0]:crop[0][1], crop[1][0]:crop[1][1], crop[2][0]:crop[2][1]]
 
     # pad axes smaller than the patch (zeros: the mean of a z-scored image), as the releases do
+    used_layout = layout
+    if layout == "whole":
+        whole = tuple(max(p, int(math.ceil(s / WHOLE_MULTIPLE)) * WHOLE_MULTIPLE) for s, p in zip(sub.shape[1:], patch))
+        if int(np.prod(whole)) <= WHOLE_MAX_VOXELS:
+            patch, blend = whole, "constant"
+        else:
+            used_layout = "default"
     pads = symmetric_padding(sub.shape[1:], patch)
     if any(p != (0, 0) for p in pads):
         flat = [v for pair in reversed(pads) for v in pair]  # F.pad wants last axis first
@@ -371,7 +387,7 @@ def sliding_window_inference(
 
     acc: Dict[str, torch.Tensor] = {}
     weight_acc = torch.zeros(work_shape, dtype=torch.float32)
-    info: Dict[str, Any] = {"windows": len(positions), "passes_per_window": len(flips), "batch_size": batch_size,
+    info: Dict[str, Any] = {"windows": len(positions), "layout": used_layout, "window_zyx": list(patch), "passes_per_window": len(flips), "batch_size": batch_size,
                             "precision": "fp32", "fast_path_agreement": None, "device": str(dev)}
 
     def accumulate(batch_pos: List[ZYX], prob: torch.Tensor, sdm: Optional[torch.Tensor], w: torch.Tensor) -> None:
