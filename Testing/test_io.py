@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -80,6 +81,30 @@ def test_dicom_series_folder_matches_reference_nifti():
     assert dcm.same_geometry(ref, tol=1e-5)
     np.testing.assert_array_equal(dcm.array, ref.array)
     np.testing.assert_allclose(dcm.direction, np.diag([-1.0, -1.0, 1.0]), atol=1e-6)
+
+
+def test_dicom_folder_with_two_series(tmp_path):
+    folder = tmp_path / "two"
+    shutil.copytree(DICOM, folder)
+    for name in ("slice_009.dcm", "slice_010.dcm", "slice_011.dcm"):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(folder / name))
+        reader.LoadPrivateTagsOn()
+        img = reader.Execute()
+        for key in reader.GetMetaDataKeys():
+            img.SetMetaData(key, reader.GetMetaData(key))
+        img.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.99")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / name))
+        writer.Execute(img)
+    with pytest.raises(InputError, match="holds 2 DICOM series") as err:
+        read_volume(folder)
+    assert str(folder) in str(err.value)
+    first = read_volume(folder, series_id="1.2.826.0.1.3680043.2.1125.1.20261122.1")
+    second = read_volume(folder, series_id="1.2.826.0.1.3680043.2.1125.1.99")
+    assert first.shape_zyx == (9, 48, 33) and second.shape_zyx == (3, 48, 33)
+    np.testing.assert_array_equal(second.array, read_volume(DICOM_REF).array[9:])
 
 
 def test_dicom_errors(tmp_path):
