@@ -379,3 +379,21 @@ def test_whole_layout_is_one_padded_window(rng, monkeypatch):
     out = sliding_window_inference(Recorder(), image, (16, 16, 16), layout="whole", fast=False)
     assert out["info"]["layout"] == "default" and out["info"]["windows"] > 1
     assert set(seen) == {(16, 16, 16)}
+
+
+def test_segment_multichannel_inputs(rng):
+    """k-channel models take a list of k co-registered volumes, each normalised on its own."""
+    a = Volume(rng.normal(loc=5.0, size=(16, 16, 20)).astype(np.float32), spacing=(1, 1, 1))
+    b = a.with_array(rng.normal(loc=-3.0, scale=4.0, size=(16, 16, 20)).astype(np.float32))
+    card = _card((1.0, 1.0, 1.0), (16, 16, 16), normalization={"kind": "zscore"})
+    card.in_channels = 2
+    res = segment([a, b], Pointwise(), card, SegmentOptions(fast=False))
+    z = (a.array - a.array.mean()) / a.array.std()
+    assert np.allclose(res.probabilities.array[1], 1 / (1 + np.exp(-3 * z)), atol=1e-4)
+    moved = Volume(b.array, spacing=(1, 1, 1), origin=(1, 0, 0))
+    with pytest.raises(InputError):
+        segment([a, moved], Pointwise(), card)
+    with pytest.raises(InputError):
+        SegmentOptions(layout="sideways")
+    with pytest.raises(InputError):
+        SegmentOptions(tta_axes=(3,))
