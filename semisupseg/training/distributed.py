@@ -138,9 +138,14 @@ def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     return box[0]
 
 
-def convert_sync_batchnorm(module: nn.Module, info: DistInfo) -> nn.Module:
-    """BatchNorm → SyncBatchNorm when distributed, so batch statistics cover the global batch."""
-    if not info.distributed:
+def convert_sync_batchnorm(module: nn.Module, info: DistInfo, device: Optional[torch.device] = None) -> nn.Module:
+    """BatchNorm → SyncBatchNorm when distributed on CUDA, so batch statistics cover the global batch.
+
+    On CPU (gloo) torch's DistributedDataParallel refuses SyncBatchNorm ("only work with GPU modules"): BatchNorm
+    then normalises each process's half of the batch with its own statistics (running statistics are broadcast from
+    rank 0), which is close to but not exactly the single-process computation.
+    """
+    if not info.distributed or (device is not None and device.type != "cuda"):
         return module
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 

@@ -231,7 +231,7 @@ class Trainer:
         model = build_network(method_cls.network_arch, self.net_config)
         self.method.build(model, cfg.data.num_classes, cfg.data.in_channels)
         torch.manual_seed(seed + 1000 * self.dist.rank)
-        model = dist_utils.convert_sync_batchnorm(model, self.dist)
+        model = dist_utils.convert_sync_batchnorm(model, self.dist, self.device)
         model.to(self.device)
         self.method.to(self.device)
         if self.channels_last:

@@ -1,0 +1,90 @@
+"""Distributed data parallel with 2 CPU processes (torchrun, gloo) against the single-process run.
+
+"Equivalent" here means: the same global batch (each rank takes its half of the slots the single process samples,
+see ``semisupseg.training.batches``), the same initial weights and gradients averaged over the ranks. Batch
+statistics: on CUDA BatchNorm becomes SyncBatchNorm (statistics over the global batch); on CPU torch's DDP refuses
+SyncBatchNorm, so each rank normalises its own half — not the single-process computation; the test therefore uses a
+network without batch-dependent normalisation (``normalization: none``; instance norm would do too). For a loss that is a mean over equally sized per-sample terms (voxel
+cross-entropy) the averaged gradient is mathematically the single-process gradient, so losses and weights agree up
+to floating-point summation order (~1e-6 relative per step). The default soft Dice sums over the whole batch before
+dividing and is *not* such a mean: with Dice each rank optimises the Dice of its own half, close to but not exactly
+the single-process objective — hence the test uses cross-entropy only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from semisupseg.checkpoint import load_state
+from semisupseg.training import read_events
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dataset(root: Path) -> Path:
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(9)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(5):
+        label = np.zeros((16, 20, 20), np.uint8)
+        label[4:12, 3 + i:13 + i, 4:14] = 1
+        image = (rng.normal(0, 1, label.shape) + 2.0 * label).astype(np.float32)
+        for arr, folder in ((image, "imagesTr"), (label, "labelsTr")):
+            sitk.WriteImage(sitk.GetImageFromArray(arr), str(root / folder / f"c{i}.nii.gz"))
+    return root
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_single_process(tmp_path):
+    data = _dataset(tmp_path / "data")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({
+        "method": "supervised", "iterations": 6, "batch_size": 4, "labeled_batch_size": 4, "device": "cpu",
+        "amp": "off", "num_threads": 1, "val_every": 6, "save_every": 3, "seed": 4,
+        "method_params": {"dice_weight": 0.0, "ce_weight": 1.0},
+        "optim": {"lr": 0.05}, "model": {"n_filters": 2, "normalization": "none"},
+        "data": {"labeled": str(data), "validation": 1, "patch_size": [16, 16, 16]},
+    }))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "semisupseg", "train", "--no-bar", "--config", str(cfg),
+         "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=240)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    from semisupseg.cli import main
+
+    assert main(["train", "--no-bar", "--config", str(cfg), "--out", str(tmp_path / "single")]) == 0
+
+    ev_ddp = read_events(tmp_path / "ddp" / "events.jsonl")
+    ev_one = read_events(tmp_path / "single" / "events.jsonl")
+    assert [e for e in ev_ddp if e["event"] == "started"][0]["world_size"] == 2
+    l_ddp = [e["loss"] for e in ev_ddp if e["event"] == "iteration"]
+    l_one = [e["loss"] for e in ev_one if e["event"] == "iteration"]
+    assert len(l_ddp) == len(l_one) == 6
+    np.testing.assert_allclose(l_ddp, l_one, rtol=1e-4, atol=1e-6)
+    assert l_one[-1] < l_one[0]
+    s_ddp, s_one = load_state(tmp_path / "ddp" / "resume.pt"), load_state(tmp_path / "single" / "resume.pt")
+    assert s_ddp["world_size"] == 2 and s_ddp["iteration"] == 6
+    for k, v in s_one["model"].items():
+        assert not k.startswith("module."), k
+        if v.is_floating_point():
+            torch.testing.assert_close(s_ddp["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # only rank 0 wrote: one started event, one finished event
+    assert [e["event"] for e in ev_ddp].count("started") == 1 and ev_ddp[-1]["event"] == "finished"
