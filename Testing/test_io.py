@@ -299,6 +299,15 @@ def test_write_segmentation_slicer_metadata(tmp_path):
     np.testing.assert_array_equal(read_volume(out).array, lab.array)
     with pytest.raises(OutputExistsError):
         write_segmentation(lab, out, ["background", "a", "p"])
+    # a class absent from this case keeps its name/value pairing; values without a class are refused
+    only2 = lab.with_array(np.where(lab.array == 1, 0, lab.array))
+    img2 = sitk.ReadImage(str(write_segmentation(only2, tmp_path / "b.seg.nrrd", ["bg", "anterior", "posterior"])))
+    assert img2.GetMetaData("Segment1_Name") == "posterior" and img2.GetMetaData("Segment1_LabelValue") == "2"
+    mapped = write_segmentation(lab.with_array(np.where(lab.array == 2, 255, lab.array)), tmp_path / "c.seg.nrrd",
+                                ["bg", "a", "p"], label_values=[0, 1, 255])
+    assert sitk.ReadImage(str(mapped)).GetMetaData("Segment1_LabelValue") == "255"
+    with pytest.raises(InputError, match="have no segment"):
+        write_segmentation(lab, tmp_path / "d.seg.nrrd", ["bg", "a"])
 
 
 # --------------------------------------------------------------------------------------------------------------

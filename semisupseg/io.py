@@ -682,10 +682,18 @@ def write_segmentation(
     array = label_array(labels.array, p)
     image = to_sitk(labels.with_array(array))
     if suffix == ".seg.nrrd":
-        values = list(label_values) if label_values is not None else sorted(int(v) for v in np.unique(array))
-        if 0 not in values:
-            values = [0] + values
+        if label_values is not None:
+            values = [int(v) for v in label_values]
+        elif class_names is not None:
+            values = list(range(len(class_names)))  # class i has voxel value i
+        else:
+            values = sorted(set(int(v) for v in np.unique(array)) | {0})
         names = list(class_names) if class_names is not None else [f"class_{v}" for v in values]
+        if len(names) != len(values):
+            raise InputError(f"{len(names)} class names for {len(values)} label values", p)
+        extra = sorted(set(int(v) for v in np.unique(array)) - set(values))
+        if extra:
+            raise InputError(f"label values {extra} have no segment (classes {names} with values {values})", p)
         palette = list(colors) if colors is not None else list(SEGMENT_COLORS)
         extent = _extent_string(array)
         image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
