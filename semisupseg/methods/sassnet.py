@@ -33,7 +33,7 @@ Test time: the segmentation output (``out["seg"]``), optionally with largest-com
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import ClassVar, Dict, Optional
 
 import torch
 from torch import nn
@@ -92,6 +92,8 @@ class SASSNet(Method):
     Params = SASSNetParams
     needs_sdm = True
     needs_dropout = True
+    #: binary preference of the engine: the release's single foreground logit (multi-class data uses softmax)
+    seg_form: ClassVar[str] = "sigmoid"
 
     def __init__(self, params: Optional[SASSNetParams] = None):
         super().__init__(params)

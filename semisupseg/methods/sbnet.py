@@ -37,7 +37,7 @@ Decisions where the paper is ambiguous (also listed in the docs):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import ClassVar, Dict, Optional
 
 import torch
 from torch import nn
@@ -97,6 +97,8 @@ class SBNetMethod(Method):
     Params = SBNetParams
     needs_sdm = True
     network_arch = "sbnet"
+    #: binary preference of the engine: ``"seg"`` is the PSM5 logit itself (multi-class data uses softmax)
+    seg_form: ClassVar[str] = "sigmoid"
 
     def __init__(self, params: Optional[SBNetParams] = None):
         super().__init__(params)
