@@ -121,6 +121,7 @@ def test_missing_and_orphan_labels(tmp_path):
     assert [c.labeled for c in cases] == [True, True, False]
     ds = build_dataset(DatasetSpec(root=str(root)))  # a labeled folder with some unlabeled images
     assert [c.case_id for c in ds.unlabeled] == [HIPPO_IDS[2]] and len(ds.labeled) == 2
+    assert "1 images of the labeled folder have no label file" in ds.summary()
     shutil.copyfile(HIPPO / "labelsTr" / f"{HIPPO_IDS[3]}.nii.gz", root / "labelsTr" / "stray.nii.gz")
     with pytest.raises(InputError, match="no matching image"):
         discover_cases(root, allow_missing_labels=True)

@@ -438,10 +438,13 @@ class Dataset:
     val: List[Case] = field(default_factory=list)
     classes: Optional[ClassInfo] = None
     spec: Optional[DatasetSpec] = None
+    #: human-readable remarks on how the cases were chosen (split file used, images without labels...)
+    notes: List[str] = field(default_factory=list)
 
     def summary(self) -> str:
         cls = "" if self.classes is None else f", classes {self.classes.names}"
-        return f"{len(self.labeled)} labeled, {len(self.unlabeled)} unlabeled, {len(self.val)} validation{cls}"
+        text = f"{len(self.labeled)} labeled, {len(self.unlabeled)} unlabeled, {len(self.val)} validation{cls}"
+        return text + "".join(f"\n  {n}" for n in self.notes)
 
 
 def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]]) -> Dataset:
@@ -457,8 +460,17 @@ def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]]) -> Dataset:
     split_path = spec.split
     if split_path is None and spec.root is not None and (Path(spec.root) / "splits.json").is_file():
         split_path = str(Path(spec.root) / "splits.json")
+    notes: List[str] = []
+    no_label = [c.case_id for c in cases if not c.labeled]
+    if no_label:
+        notes.append(f"{len(no_label)} images of the labeled folder have no label file (e.g. {no_label[:3]}): "
+                     "they can only be unlabeled cases")
     if split_path is not None:
         split = load_split(split_path)
+        notes.append(f"split {split_path}: labeled = "
+                     + (repr(spec.labeled_key) if spec.labeled_key else
+                        (f"first {spec.num_labeled} of {spec.train_key!r}" if spec.num_labeled else
+                         f"all of {spec.train_key!r}")))
         labeled, unlabeled, val = apply_split(cases, split, spec.labeled_key, spec.num_labeled, spec.train_key,
                                               spec.val_key, split_path)
     else:
@@ -489,7 +501,7 @@ def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]]) -> Dataset:
         classes = read_dataset_json(Path(spec.root) / "dataset.json")
     if not labeled:
         raise InputError("no labeled cases: semi-supervised training needs at least one labeled case")
-    return Dataset(labeled, unlabeled, val, classes, spec)
+    return Dataset(labeled, unlabeled, val, classes, spec, notes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
