@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io as pyio
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -13,8 +13,8 @@ Normalisation (:class:`NormalizationConfig`, :func:`normalize`):
 * ``"none"`` — cast to float32 only (data already normalised, e.g. the LA h5 release).
 
 Order (:func:`preprocess_image`, used by training and inference alike): normalise on the image's own grid, then
-resample. Resampling keeps the physical **extent** of the volume (corner-aligned grids): the first voxel centre moves by half
-the spacing change, exactly as the 2x block-average of ``../shared/data/LA`` (origin 0 → 0.3125 mm at 1.25 mm).
+resample. Resampling keeps the physical **extent** of the volume (corner-aligned grids): the first voxel centre
+moves by half the spacing change, exactly as the 2x block-average of ``../shared/data/LA`` (origin 0 → 0.3125 mm at 1.25 mm).
 Images are resampled linearly, labels by nearest neighbour or — ``label_mode="linear_argmax"`` — by linear
 interpolation of each class's one-hot channel followed by argmax (smoother boundaries when down-sampling).
 """
