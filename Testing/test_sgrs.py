@@ -188,8 +188,12 @@ def test_regions_overlay_any_shape_and_no_side_effects():
     net.train()
     bn = net.block_one.conv[1]
     before = bn.running_mean.clone()
-    codes = method.regions(net, torch.randn(1, 18, 21, 13), ctx)  # (C, Z, Y, X), not multiples of 16
+    codes = method.regions(net, torch.randn(1, 18, 21, 13), ctx)  # (C, Z, Y, X) larger than the patch: windows
     assert codes.shape == (1, 18, 21, 13) and codes.dtype == np.uint8
+    assert set(np.unique(codes)) <= {REGION_UNCERTAIN, REGION_AGREE, REGION_DISAGREE}
+    assert net.training and torch.equal(bn.running_mean, before)
+    codes = SGRS().regions(net, torch.randn(1, 18, 21, 13), ctx)  # no training patch yet: one padded forward
+    assert codes.shape == (1, 18, 21, 13)
     assert set(np.unique(codes)) <= {REGION_UNCERTAIN, REGION_AGREE, REGION_DISAGREE}
     assert net.training and torch.equal(bn.running_mean, before)
     same = method.regions(net, batch.unlabeled_image[:1], ctx)  # training patch shape: the labeled partner

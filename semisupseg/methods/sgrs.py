@@ -37,8 +37,10 @@ Deviations from the release (the paper is followed where they differ) — docume
 Region overlay (:meth:`SGRS.regions`): for an arbitrary case the student (in eval mode, so BN running statistics are
 not touched) predicts the image and its MixUp with a partner at a fixed λ (``overlay_lambda`` = 0.8, near the mean
 of ``max(b, 1 - b)`` for α = 0.75): the partner is the caller's ``partner`` if given, else the last labeled training
-patch when the shapes match, else the image mirrored along x. The sides are zero-padded to multiples of 16 and the
-padding is cropped away again.
+patch when the shapes match, else the image mirrored along x (a whole case has no labeled partner of its size; the
+mirror image is a deterministic, anatomically plausible stand-in). An image larger than the training patch is
+predicted by sliding windows of the patch size (:func:`semisupseg.inference.sliding_window_inference`); a smaller
+one in one forward, zero-padded to multiples of 16 and cropped back.
 """
 from __future__ import annotations
 
@@ -137,6 +139,7 @@ class SGRS(Method):
     def __init__(self, params: Optional[SGRSParams] = None):
         super().__init__(params)
         self._last_labeled: Optional[torch.Tensor] = None
+        self._patch_zyx: Optional[Tuple[int, int, int]] = None
 
     # ------------------------------------------------------------------------------------------------------------
     def _noisy(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -174,6 +177,7 @@ class SGRS(Method):
         if n_u == 0 or n_l == 0:
             raise ValueError("sgrs needs labeled and unlabeled patches in every batch")
         self._last_labeled = l_img[:1].detach().cpu().clone()
+        self._patch_zyx = tuple(int(v) for v in l_img.shape[2:])
 
         u_noisy = self._noisy(u_img, ctx.generator)
         l_noisy = self._noisy(l_img, ctx.generator)
@@ -247,21 +251,33 @@ class SGRS(Method):
         lam = torch.full((image.shape[0],), p.overlay_lambda)
         mixed = mix_images(image, partner, lam)
 
-        spatial = image.shape[2:]
-        pads = [(-s) % 16 for s in spatial]
-        pad_arg = [0, pads[2], 0, pads[1], 0, pads[0]]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model(F.pad(torch.cat([image, mixed], dim=0), pad_arg))
-        finally:
-            model.train(was_training)
-        logits = softmax_logits(out["seg"], ctx.seg_form)[..., :spatial[0], :spatial[1], :spatial[2]]
-        prob = torch.softmax(logits.float(), dim=1)
+        prob = self._student_probabilities(model, torch.cat([image, mixed], dim=0), ctx)
         b = image.shape[0]
         codes = sgrs_regions(prob[:b], prob[b:], tau=p.tau, base=p.entropy_base)
         return codes.cpu().numpy()
+
+    def _student_probabilities(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Student class probabilities ``(B, C, Z, Y, X)`` float32 in eval mode (BN running statistics untouched):
+        sliding windows of the training patch size when the image is larger than a training patch, otherwise one
+        forward of the image zero-padded to multiples of 16 (padding cropped away)."""
+        spatial = tuple(int(s) for s in x.shape[2:])
+        was_training = model.training
+        model.eval()
+        try:
+            patch = self._patch_zyx
+            if patch is not None and any(s > q for s, q in zip(spatial, patch)):
+                from semisupseg.inference import sliding_window_inference
+
+                probs = [torch.from_numpy(np.ascontiguousarray(sliding_window_inference(
+                    model, xi, patch, overlap=0.5, device=ctx.device, fast=False)["prob"])) for xi in x]
+                return torch.stack(probs).to(ctx.device).float()
+            pads = [(-s) % 16 for s in spatial]
+            with torch.no_grad():
+                out = model(F.pad(x, [0, pads[2], 0, pads[1], 0, pads[0]]))
+            logits = softmax_logits(out["seg"], ctx.seg_form)[..., :spatial[0], :spatial[1], :spatial[2]]
+            return torch.softmax(logits.float(), dim=1)
+        finally:
+            model.train(was_training)
 
 
 __all__ = ["SGRS", "SGRSParams", "mixup_lambda", "sample_beta", "mix_images"]
