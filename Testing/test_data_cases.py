@@ -217,7 +217,7 @@ def test_split_errors(tmp_path):
 
 def test_real_la_split(la_dir):
     ds = build_dataset(DatasetSpec(root=str(la_dir), labeled_key="labeled_8"))
-    split = json.loads((la_dir / "splits.json").read_text())
+    split = json.loads((la_dir / "splits.json").read_text(encoding="utf-8"))
     assert [c.case_id for c in ds.labeled] == split["train"][:8] == split["labeled_8"]
     assert [c.case_id for c in ds.unlabeled] == split["train"][8:]
     assert all(c.label_path is None for c in ds.unlabeled)

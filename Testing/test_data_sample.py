@@ -22,7 +22,7 @@ def test_sample_data_is_small_and_documented():
     root = sample_data_dir()
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert total < 3 * 1024 * 1024
-    readme = (root / "README.md").read_text()
+    readme = (root / "README.md").read_text(encoding="utf-8")
     for needle in ("CC-BY-SA 4.0", "Antonelli", "Xiong", "Medical Image Analysis", "byte-for-byte"):
         assert needle in readme
     assert sample_dataset_names() == ["hippocampus", "la"]
@@ -33,7 +33,7 @@ def test_sample_data_is_small_and_documented():
 @pytest.mark.parametrize("name,n,classes", [("hippocampus", 6, 3), ("la", 4, 2)])
 def test_sample_datasets_index_and_load(name, n, classes):
     root = sample_dataset(name)
-    index = json.loads((root / "dataset.json").read_text())
+    index = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert index["numTraining"] == n == len(index["training"])
     for entry in index["training"]:
         img = read_image(root / entry["image"])

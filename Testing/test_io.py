@@ -84,9 +84,26 @@ def test_dicom_series_folder_matches_reference_nifti():
 
 
 def test_dicom_folder_with_two_series(tmp_path):
+    import locale
+
+    encoding_before = locale.getpreferredencoding(False).upper().replace("-", "")
     folder = tmp_path / "two"
     shutil.copytree(DICOM, folder)
-    for name in ("slice_009.dcm", "slice_010.dcm", "slice_011.dcm"):
+    with io._keep_locale():  # GDCM's writer switches the process to the C locale
+        _rewrite_series_uid(folder, ("slice_009.dcm", "slice_010.dcm", "slice_011.dcm"))
+    with pytest.raises(InputError, match="holds 2 DICOM series") as err:
+        read_volume(folder)
+    assert str(folder) in str(err.value)
+    assert locale.getpreferredencoding(False).upper().replace("-", "") == encoding_before
+    first = read_volume(folder, series_id="1.2.826.0.1.3680043.2.1125.1.20261122.1")
+    second = read_volume(folder, series_id="1.2.826.0.1.3680043.2.1125.1.99")
+    assert first.shape_zyx == (9, 48, 33) and second.shape_zyx == (3, 48, 33)
+    np.testing.assert_array_equal(second.array, read_volume(DICOM_REF).array[9:])
+    assert locale.getpreferredencoding(False).upper().replace("-", "") == encoding_before
+
+
+def _rewrite_series_uid(folder, names):
+    for name in names:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(folder / name))
         reader.LoadPrivateTagsOn()
@@ -98,13 +115,6 @@ def test_dicom_folder_with_two_series(tmp_path):
         writer.KeepOriginalImageUIDOn()
         writer.SetFileName(str(folder / name))
         writer.Execute(img)
-    with pytest.raises(InputError, match="holds 2 DICOM series") as err:
-        read_volume(folder)
-    assert str(folder) in str(err.value)
-    first = read_volume(folder, series_id="1.2.826.0.1.3680043.2.1125.1.20261122.1")
-    second = read_volume(folder, series_id="1.2.826.0.1.3680043.2.1125.1.99")
-    assert first.shape_zyx == (9, 48, 33) and second.shape_zyx == (3, 48, 33)
-    np.testing.assert_array_equal(second.array, read_volume(DICOM_REF).array[9:])
 
 
 def test_dicom_errors(tmp_path):

@@ -27,10 +27,12 @@ half-written output under the final name.
 """
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -315,7 +317,32 @@ def _read_sitk(path: Path, series_id: Optional[str] = None) -> sitk.Image:
         ) from exc
 
 
+@contextlib.contextmanager
+def _keep_locale() -> Iterator[None]:
+    """Restore the process locale afterwards. GDCM may switch the C locale to "C" for the whole process (its DICOM
+    writer does, measured with SimpleITK 2.5), which silently makes Python's default text encoding ASCII
+    (``open()``/``read_text()`` without an encoding then fail on any non-ASCII file, e.g. a README or a YAML
+    config). Reading is guarded too, as a precaution."""
+    try:
+        saved = locale.setlocale(locale.LC_ALL)
+    except locale.Error:  # pragma: no cover - unusual platforms
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            try:
+                locale.setlocale(locale.LC_ALL, saved)
+            except locale.Error:  # pragma: no cover
+                pass
+
+
 def _read_dicom_series(folder: Path, series_id: Optional[str] = None) -> sitk.Image:
+    with _keep_locale():
+        return _read_dicom_series_inner(folder, series_id)
+
+
+def _read_dicom_series_inner(folder: Path, series_id: Optional[str] = None) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     try:
         ids = list(reader.GetGDCMSeriesIDs(str(folder)))

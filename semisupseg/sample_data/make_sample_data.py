@@ -41,7 +41,7 @@ def main(shared: Path) -> None:
 
     # --- LA (2018 Atrial Segmentation Challenge, 1.25 mm version in ../shared/data/LA): copied byte for byte ---
     src = shared / "LA"
-    train = json.loads((src / "splits.json").read_text())["train"]
+    train = json.loads((src / "splits.json").read_text(encoding="utf-8"))["train"]
     ids = train[:LA_COUNT]
     dst = HERE / "la"
     for sub in ("imagesTr", "labelsTr"):
