@@ -244,3 +244,13 @@ def test_done_when_hippocampus_self_and_shifted(hippocampus_dir, tmp_path, capsy
         assert float(row["asd_mm"]) == pytest.approx(medpy_binary.asd(p, r, sp), abs=1e-6)
         assert float(row["assd_mm"]) == pytest.approx(medpy_binary.assd(p, r, sp), abs=1e-6)
         assert float(row["hd95_mm"]) >= 1.0 and float(row["assd_mm"]) > 0.0
+
+
+def test_cases_restricts_both_sides(folders):
+    pred_dir, ref_dir, _ = folders
+    cases, missing = match_cases(pred_dir, ref_dir, only=["case_0", "case_2"])
+    assert [c.case_id for c in cases] == ["case_0", "case_2"] and missing == []
+    result = evaluate(pred_dir, ref_dir, [1], cases=["case_1"])
+    assert [r.case_id for r in result.rows] == ["case_1"]
+    with pytest.raises(InputError, match="no reference file for case"):
+        match_cases(pred_dir, ref_dir, only=["case_0", "case_404"])

@@ -148,8 +148,8 @@ def case_id(path: PathLike, suffix: str = "") -> str:
 SEGMENT_LABEL_SUFFIX = "_label"
 
 
-def match_cases(pred: PathsArg, ref: PathsArg, pred_suffix: Optional[str] = None
-                ) -> Tuple[List[EvaluationCase], List[str]]:
+def match_cases(pred: PathsArg, ref: PathsArg, pred_suffix: Optional[str] = None,
+                only: Optional[Sequence[str]] = None) -> Tuple[List[EvaluationCase], List[str]]:
     """Pair predictions with references by case id; returns the pairs (sorted by id) and the ids of references
     that have no prediction. A single prediction file and a single reference file are paired whatever their
     names. Raises :class:`InputError` for a prediction without reference or duplicate case ids.
@@ -158,6 +158,9 @@ def match_cases(pred: PathsArg, ref: PathsArg, pred_suffix: Optional[str] = None
     files carrying it are used, so ``semisupseg segment``'s output folder (``<case>_label`` beside
     ``<case>_prob``, ``_sdm``, ``_entropy``) is evaluated as is: ``None`` (default) picks ``"_label"``
     automatically when the folder holds such files, else uses the names unchanged.
+
+    ``only``: evaluate just these case ids (others on either side are ignored); an id without a reference file is
+    an :class:`InputError`.
     """
     pred_files, pred_is_folder = _as_paths(pred)
     ref_files, _ = _as_paths(ref)
@@ -171,6 +174,13 @@ def match_cases(pred: PathsArg, ref: PathsArg, pred_suffix: Optional[str] = None
             raise InputError(f"no prediction file name ends with {pred_suffix!r}", Path(pred))  # type: ignore[arg-type]
     if len(pred_files) == 1 and len(ref_files) == 1 and not isinstance(pred, (list, tuple)) and not pred_is_folder:
         return [EvaluationCase(case_id(pred_files[0], pred_suffix), pred_files[0], ref_files[0])], []
+    if only is not None:
+        wanted = set(only)
+        ref_files = [f for f in ref_files if case_id(f) in wanted]
+        unknown = sorted(wanted - {case_id(f) for f in ref_files})
+        if unknown:
+            raise InputError(f"no reference file for case(s) {', '.join(unknown)}", Path(str(ref)))
+        pred_files = [f for f in pred_files if case_id(f, pred_suffix) in wanted]
     refs: Dict[str, Path] = {}
     for f in ref_files:
         cid = case_id(f)
@@ -218,6 +228,7 @@ def evaluate(
     labels: Optional[Sequence[int]] = None,
     *,
     pred_suffix: Optional[str] = None,
+    cases: Optional[Sequence[str]] = None,
     check_geometry: bool = True,
     voxel_units: bool = True,
     progress: Optional[ProgressCallback] = None,
@@ -225,7 +236,7 @@ def evaluate(
 ) -> EvaluationResult:
     """Evaluate prediction label files against reference label files (see the module docstring).
 
-    ``labels``: label values to evaluate (``None``: every non-zero value present). Distances use each reference
+    ``labels``: label values to evaluate (``None``: every non-zero value present); ``cases``: only these case ids. Distances use each reference
     file's spacing (mm) and are also given in voxels (``voxel_units``). ``progress(fraction, message)`` is called
     after each case; ``cancel`` is polled between cases (raises :class:`~semisupseg.errors.Cancelled`).
     """
@@ -238,7 +249,8 @@ def evaluate(
             raise InputError("label 0 is the background; evaluate foreground labels only")
         if len(set(labels)) != len(labels):
             raise InputError(f"labels listed twice: {labels}")
-    cases, missing = match_cases(pred, ref, pred_suffix)
+    only = cases
+    cases, missing = match_cases(pred, ref, pred_suffix, only)
     if not cases:
         raise InputError("no prediction/reference pairs to evaluate")
     per_case: List[Tuple[str, List[ClassMetrics], set]] = []

@@ -19,6 +19,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("ref", metavar="REF", help="reference label file or folder (same case names)")
     p.add_argument("--labels", type=int, nargs="+", metavar="L",
                    help="label values to evaluate (default: every non-zero value found)")
+    p.add_argument("--cases", nargs="+", metavar="ID",
+                   help="evaluate only these case ids (e.g. a validation split inside a full labels folder)")
     p.add_argument("-o", "--output", metavar="CSV", help="write the per-case, per-label rows to this CSV file")
     p.add_argument("--summary-csv", metavar="CSV", help="also write mean/std/n per label to this CSV file")
     p.add_argument("--overwrite", action="store_true", help="replace existing CSV files")
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:  # pragma: no cover - tqdm is a dependency
             bar = None
     try:
-        result = evaluate(args.pred, args.ref, args.labels, pred_suffix=args.pred_suffix,
+        result = evaluate(args.pred, args.ref, args.labels, pred_suffix=args.pred_suffix, cases=args.cases,
                           check_geometry=not args.no_geometry_check, progress=progress)
     finally:
         if bar is not None:
