@@ -242,3 +242,17 @@ def test_sgrs_trains_end_to_end_on_la(la_dir, tmp_path):
         assert e["logs"]["region_delta"] + e["logs"]["region_omega"] + e["logs"]["region_theta"] == pytest.approx(1.0)
     sup = [e["losses"]["supervised"] for e in steps]
     assert np.mean(sup[-2:]) < np.mean(sup[:2])
+
+
+def test_three_classes_step():
+    torch.manual_seed(0)
+    net = VNet(n_filters=2, num_classes=3)
+    label = torch.zeros(2, 16, 16, 16, dtype=torch.long)
+    label[:, 2:8] = 1
+    label[:, 8:12] = 2
+    ctx = StepContext(5, 10, torch.device("cpu"), 3, "softmax", torch.Generator().manual_seed(0),
+                      teacher=copy.deepcopy(net))
+    result = SGRS().step(net, Batch(torch.randn(4, 1, 16, 16, 16), label, 2), ctx)
+    assert all(torch.isfinite(v) for v in result.losses.values())
+    logs = result.logs
+    assert logs["region_delta"] + logs["region_omega"] + logs["region_theta"] == pytest.approx(1.0)

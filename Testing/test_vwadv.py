@@ -215,3 +215,20 @@ def test_vwadv_trains_end_to_end_on_la(la_dir, tmp_path):
         assert math.isfinite(e["logs"]["loss_d"])
     dice = [e["losses"]["dice"] for e in steps]
     assert np.mean(dice[-2:]) < np.mean(dice[:2])
+
+
+def test_three_classes_step():
+    torch.manual_seed(0)
+    net = VNet(n_filters=2, num_classes=3)
+    teacher = copy.deepcopy(net)
+    method = VoxelAdversarial(VWAdvParams(samples_per_class=16, fusion_width=8, proj_hidden=8, proj_dim=8,
+                                          disc_hidden=8, confidence=0.0))
+    method.build(net, 3, 1)
+    label = torch.zeros(2, 16, 16, 16, dtype=torch.long)
+    label[:, 2:8] = 1
+    label[:, 8:12] = 2
+    ctx = StepContext(0, 10, torch.device("cpu"), 3, "softmax", torch.Generator().manual_seed(0), teacher=teacher)
+    result = method.step(net, Batch(torch.randn(4, 1, 16, 16, 16), label, 2), ctx)
+    assert result.logs["samples_labeled"] == 48 and method.discriminator.heads.out_features == 3
+    sum(result.losses.values()).backward()
+    assert math.isfinite(method.after_step(net, Batch(torch.randn(4, 1, 16, 16, 16), label, 2), ctx)["loss_d"])
