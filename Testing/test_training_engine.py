@@ -134,3 +134,22 @@ def test_tiny_real_la_subset(tmp_path, la_dir):
     assert all(math.isfinite(v) for v in result.losses) and result.losses[-1] < result.losses[0]
     _, card = load_model(tmp_path / "run" / "last.pt")
     assert card.spacing_xyz == pytest.approx((1.25, 1.25, 1.25)) and card.class_names[0] == "background"
+
+
+def test_bundled_sample_data_multiclass_through_the_cli(tmp_path):
+    """The hippocampus sample shipped in the package (3 classes, split file with labeled/unlabeled/val): the data
+    layer reads it, num_classes is taken from dataset.json, the model card names the classes."""
+    from semisupseg.cli import main
+    from semisupseg.data import sample_dataset
+
+    root = sample_dataset("hippocampus")
+    assert main(["train", "--no-bar", "--method", "supervised", "--labeled", str(root), "--out",
+                 str(tmp_path / "run"), "--iterations", "4", "--patch-size", "16", "16", "16", "--batch-size", "2",
+                 "--labeled-batch-size", "2", "--device", "cpu", "--amp", "off", "--set", "model.n_filters=2",
+                 "--set", "val_every=4", "--set", "num_threads=1"]) == 0
+    _, card = load_model(tmp_path / "run" / "best.pt")
+    assert card.num_classes == 3 and len(card.label_values) == 3
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    val = [e for e in events if e["event"] == "validation"][0]["metrics"]
+    assert len(val["cases"]) >= 1 and all(math.isfinite(e["loss"]) for e in events if e["event"] == "iteration")
+    assert load_config(tmp_path / "run" / "config.yaml").data.num_classes == 3

@@ -113,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
     apply_overrides(cfg, args.overrides)
     cfg.out = str(run_dir)
     cfg.validate()
+    from semisupseg.training.engine import method_class
+
+    method_class(cfg.method)  # an unknown name fails here, before anything is written
     if args.print_config:
         import yaml
 

@@ -54,6 +54,14 @@ RESUME_VERSION = 1
 RUN_FILES = ("config.yaml", "data.json", "events.jsonl", "resume.pt", "last.pt", "last.json", "best.pt", "best.json")
 
 
+def method_class(name: str):
+    """The registered method ``name``; :class:`InputError` listing the known ones otherwise."""
+    try:
+        return get_method(name)
+    except KeyError as exc:
+        raise InputError(f"config method: {exc.args[0]}") from None
+
+
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
     """The student's learning rate for the step ``iteration`` (0-based) under ``cfg.optim.schedule``."""
     o = cfg.optim
@@ -212,13 +220,13 @@ class Trainer:
             report = self.events.progress
             self.data = load_train_data(
                 cfg.data, progress=(lambda f, m="": report(0.0, m)) if report is not None else (lambda f, m="": None),
-                cancel=self.cancel, with_unlabeled=getattr(get_method(cfg.method), "uses_unlabeled", True))
+                cancel=self.cancel, with_unlabeled=getattr(method_class(cfg.method), "uses_unlabeled", True))
         if cfg.data.num_classes is None:
             cfg.data.num_classes = self.data.infer_num_classes()
         self.data.check(cfg.data.num_classes, cfg.data.in_channels)
 
         # method and networks
-        method_cls = get_method(cfg.method)
+        method_cls = method_class(cfg.method)
         try:
             params = method_cls.make_params(cfg.method_params)
         except (TypeError, ValueError) as exc:
@@ -493,6 +501,8 @@ class Trainer:
         old = {}
 
         def handler(signum, frame):
+            if self.cancel.cancelled:  # a second Ctrl-C: stop now, without saving
+                raise KeyboardInterrupt
             self.cancel.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -534,8 +544,14 @@ class Trainer:
                           labeled_cases=len(self.data.labeled), unlabeled_cases=len(self.data.unlabeled),
                           validation_cases=len(self.data.validation))
             self.events.emit("resumed" if resumed else "started", **common)
+        except Cancelled as exc:  # while reading the data: nothing trained, nothing to save
+            self.events.emit("cancelled", iteration=self.iteration, max_iterations=cfg.iterations, message=str(exc))
+            self.events.close()
+            dist_utils.cleanup(self.dist)
+            return self._result("cancelled")
         except BaseException as exc:
             self._fail(exc)
+            dist_utils.cleanup(self.dist)
             raise
 
         try:
