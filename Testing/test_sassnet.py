@@ -224,3 +224,16 @@ def test_step_under_bf16_autocast_gives_float32_losses():
         assert v.dtype == torch.float32 and torch.isfinite(v)
     sum(result.losses.values()).backward()
     assert math.isfinite(method.after_step(model, batch, ctx)["d_loss"])
+
+
+def test_discriminator_follows_the_models_channels_last_format():
+    from semisupseg.methods.sassnet import follow_memory_format
+
+    model, method = _setup()
+    disc = method.discriminator
+    follow_memory_format(disc, model)
+    assert disc.conv2.weight.is_contiguous()  # contiguous model: unchanged
+    model.to(memory_format=torch.channels_last_3d)
+    follow_memory_format(disc, model)
+    assert disc.conv2.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not disc.conv2.weight.is_contiguous()

@@ -48,7 +48,7 @@ from semisupseg.losses.shape import (BOUNDARY_CONTRAST, HEAVISIDE_K, W_MAX, boun
                                      sdm_l1_product_loss, sdm_psm_consistency_loss, sdm_targets)
 from semisupseg.methods import register
 from semisupseg.methods.base import Batch, Method, MethodParams, StepContext, StepResult
-from semisupseg.methods.sassnet import update_discriminator
+from semisupseg.methods.sassnet import follow_memory_format, update_discriminator
 from semisupseg.nets.discriminators import DiscriminatorConfig, MapImageDiscriminator
 from semisupseg.nets.sbnet import SBNet, SBNetConfig  # noqa: F401 - importing registers the "sbnet" network
 from semisupseg.schedules import gaussian_warmup
@@ -104,6 +104,7 @@ class SBNetMethod(Method):
         super().__init__(params)
         self.discriminator: Optional[MapImageDiscriminator] = None
         self._cache: Optional[torch.Tensor] = None
+        self._format_checked = False
 
     def build(self, model: nn.Module, num_classes: int, in_channels: int) -> None:
         p = self.params
@@ -120,6 +121,9 @@ class SBNetMethod(Method):
             raise RuntimeError("SBNetMethod.build() must be called before step()")
         p = self.params
         nl = batch.labeled_bs
+        if not self._format_checked:
+            follow_memory_format(self.discriminator, model)
+            self._format_checked = True
         out = model(batch.image)  # the one forward of the step
         if "psm" not in out or "psm5" not in out:
             raise ValueError("the sbnet method needs the 'sbnet' network (outputs 'psm', 'psm5', 'sdm')")
