@@ -54,67 +54,64 @@ def _train(*args: str, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+def _wait_for_iteration(proc: subprocess.Popen, events: Path, at_least: int, timeout: float = 180) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if events.exists():
+            seen = max((e["iteration"] for e in read_events(events) if e["event"] == "iteration"), default=0)
+            if seen >= at_least:
+                return seen
+        time.sleep(0.02)
+    raise AssertionError(f"the run ended or stalled before iteration {at_least}: {proc.communicate()}")
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+def test_sigterm_cancel_then_sigkill_then_resume_matches_uninterrupted_run(tmp_path, capsys):
+    from semisupseg.cli import main
+
     data = _write_dataset(tmp_path / "data")
     cfg = _config(tmp_path / "cfg.json", data, iterations=16)
-    killed = _train("--config", str(cfg), "--out", str(tmp_path / "run"))
-    events = tmp_path / "run" / "events.jsonl"
-    deadline = time.time() + 120
-    seen = 0
-    while time.time() < deadline and killed.poll() is None:
-        if events.exists():
-            its = [e["iteration"] for e in read_events(events) if e["event"] == "iteration"]
-            seen = max(its, default=0)
-            if seen >= 5:
-                break
-        time.sleep(0.02)
-    assert killed.poll() is None, f"the run ended before it could be killed: {killed.communicate()}"
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert "finished" not in [e["event"] for e in read_events(events)]
-    saved = load_state(tmp_path / "run" / "resume.pt")["iteration"]
-    assert 4 <= saved < 16 and saved % 2 == 0
-
-    resumed = _train("--resume", str(tmp_path / "run"))
-    out, err = resumed.communicate(timeout=180)
-    assert resumed.returncode == 0, err
-    from semisupseg.cli import main
-
-    assert main(["train", "--no-bar", "--config", str(cfg), "--out", str(tmp_path / "ref")]) == 0  # uninterrupted
-
-    kinds = [e["event"] for e in read_events(events)]
-    assert kinds.count("resumed") == 1 and kinds[-1] == "finished"
-    state = load_state(tmp_path / "run" / "resume.pt")
-    assert state["iteration"] == 16
-    for name in ("last.pt", "best.pt"):
-        model, card = load_model(tmp_path / "run" / name)
-        assert card.training["iterations"] in (10, 16)
-    ref_state = load_state(tmp_path / "ref" / "resume.pt")
-    assert all(torch.equal(ref_state["model"][k], state["model"][k]) for k in ref_state["model"])
-    assert ref_state["best_metric"] == state["best_metric"]
-
-
-def test_cli_refuses_non_empty_run_dir_and_cancels_on_sigterm(tmp_path, capsys):
-    data = _write_dataset(tmp_path / "data")
-    cfg = _config(tmp_path / "cfg.json", data, iterations=10_000)
+    run = tmp_path / "run"
+    events = run / "events.jsonl"
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x.txt").write_text("mine")
-    from semisupseg.cli import main
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "busy")]) == 2  # refuses a used dir
+    assert "not empty" in capsys.readouterr().err and (tmp_path / "busy" / "x.txt").read_text() == "mine"
 
-    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "busy")]) == 2
-    assert capsys.readouterr().err.count("not empty") == 1 and (tmp_path / "busy" / "x.txt").read_text() == "mine"
-    p = _train("--config", str(cfg), "--out", str(tmp_path / "run"))
-    events = tmp_path / "run" / "events.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:
-        if events.exists() and any(e["event"] == "iteration" for e in read_events(events)):
-            break
-        time.sleep(0.02)
+    # 1. SIGTERM: saves and exits with 130
+    p = _train("--config", str(cfg), "--out", str(run))
+    _wait_for_iteration(p, events, 3)
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
-    assert "--resume" in err
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "--resume" in err, err
     last = read_events(events)[-1]
     assert last["event"] == "cancelled"
-    assert load_state(tmp_path / "run" / "resume.pt")["iteration"] == last["iteration"]
+    k = last["iteration"]
+    assert 3 <= k < 16 and load_state(run / "resume.pt")["iteration"] == k and (run / "last.pt").exists()
+
+    # 2. resumed, then killed with SIGKILL (no chance to save anything)
+    p = _train("--resume", str(run))
+    _wait_for_iteration(p, events, k + 4)
+    assert p.poll() is None
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    kinds = [e["event"] for e in read_events(events)]
+    assert kinds.count("resumed") == 1 and kinds[-1] != "finished"
+    saved = load_state(run / "resume.pt")["iteration"]
+    assert k <= saved < 16
+
+    # 3. resumed again to the end; equal to an uninterrupted run
+    assert main(["train", "--no-bar", "--resume", str(run)]) == 0
+    assert main(["train", "--no-bar", "--config", str(cfg), "--out", str(tmp_path / "ref")]) == 0
+    kinds = [e["event"] for e in read_events(events)]
+    assert kinds.count("resumed") == 2 and kinds[-1] == "finished"
+    state = load_state(run / "resume.pt")
+    ref_state = load_state(tmp_path / "ref" / "resume.pt")
+    assert state["iteration"] == ref_state["iteration"] == 16
+    for name in ("last.pt", "best.pt"):
+        _, card = load_model(run / name)
+        assert card.training["iterations"] in (10, 16)
+    assert all(torch.equal(ref_state["model"][k], state["model"][k]) for k in ref_state["model"])
+    assert all(torch.equal(ref_state["optimizer"]["state"][i]["momentum_buffer"],
+                           state["optimizer"]["state"][i]["momentum_buffer"]) for i in ref_state["optimizer"]["state"])
+    assert ref_state["best_metric"] == state["best_metric"]
