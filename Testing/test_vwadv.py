@@ -131,7 +131,7 @@ def test_registered_and_defaults():
     assert p.disc_lr == 2e-4 and (p.disc_beta1, p.disc_beta2) == (0.5, 0.999) and p.proj_hidden == 64
 
 
-@pytest.mark.parametrize("shape", [(16, 16, 16), (32, 16, 48)])
+@pytest.mark.parametrize("shape", [(16, 16, 16), (16, 32, 48)])
 def test_step_any_patch_size_finite_terms_and_updates(shape):
     net, teacher, method, batch, ctx = _setup(shape=shape)
     ctx.iteration = 1  # EMA decay min(1 - 1/2, 0.99) = 0.5
@@ -209,7 +209,7 @@ def test_vwadv_trains_end_to_end_on_la(la_dir, tmp_path):
     from test_sgrs import _train_tiny
 
     steps = _train_tiny("vwadv", la_dir, tmp_path)
-    assert len(steps) == 6
+    assert len(steps) == 5
     for e in steps:
         assert all(math.isfinite(v) for v in e["losses"].values())
         assert math.isfinite(e["logs"]["loss_d"])
