@@ -36,29 +36,31 @@ def foreground_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def sdm_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Ground-truth signed distance maps ``(B, C - 1, Z, Y, X)`` float32 in [-1, 1] (negative inside, 0 on the
-    surface, positive outside; zero for a class absent from the patch), one per foreground class, via
-    :func:`semisupseg.geometry.class_sdm` (voxel units)."""
+    surface, positive outside), one per foreground class, via :func:`semisupseg.geometry.class_sdm` (voxel units).
+
+    A class absent from a patch gets **+1 everywhere** (and a class filling the patch -1): the geometry module's
+    ``degenerate="saturate"`` convention, so that ``sigmoid(-1500 · SDM)`` equals the (empty) label. The releases'
+    ``compute_sdf`` gives zeros there (whose Heaviside is 0.5); this is a documented deviation.
+    """
     from semisupseg.geometry import class_sdm
 
-    lab = labels.detach().cpu().numpy()
-    maps = np.stack([np.asarray(class_sdm(case, num_classes), dtype=np.float32) for case in lab])
-    return torch.from_numpy(maps).to(labels.device)
+    maps = class_sdm(labels.detach().cpu().numpy(), num_classes)  # (B, C-1, Z, Y, X)
+    return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).to(labels.device)
 
 
 def boundary_masks(labels: torch.Tensor, num_classes: int, w_max: int = W_MAX) -> torch.Tensor:
-    """SB-Net's ring M_bound per case and foreground class: ``(B, C - 1, Z, Y, X)`` bool, the voxels within
-    ``w_max`` voxels of the class surface on either side (``outer | inner`` of
-    :func:`semisupseg.geometry.boundary_ring`); empty for a class absent from the patch."""
+    """SB-Net's ring M_bound per case and foreground class: ``(B, C - 1, Z, Y, X)`` bool, the union of the outer and
+    inner bands of :func:`semisupseg.geometry.boundary_ring` -- ``it = max(1, round(A_target / A_whole · w_max))``
+    voxels (eq. 8, city-block) on each side of the class surface, ``A`` counted per case and class; empty for a
+    class absent from the patch."""
     from semisupseg.geometry import boundary_ring
 
     lab = labels.detach().cpu().numpy()
     out = np.zeros((lab.shape[0], num_classes - 1) + lab.shape[1:], dtype=bool)
-    for b in range(lab.shape[0]):
-        for c in range(1, num_classes):
-            mask = lab[b] == c
-            if mask.any():
-                outer, inner = boundary_ring(mask, w_max=w_max)
-                out[b, c - 1] = np.asarray(outer, dtype=bool) | np.asarray(inner, dtype=bool)
+    for c in range(1, num_classes):
+        mask = lab == c
+        if mask.any():
+            out[:, c - 1] = np.asarray(boundary_ring(mask, w_max=w_max).ring, dtype=bool)  # eq. 8-9, per case
     return torch.from_numpy(out).to(labels.device)
 
 

@@ -25,6 +25,8 @@ Implementation notes and deviations:
 * ``D`` has a single logit (equivalent to the release's two-way softmax) and global average pooling (any patch size).
 * Multi-class: the SDM head and the discriminator's map input have ``C - 1`` channels (one per foreground class); the
   Dice term is the mean over the foreground classes.
+* SDM targets of a class absent from a labeled patch are +1 everywhere (``geometry``'s "saturate" convention), not
+  the release's zeros, so the target agrees with the empty label (see :func:`semisupseg.losses.shape.sdm_targets`).
 * The release builds its V-Net with dropout (``has_dropout=True``), so ``needs_dropout`` is set.
 * Losses are computed in float32 (the engine's bf16 autocast covers the network and discriminator convolutions).
 
