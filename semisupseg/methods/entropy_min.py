@@ -57,7 +57,8 @@ class EntropyMin(Method):
     the unlabeled patches, as the method (and the issue) define it — ``entropy_on="all"`` restores the release.
     The release's ``ln(p + 1e-6)`` is computed exactly (difference < ``C · 1e-6``). The ramp length is 40 (periods
     of 150 iterations) rather than SSL4MIS's 200, because both end the ramp at the end of the run (6000 vs 30000
-    iterations).
+    iterations). The supervised Dice is the UA-MT release's foreground Dice (SSL4MIS's ``DiceLoss`` also averages the
+    background class in), so that every baseline shares one supervised term and differs only in its unlabeled term.
 
     Loss terms: ``ce``, ``dice``, ``entropy`` (weighted λ(t)); logs ``entropy_raw``, ``entropy_weight``.
     """
