@@ -239,6 +239,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise InputError(f"config {key}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return _from_dict(tp, value, prefix=f"{key}.")
     if origin in (list, List, tuple, Sequence):
+        if isinstance(value, (str, Path)) and args and args[0] is str:
+            value = [str(value)]  # one folder / id given where a list is expected
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise InputError(f"config {key}: expected a list, got {value!r}")
         item = args[0] if args else Any

@@ -6,6 +6,7 @@ process (no ``WORLD_SIZE`` > 1) everything here is a no-op, so the same engine c
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any, List, Optional
@@ -54,7 +55,10 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        # generous timeout: the other ranks wait in a collective while rank 0 validates and writes checkpoints
+        timeout_s = float(os.environ.get("SEMISUPSEG_DIST_TIMEOUT_S", 7200))
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
 
 
