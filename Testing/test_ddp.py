@@ -88,3 +88,39 @@ def test_two_gloo_processes_match_single_process(tmp_path):
             torch.testing.assert_close(s_ddp["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
     # only rank 0 wrote: one started event, one finished event
     assert [e["event"] for e in ev_ddp].count("started") == 1 and ev_ddp[-1]["event"] == "finished"
+
+
+def _collectives_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from semisupseg.training import distributed as du
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    info = du.DistInfo(rank=rank, world_size=2, backend="gloo")
+    module = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+        module.bias.fill_(0.0)
+    module(torch.full((1, 3), float(rank + 1))).sum().backward()   # grad of weight: rank + 1 everywhere
+    module.bias.grad = None if rank == 1 else module.bias.grad       # a parameter without grad on one rank
+    du.all_reduce_grads(module, info)
+    result = {"weight_grad": module.weight.grad.tolist(), "bias_grad": module.bias.grad.tolist(),
+              "flag": du.any_flag(rank == 1, info), "gathered": du.all_gather_object({"r": rank}, info),
+              "broadcast": du.broadcast_object("from0" if rank == 0 else None, info),
+              "mean": du.all_reduce_mean(float(rank), info)}
+    Path(out_dir, f"{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_collectives_average_method_owned_gradients(tmp_path):
+    """``ctx.all_reduce_grads`` (method-owned networks such as discriminators) averages gradients over 2 gloo
+    processes; a parameter without gradient on one rank counts as zero there."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_collectives_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    for rank in range(2):
+        r = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert np.allclose(r["weight_grad"], 1.5)            # mean of 1 and 2
+        assert np.allclose(r["bias_grad"], 0.5)              # (1 + 0) / 2
+        assert r["flag"] is True and r["gathered"] == [{"r": 0}, {"r": 1}] and r["broadcast"] == "from0"
+        assert r["mean"] == 0.5
