@@ -9,6 +9,9 @@ cross-entropy) the averaged gradient is mathematically the single-process gradie
 to floating-point summation order (~1e-6 relative per step). The default soft Dice sums over the whole batch before
 dividing and is *not* such a mean: with Dice each rank optimises the Dice of its own half, close to but not exactly
 the single-process objective — hence the test uses cross-entropy only.
+
+Measured (this config, 6 iterations): without normalisation the 2-process run matches the single process to a
+relative loss difference of 1.2e-7 and weights within 3e-8; with BatchNorm on CPU the losses differ by up to 4 %.
 """
 from __future__ import annotations
 

@@ -304,9 +304,11 @@ class Trainer:
         if self.cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.cfg.optim.grad_clip))
         self.optimizer.step()
-        if self.teacher is not None:
-            ema_update(self.teacher, self.model, ema_decay_at(t, self.cfg.ema_decay), self.cfg.ema_buffers)
         logs = dict(result.logs)
+        if self.teacher is not None:
+            decay = ema_decay_at(t, self.cfg.ema_decay)
+            ema_update(self.teacher, self.model, decay, self.cfg.ema_buffers)
+            logs["ema_decay"] = decay
         logs.update(self.method.after_step(self.step_model, batch, ctx) or {})
         terms = {k: float(v.detach().float().item()) for k, v in result.losses.items()}
         return float(loss.detach().item()), terms, logs
