@@ -101,13 +101,12 @@ def run_method(method: str, args: argparse.Namespace) -> Dict[str, Any]:
            "--set", f"num_threads={args.threads}"]
     for s in args.set:
         cmd += ["--set", s]
-    events = _events(run_dir / "events.jsonl")
     if run_dir.exists() and any(run_dir.iterdir()):
         if args.fresh:
             cmd += ["--out", str(run_dir), "--overwrite"]
         elif (run_dir / "config.yaml").exists():
-            cmd = [c for c in cmd]
-            cmd = [sys.executable, "-m", "semisupseg", "train", "--no-bar", "--resume", str(run_dir)]
+            cmd = [sys.executable, "-m", "semisupseg", "train", "--no-bar", "--resume", str(run_dir),
+                   "--iterations", str(args.iterations), "--set", f"val_every={args.val_every}"]
         else:
             cmd += ["--out", str(run_dir), "--overwrite"]
     else:
