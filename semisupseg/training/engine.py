@@ -16,13 +16,11 @@ Run directory layout (``config.out``)::
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
 import resource
 import signal
-import sys
 import threading
 import time
 import traceback

@@ -5,10 +5,8 @@ Discovery, splits, reading, resampling and normalisation are :mod:`semisupseg.da
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 
 from semisupseg.errors import InputError
 from semisupseg.progress import CancelToken, ProgressCallback, no_progress
