@@ -54,7 +54,8 @@ class StepContext:
     method draws (noise, MixUp λ) so runs are reproducible and resumable; ``all_reduce_grads(module)`` averages a
     method-owned module's gradients over distributed processes (a no-op in a single process) and must be called
     before stepping a method-owned optimiser; ``autocast()`` returns the engine's autocast context (use it for
-    method-owned forward passes in ``after_step``).
+    method-owned forward passes in ``after_step``); ``ema_decay`` is the engine's EMA decay cap (``TrainConfig.
+    ema_decay``) for methods that keep EMA copies of their own networks.
     """
 
     iteration: int
@@ -66,6 +67,7 @@ class StepContext:
     teacher: Optional[nn.Module] = None
     all_reduce_grads: Callable[[nn.Module], None] = lambda module: None
     autocast: Callable[[], Any] = lambda: _null_context()
+    ema_decay: float = 0.99
 
 
 class _null_context:

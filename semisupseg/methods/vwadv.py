@@ -96,8 +96,8 @@ class VWAdvParams(MethodParams):
     head_lr: float = 0.01
     head_momentum: float = 0.9
     head_weight_decay: float = 1e-4
-    #: EMA decay of the teacher projection head (should equal the engine's ``ema_decay``)
-    ema_decay: float = 0.99
+    #: EMA decay cap of the teacher projection head; ``None`` follows the engine's ``ema_decay`` (ctx.ema_decay)
+    ema_decay: Optional[float] = None
     #: BN buffers of the EMA head: "keep" (its own, as the engine's teacher), "copy" or "ema"
     ema_buffers: str = "keep"
     noise_std: float = 0.1
@@ -297,7 +297,7 @@ class VoxelAdversarial(Method):
             disc_opt.step()
 
         # 3) EMA of the teacher's projection head (same rule as the engine's teacher)
-        decay = ema_decay_at(ctx.iteration, p.ema_decay)
+        decay = ema_decay_at(ctx.iteration, ctx.ema_decay if p.ema_decay is None else p.ema_decay)
         ema_update(self.teacher_fusion, self.fusion, decay, p.ema_buffers)
         ema_update(self.teacher_projector, self.projector, decay, p.ema_buffers)
         return logs

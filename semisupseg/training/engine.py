@@ -272,7 +272,8 @@ class Trainer:
     def _context(self, iteration: int) -> StepContext:
         return StepContext(iteration=iteration, max_iterations=self.cfg.iterations, device=self.device,
                            num_classes=self.cfg.data.num_classes, seg_form=self.seg_form, generator=self.generator,
-                           teacher=self.teacher, all_reduce_grads=self._all_reduce_grads, autocast=self._autocast)
+                           teacher=self.teacher, all_reduce_grads=self._all_reduce_grads, autocast=self._autocast,
+                           ema_decay=self.cfg.ema_decay)
 
     def _to_batch(self, image: np.ndarray, label: np.ndarray) -> Batch:
         x = torch.from_numpy(image).to(self.device)
