@@ -11,9 +11,9 @@ Variants (each in a fresh subprocess, so its peak resident memory — ``ru_maxrs
 
 Timed is :func:`semisupseg.inference.segment` end to end (normalisation, windows, argmax, entropy) on the scan, after
 a warm-up on one window's worth of it (oneDNN primitive creation, the fast path's one-off fp32-vs-bf16 probe, whose
-time is reported apart), median of ``--repeats`` runs (``--repeats-slow`` for the fp32 variants). With ``--model`` (a trained model file)
-the label agreement (Dice) of every variant against ``a`` is meaningful; with random weights (default: V-Net,
-n_filters 16, seed 0) it is printed but says little.
+time is reported apart), median of ``--repeats`` runs (``--repeats-slow`` for the fp32 variants). With ``--model``
+(a trained model file) the label agreement (Dice) of every variant against ``a`` is meaningful; with random weights
+(default: V-Net, n_filters 16, seed 0) it is printed but says little.
 
 Usage::
 
@@ -148,8 +148,8 @@ def parent(args: argparse.Namespace) -> None:
             print(f"  {variant}: median {row['median_s']:.2f} s, peak {row['peak_rss_mb']:.0f} MB", flush=True)
     ref = labels.get("a")
     base = next((r["median_s"] for r in rows if r["variant"] == "a"), None)
-    header = ("| variant | layout | batch | path | windows | median s/scan | s/window | vs (a) | warm-up (1 window) s | "
-              "peak RSS MB | RSS after load MB | Dice vs (a) |")
+    header = ("| variant | layout | batch | path | windows | median s/scan | s/window | vs (a) | "
+              "warm-up (1 window) s | peak RSS MB | RSS after load MB | Dice vs (a) |")
     print()
     print(header)
     print("|" + "---|" * 12)

@@ -359,7 +359,8 @@ def sliding_window_inference(
     # pad axes smaller than the patch (zeros: the mean of a z-scored image), as the releases do
     used_layout = layout
     if layout == "whole":
-        whole = tuple(max(p, int(math.ceil(s / WHOLE_MULTIPLE)) * WHOLE_MULTIPLE) for s, p in zip(sub.shape[1:], patch))
+        whole = tuple(max(p, int(math.ceil(s / WHOLE_MULTIPLE)) * WHOLE_MULTIPLE)
+                      for s, p in zip(sub.shape[1:], patch))
         if int(np.prod(whole)) <= WHOLE_MAX_VOXELS:
             patch, blend = whole, "constant"
         else:
@@ -387,8 +388,9 @@ def sliding_window_inference(
 
     acc: Dict[str, torch.Tensor] = {}
     weight_acc = torch.zeros(work_shape, dtype=torch.float32)
-    info: Dict[str, Any] = {"windows": len(positions), "layout": used_layout, "window_zyx": list(patch), "passes_per_window": len(flips), "batch_size": batch_size,
-                            "precision": "fp32", "fast_path_agreement": None, "device": str(dev)}
+    info: Dict[str, Any] = {"windows": len(positions), "layout": used_layout, "window_zyx": list(patch),
+                            "passes_per_window": len(flips), "batch_size": batch_size, "precision": "fp32",
+                            "fast_path_agreement": None, "device": str(dev)}
 
     def accumulate(batch_pos: List[ZYX], prob: torch.Tensor, sdm: Optional[torch.Tensor], w: torch.Tensor) -> None:
         for key, value in (("prob", prob), ("sdm", sdm)):
