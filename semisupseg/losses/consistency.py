@@ -12,8 +12,9 @@ References (equation numbers of the papers):
 * UA-MT: Yu et al., "Uncertainty-aware self-ensembling model for semi-supervised 3D left atrium segmentation",
   MICCAI 2019 — eq. (3) predictive entropy of the T-pass mean, eq. (4) uncertainty-masked MSE; release
   ``yulequan/UA-MT`` ``code/train_LA_meanteacher_certainty_unlabel.py``.
-* Entropy minimisation: Vu et al., "ADVENT", CVPR 2019 (eq. 2: mean normalised entropy map); the 3-D baseline of
-  ``HiLab-git/SSL4MIS`` ``code/train_entropy_minimization_3D.py`` (``losses.entropy_loss``).
+* Entropy minimisation: Vu et al., "ADVENT", CVPR 2019 (Sec. 3.1: the normalised entropy map and the direct
+  entropy loss); the 3-D baseline of ``HiLab-git/SSL4MIS`` ``code/train_entropy_minimization_3D.py``
+  (``losses.entropy_loss``).
 * DTC: Luo et al., "Semi-supervised medical image segmentation through dual-task consistency", AAAI 2021 — eq. (2)
   the smooth Heaviside ``T^-1(z) = sigmoid(k z)`` (``k = -1500`` in the release because the SDM is negative inside),
   eq. (3) ``L_DTC``; release ``HiLab-git/DTC`` ``code/train_la_dtc.py``.
@@ -21,6 +22,7 @@ References (equation numbers of the papers):
 from __future__ import annotations
 
 import math
+
 import torch
 
 from semisupseg.geometry import entropy, smooth_heaviside
@@ -86,7 +88,7 @@ def masked_consistency(student_prob: torch.Tensor, teacher_prob: torch.Tensor, m
 def entropy_minimization_loss(prob: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Mean voxel entropy ``mean_v (-Σ_c p_c log p_c)`` of ``(B, C, ...)`` probabilities (differentiable).
 
-    ADVENT eq. (2) / SSL4MIS ``entropy_loss``: in base ``C`` (the nats divided by ``ln C``, so in [0, 1]) when
+    ADVENT Sec. 3.1 / SSL4MIS ``entropy_loss``: in base ``C`` (the nats divided by ``ln C``, so in [0, 1]) when
     ``normalize`` (release default); in nats otherwise. The release's ``ln(p + 1e-6)`` is computed exactly here
     (shared :func:`semisupseg.geometry.entropy`), a difference below ``C · 1e-6``.
     """

@@ -44,7 +44,7 @@ class EntropyMinParams(MethodParams):
 class EntropyMin(Method):
     """Entropy minimisation: push the predictions on unlabeled patches towards confident (low-entropy) ones.
 
-    Objective (ADVENT eq. 2 as the direct entropy loss; SSL4MIS ``train_entropy_minimization_3D.py``)::
+    Objective (ADVENT Sec. 3.1, the direct entropy loss; SSL4MIS ``train_entropy_minimization_3D.py``)::
 
         L = 0.5 (CE + Dice)(f(x_l), y_l) + λ(t) · mean_v [ -Σ_c p_c(v) ln p_c(v) / ln C ],  p = softmax f(x_u)
         λ(t) = 0.1 · sigmoid_rampup(t // 150, 40)
