@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from semisupseg import __version__
+from semisupseg.fileio import atomic_open, write_text_atomic
 from semisupseg.errors import CheckpointError, OutputExistsError
 from semisupseg.runtime import resolve_device
 
@@ -311,42 +311,10 @@ def check_weights_only(obj: Any, where: str = "payload") -> None:
 
 
 def _atomic_torch_save(payload: Any, path: Path, overwrite: bool) -> None:
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError("exists; pass overwrite=True (--overwrite) to replace it", path)
-    if path.exists() and path.is_dir():
+    if Path(path).is_dir():
         raise CheckpointError("is a directory", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _atomic_write_text(text: str, path: Path, overwrite: bool) -> None:
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError("exists; pass overwrite=True (--overwrite) to replace it", path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "wb", overwrite, fsync=True) as fh:
+        torch.save(payload, fh)
 
 
 def _sniff(path: Path) -> str:
@@ -502,7 +470,7 @@ def save_model(path: PathLike, model: nn.Module, card: ModelCard, overwrite: boo
     payload = {FORMAT_KEY: int(card.format_version), "metadata": card_json, "state_dict": state}
     _atomic_torch_save(payload, path, overwrite=overwrite)
     if sidecar:
-        _atomic_write_text(card.to_json(indent=2) + "\n", side, overwrite=overwrite)
+        write_text_atomic(card.to_json(indent=2) + "\n", side, overwrite=overwrite)
     return path
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import csv
 import io as _stdio
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -32,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from semisupseg import io as sio
+from semisupseg.fileio import atomic_open
 from semisupseg.errors import InputError, OutputExistsError
 from semisupseg.metrics import STATUS_BOTH_EMPTY, ClassMetrics, MetricSummary, binary_metrics, summarize
 from semisupseg.progress import CancelToken, ProgressCallback, no_progress
@@ -311,17 +310,8 @@ def write_csv_atomic(path: PathLike, columns: Sequence[str], rows: Sequence[Dict
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k, "")) for k in columns})
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(p, "w", overwrite, newline="") as fh:
+        fh.write(buf.getvalue())
     return p
 
 

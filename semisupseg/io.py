@@ -37,6 +37,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from semisupseg.fileio import FILE_MODE
 from semisupseg.errors import InputError, OutputExistsError
 from semisupseg.volume import Volume
 
@@ -599,14 +600,7 @@ def _write_suffix(path: Path) -> str:
     raise InputError(f"cannot write this format: use one of {', '.join(WRITE_SUFFIXES)}", path)
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: permissions of new outputs (``mkstemp`` creates 0600 files; outputs should look like any other written file)
-_FILE_MODE = 0o666 & ~_current_umask()
+_FILE_MODE = FILE_MODE
 
 
 def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress: bool) -> Path:

@@ -9,7 +9,7 @@ A segmentation network's contract (what inference, the engine and the methods re
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple, Type
+from typing import Any, Dict, Tuple, Type
 
 from torch import nn
 

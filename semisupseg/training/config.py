@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from semisupseg.errors import InputError
+from semisupseg.fileio import write_text_atomic
 
 AMP_MODES = ("auto", "bf16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
@@ -386,17 +385,7 @@ def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
     data = config.to_dict()
     text = (json.dumps(data, indent=2) + "\n") if path.suffix.lower() == ".json" else \
         yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(text, path, overwrite=True, fsync=True)
     return path
 
 

@@ -1,0 +1,40 @@
+"""Atomic, non-clobbering outputs (semisupseg.fileio)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from semisupseg.errors import InputError, OutputExistsError
+from semisupseg.fileio import FILE_MODE, atomic_open, atomic_path, write_text_atomic
+
+
+def test_write_and_refuse_overwrite(tmp_path):
+    target = tmp_path / "sub" / "a.txt"
+    write_text_atomic("one", target)
+    assert target.read_text() == "one"
+    assert (target.stat().st_mode & 0o777) == FILE_MODE
+    with pytest.raises(OutputExistsError, match="a.txt"):
+        write_text_atomic("two", target)
+    write_text_atomic("two", target, overwrite=True)
+    assert target.read_text() == "two"
+    with pytest.raises(InputError, match="folder"):
+        write_text_atomic("x", tmp_path / "sub", overwrite=True)
+
+
+def test_crash_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "wb", overwrite=True) as fh:
+            fh.write(b"half")
+            raise RuntimeError("crash while writing")
+    assert target.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["model.bin"]
+
+
+def test_atomic_path_keeps_the_suffix_writers_need(tmp_path):
+    with atomic_path(tmp_path / "img.nii.gz", suffix=".nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+        tmp.write_bytes(b"data")
+    assert (tmp_path / "img.nii.gz").read_bytes() == b"data"

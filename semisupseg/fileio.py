@@ -1,0 +1,82 @@
+"""Atomic, non-clobbering file output shared by every writer of the package (volumes, models, CSVs, configs).
+
+A file appears complete or not at all: it is written to a temporary name in the destination folder and moved over
+the destination with :func:`os.replace`; on any error the temporary file is removed and an existing destination is
+untouched. Without ``overwrite`` an existing destination is an :class:`~semisupseg.errors.OutputExistsError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator, Optional, Union
+
+from semisupseg.errors import InputError, OutputExistsError
+
+PathLike = Union[str, Path]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of new outputs (``mkstemp`` creates 0600 files; outputs should look like any other written file)
+FILE_MODE = 0o666 & ~_current_umask()
+
+
+def check_writable(path: PathLike, overwrite: bool) -> Path:
+    """Raise unless ``path`` may be written: not a folder, and absent unless ``overwrite``."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("output path is a folder", path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError("output exists; pass overwrite=True (--overwrite) to replace it", path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
+
+    ``suffix`` is appended to the temporary name (writers that pick the format by suffix need the real one).
+    """
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(path.parent))
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            try:
+                tmp_path.unlink()
+            except OSError:
+                pass
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "w", overwrite: bool = False, encoding: Optional[str] = "utf-8",
+                newline: Optional[str] = None, fsync: bool = False) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing (``"w"`` text, ``"wb"`` binary); on success it replaces
+    ``path``. ``fsync`` flushes it to disk first (for state a crash must not lose)."""
+    with atomic_path(path, overwrite) as tmp:
+        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": newline}
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+
+
+def write_text_atomic(text: str, path: PathLike, overwrite: bool = False, encoding: str = "utf-8",
+                      fsync: bool = False) -> Path:
+    """Write ``text`` to ``path`` atomically; returns the path."""
+    with atomic_open(path, "w", overwrite, encoding=encoding, fsync=fsync) as fh:
+        fh.write(text)
+    return Path(path)
