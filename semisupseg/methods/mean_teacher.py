@@ -144,11 +144,13 @@ class MeanTeacher(Method):
         θ'_t = α θ'_{t-1} + (1 - α) θ_t,  α = min(1 - 1/(t+1), 0.99)          (EMA, done by the engine)
         ξ = clamp(N(0, 0.1^2), -0.2, 0.2),  λ(t) = 0.1 · sigmoid_rampup(t // 150, 40)
 
-    Release behaviours kept (UA-MT ``train_LA_meanteacher_certainty_unlabel.py`` without the mask, SSL4MIS
-    ``train_mean_teacher_3D.py``): one student forward over the whole two-stream batch; the noise is added to the
-    teacher's input only; the consistency covers the unlabeled patches; the teacher runs in train mode (batch
-    statistics, dropout active); the V-Net of the UA-MT code base is built with dropout (``has_dropout=True``) for
-    student and teacher, hence ``needs_dropout``; the squared difference is averaged over batch, classes and voxels.
+    Release behaviours kept. The UA-MT repository has no separate Mean Teacher script; its LA baseline is
+    ``train_LA_meanteacher_certainty_unlabel.py`` without the uncertainty mask, and SSL4MIS's
+    ``train_mean_teacher_3D.py`` computes the same loss: one student forward over the whole two-stream batch; the
+    noise is added to the teacher's input only; the consistency covers the unlabeled patches and is the mean of the
+    squared probability differences over batch, classes and voxels; the teacher runs in train mode (batch statistics,
+    dropout active); ``0.5 (CE + Dice)`` supervised. As in the UA-MT script, the V-Net is built with dropout
+    (``has_dropout=True``) for student and teacher, hence ``needs_dropout`` (SSL4MIS's default 3-D U-Net has none).
 
     Deviations: none in the defaults. Options: ``consistency_on="all"``; ``consistency_rampup="gaussian"``; the
     multi-class case uses the mean foreground Dice (identical to the release for two classes).
