@@ -397,3 +397,26 @@ def test_segment_multichannel_inputs(rng):
         SegmentOptions(layout="sideways")
     with pytest.raises(InputError):
         SegmentOptions(tta_axes=(3,))
+
+
+def test_fold_conv_batchnorm_keeps_the_function():
+    import copy
+
+    from semisupseg.inference import fold_conv_batchnorm
+
+    torch.manual_seed(3)
+    model = VNet(VNetConfig(n_filters=4, sdm_head=True))
+    for m in model.modules():  # non-trivial running statistics
+        if isinstance(m, nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    folded = fold_conv_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in folded.modules())
+    assert set(folded.state_dict()) != set(model.state_dict())
+    x = torch.randn(2, 1, 16, 16, 32)
+    with torch.no_grad():
+        a, b = model(x), folded(x)
+    assert torch.allclose(a["seg"], b["seg"], atol=1e-4) and torch.allclose(a["sdm"], b["sdm"], atol=1e-5)

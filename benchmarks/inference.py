@@ -13,7 +13,8 @@ Timed is :func:`semisupseg.inference.segment` end to end (normalisation, windows
 a warm-up on one window's worth of it (oneDNN primitive creation, the fast path's one-off fp32-vs-bf16 probe, whose
 time is reported apart), median of ``--repeats`` runs (``--repeats-slow`` for the fp32 variants). With ``--model``
 (a trained model file) the label agreement (Dice) of every variant against ``a`` is meaningful; with random weights
-(default: V-Net, n_filters 16, seed 0) it is printed but says little.
+(default: V-Net, n_filters 16, seed 0) it is printed but says little. The last column, CPU seconds per wall second of
+the timed runs, shows contention: about ``--threads`` on an idle machine, less when other processes compete.
 
 Usage::
 
@@ -91,11 +92,15 @@ def child(args: argparse.Namespace) -> None:
     segment(warm, model, card, options)
     times = [time.perf_counter() - t]
     result = None
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     for i in range(args.repeats):
         t = time.perf_counter()
         result = segment(volume, model, card, options)
         times.append(time.perf_counter() - t)
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     assert result is not None
+    # CPU seconds per wall second of the timed runs: ~threads on an idle machine, less when others compete
+    cpu_per_wall = ((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)) / max(sum(times[1:]), 1e-9)
     np.save(args.labels_out, result.labels.array)
     info = result.info
     print(json.dumps({
@@ -104,7 +109,7 @@ def child(args: argparse.Namespace) -> None:
         "windows": info["windows"], "precision": info["precision"],
         "fast_path_agreement": info.get("fast_path_agreement"),
         "rss_loaded_mb": rss_loaded, "peak_rss_mb": _rss_mb(),
-        "shape_zyx": list(volume.shape_zyx),
+        "shape_zyx": list(volume.shape_zyx), "cpu_per_wall": cpu_per_wall,
     }))
 
 
@@ -149,10 +154,10 @@ def parent(args: argparse.Namespace) -> None:
     ref = labels.get("a")
     base = next((r["median_s"] for r in rows if r["variant"] == "a"), None)
     header = ("| variant | layout | batch | path | windows | median s/scan | s/window | vs (a) | "
-              "warm-up (1 window) s | peak RSS MB | RSS after load MB | Dice vs (a) |")
+              "warm-up (1 window) s | peak RSS MB | RSS after load MB | Dice vs (a) | CPU s per wall s |")
     print()
     print(header)
-    print("|" + "---|" * 12)
+    print("|" + "---|" * 13)
     for r in rows:
         path = r["precision"] + (" (fast path" + (f", probe Dice {r['fast_path_agreement']:.4f})"
                                                   if r["fast_path_agreement"] not in (None,) else ")")
@@ -161,7 +166,7 @@ def parent(args: argparse.Namespace) -> None:
         speed = "" if base is None else f"{base / r['median_s']:.1f}x"
         print(f"| {r['variant']} | {r['layout']} | {r['batch_size']} | {path} | {r['windows']} | "
               f"{r['median_s']:.2f} | {r['median_s'] / r['windows']:.3f} | {speed} | {r['first_s']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['rss_loaded_mb']:.0f} | {d} |")
+              f"{r['peak_rss_mb']:.0f} | {r['rss_loaded_mb']:.0f} | {d} | {r['cpu_per_wall']:.2f} |")
     print(f"\nscan shape (z, y, x) {rows[0]['shape_zyx']}; load average before {load_before}, after "
           f"{os.getloadavg()}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
 
