@@ -167,6 +167,11 @@ def parent(args: argparse.Namespace) -> None:
         print(f"| {r['variant']} | {r['layout']} | {r['batch_size']} | {path} | {r['windows']} | "
               f"{r['median_s']:.2f} | {r['median_s'] / r['windows']:.3f} | {speed} | {r['first_s']:.2f} | "
               f"{r['peak_rss_mb']:.0f} | {r['rss_loaded_mb']:.0f} | {d} | {r['cpu_per_wall']:.2f} |")
+    pairs = [(f, r) for f, r in (("c", "c_fp32"), ("b", "b_fp32"), ("b", "a"), ("d", "c_fp32"))
+             if f in labels and r in labels]
+    if pairs:
+        print("\nfast path vs fp32, label Dice: " + ", ".join(f"{f} vs {r} {dice(labels[f], labels[r]):.4f}"
+                                                          for f, r in pairs))
     print(f"\nscan shape (z, y, x) {rows[0]['shape_zyx']}; load average before {load_before}, after "
           f"{os.getloadavg()}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
 
