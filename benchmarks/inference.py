@@ -114,8 +114,6 @@ def child(args: argparse.Namespace) -> None:
 
 
 def dice(a, b) -> float:
-    import numpy as np
-
     a, b = a > 0, b > 0
     s = int(a.sum()) + int(b.sum())
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s

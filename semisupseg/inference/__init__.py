@@ -28,6 +28,6 @@ from semisupseg.inference.sliding_window import (
 __all__ = [
     "sliding_window_inference", "segment", "SegmentationResult", "SegmentOptions", "keep_largest_component",
     "largest_component", "window_positions", "release_window_starts", "even_window_starts", "importance_map",
-    "label_agreement", "clear_fast_path_cache", "fold_conv_batchnorm", "PAPERS_STRIDE_ZYX", "LAYOUTS", "BLENDS", "FAST_MIN_DICE",
-    "WHOLE_MAX_VOXELS",
+    "label_agreement", "clear_fast_path_cache", "fold_conv_batchnorm", "PAPERS_STRIDE_ZYX", "LAYOUTS", "BLENDS",
+    "FAST_MIN_DICE", "WHOLE_MAX_VOXELS",
 ]

@@ -1,9 +1,11 @@
 """Segment a whole image with a trained model: what the CLI ``segment`` command and the Slicer *Segment* button call.
 
-Pipeline (:func:`segment`): normalise the intensities as the model card says → resample (linear) to the model's
-voxel spacing → sliding-window inference → resample the class probabilities (and SDM) back to the input grid
-(linear) → argmax → label values of the card → optional largest-component filtering. Every output is a
-:class:`~semisupseg.volume.Volume` with exactly the input's geometry (shape, spacing, origin, direction).
+Pipeline (:func:`segment`): normalise the intensities as the model card says and resample (linear) to the model's
+voxel spacing (:func:`semisupseg.data.preprocess.preprocess_image`, the same function training uses) →
+sliding-window inference → resample the class probabilities (and SDM) back to the input grid (linear,
+:func:`~semisupseg.data.preprocess.resample_like`) → argmax → label values of the card → optional
+largest-component filtering. Every output is a :class:`~semisupseg.volume.Volume` with exactly the input's
+geometry (shape, spacing, origin, direction).
 """
 from __future__ import annotations
 
@@ -12,10 +14,9 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from torch import nn
 
 from semisupseg.errors import InputError
@@ -129,32 +130,6 @@ def _as_channels(volume: Union[Volume, Sequence[Volume]], in_channels: int) -> V
     return Volume(np.stack(arrays), ref.spacing, ref.origin, ref.direction.copy(), ref.path)
 
 
-def resample_to_reference(volume: Volume, reference: Volume) -> Volume:
-    """``volume`` (``(Z, Y, X)`` or ``(C, Z, Y, X)`` float) linearly resampled onto ``reference``'s grid (shape,
-    spacing, origin, direction).
-
-    Points of the reference grid outside the hull of ``volume``'s voxel centres (within half a voxel of the extent,
-    e.g. when the resampled grid rounded the extent down) take the nearest voxel's value instead of 0.
-    """
-    import SimpleITK as sitk
-
-    from semisupseg.io import to_sitk
-
-    if volume.same_geometry(reference, tol=1e-6):
-        return volume
-    f = sitk.ResampleImageFilter()
-    f.SetReferenceImage(to_sitk(reference.with_array(np.zeros(reference.shape_zyx, np.uint8))))
-    f.SetInterpolator(sitk.sitkLinear)
-    f.SetTransform(sitk.Transform())
-    f.SetUseNearestNeighborExtrapolator(True)
-    f.SetOutputPixelType(sitk.sitkUnknown)
-    array = volume.array.astype(np.float32, copy=False)
-    channels = [array] if array.ndim == 3 else list(array)
-    out = [sitk.GetArrayFromImage(f.Execute(to_sitk(volume.with_array(np.ascontiguousarray(c))))) for c in channels]
-    result = out[0] if array.ndim == 3 else np.stack(out)
-    return reference.with_array(result.astype(np.float32, copy=False))
-
-
 def _roi_on_grid(roi: Box, shape_in: Sequence[int], shape_out: Sequence[int]) -> Box:
     """Voxel box of the input grid mapped to a grid of the same extent with ``shape_out`` voxels (covering)."""
     out = []
@@ -190,16 +165,17 @@ def segment(
         card = card or file_card
     if card is None:
         raise InputError("segment() needs the model card (spacing, window size, normalisation, classes)")
-    from semisupseg.data.preprocess import NormalizationConfig, normalize, resample_volume
+    from semisupseg.data.preprocess import NormalizationConfig, PreprocessConfig, preprocess_image, resample_like
     from semisupseg.geometry import entropy as voxel_entropy
 
     image = _as_channels(volume, int(card.in_channels))
     reference = Volume(np.zeros(image.shape_zyx, dtype=np.uint8), image.spacing, image.origin,
                        image.direction.copy(), image.path)
     progress(0.0, "preprocessing")
-    norm_cfg = NormalizationConfig.from_dict(card.normalization)
-    normalised = image.with_array(normalize(image.array, norm_cfg))
-    on_grid = resample_volume(normalised, card.spacing_xyz, is_label=False)
+    # the same preprocessing as training: normalise on the scan's own grid, then resample linearly
+    prep = PreprocessConfig(normalization=NormalizationConfig.from_dict(card.normalization),
+                            spacing_xyz=tuple(card.spacing_xyz))
+    on_grid = preprocess_image(image, prep)
     roi_grid = None
     if options.roi is not None:
         roi_in = tuple((max(0, int(a)), min(int(n), int(b))) for (a, b), n in zip(options.roi, image.shape_zyx))
@@ -224,12 +200,12 @@ def segment(
         cancel.raise_if_cancelled("segmentation")
     progress(0.9, "resampling to the input grid")
 
-    prob_vol = resample_to_reference(on_grid.with_array(prob), reference)
+    prob_vol = resample_like(on_grid.with_array(prob), reference)
     p = np.clip(prob_vol.array.astype(np.float32, copy=False), 0.0, 1.0)
     p /= np.maximum(p.sum(axis=0, keepdims=True), 1e-12)
     sdm_vol = None
     if options.compute_sdm and "sdm" in out:
-        sdm_vol = resample_to_reference(on_grid.with_array(out["sdm"]), reference)
+        sdm_vol = resample_like(on_grid.with_array(out["sdm"]), reference)
         sdm_vol = reference.with_array(np.clip(sdm_vol.array.astype(np.float32), -1.0, 1.0))
     if options.roi is not None:
         # outside the box: background (resampling may have blurred the box edge)
