@@ -420,3 +420,47 @@ def test_fold_conv_batchnorm_keeps_the_function():
     with torch.no_grad():
         a, b = model(x), folded(x)
     assert torch.allclose(a["seg"], b["seg"], atol=1e-4) and torch.allclose(a["sdm"], b["sdm"], atol=1e-5)
+
+
+class WindowMean(nn.Module):
+    """Depends on the whole window (logit = 3 (x - window mean)), so the blending of overlapping windows matters;
+    symmetric in the axes, so it can run on the releases' x, y, z arrays unchanged."""
+
+    def forward(self, x):
+        z = 3.0 * (x - x.mean(dim=(2, 3, 4), keepdim=True))
+        return {"seg": torch.cat([torch.zeros_like(z), z], 1)}
+
+
+def release_test_single_case(model, image_xyz, stride_xy, stride_z, patch_xyz):
+    """The releases' test_single_case arithmetic on an x, y, z array (zero padding split pad // 2 before, windows at
+    min(i * stride, size - patch), softmax summed and divided by the window count), written for this test."""
+    pads = [max(0, p - s) for s, p in zip(image_xyz.shape, patch_xyz)]
+    before = [p // 2 for p in pads]
+    padded = np.pad(image_xyz, [(b, p - b) for b, p in zip(before, pads)])
+    strides = (stride_xy, stride_xy, stride_z)
+    starts = [[min(i * st, s - p) for i in range(math.ceil((s - p) / st) + 1)]
+              for s, p, st in zip(padded.shape, patch_xyz, strides)]
+    score = np.zeros((2,) + padded.shape, np.float32)
+    count = np.zeros(padded.shape, np.float32)
+    for xs in starts[0]:
+        for ys in starts[1]:
+            for zs in starts[2]:
+                sl = (slice(xs, xs + patch_xyz[0]), slice(ys, ys + patch_xyz[1]), slice(zs, zs + patch_xyz[2]))
+                with torch.no_grad():
+                    logits = model(torch.from_numpy(padded[sl].copy())[None, None])["seg"]
+                score[(slice(None),) + sl] += torch.softmax(logits, 1)[0].numpy()
+                count[sl] += 1
+    score /= count[None]
+    crop = tuple(slice(b, b + s) for b, s in zip(before, image_xyz.shape))
+    return score[(slice(None),) + crop]
+
+
+@pytest.mark.parametrize("shape_xyz", [(50, 40, 30), (50, 28, 20)])  # the second is padded in y and z
+def test_papers_layout_reproduces_release_probabilities(shape_xyz, rng):
+    image_xyz = rng.normal(size=shape_xyz).astype(np.float32)
+    ref = release_test_single_case(WindowMean(), image_xyz, 18, 4, (32, 32, 24))
+    ours = sliding_window_inference(WindowMean(), image_xyz.transpose(2, 1, 0), (24, 32, 32), layout="papers",
+                                    fast=False)
+    assert np.allclose(ours["prob"], ref.transpose(0, 3, 2, 1), atol=1e-5)
+    default = sliding_window_inference(WindowMean(), image_xyz.transpose(2, 1, 0), (24, 32, 32), fast=False)
+    assert not np.allclose(default["prob"], ours["prob"], atol=1e-3)  # the layout really matters for this model
