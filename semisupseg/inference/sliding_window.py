@@ -40,8 +40,10 @@ from semisupseg.runtime import autocast, bf16_supported, resolve_device, to_chan
 #: strides (z, y, x) of the releases' ``test_single_case``: ``stride_z=4``, ``stride_xy=18``
 PAPERS_STRIDE_ZYX: Tuple[int, int, int] = (4, 18, 18)
 LAYOUTS = ("default", "papers", "whole")
-#: ``"whole"`` layout: the padded image is used as one window when it has at most this many voxels
-WHOLE_MAX_VOXELS = 8_000_000
+#: ``"whole"`` layout: the padded image is used as one window when it has at most this many voxels (measured on
+#: CPU for a V-Net n_filters 16 in bf16: ~210 bytes per padded voxel above the process, 560 MB for an LA scan
+#: padded to 96 x 144 x 192 = 2.65 M voxels; so the cap keeps the whole-image pass under ~0.9 GB)
+WHOLE_MAX_VOXELS = 4_000_000
 #: ``"whole"`` layout: each padded side is a multiple of this (the V-Net halves the grid 4 times)
 WHOLE_MULTIPLE = 16
 BLENDS = ("gaussian", "constant")
