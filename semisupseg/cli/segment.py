@@ -35,8 +35,12 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="input images (groups of k for k-channel models)")
     p.add_argument("--model", "-m", required=True, help="model file (.pt)")
     p.add_argument("--output", "-o", required=True, metavar="OUTDIR", help="output folder (created if needed)")
-    p.add_argument("--prob", action="store_true", help="also write the foreground class probabilities")
-    p.add_argument("--sdm", action="store_true", help="also write the predicted SDM (models with an SDM head)")
+    p.add_argument("--prob", action="store_true",
+                   help="also write the foreground class probabilities (<case>_prob: a scalar volume for a binary "
+                        "model, else a vector image, component i = class i+1; background = 1 - sum)")
+    p.add_argument("--sdm", action="store_true",
+                   help="also write the predicted SDM, negative inside (<case>_sdm, same layout; models with an "
+                        "SDM head)")
     p.add_argument("--entropy", action="store_true", help="also write the voxel entropy (uncertainty)")
     p.add_argument("--keep-largest", action="store_true",
                    help="keep only the largest connected component of each class (the papers' post-processing)")
