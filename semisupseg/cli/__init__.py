@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"semisupseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"semisupseg.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"semisupseg.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"semisupseg.cli.{name}").register(sub)
     return parser
 
 

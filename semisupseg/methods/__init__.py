@@ -12,7 +12,7 @@ from semisupseg.methods.base import Batch, Method, MethodParams, StepContext, St
 
 _REGISTRY: Dict[str, Type[Method]] = {}
 
-#: built-in method modules, imported lazily so a broken optional method cannot break the others
+#: built-in method modules, imported on first use of the registry
 BUILTIN_MODULES = (
     "supervised", "mean_teacher", "uamt", "entropy_min", "dtc",
     "sassnet", "sbnet", "vwadv", "sgrs",
@@ -35,11 +35,7 @@ def _load_builtins() -> None:
     if _loaded:
         return
     for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"semisupseg.methods.{mod}")
-        except ModuleNotFoundError as exc:  # a module not written yet; anything else is a real error
-            if exc.name != f"semisupseg.methods.{mod}":
-                raise
+        importlib.import_module(f"semisupseg.methods.{mod}")
     _loaded = True
 
 
