@@ -30,7 +30,7 @@ Tensors are ``(B, C, Z, Y, X)``; every spatial side must be a multiple of 16.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, List
 
 import torch
@@ -38,37 +38,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from semisupseg.nets import register_network
-from semisupseg.nets.vnet import NORMALIZATIONS, SEG_FORMS, VNet, VNetConfig, _norm
+from semisupseg.nets.vnet import VNet, VNetConfig, _norm
 
 
 @dataclass
-class SBNetConfig:
+class SBNetConfig(VNetConfig):
     """Architecture of an :class:`SBNet` (stored in checkpoint metadata).
 
-    Same fields as :class:`~semisupseg.nets.vnet.VNetConfig` (``num_classes`` counts the background); the SDM branch
-    is part of the architecture, so ``sdm_head`` must be ``True``. ``seg_form`` ``"sigmoid"`` needs
-    ``num_classes == 2``. ``se_reduction``: the FFM's squeeze-and-excitation reduction ratio.
+    The fields of :class:`~semisupseg.nets.vnet.VNetConfig` (``num_classes`` counts the background; ``seg_form``
+    ``"sigmoid"`` needs ``num_classes == 2``) — the SDM branch is part of the architecture, so ``sdm_head`` must be
+    ``True`` — plus ``se_reduction``, the FFM's squeeze-and-excitation reduction ratio.
     """
 
-    in_channels: int = 1
-    num_classes: int = 2
-    seg_form: str = "softmax"
     sdm_head: bool = True
-    n_filters: int = 16
-    normalization: str = "batchnorm"
-    dropout: bool = False
-    dropout_p: float = 0.5
     se_reduction: int = 2
 
     def __post_init__(self) -> None:
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if self.seg_form not in SEG_FORMS:
-            raise ValueError(f"seg_form must be one of {SEG_FORMS}, got {self.seg_form!r}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes counts the background and must be >= 2, got {self.num_classes}")
-        if self.seg_form == "sigmoid" and self.num_classes != 2:
-            raise ValueError("seg_form 'sigmoid' is the binary form: num_classes must be 2")
+        super().__post_init__()
         if not self.sdm_head:
             raise ValueError("the SB-Net network always has its SDM branch: sdm_head must be True")
         if self.se_reduction < 1:
@@ -78,17 +64,6 @@ class SBNetConfig:
     def fg_channels(self) -> int:
         """``K = num_classes - 1``: channels of every PSM/SDM map."""
         return self.num_classes - 1
-
-    @property
-    def seg_channels(self) -> int:
-        return 1 if self.seg_form == "sigmoid" else self.num_classes
-
-    @property
-    def sdm_channels(self) -> int:
-        return self.num_classes - 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class FeatureFusionModule(nn.Module):
