@@ -86,18 +86,12 @@ def supervised_shape_loss(prob: torch.Tensor, labels: torch.Tensor, sdm: torch.T
     return multiclass_dice_loss(prob.float(), labels), sdm_mse_loss(sdm, sdm_gt)
 
 
-@register
-class SASSNet(Method):
-    name = "sassnet"
-    description = ("SASSNet (Li et al. MICCAI 2020): V-Net + SDM head; Dice + 0.3 SDM-MSE on labeled data and an "
-                   "adversarial SDM discriminator (labeled real, unlabeled fake)")
-    Params = SASSNetParams
-    needs_sdm = True
-    needs_dropout = True
-    #: binary preference of the engine: the release's single foreground logit (multi-class data uses softmax)
-    seg_form: ClassVar[str] = "sigmoid"
+class MapDiscriminatorMethod(Method):
+    """Base of the methods with a (map, image) discriminator (SASSNet, SB-Net): builds it and its Adam optimiser
+    from the params' ``d_ndf``, ``d_dropout``, ``d_lr``, ``d_beta1``, ``d_beta2``; the subclass's ``step`` leaves the
+    detached maps in ``self._cache`` for :func:`update_discriminator` in ``after_step``."""
 
-    def __init__(self, params: Optional[SASSNetParams] = None):
+    def __init__(self, params: Optional[MethodParams] = None):
         super().__init__(params)
         self.discriminator: Optional[MapImageDiscriminator] = None
         self._cache: Optional[torch.Tensor] = None
@@ -109,6 +103,19 @@ class SASSNet(Method):
             map_channels=num_classes - 1, image_channels=in_channels, ndf=p.d_ndf, dropout=p.d_dropout))
         self.add_optimizer("discriminator", torch.optim.Adam(
             self.discriminator.parameters(), lr=p.d_lr, betas=(p.d_beta1, p.d_beta2)))
+
+
+@register
+class SASSNet(MapDiscriminatorMethod):
+    name = "sassnet"
+    description = ("SASSNet (Li et al. MICCAI 2020): V-Net + SDM head; Dice + 0.3 SDM-MSE on labeled data and an "
+                   "adversarial SDM discriminator (labeled real, unlabeled fake)")
+    Params = SASSNetParams
+    needs_sdm = True
+    needs_dropout = True
+    #: binary preference of the engine: the release's single foreground logit (multi-class data uses softmax)
+    seg_form: ClassVar[str] = "sigmoid"
+
 
     def adversarial_weight(self, ctx: StepContext) -> float:
         """β(t) as selected by ``beta_rampup``."""

@@ -47,9 +47,8 @@ from semisupseg.losses.shape import (BOUNDARY_CONTRAST, HEAVISIDE_K, W_MAX, boun
                                      foreground_one_hot, multiscale_psm_dice_loss, psm_consistency_loss,
                                      sdm_l1_product_loss, sdm_psm_consistency_loss, sdm_targets)
 from semisupseg.methods import register
-from semisupseg.methods.base import Batch, Method, MethodParams, StepContext, StepResult
-from semisupseg.methods.sassnet import follow_memory_format, update_discriminator
-from semisupseg.nets.discriminators import DiscriminatorConfig, MapImageDiscriminator
+from semisupseg.methods.base import Batch, MethodParams, StepContext, StepResult
+from semisupseg.methods.sassnet import MapDiscriminatorMethod, follow_memory_format, update_discriminator
 from semisupseg.nets.sbnet import SBNet, SBNetConfig  # noqa: F401 - importing registers the "sbnet" network
 from semisupseg.schedules import gaussian_warmup
 
@@ -90,7 +89,7 @@ def hybrid_loss_terms(gamma: float, l_psm: Optional[torch.Tensor], l_sdm: Option
 
 
 @register
-class SBNetMethod(Method):
+class SBNetMethod(MapDiscriminatorMethod):
     name = "sbnet"
     description = ("SB-Net (shape- and boundary-aware multi-branch): multi-scale PSMs + SDM + feature fusion; "
                    "Dice, SDM, boundary-ring, task-consistency and adversarial losses, hybrid γ(t) weighting")
@@ -100,18 +99,6 @@ class SBNetMethod(Method):
     #: binary preference of the engine: ``"seg"`` is the PSM5 logit itself (multi-class data uses softmax)
     seg_form: ClassVar[str] = "sigmoid"
 
-    def __init__(self, params: Optional[SBNetParams] = None):
-        super().__init__(params)
-        self.discriminator: Optional[MapImageDiscriminator] = None
-        self._cache: Optional[torch.Tensor] = None
-        self._format_checked = False
-
-    def build(self, model: nn.Module, num_classes: int, in_channels: int) -> None:
-        p = self.params
-        self.discriminator = MapImageDiscriminator(DiscriminatorConfig(
-            map_channels=num_classes - 1, image_channels=in_channels, ndf=p.d_ndf, dropout=p.d_dropout))
-        self.add_optimizer("discriminator", torch.optim.Adam(
-            self.discriminator.parameters(), lr=p.d_lr, betas=(p.d_beta1, p.d_beta2)))
 
     def gamma(self, ctx: StepContext) -> float:
         return gaussian_warmup(ctx.iteration, ctx.max_iterations, self.params.gamma_max)
