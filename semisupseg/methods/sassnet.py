@@ -48,6 +48,7 @@ from semisupseg.methods import register
 from semisupseg.methods.base import Batch, Method, MethodParams, StepContext, StepResult
 from semisupseg.nets.discriminators import DiscriminatorConfig, MapImageDiscriminator
 from semisupseg.nets.vnet import seg_probabilities
+from semisupseg.runtime import make_optimizer
 from semisupseg.schedules import consistency_weight
 
 RAMPUPS = ("gaussian", "sigmoid", "constant")
@@ -101,8 +102,8 @@ class MapDiscriminatorMethod(Method):
         p = self.params
         self.discriminator = MapImageDiscriminator(DiscriminatorConfig(
             map_channels=num_classes - 1, image_channels=in_channels, ndf=p.d_ndf, dropout=p.d_dropout))
-        self.add_optimizer("discriminator", torch.optim.Adam(
-            self.discriminator.parameters(), lr=p.d_lr, betas=(p.d_beta1, p.d_beta2)))
+        self.add_optimizer("discriminator", make_optimizer(
+            torch.optim.Adam, self.discriminator.parameters(), lr=p.d_lr, betas=(p.d_beta1, p.d_beta2)))
 
 
 @register

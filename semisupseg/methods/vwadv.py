@@ -62,6 +62,7 @@ from semisupseg.methods.base import Batch, Method, MethodParams, StepContext, St
 from semisupseg.methods.mean_teacher import teacher_input_noise
 from semisupseg.nets.vnet import softmax_logits
 from semisupseg.nets.voxel_features import MLPHead, MultiScaleVoxelFeatures, VoxelDiscriminator, vnet_stage_channels
+from semisupseg.runtime import make_optimizer
 from semisupseg.schedules import consistency_weight
 from semisupseg.training.ema import ema_decay_at, ema_update
 
@@ -183,10 +184,10 @@ class VoxelAdversarial(Method):
         self.teacher_projector = copy.deepcopy(self.projector)
         for prm in list(self.teacher_fusion.parameters()) + list(self.teacher_projector.parameters()):
             prm.requires_grad_(False)
-        self.add_optimizer("discriminator", torch.optim.Adam(
-            self.discriminator.parameters(), lr=p.disc_lr, betas=(p.disc_beta1, p.disc_beta2)))
-        self.add_optimizer("heads", torch.optim.SGD(
-            list(self.fusion.parameters()) + list(self.projector.parameters()) + list(self.predictor.parameters()),
+        self.add_optimizer("discriminator", make_optimizer(
+            torch.optim.Adam, self.discriminator.parameters(), lr=p.disc_lr, betas=(p.disc_beta1, p.disc_beta2)))
+        self.add_optimizer("heads", make_optimizer(
+            torch.optim.SGD, list(self.fusion.parameters()) + list(self.projector.parameters()) + list(self.predictor.parameters()),
             lr=p.head_lr, momentum=p.head_momentum, weight_decay=p.head_weight_decay))
 
     def _student_heads(self) -> Sequence[nn.Module]:

@@ -73,10 +73,11 @@ def learning_rate(cfg: TrainConfig, iteration: int) -> float:
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        return runtime.make_optimizer(torch.optim.SGD, params, lr=o.lr, momentum=o.momentum,
+                                      weight_decay=o.weight_decay, nesterov=o.nesterov)
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        return runtime.make_optimizer(torch.optim.Adam, params, lr=o.lr, weight_decay=o.weight_decay)
+    return runtime.make_optimizer(torch.optim.AdamW, params, lr=o.lr, weight_decay=o.weight_decay)
 
 
 def network_config(cfg: TrainConfig, method_cls) -> Dict[str, Any]:
