@@ -132,6 +132,22 @@ def test_feature_shapes():
     assert "encoder" not in net(torch.randn(1, 2, 32, 32, 16))
 
 
+def test_inference_skip_add_in_place_changes_nothing():
+    """Without autograd the decoder adds its skips in place (into the upsampled map): outputs equal the graph-mode
+    forward's, and the returned encoder features (the skips) are left untouched."""
+    torch.manual_seed(0)
+    net = VNet(VNetConfig(n_filters=2, sdm_head=True)).eval()
+    x = torch.randn(1, 1, 32, 32, 16)
+    graph = net(x, features=True)
+    with torch.inference_mode():
+        fast = net(x, features=True)
+        encoder_again = net.encode(x)
+    for key in ("seg", "sdm"):
+        torch.testing.assert_close(fast[key], graph[key].detach(), rtol=0, atol=1e-6)
+    for a, b in zip(fast["encoder"], encoder_again):
+        assert torch.equal(a, b)
+
+
 def test_head_forms_and_probability_equivalence():
     torch.manual_seed(1)
     x = torch.randn(2, 1, 16, 16, 16)
