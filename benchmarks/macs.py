@@ -1,0 +1,66 @@
+"""Multiply-accumulate count of a network's convolutions and linear layers, for turning benchmark times into
+achieved throughput (GMAC/s) and comparing it with what the CPU can do at most.
+
+``conv_macs(model, *inputs)`` runs one forward of a copy of the model on the ``meta`` device (shapes only: no
+arithmetic, no memory) with hooks on every ``Conv3d``/``ConvTranspose3d``/
+``Linear`` and returns the MACs of that forward: output voxels x C_out x C_in / groups x kernel volume for a
+convolution, input voxels x C_in x C_out / groups x kernel volume for a transposed one. A training step's backward
+costs about twice its forward (input and weight gradients), less for the first layer (no input gradient).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def conv_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> int:
+    total = [0]
+
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Linear):
+            total[0] += output.numel() * module.in_features
+            return
+        k = math.prod(module.kernel_size)
+        per = module.in_channels // module.groups * k
+        if isinstance(module, nn.ConvTranspose3d):
+            x = args[0]
+            total[0] += x.numel() * module.out_channels * k // module.groups
+        else:
+            total[0] += output.numel() * per
+
+    import copy
+
+    model = copy.deepcopy(model).to("meta")
+    inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(*inputs, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def gemm_peak(dtype: torch.dtype = torch.bfloat16, threads: int = 2, n: int = 4096, repeats: int = 5) -> float:
+    """Achieved GMAC/s of a square ``n`` x ``n`` matrix product in ``dtype`` on the CPU with ``threads`` threads:
+    the practical ceiling the convolutions (oneDNN GEMM-like kernels) can approach on this machine."""
+    import time
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        for _ in range(2):
+            a @ b
+        t = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        return n ** 3 * repeats / (time.perf_counter() - t) / 1e9
+    finally:
+        torch.set_num_threads(before)
