@@ -368,3 +368,25 @@ def test_uamt_params_validation():
     with pytest.raises(ValueError):
         cls.make_params({"mc_passes": 7})
     assert cls.make_params({"mc_passes": 6, "mc_repeats": 3}).mc_passes == 6
+
+
+def test_supervised_step_uses_the_labeled_patches_only_with_the_shared_labeled_term():
+    """``supervised``: Dice (+ CE when weighted) of the labeled patches, the same term and logs as the baselines'."""
+    from semisupseg.losses.segmentation import cross_entropy, multiclass_dice_loss
+
+    cls = get_method("supervised")
+    model = _tiny_model(cls).eval()  # eval: no BN batch statistics, so one forward equals another
+    batch = _batch(batch=2, labeled=2)
+    ctx = _ctx(cls, model)
+    logits = model(batch.image)["seg"]
+    dice = multiclass_dice_loss(torch.softmax(logits, dim=1), batch.label)
+    ce = cross_entropy(logits, batch.label)
+    result = cls().step(model, batch, ctx)
+    assert set(result.losses) == {"dice"}
+    assert float(result.losses["dice"].detach()) == pytest.approx(float(dice.detach()), abs=1e-6)
+    assert result.logs["dice_raw"] == pytest.approx(float(dice.detach()), abs=1e-6)
+    weighted = cls(cls.make_params({"ce_weight": 0.5, "dice_weight": 0.5})).step(model, batch, ctx)
+    assert float(weighted.losses["ce"].detach()) == pytest.approx(0.5 * float(ce.detach()), abs=1e-6)
+    assert float(weighted.losses["dice"].detach()) == pytest.approx(0.5 * float(dice.detach()), abs=1e-6)
+    with pytest.raises(ValueError, match="nothing to train"):
+        cls(cls.make_params({"ce_weight": 0.0, "dice_weight": 0.0})).step(model, batch, ctx)

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from semisupseg.losses.segmentation import cross_entropy, multiclass_dice_loss
 from semisupseg.methods import register
 from semisupseg.methods.base import Batch, Method, MethodParams, StepContext, StepResult
-from semisupseg.nets import softmax_logits
+from semisupseg.methods.mean_teacher import labeled_segmentation_terms
 
 
 @dataclass
@@ -35,19 +34,10 @@ class Supervised(Method):
 
     def step(self, model: torch.nn.Module, batch: Batch, ctx: StepContext) -> StepResult:
         p: SupervisedParams = self.params  # type: ignore[assignment]
-        out = model(batch.labeled_image)
-        logits = softmax_logits(out["seg"], ctx.seg_form).float()
-        label = batch.label
-        losses = {}
-        logs = {}
-        if p.dice_weight:
-            dice = multiclass_dice_loss(torch.softmax(logits, dim=1), label)
-            losses["dice"] = p.dice_weight * dice
-            logs["dice_loss"] = float(dice.detach())
-        if p.ce_weight:
-            ce = cross_entropy(logits, label)
-            losses["ce"] = p.ce_weight * ce
-            logs["ce_loss"] = float(ce.detach())
-        if not losses:
+        if not (p.dice_weight or p.ce_weight):
             raise ValueError("supervised: dice_weight and ce_weight are both 0; nothing to train")
+        out = model(batch.labeled_image)
+        # the same labeled term (and the same ``dice_raw``/``ce_raw`` logs) as every semi-supervised baseline
+        losses, logs = labeled_segmentation_terms(out["seg"], batch.label, ctx.seg_form,
+                                                  ce_weight=p.ce_weight, dice_weight=p.dice_weight)
         return StepResult(losses=losses, logs=logs)
