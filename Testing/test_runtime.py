@@ -61,3 +61,70 @@ def test_make_optimizer_falls_back_without_fused_kernels() -> None:
     opt = make_optimizer(NoFused, torch.nn.Linear(2, 2).parameters(), lr=0.1)
     assert isinstance(opt, NoFused) and not opt.param_groups[0].get("fused")
     assert len(opt.param_groups[0]["params"]) == 2  # the generator was not consumed by the failed attempt
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CPU bf16: 3x3x3 convolutions of depth-2 inputs leave autocast (oneDNN weight-gradient bug, see runtime)
+
+def test_needs_fp32_conv3x3_only_for_depth_two_under_cpu_bf16_autocast_with_grad() -> None:
+    from semisupseg.runtime import needs_fp32_conv3x3
+
+    two, three = torch.zeros(1, 4, 2, 5, 5), torch.zeros(1, 4, 3, 2, 2)
+    assert not needs_fp32_conv3x3(two)  # no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert needs_fp32_conv3x3(two)
+        assert not needs_fp32_conv3x3(three)  # only the first spatial side (Z) matters
+        assert not needs_fp32_conv3x3(torch.zeros(1, 4, 5, 5))  # not a 5-D batch
+        with torch.no_grad():
+            assert not needs_fp32_conv3x3(two)  # forward values are right; only gradients suffer
+
+
+def _weight_grad(conv: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, bf16: bool, guarded: bool) -> torch.Tensor:
+    from semisupseg.runtime import fp32_conv3x3
+
+    conv.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = fp32_conv3x3(conv, x) if guarded else conv(x)
+    out.float().backward(g)
+    return conv.weight.grad.clone()
+
+
+@pytest.mark.skipif(not __import__("semisupseg.runtime", fromlist=["x"]).bf16_supported(torch.device("cpu")),
+                    reason="this CPU has no bf16 kernels")
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_guarded_conv3x3_weight_gradient_matches_fp32(depth) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(16, 16, 3, padding=1)
+    x = torch.randn(2, 16, depth, 6, 6)
+    g = torch.randn(2, 16, depth, 6, 6)
+    ref = _weight_grad(conv, x, g, bf16=False, guarded=False)
+    got = _weight_grad(conv, x, g, bf16=True, guarded=True)
+    assert float((got - ref).norm() / ref.norm()) < 0.02
+
+
+def test_vnet_bottleneck_of_a_32_deep_patch_leaves_bf16(monkeypatch) -> None:
+    """A patch 32 voxels deep puts the V-Net bottleneck (block_five) at depth 2: under CPU bf16 autocast with grad
+    that block, and only that block, runs in fp32 (the guard of the test above); without grad nothing changes."""
+    from semisupseg import runtime
+    from semisupseg.nets import VNet, VNetConfig
+
+    guarded = []
+    real = runtime.needs_fp32_conv3x3
+
+    def spy(x):
+        hit = real(x)
+        if hit:
+            guarded.append(tuple(x.shape))
+        return hit
+
+    monkeypatch.setattr(runtime, "needs_fp32_conv3x3", spy)
+    net = VNet(VNetConfig(n_filters=2, num_classes=2)).train()
+    x = torch.randn(1, 1, 32, 48, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+        assert out["seg"].shape == (1, 2, 32, 48, 32)
+        assert guarded == [(1, 32, 2, 3, 2)]  # block_five's input: 16 n channels, the 32/16 x 48/16 x 32/16 bottleneck
+        guarded.clear()
+        with torch.no_grad():
+            net(x)
+    assert guarded == []

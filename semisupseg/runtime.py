@@ -69,3 +69,35 @@ def make_optimizer(cls: type, params, **kwargs) -> "torch.optim.Optimizer":
         return cls(params, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # older torch, or a device without fused kernels
         return cls(params, **kwargs)
+
+
+def _cpu_bf16_autocast_on() -> bool:
+    try:
+        enabled = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu")
+    except TypeError:  # torch < 2.4
+        enabled = torch.is_autocast_cpu_enabled()
+        dtype = torch.get_autocast_cpu_dtype()
+    return bool(enabled) and dtype == torch.bfloat16
+
+
+def needs_fp32_conv3x3(x: torch.Tensor) -> bool:
+    """Whether a 3x3x3 (padding 1) convolution of ``x`` ``(B, C, Z, Y, X)`` must leave CPU bf16 autocast.
+
+    Measured with torch 2.13 (oneDNN, CPU, contiguous and channels_last_3d alike): the bf16 **weight gradient** of a
+    3x3x3 padding-1 convolution is garbage (relative error 0.8 to inf; fp32 and every other depth give ~3e-3)
+    whenever the input's first spatial side (Z) is exactly 2 — e.g. the V-Net bottleneck of a patch 32 voxels deep.
+    Forward values and input gradients are right, so only steps that record a graph are affected. Callers run such
+    a convolution in fp32 (:func:`fp32_conv3x3`); everything else keeps bf16.
+    """
+    return (x.dim() == 5 and int(x.shape[2]) == 2 and x.device.type == "cpu" and torch.is_grad_enabled()
+            and _cpu_bf16_autocast_on())
+
+
+def fp32_conv3x3(module: "torch.nn.Module", x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, in fp32 with autocast off when :func:`needs_fp32_conv3x3` says bf16 would corrupt its
+    gradients, else as is."""
+    if needs_fp32_conv3x3(x):
+        with torch.autocast(device_type="cpu", enabled=False):
+            return module(x.float())
+    return module(x)

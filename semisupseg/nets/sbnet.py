@@ -39,6 +39,7 @@ from torch import nn
 
 from semisupseg.nets import register_network
 from semisupseg.nets.vnet import VNet, VNetConfig, _norm
+from semisupseg.runtime import fp32_conv3x3
 
 
 @dataclass
@@ -83,7 +84,7 @@ class FeatureFusionModule(nn.Module):
         self.out = nn.Conv3d(width, out_channels, 1)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        v = self.embed(u)
+        v = fp32_conv3x3(self.embed, u)
         s = torch.sigmoid(self.excite(F.relu(self.squeeze(v.mean(dim=(2, 3, 4))))))
         v = v * s[:, :, None, None, None] + v  # channel attention with the residual addition
         return self.out(v)

@@ -23,6 +23,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from semisupseg.runtime import fp32_conv3x3
+
 NORMALIZATIONS = ("batchnorm", "groupnorm", "instancenorm", "none")
 SEG_FORMS = ("softmax", "sigmoid")
 
@@ -101,7 +103,8 @@ class ConvBlock(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        # all stages keep the spatial size: one check covers them (CPU bf16 depth-2 gradient bug, see runtime)
+        return fp32_conv3x3(self.conv, x)
 
 
 class DownsamplingConvBlock(nn.Module):

@@ -44,8 +44,6 @@ from semisupseg.training.data import TrainData
 from semisupseg.training.ema import ema_decay_at, ema_update, make_teacher
 from semisupseg.training.events import Events
 
-#: smallest V-Net bottleneck side (patch side / 16) at which ``amp=auto`` uses bf16 on CPU (see ``_setup``)
-BF16_MIN_BOTTLENECK = 3
 RESUME_FORMAT = "semisupseg-resume"
 RESUME_VERSION = 1
 #: files the engine writes in a run directory (``overwrite`` removes exactly these)
@@ -190,16 +188,9 @@ class Trainer:
         # AMP / memory format
         if cfg.amp == "bf16" and not runtime.bf16_supported(self.device):
             raise InputError(f"amp=bf16 requested but {self.device} has no bf16 support (use amp=auto or off)")
+        # every patch size: the one CPU bf16 kernel fault known here (3x3x3 weight gradients at depth 2) is
+        # routed around inside the networks (runtime.fp32_conv3x3)
         self.use_bf16 = cfg.amp != "off" and runtime.bf16_supported(self.device)
-        self.amp_note = ""
-        if cfg.amp == "auto" and self.use_bf16 and self.device.type == "cpu" and \
-                min(cfg.data.patch_size_zyx) // 16 < BF16_MIN_BOTTLENECK:
-            # measured (torch 2.13 CPU, oneDNN): bf16 conv weight gradients at the V-Net bottleneck are sometimes
-            # garbage (~1e34) when its spatial side is 1 or 2 voxels, i.e. patch sides < 48; fp32 is exact there
-            self.use_bf16 = False
-            self.amp_note = (f"bf16 autocast disabled: patch side {min(cfg.data.patch_size_zyx)} < "
-                             f"{16 * BF16_MIN_BOTTLENECK} (CPU bf16 gradients unreliable at a bottleneck < "
-                             f"{BF16_MIN_BOTTLENECK} voxels); set amp=bf16 to force it")
         if cfg.channels_last == "auto":
             self.channels_last = self.use_bf16 and self.device.type == "cpu"
         else:
@@ -542,7 +533,7 @@ class Trainer:
                 (self.run_dir / "data.json").write_text(json.dumps(self.data.summary(), indent=1))
             common = dict(iteration=self.iteration, max_iterations=cfg.iterations, method=cfg.method,
                           run_dir=str(self.run_dir), device=str(self.device), world_size=self.dist.world_size,
-                          bf16=self.use_bf16, channels_last=self.channels_last, amp_note=self.amp_note,
+                          bf16=self.use_bf16, channels_last=self.channels_last,
                           labeled_cases=len(self.data.labeled), unlabeled_cases=len(self.data.unlabeled),
                           validation_cases=len(self.data.validation))
             self.events.emit("resumed" if resumed else "started", **common)
