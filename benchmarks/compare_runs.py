@@ -2,7 +2,10 @@
 
 One row per run directory: method, precision (bf16 or fp32, from the ``started`` event), seed (``config.yaml``),
 median seconds per iteration, mean training loss over the last ``--tail`` logged iterations, best and last
-validation Dice. Then, per group of runs that differ only in precision (same method), the mean and spread of each.
+validation Dice, and whether the run finished. Then, per (method, precision), the mean and spread over the finished
+runs; and, where the same method and seed finished in both precisions with the same iteration count, the paired
+difference fp32 - bf16 of the best validation Dice (mean ± sd over seeds; the pairing removes the seed's share of the
+spread, which at CPU scale is larger than any precision effect).
 
 Usage::
 
@@ -36,6 +39,7 @@ def _seed(run: Path) -> Optional[int]:
 def summarise(run: Path, tail: int) -> Dict[str, Any]:
     events = _events(run)
     started = next((e for e in events if e.get("event") in ("started", "resumed")), {})
+    finished = any(e.get("event") == "finished" for e in events)
     its = [e for e in events if e.get("event") == "iteration"]
     vals = [e for e in events if e.get("event") == "validation"]
     dices = [float(e["metrics"]["dice"]) for e in vals if (e.get("metrics") or {}).get("dice") is not None]
@@ -46,6 +50,7 @@ def summarise(run: Path, tail: int) -> Dict[str, Any]:
         "s_per_it": statistics.median(e["s_per_it"] for e in its) if its else float("nan"),
         "tail_loss": statistics.mean(e["loss"] for e in last_its) if last_its else float("nan"),
         "best_dice": max(dices) if dices else float("nan"), "last_dice": dices[-1] if dices else float("nan"),
+        "finished": finished,
     }
 
 
@@ -56,12 +61,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     rows = [summarise(r, args.tail) for r in args.runs]
     rows.sort(key=lambda r: (str(r["method"]), r["precision"], r["seed"] or 0))
-    print(f"| method | precision | seed | iterations | s/it | mean loss, last {args.tail} it | best val Dice | "
-          "last val Dice |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| method | precision | seed | iterations | finished | s/it | mean loss, last {args.tail} it | "
+          "best val Dice | last val Dice |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['precision']} | {r['seed']} | {r['iterations']} | {r['s_per_it']:.3f} | "
+        print(f"| {r['method']} | {r['precision']} | {r['seed']} | {r['iterations']} | "
+              f"{'yes' if r['finished'] else 'no'} | {r['s_per_it']:.3f} | "
               f"{r['tail_loss']:.4f} | {r['best_dice']:.4f} | {r['last_dice']:.4f} |")
+    rows = [r for r in rows if r["finished"]]
     print("\n| method | precision | runs | s/it (median) | mean loss (mean ± sd) | best val Dice (mean ± sd) | "
           "last val Dice (mean ± sd) |")
     print("|---|---|---|---|---|---|---|")
@@ -77,6 +84,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"| {method} | {precision} | {len(group)} | {statistics.median(g['s_per_it'] for g in group):.3f} | "
               f"{ms([g['tail_loss'] for g in group])} | {ms([g['best_dice'] for g in group])} | "
               f"{ms([g['last_dice'] for g in group])} |")
+
+    pairs: Dict[str, List[float]] = {}
+    by_key = {(r["method"], r["seed"], r["iterations"], r["precision"]): r for r in rows}
+    for (method, seed, iterations, precision), r in sorted(by_key.items(), key=lambda kv: str(kv[0])):
+        other = by_key.get((method, seed, iterations, "fp32"))
+        if precision == "bf16" and other is not None:
+            pairs.setdefault(f"{method} ({iterations} it)", []).append(other["best_dice"] - r["best_dice"])
+    if pairs:
+        print("\n| method | seeds paired | best val Dice fp32 - bf16 (mean ± sd) | per seed |")
+        print("|---|---|---|---|")
+        for name, diffs in pairs.items():
+            print(f"| {name} | {len(diffs)} | {ms(diffs)} | {', '.join(f'{d:+.4f}' for d in diffs)} |")
     return 0
 
 
