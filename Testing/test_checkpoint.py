@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from semisupseg.checkpoint import (FORMAT_KEY, FORMAT_VERSION, ModelCard, check_weights_only, import_peer_checkpoint,
-                                   load_model, load_state, load_state_dict_file, make_card, read_card, save_model,
+from semisupseg.checkpoint import (FORMAT_KEY, FORMAT_VERSION, ModelCard, check_weights_only, export_peer_checkpoint,
+                                   import_peer_checkpoint, load_model, load_state, load_state_dict_file, make_card, read_card, save_model,
                                    save_state, sidecar_path)
 from semisupseg.cli import main as cli_main
 from semisupseg.errors import CheckpointError, InputError, OutputExistsError
@@ -517,3 +517,78 @@ def test_import_detects_normalization(tmp_path, norm):
     x = torch.randn(1, 1, 32, 32, 16)
     with torch.no_grad():
         torch.testing.assert_close(model(x)["seg"], net(x)["seg"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Export back to the peer layouts
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,layout", [("sassnet_dtc_vnet_sdf", "sassnet"), ("uamt_vnet", "uamt")])
+def test_import_then_export_gives_back_the_release_file(peer_fixtures, tmp_path, capsys, name, layout):
+    """import-checkpoint followed by export-checkpoint returns the release's state_dict key for key, bit for bit."""
+    src = peer_fixtures / f"{name}.state_dict.pt"
+    ours, back = tmp_path / "ours.pt", tmp_path / "back.pth"
+    assert cli_main(["import-checkpoint", str(src), "-o", str(ours), "--layout", layout, "--spacing", "0.625"]) == 0
+    assert cli_main(["export-checkpoint", str(ours), "-o", str(back), "--layout", layout]) == 0
+    assert "back.json" in capsys.readouterr().out
+    original = load_state_dict_file(src)
+    exported = torch.load(back, weights_only=True)
+    assert isinstance(exported, dict) and sorted(exported) == sorted(original)
+    for key, value in original.items():
+        assert torch.equal(exported[key], value), key
+    card = json.loads(sidecar_path(back).read_text())
+    assert card["spacing_xyz"] == [0.625] * 3 and card["exported"]["layout"] == layout
+    assert card["exported"]["from"] == "ours.pt" and len(card["exported"]["sha256"]) == 64
+
+
+def test_export_mcnet_layout_reimports_to_the_same_outputs(tmp_path):
+    net = _trained_net(num_classes=3)
+    ours = save_model(tmp_path / "ours.pt", net, _card(net, method="mean-teacher"))
+    peer = tmp_path / "peer.pth"
+    export_peer_checkpoint(ours, peer, "mcnet")
+    keys = list(torch.load(peer, weights_only=True))
+    assert keys and all(k.startswith(("encoder.", "decoder1.")) for k in keys)
+    again, _ = import_peer_checkpoint(peer, "mcnet", (1.25, 1.25, 1.25))
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)["seg"], net(x)["seg"], atol=0, rtol=0)
+
+
+def test_export_errors_name_the_file_and_keep_existing_outputs(tmp_path, capsys):
+    plain = _trained_net()                       # no SDM head
+    with_sdm = _trained_net(sdm_head=True)
+    plain_pt = save_model(tmp_path / "plain.pt", plain, _card(plain, method="supervised"))
+    sdm_pt = save_model(tmp_path / "sdm.pt", with_sdm, _card(with_sdm))
+    with pytest.raises(CheckpointError, match="SDM head") as ei:
+        export_peer_checkpoint(plain_pt, tmp_path / "x.pth", "sassnet")
+    _assert_names(ei, plain_pt)
+    with pytest.raises(CheckpointError, match="has one") as ei:
+        export_peer_checkpoint(sdm_pt, tmp_path / "x.pth", "uamt")
+    _assert_names(ei, sdm_pt)
+    assert not (tmp_path / "x.pth").exists()
+    with pytest.raises(CheckpointError, match="model file being exported"):
+        export_peer_checkpoint(sdm_pt, sdm_pt, "sassnet", overwrite=True)
+
+    existing = tmp_path / "old.pth"
+    existing.write_bytes(b"the user's file")
+    with pytest.raises(OutputExistsError):
+        export_peer_checkpoint(sdm_pt, existing, "sassnet")
+    assert existing.read_bytes() == b"the user's file" and not sidecar_path(existing).exists()
+    assert cli_main(["export-checkpoint", str(sdm_pt), "-o", str(existing), "--layout", "sassnet"]) == 2
+    assert "exists" in capsys.readouterr().err and existing.read_bytes() == b"the user's file"
+    assert cli_main(["export-checkpoint", str(sdm_pt), "-o", str(existing), "--layout", "sassnet",
+                     "--overwrite"]) == 0
+    assert sorted(torch.load(existing, weights_only=True)) == sorted(with_sdm.state_dict())
+
+    from semisupseg.nets.sbnet import SBNet, SBNetConfig
+
+    sb = SBNet(SBNetConfig(n_filters=2)).eval()
+    sb_pt = save_model(tmp_path / "sb.pt", sb, _card(sb, method="sbnet"))
+    with pytest.raises(CheckpointError, match="only 'vnet'") as ei:
+        export_peer_checkpoint(sb_pt, tmp_path / "z.pth", "sassnet")
+    _assert_names(ei, sb_pt)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a model")
+    assert cli_main(["export-checkpoint", str(garbage), "-o", str(tmp_path / "y.pth"), "--layout", "uamt"]) == 2
+    assert str(garbage) in capsys.readouterr().err

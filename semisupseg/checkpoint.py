@@ -53,7 +53,7 @@ SIDECAR_SUFFIX = ".json"
 __all__ = [
     "FORMAT_VERSION", "ModelCard", "CheckpointError", "make_card", "save_model", "load_model", "read_card",
     "read_model_file", "save_state", "load_state", "safe_torch_load", "load_state_dict_file", "sidecar_path",
-    "check_weights_only", "import_peer_checkpoint",
+    "check_weights_only", "import_peer_checkpoint", "export_peer_checkpoint",
 ]
 
 
@@ -635,3 +635,45 @@ def import_peer_checkpoint(src: PathLike, layout: str, spacing_xyz: Sequence[flo
     except ValueError as exc:
         raise CheckpointError(f"cannot describe the imported model: {exc}", src) from None
     return model, card
+
+
+def export_peer_checkpoint(model_path: PathLike, dst: PathLike, layout: str, *, decoder: str = "decoder1",
+                           overwrite: bool = False) -> Tuple[Path, Path]:
+    """Write the weights of a SemiSupSeg V-Net model file as a raw ``state_dict`` in a peer release's key layout
+    (the inverse of :func:`import_peer_checkpoint`), so the releases' own test scripts can load it with
+    ``net.load_state_dict(torch.load(dst))``. The card goes beside it as ``dst`` with ``.json`` (the raw format has
+    no room for spacing, classes or normalisation, which the releases hard-code: LA at 0.625 mm, z-score per volume).
+
+    ``layout``: ``"sassnet"`` (SASSNet/DTC: needs an SDM head), ``"uamt"`` (plain V-Net, no SDM head) or
+    ``"mcnet"`` (MC-Net/SGRS-Net ``encoder.`` / ``<decoder>.`` split; the releases' other decoders are not in the
+    file, so load it there with ``strict=False`` or combine it with their own). Only the ``vnet`` architecture has a
+    peer layout. Refuses to replace existing files unless ``overwrite``; returns ``(dst, card path)``. Every problem
+    is a :class:`CheckpointError` naming the file.
+    """
+    from semisupseg.nets.vnet import LayoutError, to_layout
+
+    model_path, dst = Path(model_path), Path(dst)
+    card, state = read_model_file(model_path)
+    if card.arch != "vnet":
+        raise CheckpointError(f"is a {card.arch!r} network; only 'vnet' models have a peer release layout",
+                              model_path)
+    try:
+        peer = to_layout(state, layout, decoder=decoder)
+    except LayoutError as exc:
+        raise CheckpointError(f"cannot be written in layout {layout!r}: {exc}", model_path) from None
+    if dst.suffix == SIDECAR_SUFFIX:
+        raise CheckpointError("a weights file must not end in .json (that name is used for the card beside it)", dst)
+    if dst.resolve() == model_path.resolve():
+        raise CheckpointError("is the model file being exported; choose another output name", dst)
+    side = sidecar_path(dst)
+    for p in (dst, side):
+        if p.exists() and not overwrite:
+            raise OutputExistsError("exists; pass overwrite=True (--overwrite) to replace it", p)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in peer.items()}
+    _atomic_torch_save(tensors, dst, overwrite=overwrite)
+    exported = card.to_dict()
+    exported["exported"] = {"layout": layout, "from": model_path.name, "sha256": _sha256(model_path)}
+    if layout == "mcnet":
+        exported["exported"]["decoder"] = decoder
+    write_text_atomic(json.dumps(exported, indent=2) + "\n", side, overwrite=overwrite)
+    return dst, side

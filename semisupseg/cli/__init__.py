@@ -15,7 +15,8 @@ from semisupseg import __version__
 from semisupseg.errors import Cancelled, SemiSupSegError
 
 #: command modules in the order ``--help`` lists them
-COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "methods", "demo")
+COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "export_checkpoint", "methods",
+                   "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

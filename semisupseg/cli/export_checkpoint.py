@@ -1,0 +1,33 @@
+"""``semisupseg export-checkpoint MODEL.pt -o PEER.pth --layout …``: write a SemiSupSeg V-Net's weights in a public
+release's key layout (SASSNet/DTC, UA-MT, MC-Net/SGRS-Net), the inverse of ``import-checkpoint``."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    from semisupseg.nets.vnet import LAYOUTS
+
+    p = subparsers.add_parser(
+        "export-checkpoint", help="write a model file's V-Net weights as a peer release's raw state_dict (.pth)",
+        description="Read a SemiSupSeg model file safely (weights_only) and write its V-Net weights as a plain "
+                    "state_dict with a public release's key names, for that release's own scripts "
+                    "(net.load_state_dict(torch.load(FILE))). Layouts: 'sassnet' SASSNet/DTC (model must have an "
+                    "SDM head), 'uamt' plain V-Net, 'mcnet' MC-Net/SGRS-Net encoder./decoder1. split (only one "
+                    "decoder is written: load it there with strict=False). The model card (spacing, classes, "
+                    "normalisation, which the releases hard-code) is written beside it as .json.")
+    p.add_argument("model", metavar="MODEL.pt", help="SemiSupSeg model file (a 'vnet' network)")
+    p.add_argument("-o", "--output", required=True, metavar="PEER.pth", help="state_dict file to write")
+    p.add_argument("--layout", required=True, choices=LAYOUTS, help="which release's key layout to write")
+    p.add_argument("--decoder", default="decoder1", help="mcnet layout: the decoder's key prefix (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from semisupseg.checkpoint import export_peer_checkpoint
+
+    dst, side = export_peer_checkpoint(args.model, args.output, args.layout, decoder=args.decoder,
+                                       overwrite=args.overwrite)
+    print(f"wrote {dst} ({args.layout} layout) and its card {side.name}")
+    return 0
