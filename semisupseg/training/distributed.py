@@ -69,8 +69,14 @@ def local_device(device: torch.device, info: DistInfo) -> torch.device:
     return device
 
 
-def cleanup(info: DistInfo) -> None:
+def cleanup(info: DistInfo, synchronize: bool = False) -> None:
+    """Leave the process group. ``synchronize`` (the normal end of a run, where every rank arrives): wait for the
+    other ranks first, so no rank closes its connections while a peer is still in a collective. Not on errors or
+    cancellation, where a peer may never arrive. Drop any DistributedDataParallel wrapper before calling this (its
+    reducer keeps the group alive to interpreter exit; see ``Trainer._leave_process_group``)."""
     if info.distributed and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

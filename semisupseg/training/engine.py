@@ -16,6 +16,7 @@ Run directory layout (``config.out``)::
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -540,11 +541,11 @@ class Trainer:
         except Cancelled as exc:  # while reading the data: nothing trained, nothing to save
             self.events.emit("cancelled", iteration=self.iteration, max_iterations=cfg.iterations, message=str(exc))
             self.events.close()
-            dist_utils.cleanup(self.dist)
+            self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
             self._fail(exc)
-            dist_utils.cleanup(self.dist)
+            self._leave_process_group()
             raise
 
         try:
@@ -582,11 +583,11 @@ class Trainer:
             finally:
                 self.events.emit("cancelled", iteration=self.iteration, max_iterations=cfg.iterations,
                                  message=str(exc) or "cancelled")
-                dist_utils.cleanup(self.dist)
+                self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
             self._fail(exc)
-            dist_utils.cleanup(self.dist)
+            self._leave_process_group()
             raise
         durations = sorted(self._durations[1:] or self._durations)
         self.events.emit("finished", iteration=self.iteration, max_iterations=cfg.iterations,
@@ -596,8 +597,20 @@ class Trainer:
                          last=str(self.run_dir / "last.pt"),
                          best=str(self.run_dir / "best.pt") if (self.run_dir / "best.pt").exists() else None)
         self.events.close()
-        dist_utils.cleanup(self.dist)
+        self._leave_process_group(synchronize=True)
         return self._result("finished")
+
+    def _leave_process_group(self, synchronize: bool = False) -> None:
+        """End of a distributed run: drop the DistributedDataParallel wrapper (its reducer holds the process group)
+        and collect it, then leave the group (:func:`semisupseg.training.distributed.cleanup`). While the wrapper
+        lived on to interpreter exit, gloo's worker threads were torn down during finalisation and one 2-process CPU
+        run in ~10 aborted after finishing ("terminate called without an active exception")."""
+        if not self.dist.distributed:
+            return
+        if getattr(self, "step_model", None) is not None and self.step_model is not self.model:
+            self.step_model = self.model
+            gc.collect()
+        dist_utils.cleanup(self.dist, synchronize=synchronize)
 
     def _save_on_cancel(self) -> None:
         """On cancellation: keep what was trained (``last`` model + resume state), no validation (be quick)."""
