@@ -86,11 +86,11 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{ms([g['last_dice'] for g in group])} |")
 
     pairs: Dict[str, List[float]] = {}
-    by_key = {(r["method"], r["seed"], r["iterations"], r["precision"]): r for r in rows}
-    for (method, seed, iterations, precision), r in sorted(by_key.items(), key=lambda kv: str(kv[0])):
-        other = by_key.get((method, seed, iterations, "fp32"))
-        if precision == "bf16" and other is not None:
-            pairs.setdefault(f"{method} ({iterations} it)", []).append(other["best_dice"] - r["best_dice"])
+    fp32 = {(r["method"], r["seed"], r["iterations"]): r for r in rows if r["precision"] == "fp32"}
+    for r in rows:  # sorted by method, precision, seed
+        other = fp32.get((r["method"], r["seed"], r["iterations"]))
+        if r["precision"] == "bf16" and other is not None:
+            pairs.setdefault(f"{r['method']} ({r['iterations']} it)", []).append(other["best_dice"] - r["best_dice"])
     if pairs:
         print("\n| method | seeds paired | best val Dice fp32 - bf16 (mean ± sd) | per seed |")
         print("|---|---|---|---|")

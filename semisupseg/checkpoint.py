@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from semisupseg import __version__
-from semisupseg.fileio import atomic_open, write_text_atomic
-from semisupseg.errors import CheckpointError, OutputExistsError
+from semisupseg.fileio import atomic_open, check_writable, write_text_atomic
+from semisupseg.errors import CheckpointError
 from semisupseg.runtime import resolve_device
 
 PathLike = Union[str, os.PathLike]
@@ -463,9 +463,8 @@ def save_model(path: PathLike, model: nn.Module, card: ModelCard, overwrite: boo
         raise CheckpointError(f"the card's network config {card.network} differs from the model's "
                               f"{config.to_dict()}", path)
     side = sidecar_path(path)
-    for p in ([path, side] if sidecar else [path]):
-        if p.exists() and not overwrite:
-            raise OutputExistsError("exists; pass overwrite=True (--overwrite) to replace it", p)
+    for p in ([path, side] if sidecar else [path]):  # both checked before either is written
+        check_writable(p, overwrite)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
     payload = {FORMAT_KEY: int(card.format_version), "metadata": card_json, "state_dict": state}
     _atomic_torch_save(payload, path, overwrite=overwrite)
@@ -666,11 +665,9 @@ def export_peer_checkpoint(model_path: PathLike, dst: PathLike, layout: str, *, 
     if dst.resolve() == model_path.resolve():
         raise CheckpointError("is the model file being exported; choose another output name", dst)
     side = sidecar_path(dst)
-    for p in (dst, side):
-        if p.exists() and not overwrite:
-            raise OutputExistsError("exists; pass overwrite=True (--overwrite) to replace it", p)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in peer.items()}
-    _atomic_torch_save(tensors, dst, overwrite=overwrite)
+    for p in (dst, side):  # both checked before either is written
+        check_writable(p, overwrite)
+    _atomic_torch_save(peer, dst, overwrite=overwrite)  # the file's own CPU tensors, renamed
     exported = card.to_dict()
     exported["exported"] = {"layout": layout, "from": model_path.name, "sha256": _sha256(model_path)}
     if layout == "mcnet":
