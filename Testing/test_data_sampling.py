@@ -1,4 +1,5 @@
-"""semisupseg.data.sampling / augment: crops, the papers' rotation+flip, foreground bias, reproducibility, resume."""
+"""semisupseg.data.sampling / augment: crops, the augmentation policies (none / dihedral / papers), foreground bias,
+reproducibility, resume."""
 from __future__ import annotations
 
 import io as pyio
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from semisupseg.data import DatasetSpec, build_dataset, load_dataset, sample_dataset
-from semisupseg.data.augment import draw_rot_flip, rot_flip
+from semisupseg.data.augment import augmentation_name, draw_rot_flip, rot_flip, tta_axes_for
 from semisupseg.data.cases import LoadedCase
 from semisupseg.data.sampling import PatchSampler, TwoStreamSampler
+from semisupseg.errors import InputError
 from semisupseg.errors import InputError
 
 
@@ -39,9 +41,10 @@ def _find_transform(patch, volume):
     return None
 
 
-def test_patches_are_rotated_flipped_crops_with_aligned_labels():
+@pytest.mark.parametrize("policy", ["papers", "dihedral"])
+def test_patches_are_rotated_flipped_crops_with_aligned_labels(policy):
     image, label = _coded((20, 30, 26))
-    s = PatchSampler([(image, label)], (8, 12, 10), seed=3)
+    s = PatchSampler([(image, label)], (8, 12, 10), seed=3, augment=policy)
     ks, axes = set(), set()
     for _ in range(60):
         img_p, lab_p = s.sample()
@@ -56,22 +59,59 @@ def test_patches_are_rotated_flipped_crops_with_aligned_labels():
         v = img_p[0].astype(np.int64)
         np.testing.assert_array_equal(lab_p, (v // 10_000 % 100 + v // 100 % 100 + v % 100) % 3)
     assert ks == {0, 1}  # odd rotations happen (non-square in-plane patch still comes out (8, 12, 10))
-    assert None not in axes  # the papers always flip (see test below)
+    if policy == "papers":
+        assert None not in axes  # the papers always flip (see test below)
+    else:
+        assert None in axes
 
 
-def test_paper_flip_is_always_a_reflection_random_flip_is_not():
+def test_paper_flip_is_always_a_reflection_dihedral_is_not():
     rng = np.random.default_rng(0)
     a = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
-    combos = [draw_rot_flip(rng) for _ in range(400)]
+    combos = [draw_rot_flip(rng, "papers") for _ in range(400)]
     assert all(axis in (-1, -2) for _, axis in combos)
     assert {k for k, _ in combos} == {0, 1, 2, 3}
     outs = {rot_flip(a, k, ax).tobytes() for k, ax in combos}
     # rotate-then-flip-x/y gives the 4 reflections of the square, never the identity (the papers' behaviour)
     assert len(outs) == 4 and a.tobytes() not in outs
-    rnd = {rot_flip(a, *draw_rot_flip(rng, "random")).tobytes() for _ in range(400)}
-    assert len(rnd) == 8 and a.tobytes() in rnd
+    draws = [rot_flip(a, *draw_rot_flip(rng, "dihedral")).tobytes() for _ in range(4000)]
+    counts = {d: draws.count(d) for d in set(draws)}
+    # all 8 symmetries of the square, the stored orientation among them, each about 1/8 of the time
+    assert len(counts) == 8 and a.tobytes() in counts
+    assert all(abs(c / len(draws) - 1 / 8) < 0.03 for c in counts.values())
+    assert {draw_rot_flip(rng, "none") for _ in range(10)} == {(0, None)}
     with pytest.raises(ValueError):
         rot_flip(a, 1, 0)
+
+
+def test_policy_names_legacy_booleans_and_tta_axes():
+    assert augmentation_name(True) == "papers" and augmentation_name(False) == "none"
+    assert augmentation_name(" Dihedral ") == "dihedral"
+    with pytest.raises(ValueError, match="none, dihedral, papers"):
+        augmentation_name("always")
+    with pytest.raises(InputError, match="augmentation"):
+        PatchSampler([np.zeros((4, 4, 4), np.float32)], (2, 2, 2), augment="mirror", use_labels=False)
+    # flip TTA only over flips the policy trained on
+    assert tta_axes_for("none") == () and tta_axes_for("dihedral") == (1, 2) == tta_axes_for(True)
+
+
+def test_papers_policy_draws_as_before_the_policies_had_names():
+    # the generator is consumed exactly as the old flip="always" code did: resumed old runs draw the same patches
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    old = []
+    for _ in range(50):
+        k = int(rng_b.integers(0, 4))
+        old.append((k, -1 if int(rng_b.integers(0, 2)) == 0 else -2))
+    assert [draw_rot_flip(rng_a, True) for _ in range(50)] == old
+
+
+def test_default_sampler_shows_patches_unaugmented():
+    image, label = _coded((12, 16, 16))
+    s = PatchSampler([(image, label)], (4, 8, 6), seed=2)
+    for _ in range(20):
+        img_p, _ = s.sample()
+        k, axis, _ = _find_transform(img_p, image)
+        assert (k, axis) == (0, None)
 
 
 def test_no_augmentation_gives_plain_uniform_crops():
@@ -96,7 +136,7 @@ def test_small_volumes_are_padded_with_zeros():
         assert p.shape == (1, 8, 10, 12) and lab.shape == (8, 10, 12)
         assert p.sum() == 5 * 6 * 9 and lab.sum() == 5 * 6 * 9  # the whole volume, inside zero padding
     # with rotation the in-plane padding is to max(y, x) = 12 so every rotated patch fits
-    s = PatchSampler([(image, label)], (8, 10, 12), seed=0)
+    s = PatchSampler([(image, label)], (8, 10, 12), seed=0, augment="dihedral")
     assert s.images[0].shape == (1, 8, 12, 12)
     for _ in range(20):
         p, lab = s.sample()

@@ -22,12 +22,13 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def _model_file(tmp_path, num_classes, spacing, patch_xyz, sdm=True, label_values=None, name="model.pt"):
+def _model_file(tmp_path, num_classes, spacing, patch_xyz, sdm=True, label_values=None, name="model.pt",
+                training=None):
     torch.manual_seed(0)
     model = VNet(VNetConfig(num_classes=num_classes, n_filters=2, sdm_head=sdm)).eval()
     card = make_card(model, method="supervised", spacing_xyz=spacing, patch_size_xyz=patch_xyz,
                      class_names=["background"] + [f"structure{i}" for i in range(1, num_classes)],
-                     label_values=label_values)
+                     label_values=label_values, training=training)
     return save_model(tmp_path / name, model, card)
 
 
@@ -70,6 +71,30 @@ def test_segment_cli_hippocampus_nifti(tmp_path, hippocampus_dir, capsys):
     assert lines[0]["event"] == "case" and lines[-1]["event"] == "done"
     fractions = [r["fraction"] for r in lines if r["event"] == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+@pytest.mark.parametrize("augmentation, tta, used, note", [
+    ("none", [], "", "flips of any axis"),        # trained on no flip: TTA off, said so
+    ("dihedral", [], "yx", None),                 # all the flips it was trained on
+    ("dihedral", ["x", "z"], "x", "flips of z"),  # z never flipped in training: left out, said so
+    (None, [], "yx", None),                       # older cards / release weights: the papers' y/x flips
+])
+def test_segment_cli_flip_tta_only_over_trained_flips(tmp_path, capsys, augmentation, tta, used, note):
+    image_path = tmp_path / "scan.nii.gz"
+    write_volume(Volume(np.random.default_rng(0).normal(size=(12, 14, 10)).astype(np.float32)), image_path)
+    training = {} if augmentation is None else {"augmentation": augmentation}
+    model = _model_file(tmp_path, 2, (1.0, 1.0, 1.0), (16, 16, 16), sdm=False, training=training)
+    argv = ["segment", str(image_path), "--model", str(model), "-o", str(tmp_path / "out"), "--json-progress",
+            "--tta"] + tta
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    done = [r for r in records if r["event"] == "done"][0]
+    assert done["tta_axes"] == used
+    if note is None:
+        assert "not trained on flips" not in captured.err
+    else:
+        assert f"not trained on {note}" in captured.err
 
 
 @pytest.mark.slow

@@ -225,7 +225,9 @@ def _train_tiny(method: str, la_dir, tmp_path, iterations: int = 5):
     cfg = TrainConfig(method=method, out=str(tmp_path / method), iterations=iterations, batch_size=4,
                       labeled_batch_size=2, seed=3, device="cpu", amp="off", val_every=10 ** 6, save_every=10 ** 6,
                       data=DataConfig(labeled=str(la_dir), num_labeled=2, max_unlabeled=2, validation=0,
-                                      patch_size=[32, 32, 16], foreground_prob=0.5),
+                                      patch_size=[32, 32, 16], foreground_prob=0.5,
+                                      # the patches these 5-step checks were written against (the old default)
+                                      augment="papers"),
                       model=ModelConfig(n_filters=4))
     result = Trainer(cfg, handle_signals=False).run()
     assert result.status == "finished" and result.iteration == iterations

@@ -50,7 +50,7 @@ def test_overrides_dotted_keys_and_coercion():
     assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
     assert cfg.data.patch_size == [32, 32, 16] and cfg.iterations == 12 and cfg.amp == "off"
     assert cfg.method_params == {"consistency": 0.5}
-    assert cfg.data.validation == ["x1"] and cfg.optim.grad_clip is None and cfg.data.augment is False
+    assert cfg.data.validation == ["x1"] and cfg.optim.grad_clip is None and cfg.data.augment is False and cfg.validate().data.augment == "none"
     with pytest.raises(InputError, match="did you mean iterations"):
         apply_overrides(cfg, ["iteration=3"])
     with pytest.raises(InputError, match="key=value"):

@@ -33,7 +33,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "Outputs are written in each input's geometry as <case>_label, _prob, _sdm, _entropy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="input images (groups of k for k-channel models)")
-    p.add_argument("--model", "-m", required=True, help="model file (.pt)")
+    p.add_argument("--model", "-m", required=True,
+                   help="model file (.pt) or the name of a catalogued model ('semisupseg models' lists them)")
     p.add_argument("--output", "-o", required=True, metavar="OUTDIR", help="output folder (created if needed)")
     p.add_argument("--prob", action="store_true",
                    help="also write the foreground class probabilities (<case>_prob: a scalar volume for a binary "
@@ -52,8 +53,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian",
                    help="blending of overlapping windows (default layout)")
     p.add_argument("--tta", nargs="*", choices=("x", "y", "z"), default=None, metavar="AXIS",
-                   help="flip test-time augmentation over these axes (all of x y z when none given; "
-                        "2^n passes per window)")
+                   help="flip test-time augmentation (2^n passes per window) over these axes; with no axis "
+                        "given, over the flips the model was trained on (its card's augmentation); flips it was "
+                        "not trained on are left out with a note")
     p.add_argument("--roi", nargs=6, type=int, default=None, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
                    help="segment only this voxel box of the input (x, y, z ranges, stop exclusive)")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
@@ -118,18 +120,28 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from semisupseg.catalogue import resolve_model
     from semisupseg.checkpoint import load_model
     from semisupseg.errors import InputError, OutputExistsError
-    from semisupseg.inference import SegmentOptions, segment
+    from semisupseg.inference import SegmentOptions, segment, tta_axes_for_model
     from semisupseg.io import read_image_or_h5, write_segmentation, write_volume
     from semisupseg.progress import CancelToken
 
-    model_path = Path(args.model)
+    model_path = resolve_model(args.model)
     model, card = load_model(model_path, device="cpu")
     has_sdm = bool(card.network.get("sdm_head", False))
     if args.sdm and not has_sdm:
         raise InputError("--sdm asked for but this model has no SDM head", model_path)
-    tta = () if args.tta is None else tuple(sorted(AXIS_INDEX_ZYX[a] for a in (args.tta or ["x", "y", "z"])))
+    tta: tuple = ()
+    if args.tta is not None:
+        requested = None if not args.tta else [AXIS_INDEX_ZYX[a] for a in args.tta]
+        tta, dropped = tta_axes_for_model(card, requested)
+        names = {v: k for k, v in AXIS_INDEX_ZYX.items()}
+        if dropped or not tta:
+            which = " ".join(names[a] for a in dropped) if dropped else "any axis"
+            aug = (card.training or {}).get("augmentation", "papers")
+            print(f"note: the model was not trained on flips of {which} (augmentation {aug!r}); flip TTA "
+                  f"{'uses ' + ' '.join(names[a] for a in tta) if tta else 'is off'}", file=sys.stderr)
     roi = None
     if args.roi is not None:
         x0, x1, y0, y1, z0, z1 = args.roi
@@ -199,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json_progress:
             emit({"event": "done", "case": name, "outputs": {k: str(v) for k, v in written.items()},
                   "voxels": counts, "seconds": round(info["total_seconds"], 3), "windows": info["windows"],
-                  "precision": info["precision"]})
+                  "precision": info["precision"], "tta_axes": "".join("zyx"[a] for a in tta)})
         else:
             print(f"{name}: {info['windows']} windows ({info['precision']}), {info['total_seconds']:.1f} s; "
                   + ", ".join(f"{k} {v} voxels" for k, v in counts.items()) + f" -> {written['labels']}",

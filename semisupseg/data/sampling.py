@@ -4,8 +4,8 @@ A :class:`PatchSampler` holds preprocessed cases in memory and returns random pa
 
 1. case order: a random permutation of the cases, consumed one case per patch and redrawn when used up (what the
    reference ``TwoStreamBatchSampler`` does for both streams);
-2. augmentation (``augment=True``): a random 90-degree rotation in the (y, x) plane and a flip of x or y, as the
-   papers' ``RandomRotFlip`` (see :mod:`semisupseg.data.augment`);
+2. spatial augmentation by a policy of :mod:`semisupseg.data.augment` (``"none"``, ``"dihedral"``: any of the 8
+   in-plane symmetries, ``"papers"``: the releases' ``RandomRotFlip``, reflections only);
 3. crop: uniformly random position (the papers' ``RandomCrop``), or — with probability ``foreground_prob`` on
    labeled cases — centred on a random foreground voxel (a foreground class drawn uniformly among those present,
    then a voxel of it), clamped to the volume.
@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from semisupseg.data.augment import draw_rot_flip, rot_flip
+from semisupseg.data.augment import augmentation_name, draw_rot_flip, rot_flip, rotates
 from semisupseg.data.cases import LoadedCase
 from semisupseg.data.preprocess import pad_to_size
 from semisupseg.errors import InputError
@@ -70,10 +70,10 @@ class PatchSampler:
     * a bare image array (unlabeled).
 
     Arrays are used in place (not copied) unless they must be padded or cast to float32. ``patch_size_zyx``:
-    patch size in voxels, **z, y, x**. ``seed``: the generator's seed. ``augment``: rotation + flip.
+    patch size in voxels, **z, y, x**. ``seed``: the generator's seed. ``augment``: the spatial augmentation
+    policy (a name of :data:`semisupseg.data.augment.AUGMENTATIONS`; ``True``/``False`` = ``"papers"``/``"none"``).
     ``foreground_prob``: probability of a foreground-centred crop (labeled cases only). ``use_labels=False``
-    makes an unlabeled stream (labels, if any, are dropped at construction). ``flip``: ``"always"`` (papers) or
-    ``"random"``.
+    makes an unlabeled stream (labels, if any, are dropped at construction).
 
     :meth:`sample` returns ``(image (C, z, y, x) float32, label (z, y, x) int64 or None)``; :meth:`sample_batch`
     stacks ``n`` of them.
@@ -84,10 +84,9 @@ class PatchSampler:
         cases: Sequence[CaseLike],
         patch_size_zyx: Sequence[int],
         seed: int = 0,
-        augment: bool = True,
+        augment: Union[str, bool] = "none",
         foreground_prob: float = 0.0,
         use_labels: bool = True,
-        flip: str = "always",
     ):
         if len(cases) == 0:
             raise InputError("PatchSampler needs at least one case")
@@ -96,15 +95,15 @@ class PatchSampler:
             raise InputError(f"patch size must be 3 positive ints (z, y, x), got {tuple(patch_size_zyx)}")
         if not 0.0 <= float(foreground_prob) <= 1.0:
             raise InputError(f"foreground_prob must be in [0, 1], got {foreground_prob}")
-        if flip not in ("always", "random"):
-            raise InputError(f"flip must be 'always' or 'random', got {flip!r}")
-        self.augment = bool(augment)
+        try:
+            self.augment = augmentation_name(augment)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         self.foreground_prob = float(foreground_prob)
         self.use_labels = bool(use_labels)
-        self.flip = flip
         self.seed = int(seed)
         pz, py, px = self.patch_size
-        need = (pz, max(py, px), max(py, px)) if self.augment else (pz, py, px)
+        need = (pz, max(py, px), max(py, px)) if rotates(self.augment) else (pz, py, px)
         self.case_ids: List[str] = []
         self.images: List[np.ndarray] = []
         self.labels: List[Optional[np.ndarray]] = []
@@ -185,10 +184,7 @@ class PatchSampler:
             i = int(index)
             if not 0 <= i < self.num_cases:
                 raise InputError(f"case index {index} out of range 0..{self.num_cases - 1}")
-        if self.augment:
-            k, axis = draw_rot_flip(self.rng, self.flip)
-        else:
-            k, axis = 0, None
+        k, axis = draw_rot_flip(self.rng, self.augment)
         pz, py, px = self.patch_size
         size = (pz, px, py) if k % 2 else (pz, py, px)
         z0, y0, x0 = self._start(i, size)

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from semisupseg.inference.postprocess import keep_largest_component, largest_component
-from semisupseg.inference.segment import SegmentationResult, SegmentOptions, segment
+from semisupseg.inference.segment import (SegmentationResult, SegmentOptions, segment, trained_flip_axes,
+                                          tta_axes_for_model)
 from semisupseg.inference.sliding_window import (
     BLENDS,
     FAST_MIN_DICE,
@@ -29,5 +30,5 @@ __all__ = [
     "sliding_window_inference", "segment", "SegmentationResult", "SegmentOptions", "keep_largest_component",
     "largest_component", "window_positions", "release_window_starts", "even_window_starts", "importance_map",
     "label_agreement", "clear_fast_path_cache", "fold_conv_batchnorm", "PAPERS_STRIDE_ZYX", "LAYOUTS", "BLENDS",
-    "FAST_MIN_DICE", "WHOLE_MAX_VOXELS",
+    "FAST_MIN_DICE", "WHOLE_MAX_VOXELS", "trained_flip_axes", "tta_axes_for_model",
 ]

@@ -79,6 +79,34 @@ class SegmentOptions:
         return dataclasses.asdict(self)
 
 
+def trained_flip_axes(card) -> Tuple[int, ...]:
+    """The spatial axes (**z, y, x** numbering of the model's grid) whose flips the model was trained on, from the
+    card's ``training["augmentation"]`` (:func:`semisupseg.data.augment.tta_axes_for`). Cards that do not record it
+    (imported release weights, models of earlier versions) were trained with the papers' rotation + flip: y and x."""
+    from semisupseg.data.augment import tta_axes_for
+
+    policy = (card.training or {}).get("augmentation", "papers")
+    try:
+        return tta_axes_for(policy)
+    except ValueError:
+        return tta_axes_for("papers")
+
+
+def tta_axes_for_model(card, requested: Optional[Sequence[int]] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Flip-TTA axes to use for a model: ``(axes, dropped)``.
+
+    ``requested`` ``None`` takes every flip the model was trained on (:func:`trained_flip_axes`); otherwise the
+    requested axes are kept where the model was trained on them and the others are returned in ``dropped``: a flip
+    the network never saw in training averages in predictions from outside its training distribution (a model
+    trained with ``augment="none"`` on lateralised anatomy labels a mirrored scan wrongly), so it is not used.
+    """
+    trained = trained_flip_axes(card)
+    if requested is None:
+        return trained, ()
+    wanted = tuple(sorted(set(int(a) for a in requested)))
+    return tuple(a for a in wanted if a in trained), tuple(a for a in wanted if a not in trained)
+
+
 @dataclass
 class SegmentationResult:
     """Outputs of :func:`segment`, all in the input image's geometry.

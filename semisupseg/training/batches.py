@@ -80,7 +80,7 @@ class IndexStream:
 
 
 def _default_sampler_factory(cases: Sequence[Tuple[np.ndarray, Optional[np.ndarray]]], patch_size_zyx, seed: int,
-                             augment: bool, foreground_prob: float, use_labels: bool = True):
+                             augment, foreground_prob: float, use_labels: bool = True):
     from semisupseg.data.sampling import PatchSampler
 
     return PatchSampler(cases, patch_size_zyx, seed=seed, augment=augment, foreground_prob=foreground_prob,
@@ -104,12 +104,14 @@ def _accepts_index(factory: Callable) -> bool:
     return bool(params) and params[0] in ("index", "case", "case_index", "i")
 
 
-def pad_for_sampling(array: np.ndarray, patch_size_zyx: Sequence[int], augment: bool) -> np.ndarray:
-    """Zero-pad ``array`` (``(..., Z, Y, X)``) once so every (rotated) patch fits; the samplers then share it."""
+def pad_for_sampling(array: np.ndarray, patch_size_zyx: Sequence[int], augment) -> np.ndarray:
+    """Zero-pad ``array`` (``(..., Z, Y, X)``) once so every (rotated, when the augmentation policy ``augment``
+    rotates) patch fits; the samplers then share it."""
+    from semisupseg.data.augment import rotates
     from semisupseg.data.preprocess import pad_to_size
 
     pz, py, px = (int(v) for v in patch_size_zyx)
-    need = (pz, max(py, px), max(py, px)) if augment else (pz, py, px)
+    need = (pz, max(py, px), max(py, px)) if rotates(augment) else (pz, py, px)
     return pad_to_size(array, need)[0]
 
 
@@ -120,7 +122,7 @@ class _SlotSampler:
     per case (created lazily, seeded by ``(slot seed, case)``; the case arrays are shared, not copied).
     """
 
-    def __init__(self, cases, patch_size_zyx, seed: int, augment: bool, foreground_prob: float, factory,
+    def __init__(self, cases, patch_size_zyx, seed: int, augment, foreground_prob: float, factory,
                  use_labels: bool):
         self.cases, self.patch, self.seed = cases, tuple(patch_size_zyx), int(seed)
         self.augment, self.foreground_prob, self.factory = augment, foreground_prob, factory
@@ -179,7 +181,7 @@ class TwoStreamBatcher:
     def __init__(self, labeled: Sequence[Tuple[np.ndarray, Optional[np.ndarray]]],
                  unlabeled: Sequence[Tuple[np.ndarray, Optional[np.ndarray]]],
                  labeled_bs: int, unlabeled_bs: int, patch_size_zyx: Sequence[int], seed: int,
-                 rank: int = 0, world_size: int = 1, augment: bool = True, foreground_prob: float = 0.0,
+                 rank: int = 0, world_size: int = 1, augment="none", foreground_prob: float = 0.0,
                  sampler_factory: Optional[Callable] = None):
         if labeled_bs < 1:
             raise InputError("the labeled batch size must be >= 1")

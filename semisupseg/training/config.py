@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from semisupseg.data.augment import augmentation_name
 from semisupseg.errors import InputError
 from semisupseg.fileio import write_text_atomic
 
@@ -49,6 +50,10 @@ class DataConfig:
       0 disables validation. Never a test set.
     * ``patch_size``: **x, y, z** voxels (each a multiple of 16 for V-Net); ``spacing``: resample to this spacing
       (x, y, z mm) first, ``None`` keeps the files' grid (cases must then share a spacing).
+    * ``augment``: the spatial augmentation policy (:mod:`semisupseg.data.augment`): ``"none"`` (default: the
+      network trains on scans in the orientation it segments them in), ``"dihedral"`` (any of the 8 in-plane
+      90-degree rotations / flips) or ``"papers"`` (the releases' ``RandomRotFlip``, which shows only reflections —
+      kept to reproduce the papers' tables; ``true``/``false`` of older configs mean ``papers``/``none``).
     * ``class_names`` / ``label_values``: the classes (else ``dataset.json``, else the values in the labels);
       ``num_classes`` (background included) must match them; ``None`` takes it from the data.
     """
@@ -71,7 +76,7 @@ class DataConfig:
     h5_spacing: List[float] = field(default_factory=lambda: [0.625, 0.625, 0.625])
     patch_size: List[int] = field(default_factory=lambda: [112, 112, 80])
     normalization: Dict[str, Any] = field(default_factory=lambda: {"kind": "zscore"})
-    augment: bool = True
+    augment: Union[bool, str] = "none"
     foreground_prob: float = 0.0
 
     @property
@@ -189,6 +194,10 @@ class TrainConfig:
             raise bad("data.spacing", f"must be 3 positive values x y z (mm), got {self.data.spacing}")
         if self.data.num_classes is not None and self.data.num_classes < 2:
             raise bad("data.num_classes", f"counts the background and must be >= 2, got {self.data.num_classes}")
+        try:
+            self.data.augment = augmentation_name(self.data.augment)
+        except ValueError as exc:
+            raise bad("data.augment", str(exc)) from None
         if isinstance(self.data.validation, int) and self.data.validation < 0:
             raise bad("data.validation", f"must be >= 0 or a list of case ids, got {self.data.validation}")
         for key in ("val_every", "save_every", "log_every", "val_batch_size"):

@@ -352,7 +352,7 @@ class Trainer:
         training = {
             "method_params": dict(cfg.method_params), "iterations": self.iteration,
             "max_iterations": cfg.iterations, "batch_size": cfg.batch_size,
-            "labeled_batch_size": cfg.labeled_batch_size, "seed": cfg.seed,
+            "labeled_batch_size": cfg.labeled_batch_size, "seed": cfg.seed, "augmentation": cfg.data.augment,
             "labeled_cases": len(data.labeled), "unlabeled_cases": len(data.unlabeled),
             "validation_cases": [c.case_id for c in data.validation],
             "best_val_dice": self.best_metric, "best_iteration": self.best_iteration,
