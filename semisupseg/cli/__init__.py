@@ -16,7 +16,7 @@ from semisupseg.errors import Cancelled, SemiSupSegError
 
 #: command modules in the order ``--help`` lists them
 COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "export_checkpoint", "methods",
-                   "demo")
+                   "demo", "models", "worker")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,15 +11,17 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         description="Print the model card stored in a SemiSupSeg model file (.pt). The file is read safely "
                     "(weights_only): nothing in it is executed.")
     p.add_argument("model", metavar="MODEL", help="model file (.pt) written by 'semisupseg train' or "
-                                                  "'semisupseg import-checkpoint'")
+                                                  "'semisupseg import-checkpoint', or a catalogue name "
+                                                  "('semisupseg models')")
     p.add_argument("--json", action="store_true", help="print the card as JSON (for scripts)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from semisupseg.catalogue import resolve_model
     from semisupseg.checkpoint import read_model_file
 
-    path = Path(args.model)
+    path = resolve_model(args.model)
     card, state = read_model_file(path, mmap=True)
     if args.json:
         print(card.to_json(indent=2))

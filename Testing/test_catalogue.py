@@ -1,0 +1,295 @@
+"""The model catalogue: shipped, user and run models; names and paths resolve; missing files are listed, not fatal;
+names never shadow shipped models; ``semisupseg models`` and ``segment --model NAME`` on a real bundled scan."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from semisupseg.catalogue import CatalogueError, ModelCatalogue, default_home, resolve_model
+from semisupseg.checkpoint import make_card, save_model
+from semisupseg.cli import main
+from semisupseg.errors import CheckpointError, InputError
+from semisupseg.inference import SegmentOptions, segment
+from semisupseg.io import read_image, read_volume
+from semisupseg.nets import VNet, VNetConfig
+
+REPO = Path(__file__).resolve().parents[1]
+LA_SAMPLE = REPO / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
+
+
+def tiny_model(path: Path, seed: int = 0, method: str = "supervised", classes=("background", "left atrium"),
+               spacing=(1.25, 1.25, 1.25)) -> Path:
+    """A real (untrained) V-Net model file with a card, small enough to run in a fraction of a second."""
+    torch.manual_seed(seed)
+    model = VNet(VNetConfig(num_classes=len(classes), n_filters=4, sdm_head=True)).eval()
+    card = make_card(model, method=method, spacing_xyz=spacing, patch_size_xyz=(64, 64, 48),
+                     class_names=list(classes))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_model(path, model, card)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty catalogue home (also the default through SEMISUPSEG_HOME, as the CLI sees it)."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("SEMISUPSEG_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A shipped-models folder with one model, ``left-atrium``, used by the catalogue and the CLI."""
+    folder = tmp_path / "shipped"
+    tiny_model(folder / "left-atrium.pt", seed=1, method="sassnet")
+    monkeypatch.setattr("semisupseg.catalogue.SHIPPED_DIR", folder)
+    return folder
+
+
+def test_home_from_environment(home, monkeypatch):
+    assert default_home() == home
+    assert ModelCatalogue().registry_path == home.resolve() / "models.json"
+    monkeypatch.delenv("SEMISUPSEG_HOME")
+    assert default_home() == Path.home() / ".semisupseg"
+
+
+def test_three_sources_listed_with_cards(tmp_path, home, shipped):
+    user_file = tiny_model(tmp_path / "files" / "my model.pt", seed=2, method="uamt",
+                           classes=("background", "anterior", "posterior"), spacing=(1.0, 1.0, 1.0))
+    run_dir = tmp_path / "runs" / "la_sgrs"
+    tiny_model(run_dir / "last.pt", seed=3, method="sgrs")
+    cat = ModelCatalogue()
+    assert not home.exists()  # nothing is created by reading
+    assert [(e.name, e.source) for e in cat.entries()] == [("left-atrium", "shipped")]
+    user = cat.add(user_file)
+    assert user.name == "my-model" and user.source == "user" and user.path == user_file.resolve()
+    run = cat.register_run(run_dir)
+    assert run.name == "la_sgrs" and run.path == (run_dir / "last.pt").resolve() and run.error is None
+    entries = cat.entries()
+    assert [(e.name, e.source, e.method) for e in entries] == [
+        ("left-atrium", "shipped", "sassnet"), ("my-model", "user", "uamt"), ("la_sgrs", "run", "sgrs")]
+    assert entries[1].classes == ["anterior", "posterior"] and entries[1].spacing_xyz == (1.0, 1.0, 1.0)
+    # the registry is JSON with absolute paths
+    data = json.loads((home / "models.json").read_text())
+    assert data["format"] == 1
+    assert [Path(r.get("path") or r.get("run_dir")).is_absolute() for r in data["models"]] == [True, True]
+    # a run entry follows the run: best.pt is preferred as soon as it exists
+    tiny_model(run_dir / "best.pt", seed=4, method="sgrs")
+    assert cat.get("la_sgrs").path == (run_dir / "best.pt").resolve()
+    # another catalogue object (another process) sees the same entries
+    assert [e.name for e in ModelCatalogue(home).entries(read_cards=False)] == ["left-atrium", "my-model", "la_sgrs"]
+
+
+def test_resolve_name_or_path(tmp_path, home, shipped):
+    cat = ModelCatalogue()
+    f = tiny_model(tmp_path / "m.pt")
+    cat.add(f, name="mine")
+    assert cat.resolve("mine") == f.resolve()
+    assert cat.resolve("left-atrium") == (shipped / "left-atrium.pt").resolve()
+    assert cat.resolve(str(f)) == f.resolve()
+    assert resolve_model("mine") == f.resolve()  # the CLI's entry point, default home from the environment
+    with pytest.raises(CatalogueError, match="neither a model name.*known: left-atrium, mine"):
+        cat.resolve("nosuch")
+    with pytest.raises(InputError, match="model file not found"):
+        cat.resolve(str(tmp_path / "nosuch.pt"))
+    with pytest.raises(InputError, match="is a folder"):
+        cat.resolve(str(tmp_path))
+
+
+def test_missing_file_listed_not_fatal(tmp_path, home, shipped, capsys):
+    cat = ModelCatalogue()
+    f = tiny_model(tmp_path / "gone.pt")
+    cat.add(f)
+    run_dir = tmp_path / "empty_run"
+    run_dir.mkdir()
+    cat.register_run(run_dir)
+    f.unlink()
+    entries = {e.name: e for e in cat.entries()}
+    assert entries["gone"].card is None and "model file not found" in entries["gone"].error
+    assert "no model file yet" in entries["empty_run"].error
+    assert entries["left-atrium"].error is None
+    with pytest.raises(CatalogueError, match=r"'gone' \(user\) cannot be used: model file not found"):
+        cat.resolve("gone")
+    # the CLI lists it with the reason and still exits 0
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "gone" in out and "unusable: model file not found" in out and "left-atrium" in out
+    # a file that is not a model is reported too
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    registry = json.loads((home / "models.json").read_text())
+    registry["models"].append({"name": "junk", "source": "user", "path": str(tmp_path / "junk.pt")})
+    (home / "models.json").write_text(json.dumps(registry))
+    junk = {e.name: e for e in cat.entries()}["junk"]
+    assert junk.card is None and "junk.pt" in junk.error
+
+
+def test_name_clashes_and_validation(tmp_path, home, shipped):
+    cat = ModelCatalogue()
+    f1 = tiny_model(tmp_path / "a" / "left-atrium.pt")
+    f2 = tiny_model(tmp_path / "b" / "model.pt", seed=5)
+    with pytest.raises(CatalogueError, match="belongs to a model shipped"):
+        cat.add(f1, name="left-atrium")
+    # without a name the file stem is used, made unique rather than shadowing the shipped one
+    assert cat.add(f1).name == "left-atrium-2"
+    cat.add(f2, name="mine")
+    with pytest.raises(CatalogueError, match="already used by a user model"):
+        cat.add(f1, name="mine")
+    with pytest.raises(CatalogueError, match="already used by a user model"):
+        cat.register_run(tmp_path / "a", name="mine")
+    for bad in ("", "has space", "-dash", "x.pt", "a/b"):
+        with pytest.raises(CatalogueError, match="invalid model name"):
+            cat.add(f2, name=bad)
+    # adding the same file again returns its entry, no duplicate
+    assert cat.add(f2).name == "mine"
+    assert [e.name for e in cat.entries()] == ["left-atrium", "left-atrium-2", "mine"]
+    # not a model file / not found / a folder: refused, the registry unchanged
+    (tmp_path / "notmodel.pt").write_bytes(b"\x80\x02junk")
+    with pytest.raises(CheckpointError, match="notmodel.pt"):
+        cat.add(tmp_path / "notmodel.pt")
+    with pytest.raises(InputError, match="model file not found"):
+        cat.add(tmp_path / "nope.pt")
+    with pytest.raises(InputError, match="training run folder not found"):
+        cat.register_run(tmp_path / "nope")
+    assert len(json.loads((home / "models.json").read_text())["models"]) == 2
+
+
+def test_shipped_model_added_later_shadows_user_entry(tmp_path, home, shipped):
+    cat = ModelCatalogue()
+    f = tiny_model(tmp_path / "hip.pt")
+    cat.add(f, name="hippocampus")
+    tiny_model(shipped / "hippocampus.pt", seed=6)  # a later release ships that name
+    entries = [e for e in cat.entries() if e.name == "hippocampus"]
+    assert [e.source for e in entries] == ["shipped", "user"]
+    assert entries[0].error is None and "shadowed by the shipped model" in entries[1].error
+    assert cat.resolve("hippocampus") == (shipped / "hippocampus.pt").resolve()
+
+
+def test_remove(tmp_path, home, shipped):
+    cat = ModelCatalogue()
+    f = tiny_model(tmp_path / "m.pt")
+    cat.add(f, name="mine")
+    with pytest.raises(CatalogueError, match="shipped with semisupseg and cannot be removed"):
+        cat.remove("left-atrium")
+    with pytest.raises(CatalogueError, match="no user or run model named 'other'"):
+        cat.remove("other")
+    assert cat.remove("mine").path == f.resolve()
+    assert f.exists()  # the file itself is kept
+    assert [e.name for e in cat.entries()] == ["left-atrium"]
+
+
+def test_corrupt_registry_is_named_not_overwritten(tmp_path, home, shipped):
+    home.mkdir()
+    (home / "models.json").write_text("{not json")
+    cat = ModelCatalogue()
+    with pytest.raises(CatalogueError, match="models.json: the model registry cannot be read"):
+        cat.entries()
+    with pytest.raises(CatalogueError, match="models.json"):
+        cat.add(tiny_model(tmp_path / "m.pt"))
+    assert (home / "models.json").read_text() == "{not json"
+    # a path still resolves without reading the registry
+    assert cat.resolve(str(tmp_path / "m.pt")) == (tmp_path / "m.pt").resolve()
+
+
+def test_registry_written_atomically(tmp_path, home, shipped, monkeypatch):
+    """A failure while writing leaves the previous registry intact and no temporary file behind."""
+    cat = ModelCatalogue()
+    cat.add(tiny_model(tmp_path / "m1.pt"), name="one")
+    second = tiny_model(tmp_path / "m2.pt", seed=1)
+    before = (home / "models.json").read_text()
+
+    def failing_replace(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        cat.add(second, name="two")
+    monkeypatch.undo()
+    assert (home / "models.json").read_text() == before
+    assert sorted(p.name for p in home.iterdir()) == ["models.json", "models.json.lock"]
+
+
+def test_cli_models_table_info_add_remove(tmp_path, home, shipped, capsys):
+    f = tiny_model(tmp_path / "user.pt", method="uamt")
+    run_dir = tmp_path / "run1"
+    tiny_model(run_dir / "best.pt", method="sgrs")
+    assert main(["models", "add", str(f), "--name", "mine"]) == 0
+    assert main(["models", "register-run", str(run_dir)]) == 0
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "SOURCE", "METHOD", "CLASSES", "SPACING", "PATH"]
+    assert [line.split()[0] for line in lines[1:]] == ["left-atrium", "mine", "run1"]
+    # aligned: every column starts at the same offset in every line
+    for col in ("SOURCE", "METHOD", "CLASSES", "SPACING", "PATH"):
+        start = lines[0].index(col)
+        assert all(line[start - 2:start] == "  " and line[start] != " " for line in lines[1:]), col
+    assert "sassnet" in lines[1] and "left atrium" in lines[1] and "1.25x1.25x1.25 mm" in lines[1]
+    assert str(f.resolve()) in lines[2] and "uamt" in lines[2]
+    assert str((run_dir / "best.pt").resolve()) in lines[3] and " run " in lines[3]
+    assert main(["models", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in listed] == ["left-atrium", "mine", "run1"] and listed[1]["card"]["method"] == "uamt"
+    assert main(["models", "info", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert "source:           user" in out and "method:           uamt" in out
+    assert main(["info", "mine"]) == 0  # 'info' takes a name too
+    assert "uamt" in capsys.readouterr().out
+    assert main(["models", "add", str(f), "--name", "left-atrium"]) == 2
+    assert "belongs to a model shipped" in capsys.readouterr().err
+    assert main(["models", "remove", "mine"]) == 0
+    assert main(["models", "info", "mine"]) == 2
+    assert "no model named 'mine'" in capsys.readouterr().err
+
+
+def test_segment_with_catalogue_name_on_real_scan(tmp_path, home, shipped, capsys):
+    """``segment --model NAME`` gives exactly what the same model gives by path (and in-process)."""
+    f = tiny_model(tmp_path / "la.pt", seed=7)
+    assert main(["models", "add", str(f), "--name", "la-test"]) == 0
+    by_name, by_path = tmp_path / "by_name", tmp_path / "by_path"
+    assert main(["segment", str(LA_SAMPLE), "--model", "la-test", "-o", str(by_name), "--json-progress"]) == 0
+    assert main(["segment", str(LA_SAMPLE), "--model", str(f), "-o", str(by_path), "--json-progress"]) == 0
+    case = "06SR5RBREL16DQ6M8LWS"
+    a = read_volume(by_name / f"{case}_label.nii.gz")
+    b = read_volume(by_path / f"{case}_label.nii.gz")
+    image = read_image(LA_SAMPLE)
+    assert a.same_geometry(image) and np.array_equal(a.array, b.array)
+    expected = segment(image, f, options=SegmentOptions(compute_sdm=False, compute_entropy=False)).labels.array
+    assert np.array_equal(a.array, expected)
+    # a shipped name works the same way; an unknown name is one clear line
+    assert main(["segment", str(LA_SAMPLE), "--model", "left-atrium", "-o", str(tmp_path / "shipped")]) == 0
+    assert main(["segment", str(LA_SAMPLE), "--model", "nosuch", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: 'nosuch' is neither a model name") and "la-test" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_registry_lock_serialises_writers(tmp_path, home, shipped):
+    """A second process adding a model waits while the registry is locked, then adds on top of what the first
+    wrote (nothing lost)."""
+    import subprocess
+    import sys
+    import time
+
+    cat = ModelCatalogue()
+    f1, f2 = tiny_model(tmp_path / "first.pt"), tiny_model(tmp_path / "second.pt", seed=1)
+    code = ("import sys; from semisupseg.catalogue import ModelCatalogue; import semisupseg.checkpoint\n"
+            "print('ready', flush=True); ModelCatalogue().add(sys.argv[1])\n")
+    with cat._locked():
+        proc = subprocess.Popen([sys.executable, "-c", code, str(f2)], stdout=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(1.0)  # an add takes milliseconds: the child is blocked on the lock
+            assert proc.poll() is None and not (home / "models.json").exists()
+            # what the lock holder writes is kept by the waiting writer
+            records = [{"name": "first", "source": "user", "path": str(f1.resolve())}]
+            cat._write_registry(records)
+        except BaseException:
+            proc.kill()
+            raise
+    assert proc.wait(timeout=60) == 0
+    assert [e.name for e in cat.entries(read_cards=False)] == ["left-atrium", "first", "second"]
