@@ -261,6 +261,11 @@ def check_label_values(
         )
 
 
+def _xyz(values: Sequence[float], digits: int) -> str:
+    """``(1.0, 1.0, 1.5)``: rounded plain numbers for messages (numpy 2 would print ``np.float64(1.0)``)."""
+    return "(" + ", ".join(repr(round(float(v), digits)) for v in values) + ")"
+
+
 def check_label_geometry(label: Volume, image: Volume, path: Optional[PathLike] = None, tol: float = 1e-3) -> None:
     """Raise :class:`InputError` (naming the label file) when the label's grid is not the image's grid.
 
@@ -276,14 +281,13 @@ def check_label_geometry(label: Volume, image: Volume, path: Optional[PathLike] 
     sp_l, sp_i = np.asarray(label.spacing), np.asarray(image.spacing)
     if not np.allclose(sp_l, sp_i, rtol=tol, atol=0):
         raise InputError(
-            f"label spacing {tuple(np.round(sp_l, 6))} mm does not match image {img_name} spacing "
-            f"{tuple(np.round(sp_i, 6))} mm",
+            f"label spacing {_xyz(sp_l, 6)} mm does not match image {img_name} spacing {_xyz(sp_i, 6)} mm",
             path,
         )
     if not np.allclose(label.origin, image.origin, rtol=0, atol=tol * float(sp_i.min())):
         raise InputError(
-            f"label origin {tuple(np.round(label.origin, 4))} mm does not match image {img_name} origin "
-            f"{tuple(np.round(image.origin, 4))} mm",
+            f"label origin {_xyz(label.origin, 4)} mm does not match image {img_name} origin "
+            f"{_xyz(image.origin, 4)} mm",
             path,
         )
     if not np.allclose(label.direction, image.direction, rtol=0, atol=tol):

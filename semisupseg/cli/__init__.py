@@ -17,6 +17,7 @@ from semisupseg.errors import Cancelled, SemiSupSegError
 #: command modules in the order ``--help`` lists them
 COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "export_checkpoint", "methods",
                    "demo", "models", "worker")
+COMMAND_MODULES += ("check_data",)  # training panel: data check, uncertainty ranking
 
 
 def build_parser() -> argparse.ArgumentParser:

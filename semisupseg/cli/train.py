@@ -23,18 +23,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         "train", help="train a segmentation model with a (semi-)supervised method",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", help="registered method name (see 'semisupseg methods'); default: from --config")
-    p.add_argument("--labeled", metavar="DIR", help="labeled data: dataset folder (imagesTr/labelsTr or LA "
-                                                    "<id>/mri_norm2.h5) or an images folder with --labels")
-    p.add_argument("--labels", metavar="DIR", help="folder of label maps matching the images in --labeled")
-    p.add_argument("--unlabeled", metavar="DIR", action="append", default=None,
-                   help="folder of unlabeled images (repeatable)")
-    p.add_argument("--split", metavar="FILE", help="split JSON (default: splits.json in the dataset folder)")
-    p.add_argument("--split-labeled", metavar="KEY", help="split list of the labeled ids, e.g. labeled_16")
-    p.add_argument("--validation", metavar="N|ID,ID", help="held-out validation cases: a number or a comma list "
-                                                            "of case ids (0: no validation)")
+    add_data_arguments(p)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (checkpoints, events, config)")
-    p.add_argument("--config", metavar="FILE", help="YAML/JSON config file")
     p.add_argument("--iterations", type=int, metavar="N", help="total iterations")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="patch size in voxels, x y z")
     p.add_argument("--batch-size", type=int, metavar="B", help="patches per step (global)")
@@ -45,13 +35,28 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR (or --out) from its last saved state")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run directory holding a run")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key (repeatable), e.g. --set optim.lr=0.005")
     p.add_argument("--events", metavar="PATH|-", help="also write the JSON-line events here ('-' = stdout)")
     p.add_argument("--stop-file", metavar="PATH", help="stop cleanly (saving state) when this file appears")
     p.add_argument("--no-bar", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The options naming the data and the config, shared by ``train`` and ``check-data`` (same meaning)."""
+    p.add_argument("--method", help="registered method name (see 'semisupseg methods'); default: from --config")
+    p.add_argument("--labeled", metavar="DIR", help="labeled data: dataset folder (imagesTr/labelsTr or LA "
+                                                    "<id>/mri_norm2.h5) or an images folder with --labels")
+    p.add_argument("--labels", metavar="DIR", help="folder of label maps matching the images in --labeled")
+    p.add_argument("--unlabeled", metavar="DIR", action="append", default=None,
+                   help="folder of unlabeled images (repeatable)")
+    p.add_argument("--split", metavar="FILE", help="split JSON (default: splits.json in the dataset folder)")
+    p.add_argument("--split-labeled", metavar="KEY", help="split list of the labeled ids, e.g. labeled_16")
+    p.add_argument("--validation", metavar="N|ID,ID", help="held-out validation cases: a number or a comma list "
+                                                            "of case ids (0: no validation)")
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key (repeatable), e.g. --set optim.lr=0.005")
 
 
 def _explicit_overrides(args: argparse.Namespace) -> List[str]:
@@ -78,12 +83,13 @@ def _explicit_overrides(args: argparse.Namespace) -> List[str]:
     if args.validation is not None:
         v = args.validation.strip()
         add("data.validation", int(v) if v.isdigit() else [s.strip() for s in v.split(",") if s.strip()])
-    for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size),
-                       ("labeled_batch_size", args.labeled_batch_size), ("device", args.device),
-                       ("seed", args.seed), ("amp", args.amp)):
+    for key, name in (("iterations", "iterations"), ("batch_size", "batch_size"),
+                      ("labeled_batch_size", "labeled_batch_size"), ("device", "device"), ("seed", "seed"),
+                      ("amp", "amp")):
+        value = getattr(args, name, None)  # training-only options are absent from check-data
         if value is not None:
             add(key, value)
-    if args.patch_size:
+    if getattr(args, "patch_size", None):
         add("data.patch_size", list(args.patch_size))
     return out
 
@@ -121,9 +127,13 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None), end="")
         return 0
-    if not resume and run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
-        raise InputError("run directory is not empty; use --resume to continue it or --overwrite to start again",
-                         run_dir)
+    from semisupseg.training.heartbeat import describe_process, heartbeat_alive, read_heartbeat, start_refusal
+
+    if heartbeat_alive(read_heartbeat(run_dir)):  # before anything is written: a live run's files stay untouched
+        raise InputError(describe_process(read_heartbeat(run_dir)), run_dir)
+    refusal = None if resume else start_refusal(run_dir, args.overwrite)
+    if refusal is not None:
+        raise InputError(refusal, run_dir)
     stream = None
     events_path = None
     if args.events == "-":

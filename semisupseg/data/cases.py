@@ -42,6 +42,8 @@ from semisupseg.data.preprocess import PreprocessConfig, preprocess_image, resam
 __all__ = [
     "Case",
     "ClassInfo",
+    "DataProblem",
+    "raise_problems",
     "DatasetSpec",
     "Dataset",
     "LoadedCase",
@@ -53,6 +55,7 @@ __all__ = [
     "build_dataset",
     "load_case",
     "load_cases",
+    "read_case",
     "load_dataset",
     "read_dataset_json",
 ]
@@ -86,6 +89,55 @@ class Case:
     def as_unlabeled(self) -> "Case":
         """The same case without its label (the label file will never be read)."""
         return Case(self.case_id, self.image_path, None)
+
+
+@dataclass
+class DataProblem:
+    """One problem found in the data: ``message`` about the file ``path`` (``None`` for a problem of the whole set,
+    e.g. a split file that names absent cases), for the case ``case_id`` when known. ``severity``: ``"error"``
+    (training cannot start) or ``"warning"`` (training starts; the user may not expect what happens, e.g. an image
+    without a label file used as unlabeled). :attr:`line` is the one line shown to the user."""
+
+    message: str
+    path: Optional[str] = None
+    case_id: Optional[str] = None
+    severity: str = "error"
+
+    @property
+    def line(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+    @classmethod
+    def from_error(cls, exc: InputError, case_id: Optional[str] = None) -> "DataProblem":
+        """The problem an :class:`InputError` reports (its path kept apart from its message)."""
+        text = str(exc)
+        path = None if exc.path is None else str(exc.path)
+        if path is not None and text.startswith(f"{path}: "):
+            text = text[len(path) + 2:]
+        return cls(text, path, case_id, "error")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"severity": self.severity, "path": self.path, "case": self.case_id, "message": self.message,
+                "line": self.line}
+
+
+#: at most this many problems are spelled out in the one error :func:`raise_problems` raises
+MAX_LISTED_PROBLEMS = 20
+
+
+def raise_problems(problems: Sequence[DataProblem], what: str = "the training data") -> None:
+    """Raise one :class:`InputError` for the errors among ``problems`` (warnings are ignored): a single error is
+    raised as it is (its own one line); several become one error with one line per problem (the first
+    :data:`MAX_LISTED_PROBLEMS`), so a user fixes them all in one go."""
+    errors = [p for p in problems if p.severity == "error"]
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise InputError(errors[0].message, errors[0].path)
+    lines = [p.line for p in errors[:MAX_LISTED_PROBLEMS]]
+    more = len(errors) - len(lines)
+    tail = f"\n  ... and {more} more (semisupseg check-data lists them all)" if more > 0 else ""
+    raise InputError(f"{len(errors)} problems in {what}:\n  " + "\n  ".join(lines) + tail)
 
 
 @dataclass
@@ -180,8 +232,11 @@ def read_dataset_json(path: PathLike) -> ClassInfo:
 # ---------------------------------------------------------------------------------------------------------------
 # discovery
 # ---------------------------------------------------------------------------------------------------------------
-def _volume_entries(folder: Path) -> Dict[str, Path]:
-    """``id -> path`` of the readable volumes in ``folder`` (files; and ``<id>/mri_norm2.h5`` sub-folders)."""
+def _volume_entries(folder: Path, problems: Optional[List[DataProblem]] = None) -> Dict[str, Path]:
+    """``id -> path`` of the readable volumes in ``folder`` (files; and ``<id>/mri_norm2.h5`` sub-folders).
+
+    Two files for one case id are an error; with a ``problems`` list it is recorded there (naming the second
+    file, which is left out) instead of raised."""
     if not folder.is_dir():
         raise InputError("folder not found" if not folder.exists() else "not a folder", folder)
     out: Dict[str, Path] = {}
@@ -197,7 +252,11 @@ def _volume_entries(folder: Path) -> Dict[str, Path]:
             continue
         cid = strip_suffix(p)
         if cid in out:
-            raise InputError(f"two files for case {cid!r}: {out[cid].name} and {p.name}", folder)
+            if problems is None:
+                raise InputError(f"two files for case {cid!r}: {out[cid].name} and {p.name}", folder)
+            problems.append(DataProblem(f"second file for case {cid!r} (the first is {out[cid].name}); one file "
+                                        "per case", str(p), cid))
+            continue
         out[cid] = p
     return out
 
@@ -242,11 +301,17 @@ def discover_cases(
     images: Optional[PathLike] = None,
     labels: Optional[PathLike] = None,
     allow_missing_labels: bool = False,
+    problems: Optional[List[DataProblem]] = None,
 ) -> List[Case]:
     """Labeled cases from ``root`` (``imagesTr``/``labelsTr`` inside, or the LA ``<id>/mri_norm2.h5`` layout) or
     from separate ``images`` and ``labels`` folders (matching names). Images without a label are an error unless
     ``allow_missing_labels`` (they are then returned unlabeled); labels without an image are always an error.
-    Label files are only listed here, not opened. Sorted by case id."""
+    Label files are only listed here, not opened. Sorted by case id.
+
+    ``problems``: collect the pairing problems there, one per file (a label without its image, a second file for a
+    case, an image without its label when labels are required; images used as unlabeled are recorded as
+    warnings) and return the cases that pair, instead of raising at the first. Folder-level errors (a folder
+    missing, no images at all) are raised either way."""
     if root is not None:
         r = Path(root)
         if not r.is_dir():
@@ -266,18 +331,33 @@ def discover_cases(
                 "or give the images and labels folders separately", r)
     if images is None:
         raise InputError("no images folder given (root, or images + labels)")
-    img_entries = _volume_entries(Path(images))
+    img_entries = _volume_entries(Path(images), problems)
     if not img_entries:
-        raise InputError("no readable images in the folder", images)
+        raise InputError("no readable images in the folder (expected .nii.gz, .nii, .nrrd, .mha/.mhd files, "
+                         "DICOM series folders or <id>/mri_norm2.h5)", images)
     if labels is None:
         if not allow_missing_labels:
             raise InputError("no labels folder given", images)
         grouped = _group_channels(img_entries)
         return [Case(cid, p, None) for cid, p in sorted(grouped.items())]
-    lab_entries = _volume_entries(Path(labels))
+    lab_entries = _volume_entries(Path(labels), problems)
     grouped = _group_channels(img_entries, set(lab_entries))
     missing = sorted(set(grouped) - set(lab_entries))
     orphans = sorted(set(lab_entries) - set(grouped))
+    if problems is not None:
+        for cid in orphans:
+            problems.append(DataProblem(f"label file without an image: no image named {cid!r} in {images}",
+                                        str(lab_entries[cid]), cid))
+        for cid in missing:
+            path = grouped[cid] if not isinstance(grouped[cid], tuple) else grouped[cid][0]
+            if allow_missing_labels:
+                problems.append(DataProblem(f"no label file named {cid!r} in {labels}: used as an unlabeled case",
+                                            str(path), cid, "warning"))
+            else:
+                problems.append(DataProblem(f"image without a label file: no label named {cid!r} in {labels}",
+                                            str(path), cid))
+        return [Case(cid, p, lab_entries.get(cid)) for cid, p in sorted(grouped.items())
+                if allow_missing_labels or cid in lab_entries]
     if orphans:
         raise InputError(f"{len(orphans)} label files have no matching image in {images}: {orphans[:5]}", labels)
     if missing and not allow_missing_labels:
@@ -286,18 +366,20 @@ def discover_cases(
     return [Case(cid, p, lab_entries.get(cid)) for cid, p in sorted(grouped.items())]
 
 
-def discover_unlabeled(folder: PathLike) -> List[Case]:
+def discover_unlabeled(folder: PathLike, problems: Optional[List[DataProblem]] = None) -> List[Case]:
     """Unlabeled cases: every readable image in ``folder`` (an ``imagesTr``/``imagesTs`` sub-folder is used when
-    ``folder`` holds one and no images itself). No label is looked for."""
+    ``folder`` holds one and no images itself). No label is looked for. ``problems``: as in
+    :func:`discover_cases`."""
     f = Path(folder)
-    entries = _volume_entries(f)
+    entries = _volume_entries(f, problems)
     if not entries:
         for sub in ("imagesTr", "imagesTs"):
             if (f / sub).is_dir():
-                entries = _volume_entries(f / sub)
+                entries = _volume_entries(f / sub, problems)
                 break
     if not entries:
-        raise InputError("no readable images in the unlabeled folder", f)
+        raise InputError("no readable images in the unlabeled folder (expected .nii.gz, .nii, .nrrd, .mha/.mhd "
+                         "files, DICOM series folders, or an imagesTr/ or imagesTs/ sub-folder of them)", f)
     return [Case(cid, p, None) for cid, p in sorted(_group_channels(entries).items())]
 
 
@@ -447,8 +529,32 @@ class Dataset:
         return text + "".join(f"\n  {n}" for n in self.notes)
 
 
-def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]]) -> Dataset:
-    """Discover and split the cases described by ``spec`` (no image or label is read here)."""
+def _where_labels_were_sought(spec: DatasetSpec, cases: Sequence[Case]) -> str:
+    """For the "no labeled cases" error: the folders searched and what was expected in them."""
+    if spec.root is not None:
+        r = Path(spec.root)
+        if (r / "imagesTr").is_dir():
+            if not (r / "labelsTr").is_dir():
+                return (f"{r} has imagesTr/ but no labelsTr/ (expected the label maps there, named like the images; "
+                        "or use the folder as an unlabeled folder)")
+            return (f"none of the {len(cases)} images in {r / 'imagesTr'} has a label map of the same name in "
+                    f"{r / 'labelsTr'}")
+        return f"no case of {r} has a label"
+    if spec.images is not None:
+        if spec.labels is None:
+            return (f"{spec.images} is a plain images folder and no labels folder was given (expected --labels DIR "
+                    "with label maps named like the images, or an imagesTr/ + labelsTr/ dataset folder)")
+        return f"none of the {len(cases)} images in {spec.images} has a label map of the same name in {spec.labels}"
+    return ("only unlabeled folders were given; semi-supervised training needs labeled cases too (--labeled DIR: "
+            "a dataset folder with imagesTr/ + labelsTr/, or an images folder with --labels DIR)")
+
+
+def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]], problems: Optional[List[DataProblem]] = None
+                  ) -> Dataset:
+    """Discover and split the cases described by ``spec`` (no image or label is read here).
+
+    ``problems``: collect per-file pairing problems there instead of raising at the first (see
+    :func:`discover_cases`); errors of the set as a whole (folders, split file, no labeled case) still raise."""
     if isinstance(spec, dict):
         spec = DatasetSpec.from_dict(spec)
     if spec.root is None and spec.images is None:
@@ -456,7 +562,7 @@ def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]]) -> Dataset:
             raise InputError("no data given: set root, or images + labels")
     cases: List[Case] = []
     if spec.root is not None or spec.images is not None:
-        cases = discover_cases(spec.root, spec.images, spec.labels, allow_missing_labels=True)
+        cases = discover_cases(spec.root, spec.images, spec.labels, allow_missing_labels=True, problems=problems)
     split_path = spec.split
     if split_path is None and spec.root is not None and (Path(spec.root) / "splits.json").is_file():
         split_path = str(Path(spec.root) / "splits.json")
@@ -486,7 +592,7 @@ def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]]) -> Dataset:
         labeled, val = with_label, []
     seen = {c.case_id for c in labeled + unlabeled + val}
     for folder in spec.unlabeled:
-        for c in discover_unlabeled(folder):
+        for c in discover_unlabeled(folder, problems):
             if c.case_id in seen:
                 c = Case(f"{Path(folder).name}/{c.case_id}", c.image_path, None)
             unlabeled.append(c)
@@ -500,7 +606,10 @@ def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]]) -> Dataset:
     elif spec.root is not None and (Path(spec.root) / "dataset.json").is_file():
         classes = read_dataset_json(Path(spec.root) / "dataset.json")
     if not labeled:
-        raise InputError("no labeled cases: semi-supervised training needs at least one labeled case")
+        if split_path is not None:
+            raise InputError(f"no labeled cases: the split selects none (labeled = {spec.labeled_key or spec.train_key!r}"
+                             f" list of {split_path})", split_path)
+        raise InputError("no labeled cases: " + _where_labels_were_sought(spec, cases))
     return Dataset(labeled, unlabeled, val, classes, spec, notes)
 
 
@@ -546,6 +655,27 @@ def _read_case_image(case: Case, h5_spacing: Sequence[float]) -> Volume:
     return first.with_array(np.stack([v.array for v in vols]))
 
 
+def read_case(
+    case: Case,
+    classes: Optional[ClassInfo] = None,
+    with_label: bool = True,
+    h5_spacing: Sequence[float] = LA_H5_SPACING,
+) -> Tuple[Volume, Optional[Volume]]:
+    """Read one case as it is on disk, with every check training makes: each image file readable (channels on one
+    grid), the label (when ``with_label`` and the case has one) readable, whole-numbered, on the image's grid
+    (:func:`semisupseg.io.check_label_geometry`) and, when ``classes`` is given, holding only their label values.
+    Returns ``(image, label)``: the image float32 ``(Z, Y, X)`` or ``(C, Z, Y, X)``, the label with its file values
+    (or ``None``). Problems raise :class:`InputError` naming the file. :func:`load_case` (training) and the data
+    check (``semisupseg check-data``) both read cases through this function."""
+    image = _read_case_image(case, h5_spacing)
+    label_vol: Optional[Volume] = None
+    if with_label and case.label_path is not None:
+        label_vol = read_label_or_h5(case.label_path, image,
+                                     label_values=None if classes is None else classes.label_values,
+                                     h5_spacing=h5_spacing)
+    return image, label_vol
+
+
 def load_case(
     case: Case,
     preprocess: Optional[PreprocessConfig] = None,
@@ -558,12 +688,7 @@ def load_case(
     ``None`` the raw values are kept and also returned as the second item for class inference).
     Returns ``(LoadedCase, raw label values present or None)``."""
     cfg = preprocess or PreprocessConfig()
-    image = _read_case_image(case, h5_spacing)
-    label_vol: Optional[Volume] = None
-    if with_label and case.label_path is not None:
-        label_vol = read_label_or_h5(case.label_path, image,
-                                     label_values=None if classes is None else classes.label_values,
-                                     h5_spacing=h5_spacing)
+    image, label_vol = read_case(case, classes, with_label, h5_spacing)
     geometry = {"spacing_xyz": list(image.spacing), "origin_xyz": list(image.origin),
                 "direction": image.direction.reshape(-1).tolist(), "size_xyz": list(image.size_xyz),
                 "path": str(case.channel_paths[0])}
@@ -634,44 +759,63 @@ def load_dataset(
     preprocess: Optional[PreprocessConfig] = None,
     progress: ProgressCallback = no_progress,
     cancel: Optional[CancelToken] = None,
+    problems: Optional[List[DataProblem]] = None,
 ) -> LoadedDataset:
     """Read and preprocess every case of ``dataset``. Labels of unlabeled cases are never read (their
     ``label_path`` is ``None``). When ``dataset.classes`` is ``None`` the classes are the sorted union of the label
-    values found in the labeled and validation cases (0 always included)."""
+    values found in the labeled and validation cases (0 always included).
+
+    A bad file does not stop the reading: every case is tried and all problems are raised together at the end
+    (:func:`raise_problems`: one line per file), so a user sees them all at once; ``problems`` found before
+    (pairing problems of the discovery) are raised with them."""
     cfg = preprocess or PreprocessConfig()
     h5_spacing = dataset.spec.h5_spacing_xyz if dataset.spec is not None else LA_H5_SPACING
     with_label = list(dataset.labeled) + list(dataset.val)
     total = len(with_label) + len(dataset.unlabeled)
     done = [0]
+    problems = [] if problems is None else problems
+    failed: set = set()
 
     def tick(case_id: str) -> None:
         done[0] += 1
         progress(done[0] / max(total, 1), f"loaded {case_id} ({done[0]}/{total})")
 
     classes = dataset.classes
-    loaded_lab: List[LoadedCase] = []
     if classes is None:
         # Infer the classes from the label values present (labels are small: one extra read of each labeled file).
         values: set = set()
         for case in with_label:
             if cancel is not None:
                 cancel.raise_if_cancelled("loading cases")
-            lab = read_label_or_h5(case.label_path, None, h5_spacing=h5_spacing)  # type: ignore[arg-type]
+            try:
+                lab = read_label_or_h5(case.label_path, None, h5_spacing=h5_spacing)  # type: ignore[arg-type]
+            except InputError as exc:
+                problems.append(DataProblem.from_error(exc, case.case_id))
+                failed.add(case.case_id)
+                continue
             values |= set(int(v) for v in np.unique(lab.array))
-        classes = ClassInfo.from_values(sorted(values))
-    for case in with_label:
+        try:
+            classes = ClassInfo.from_values(sorted(values))
+        except InputError as exc:  # e.g. no label could be read: the reasons come first
+            problems.append(DataProblem.from_error(exc))
+            raise_problems(problems)
+            raise
+
+    def load(case: Case, labels: bool) -> Optional[LoadedCase]:
         if cancel is not None:
             cancel.raise_if_cancelled("loading cases")
-        lc, _ = load_case(case, cfg, classes, True, h5_spacing)
-        loaded_lab.append(lc)
+        if case.case_id in failed:
+            return None
+        try:
+            lc, _ = load_case(case, cfg, classes, labels, h5_spacing)
+        except InputError as exc:
+            problems.append(DataProblem.from_error(exc, case.case_id))
+            return None
         tick(case.case_id)
-    labeled = loaded_lab[: len(dataset.labeled)]
-    val = loaded_lab[len(dataset.labeled):]
-    unlabeled: List[LoadedCase] = []
-    for case in dataset.unlabeled:
-        if cancel is not None:
-            cancel.raise_if_cancelled("loading cases")
-        lc, _ = load_case(case, cfg, classes, False, h5_spacing)
-        unlabeled.append(lc)
-        tick(case.case_id)
-    return LoadedDataset(labeled, unlabeled, val, classes, cfg)
+        return lc
+
+    labeled = [load(c, True) for c in dataset.labeled]
+    val = [load(c, True) for c in dataset.val]
+    unlabeled = [load(c, False) for c in dataset.unlabeled]
+    raise_problems(problems)
+    return LoadedDataset(labeled, unlabeled, val, classes, cfg)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ resampling, normalising). Tests and the Slicer module can build a :class:`TrainD
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -64,6 +64,9 @@ class TrainData:
     spacing_xyz: Optional[Tuple[float, float, float]] = None
     normalization: dict = field(default_factory=lambda: {"kind": "zscore"})
     notes: List[str] = field(default_factory=list)
+    #: the files of each case by id (:class:`semisupseg.data.Case`) when the data was read from disk; training
+    #: snapshots re-read a case from them to write overlays in its original geometry
+    sources: Dict[str, Any] = field(default_factory=dict)
 
     def infer_num_classes(self) -> int:
         """Number of classes: from ``class_names``, else the largest class index in the labels + 1 (at least 2)."""

@@ -44,11 +44,10 @@ from semisupseg.training.config import TrainConfig, save_config
 from semisupseg.training.data import TrainData
 from semisupseg.training.ema import ema_decay_at, ema_update, make_teacher
 from semisupseg.training.events import Events
+from semisupseg.training.heartbeat import RUN_FILES  # noqa: F401  (files the engine writes in a run directory)
 
 RESUME_FORMAT = "semisupseg-resume"
 RESUME_VERSION = 1
-#: files the engine writes in a run directory (``overwrite`` removes exactly these)
-RUN_FILES = ("config.yaml", "data.json", "events.jsonl", "resume.pt", "last.pt", "last.json", "best.pt", "best.json")
 
 
 def method_class(name: str):
@@ -159,23 +158,39 @@ class Trainer:
         self.best_iteration: Optional[int] = None
         self._durations: List[float] = []
         self._losses: List[float] = []
+        self.heartbeat = None
 
     # ------------------------------------------------------------------------------------------------- set-up
     def _prepare_run_dir(self) -> None:
+        """Check the run directory and take it: refuse a folder where another training process is alive (its
+        heartbeat), and a fresh start in a folder holding a run's state (resume state or model files) unless
+        ``overwrite``. Leftovers of a start that failed before training (a log without any state) are removed, so
+        that rerunning the corrected command works. Then the heartbeat starts."""
+        from semisupseg.training.heartbeat import (Heartbeat, clear_engine_files, describe_process, heartbeat_alive,
+                                                   read_heartbeat, start_refusal)
+
         d = self.run_dir
         if d.exists() and not d.is_dir():
             raise InputError("the run directory is a file", d)
-        if self.resume:
-            return
-        existing = [p for p in d.iterdir()] if d.exists() else []
-        if existing:
-            if not self.overwrite:
-                raise OutputExistsError("run directory is not empty; use --resume to continue it or --overwrite "
-                                        "to start again", d)
-            for name in RUN_FILES:
-                if (d / name).exists():
-                    (d / name).unlink()
+        other = read_heartbeat(d)
+        if heartbeat_alive(other):
+            raise InputError(describe_process(other), d)
+        if not self.resume and d.exists():
+            refusal = start_refusal(d, self.overwrite)
+            if refusal is not None:
+                raise OutputExistsError(refusal, d)
+            clear_engine_files(d)
         d.mkdir(parents=True, exist_ok=True)
+        self.heartbeat = Heartbeat(d, max_iterations=self.cfg.iterations)
+        self.heartbeat.iteration = self.iteration
+        self.heartbeat.start()
+
+    def _stop_heartbeat(self, status: str) -> None:
+        hb = getattr(self, "heartbeat", None)
+        if hb is not None:
+            hb.iteration = self.iteration
+            hb.stop(status)
+            self.heartbeat = None
 
     def _setup(self) -> None:
         cfg = self.cfg
@@ -527,6 +542,8 @@ class Trainer:
                 self.events.set_path(self.run_dir / "events.jsonl")
             self._setup()
             resumed = self._load_resume() if self.resume else False
+            if self.heartbeat is not None:
+                self.heartbeat.iteration = self.iteration
             if self.dist.is_main:
                 save_config(cfg, self.run_dir / "config.yaml")
                 import json
@@ -541,6 +558,7 @@ class Trainer:
         except Cancelled as exc:  # while reading the data: nothing trained, nothing to save
             self.events.emit("cancelled", iteration=self.iteration, max_iterations=cfg.iterations, message=str(exc))
             self.events.close()
+            self._stop_heartbeat("cancelled")
             self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
@@ -559,6 +577,8 @@ class Trainer:
                     raise FloatingPointError(f"non-finite loss {loss} at iteration {self.iteration} (terms {terms}); "
                                              "lower optim.lr, enable optim.grad_clip or set amp=off")
                 self.iteration += 1
+                if self.heartbeat is not None:
+                    self.heartbeat.iteration = self.iteration
                 dt = time.perf_counter() - t_start
                 self._durations.append(dt)
                 self._losses.append(loss)
@@ -583,6 +603,7 @@ class Trainer:
             finally:
                 self.events.emit("cancelled", iteration=self.iteration, max_iterations=cfg.iterations,
                                  message=str(exc) or "cancelled")
+                self._stop_heartbeat("cancelled")
                 self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
@@ -597,6 +618,7 @@ class Trainer:
                          last=str(self.run_dir / "last.pt"),
                          best=str(self.run_dir / "best.pt") if (self.run_dir / "best.pt").exists() else None)
         self.events.close()
+        self._stop_heartbeat("finished")
         self._leave_process_group(synchronize=True)
         return self._result("finished")
 
@@ -627,6 +649,10 @@ class Trainer:
                              message=message)
             self.events.close()
         except Exception:  # never hide the original error
+            pass
+        try:
+            self._stop_heartbeat("failed")
+        except Exception:
             pass
 
     def _result(self, status: str) -> TrainResult:

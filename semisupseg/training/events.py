@@ -6,9 +6,14 @@ One :class:`Events` sink receives everything the trainer reports. Each event is 
      "losses": {"dice": 0.71}, "logs": {...}, "lr": 0.01, "it_per_s": 1.9, "eta_s": 3150.2}
 
 Kinds: ``started``, ``resumed``, ``iteration``, ``validation`` (``metrics``), ``checkpoint`` (``name``: last|best, ``path``),
+``overlays`` (a training snapshot: ``case``, ``dir``, ``files``; see :mod:`semisupseg.training.snapshots`),
 ``finished``, ``failed`` (``message``), ``cancelled``. Lines are flushed one by one, so a reader (the Slicer module
 parsing the child process's output) sees whole lines, and a killed run leaves a valid file (possibly without a
 final event). Non-finite floats are written as ``null``.
+
+For people: a tqdm bar on stderr when it is a terminal; otherwise (a log file, a pipe, the Slicer runner's log)
+plain progress lines on stderr — the start, then an iteration line at most every ``line_interval_s`` seconds
+(iteration, loss, it/s, ETA), each validation, and the end — never carriage returns.
 """
 from __future__ import annotations
 
@@ -22,7 +27,10 @@ from typing import IO, Any, Callable, Dict, List, Optional, Union
 
 from semisupseg.progress import ProgressCallback
 
-EVENT_KINDS = ("started", "resumed", "iteration", "validation", "checkpoint", "finished", "failed", "cancelled")
+EVENT_KINDS = ("started", "resumed", "iteration", "validation", "checkpoint", "overlays", "finished", "failed",
+               "cancelled")
+#: seconds between two plain progress lines (when no bar is shown)
+LINE_INTERVAL_S = 30.0
 
 
 def jsonable(value: Any) -> Any:
@@ -53,13 +61,21 @@ class Events:
 
     ``path``: JSON-lines file (appended to, so a resumed run continues its log); ``stream``: also write the lines to
     this text stream (``sys.stdout`` for ``--events -``); ``bar``: show a tqdm progress bar on stderr (``None`` =
-    only when stderr is a terminal); ``progress``: ``callback(fraction, message)`` for GUIs; ``listeners``: callables
-    receiving each event dict. ``enabled=False`` drops everything (non-zero ranks of a distributed run).
+    only when stderr is a terminal); ``lines``: plain progress lines on ``line_stream`` (default stderr) at most
+    every ``line_interval_s`` seconds (``None`` = when no bar is shown); ``progress``: ``callback(fraction,
+    message)`` for GUIs; ``listeners``: callables receiving each event dict. ``enabled=False`` drops everything
+    (non-zero ranks of a distributed run).
     """
 
     def __init__(self, path: Optional[Union[str, Path]] = None, stream: Optional[IO[str]] = None,
                  bar: Optional[bool] = None, progress: Optional[ProgressCallback] = None,
-                 listeners: Optional[List[Callable[[Dict[str, Any]], None]]] = None, enabled: bool = True):
+                 listeners: Optional[List[Callable[[Dict[str, Any]], None]]] = None, enabled: bool = True,
+                 lines: Optional[bool] = None, line_interval_s: float = LINE_INTERVAL_S,
+                 line_stream: Optional[IO[str]] = None):
+        self.lines = lines
+        self.line_interval_s = float(line_interval_s)
+        self.line_stream = line_stream
+        self._last_line = -math.inf
         self.path = None if path is None else Path(path)
         self.stream = stream
         self.enabled = enabled
@@ -104,6 +120,7 @@ class Events:
             if self.keep_history:
                 self.history.append(record)
         self._update_bar(record)
+        self._update_lines(record)
         self._update_progress(record)
         for listener in self.listeners:
             listener(record)
@@ -141,6 +158,29 @@ class Events:
             self._bar.close()
             self._bar = None
 
+    def _update_lines(self, record: Dict[str, Any]) -> None:
+        """Plain progress lines (no carriage returns) when no bar is shown."""
+        wanted = self.lines if self.lines is not None else not self._use_bar()
+        if not wanted or record["event"] in ("finished", "failed", "cancelled"):
+            return  # the end is said once, by the caller (the CLI's last line, the raised error)
+        text = progress_line(record)
+        if text is None:
+            return
+        now = time.monotonic()
+        kind = record["event"]
+        if kind == "iteration":
+            last = record.get("iteration") == record.get("max_iterations")
+            if now - self._last_line < self.line_interval_s and not last:
+                return
+        stream = self.line_stream if self.line_stream is not None else sys.stderr
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe must not stop the training
+            return
+        if kind != "started" and kind != "resumed":  # the first iteration line follows the start at once
+            self._last_line = now
+
     def _update_progress(self, record: Dict[str, Any]) -> None:
         if self.progress is None:
             return
@@ -170,6 +210,52 @@ class Events:
             self._bar = None
 
 
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def progress_line(record: Dict[str, Any]) -> Optional[str]:
+    """The one plain line a person reads for an event (``None`` for events not worth a line)."""
+    kind = record.get("event")
+    it, total = record.get("iteration"), record.get("max_iterations")
+    where = f"{it}/{total}" if total else f"{it}"
+    if kind in ("started", "resumed"):
+        return (f"{kind} {record.get('method', '')} at iteration {where} on {record.get('device', '?')}: "
+                f"{record.get('labeled_cases', '?')} labeled, {record.get('unlabeled_cases', '?')} unlabeled, "
+                f"{record.get('validation_cases', '?')} validation cases")
+    if kind == "iteration":
+        pct = f" ({100.0 * it / total:.0f}%)" if total and it is not None else ""
+        loss = record.get("loss")
+        rate = record.get("it_per_s")
+        parts = [f"iteration {where}{pct}", f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss ?"]
+        if isinstance(record.get("lr"), (int, float)):
+            parts.append(f"lr {record['lr']:.3g}")
+        if isinstance(rate, (int, float)):
+            parts.append(f"{rate:.2f} it/s" if rate >= 1 else f"{1.0 / rate:.1f} s/it" if rate > 0 else "")
+        parts.append(f"ETA {_duration(record.get('eta_s'))}")
+        return ", ".join(p for p in parts if p)
+    if kind == "validation":
+        m = record.get("metrics") or {}
+        vals = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, (int, float)) and k != "hd95_undefined")
+        return f"validation at iteration {where}: {vals}"
+    if kind == "finished":
+        best = record.get("best_val_dice")
+        extra = f", best validation Dice {best:.4f} at iteration {record.get('best_iteration')}" \
+            if isinstance(best, (int, float)) else ""
+        return f"finished at iteration {where} in {_duration(record.get('elapsed_s'))}{extra}"
+    if kind in ("failed", "cancelled"):
+        msg = str(record.get("message") or "").splitlines()
+        return f"{kind} at iteration {where}" + (f": {msg[0]}" if msg else "")
+    return None
+
+
 def read_events(path: Union[str, Path]) -> List[Dict[str, Any]]:
     """All complete events of a JSON-lines file (a truncated last line from a killed process is skipped)."""
     out = []
@@ -185,4 +271,4 @@ def read_events(path: Union[str, Path]) -> List[Dict[str, Any]]:
     return out
 
 
-__all__ = ["Events", "EVENT_KINDS", "jsonable", "read_events"]
+__all__ = ["Events", "EVENT_KINDS", "LINE_INTERVAL_S", "jsonable", "progress_line", "read_events"]

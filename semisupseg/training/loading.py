@@ -5,7 +5,7 @@ Discovery, splits, reading, resampling and normalisation are :mod:`semisupseg.da
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 from semisupseg.errors import InputError
@@ -26,7 +26,7 @@ def _dataset_spec(cfg: DataConfig):
                        label_values=cfg.label_values, h5_spacing_xyz=tuple(float(s) for s in cfg.h5_spacing))
 
 
-def _hold_out(ds, cfg: DataConfig, spec) -> List[str]:
+def _hold_out(ds, cfg: DataConfig, spec, collect: bool = False) -> List[str]:
     """Move validation cases into ``ds.val`` following ``cfg.validation``; returns notes for ``data.json``."""
     from semisupseg.data import discover_cases
 
@@ -38,7 +38,8 @@ def _hold_out(ds, cfg: DataConfig, spec) -> List[str]:
     if isinstance(want, int) and want == 0:
         notes.append("validation: disabled (data.validation = 0)")
         return notes
-    full = {c.case_id: c for c in discover_cases(spec.root, spec.images, spec.labels, allow_missing_labels=True)}
+    full = {c.case_id: c for c in discover_cases(spec.root, spec.images, spec.labels, allow_missing_labels=True,
+                                                 problems=[] if collect else None)}  # already reported
     pool_with_labels = [c.case_id for c in ds.unlabeled if c.case_id in full and full[c.case_id].label_path]
     if isinstance(want, int):
         if len(pool_with_labels) >= want:
@@ -67,23 +68,72 @@ def _hold_out(ds, cfg: DataConfig, spec) -> List[str]:
     return notes
 
 
-def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
-                    cancel: Optional[CancelToken] = None, with_unlabeled: bool = True) -> TrainData:
-    """Discover, split, read and preprocess the cases of ``cfg`` (see :class:`DataConfig` for the rules).
-    ``with_unlabeled=False`` skips reading the unlabeled pool (methods that do not use it)."""
-    from semisupseg.data import PreprocessConfig, build_dataset, load_dataset
+def resolve_cases(cfg: DataConfig, with_unlabeled: bool = True, problems: Optional[list] = None):
+    """The cases ``cfg`` names, split into labeled / unlabeled / validation by the rules of :class:`DataConfig`
+    (discovery, split file, validation hold-out, ``max_unlabeled``); nothing is read yet. Returns
+    ``(semisupseg.data.Dataset, notes)``. ``with_unlabeled=False`` drops the unlabeled pool (methods that do not
+    use it). ``problems``: a list collecting per-file pairing problems instead of raising at the first
+    (:func:`semisupseg.data.discover_cases`); without it, all pairing problems are raised together (with a
+    set-level error such as a split naming absent cases, when there is one). Training and ``semisupseg
+    check-data`` both start here."""
+    from semisupseg.data import build_dataset
+    from semisupseg.data.cases import DataProblem, raise_problems
 
+    if problems is None:
+        found: List[DataProblem] = []
+        try:
+            result = resolve_cases(cfg, with_unlabeled, found)
+        except InputError as exc:
+            if not any(p.severity == "error" for p in found):
+                raise
+            found.append(DataProblem.from_error(exc))
+            raise_problems(found)
+            raise
+        raise_problems(found)
+        return result
     spec = _dataset_spec(cfg)
-    ds = build_dataset(spec)
-    notes = _hold_out(ds, cfg, spec)
+    ds = build_dataset(spec, problems=problems)
+    notes = list(ds.notes) + _hold_out(ds, cfg, spec, collect=True)
     if cfg.max_unlabeled is not None:
         ds.unlabeled = ds.unlabeled[: int(cfg.max_unlabeled)]
     if not with_unlabeled:
         notes.append(f"unlabeled pool of {len(ds.unlabeled)} cases not read: the method uses labeled data only")
         ds.unlabeled = []
+    return ds, notes
+
+
+def spacing_problem(spacings_xyz: Dict[str, Sequence[float]], target: Optional[Sequence[float]]) -> Optional[str]:
+    """Why cases with these voxel sizes (case id -> x, y, z mm) cannot share one training grid, or ``None``.
+    With a ``target`` spacing (``data.spacing``) every case is resampled to it; without, they must agree."""
+    if target is not None:
+        return None
+    groups: Dict[Tuple[float, ...], List[str]] = {}
+    for cid, sp in spacings_xyz.items():
+        groups.setdefault(tuple(round(float(v), 4) for v in sp), []).append(cid)
+    if len(groups) <= 1:
+        return None
+    shown = "; ".join(f"{list(k)} mm: {len(v)} case(s), e.g. {v[0]}" for k, v in sorted(groups.items())[:4])
+    return (f"the cases have different voxel spacings ({shown}); set data.spacing (x y z mm) to resample them "
+            "to one grid")
+
+
+def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
+                    cancel: Optional[CancelToken] = None, with_unlabeled: bool = True) -> TrainData:
+    """Discover, split, read and preprocess the cases of ``cfg`` (see :class:`DataConfig` for the rules).
+    ``with_unlabeled=False`` skips reading the unlabeled pool (methods that do not use it)."""
+    from semisupseg.data import PreprocessConfig, load_dataset
+    from semisupseg.data.cases import DataProblem, raise_problems
+
+    problems: List[DataProblem] = []  # every problem of the data is reported at once (as check-data lists them)
+    try:
+        ds, notes = resolve_cases(cfg, with_unlabeled, problems)
+    except InputError as exc:
+        problems.append(DataProblem.from_error(exc))
+        raise_problems(problems)
+        raise
     pre = PreprocessConfig(normalization=dict(cfg.normalization),
                            spacing_xyz=None if cfg.spacing is None else tuple(cfg.spacing))
-    loaded = load_dataset(ds, pre, progress=progress, cancel=cancel)
+    loaded = load_dataset(ds, pre, progress=progress, cancel=cancel, problems=problems)
 
     def conv(cases) -> List[CaseArrays]:
         return [CaseArrays(c.case_id, c.image, c.label, c.spacing_xyz) for c in cases]
@@ -91,13 +141,14 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
     data = TrainData(labeled=conv(loaded.labeled), unlabeled=conv(loaded.unlabeled), validation=conv(loaded.val),
                      class_names=list(loaded.classes.names), label_values=list(loaded.classes.label_values),
                      normalization=pre.normalization.to_dict())
-    spacings = {tuple(round(s, 4) for s in c.spacing_xyz) for c in data.labeled + data.unlabeled + data.validation}
-    if len(spacings) > 1:
-        raise InputError(f"the cases have different voxel spacings {sorted(spacings)[:4]}; set data.spacing "
-                         "(x y z mm) to resample them to one grid")
+    problem = spacing_problem({c.case_id: c.spacing_xyz for c in data.labeled + data.unlabeled + data.validation},
+                              cfg.spacing)
+    if problem is not None:
+        raise InputError(problem)
     data.spacing_xyz = data.labeled[0].spacing_xyz
     data.notes = notes
+    data.sources = {c.case_id: c for c in list(ds.labeled) + list(ds.unlabeled) + list(ds.val)}
     return data
 
 
-__all__ = ["load_train_data"]
+__all__ = ["load_train_data", "resolve_cases", "spacing_problem"]
