@@ -192,14 +192,17 @@ class BoundaryRing(NamedTuple):
         return self.outer | self.inner
 
 
-def ring_iterations(mask: ArrayLike, w_max: int = 20) -> int:
+def ring_iterations(mask: ArrayLike, w_max: int = 20, whole_voxels: Optional[int] = None) -> int:
     """Band width ``it = max(1, round(A_target / A_whole * W_max))`` (boundary-aware paper eq. 8).
 
     ``A_target`` is the number of voxels of the (binary, single-volume) mask, ``A_whole`` the number of voxels of
-    the patch. Rounding is half-up (``floor(x + 0.5)``), not Python's banker's rounding.
+    the patch: the mask's own size, or ``whole_voxels`` when the mask is larger than a training patch (a whole
+    case shown with the width training gives it; ``A_target`` is then capped at ``A_whole``, as in a patch).
+    Rounding is half-up (``floor(x + 0.5)``), not Python's banker's rounding.
     """
     arr = _to_numpy(mask).astype(bool)
-    frac = float(arr.sum()) / float(max(arr.size, 1))
+    whole = float(max(arr.size if whole_voxels is None else int(whole_voxels), 1))
+    frac = min(float(arr.sum()), whole) / whole
     return max(1, int(math.floor(frac * w_max + 0.5)))
 
 
@@ -217,10 +220,10 @@ def _dilate_cross_torch(m: torch.Tensor, iterations: int) -> torch.Tensor:
     return out
 
 
-def _ring_single(mask: ArrayLike, w_max: int) -> Tuple[ArrayLike, ArrayLike]:
-    it = ring_iterations(mask, w_max)
+def _ring_single(mask: ArrayLike, w_max: int, whole_voxels: Optional[int] = None) -> Tuple[ArrayLike, ArrayLike]:
+    it = ring_iterations(mask, w_max, whole_voxels)
     if isinstance(mask, torch.Tensor) and mask.device.type == "cpu":  # scipy is ~5x faster than shifts on CPU
-        outer, inner = _ring_single(mask.numpy().astype(bool), w_max)
+        outer, inner = _ring_single(mask.numpy().astype(bool), w_max, whole_voxels)
         return torch.from_numpy(outer), torch.from_numpy(inner)
     if isinstance(mask, torch.Tensor):
         m = mask.bool()
@@ -233,7 +236,7 @@ def _ring_single(mask: ArrayLike, w_max: int) -> Tuple[ArrayLike, ArrayLike]:
     return grown & ~m, m & ~shrunk
 
 
-def boundary_ring(mask: ArrayLike, w_max: int = 20) -> BoundaryRing:
+def boundary_ring(mask: ArrayLike, w_max: int = 20, whole_voxels: Optional[int] = None) -> BoundaryRing:
     """Outer and inner boundary bands of a binary mask (boundary-aware SB-Net paper, eq. 8-9).
 
     Our reading of eq. 8-9: ``it`` from :func:`ring_iterations` (eq. 8); the object is dilated ``it`` times and
@@ -246,11 +249,12 @@ def boundary_ring(mask: ArrayLike, w_max: int = 20) -> BoundaryRing:
     ``mask``: ``(Z, Y, X)`` or a batch ``(B, Z, Y, X)`` (``it`` computed per sample), numpy or torch (computed with
     torch ops on the tensor's device; CPU tensors go through scipy, which is faster). Returns a
     :class:`BoundaryRing` ``(outer, inner)`` of bool arrays of the same shape; ``.ring`` is M_bound.
+    ``whole_voxels``: ``A_whole`` of eq. 8 when ``mask`` is not a training patch (see :func:`ring_iterations`).
     """
     batched = _check_spatial(_to_numpy(mask) if not isinstance(mask, torch.Tensor) else mask, "mask")
     if not batched:
-        return BoundaryRing(*_ring_single(mask, w_max))
-    pairs = [_ring_single(m, w_max) for m in mask]
+        return BoundaryRing(*_ring_single(mask, w_max, whole_voxels))
+    pairs = [_ring_single(m, w_max, whole_voxels) for m in mask]
     if isinstance(mask, torch.Tensor):
         return BoundaryRing(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
     return BoundaryRing(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))

@@ -35,6 +35,14 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR (or --out) from its last saved state")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run directory holding a run")
+    p.add_argument("--overlay-case", metavar="ID", action="append", default=None,
+                   help="write training snapshots of this case (repeatable; a labeled, unlabeled or validation "
+                        "case of the run) into RUN_DIR/overlays/ID/itNNNNNN/: predicted segmentation, SDM, "
+                        "entropy; ground-truth SDM and boundary ring (labeled), SGRS regions (unlabeled); each in "
+                        "the case's own geometry (config: overlays.cases)")
+    p.add_argument("--overlay-every", type=int, metavar="N",
+                   help="snapshot every N iterations and at the last (default 100; the newest "
+                        "overlays.keep=3 sets per case are kept)")
     p.add_argument("--events", metavar="PATH|-", help="also write the JSON-line events here ('-' = stdout)")
     p.add_argument("--stop-file", metavar="PATH", help="stop cleanly (saving state) when this file appears")
     p.add_argument("--no-bar", action="store_true", help="no progress bar")
@@ -91,6 +99,10 @@ def _explicit_overrides(args: argparse.Namespace) -> List[str]:
             add(key, value)
     if getattr(args, "patch_size", None):
         add("data.patch_size", list(args.patch_size))
+    if getattr(args, "overlay_case", None):
+        add("overlays.cases", [str(c) for c in args.overlay_case])
+    if getattr(args, "overlay_every", None) is not None:
+        add("overlays.every", int(args.overlay_every))
     return out
 
 

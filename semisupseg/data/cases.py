@@ -522,6 +522,8 @@ class Dataset:
     spec: Optional[DatasetSpec] = None
     #: human-readable remarks on how the cases were chosen (split file used, images without labels...)
     notes: List[str] = field(default_factory=list)
+    #: unlabeled cases found but left out of training (beyond a cap, or a method using labeled data only)
+    unused: List[Case] = field(default_factory=list)
 
     def summary(self) -> str:
         cls = "" if self.classes is None else f", classes {self.classes.names}"

@@ -225,9 +225,12 @@ class SGRS(Method):
 
     # ------------------------------------------------------------------------------------------------------------
     def regions(self, model: nn.Module, image: torch.Tensor, ctx: StepContext,
-                partner: Optional[torch.Tensor] = None) -> Optional[np.ndarray]:
+                partner: Optional[torch.Tensor] = None,
+                patch_zyx: Optional[Tuple[int, int, int]] = None) -> Optional[np.ndarray]:
         """Region codes ``(B, Z, Y, X)`` uint8 (``semisupseg.geometry.REGION_*``) of ``image`` ``(B, C, Z, Y, X)``
-        (or ``(C, Z, Y, X)``) as the student sees them now (see the module docstring for the partner and λ)."""
+        (or ``(C, Z, Y, X)``) as ``model`` sees them now (see the module docstring for the partner and λ).
+        ``patch_zyx``: the sliding-window size for images larger than it (default: the training patch seen last) —
+        the training snapshots apply this partition to any method's model with the run's patch size."""
         p = self.params
         image = torch.as_tensor(image)
         if image.dim() == 4:
@@ -251,12 +254,13 @@ class SGRS(Method):
         lam = torch.full((image.shape[0],), p.overlay_lambda)
         mixed = mix_images(image, partner, lam)
 
-        prob = self._student_probabilities(model, torch.cat([image, mixed], dim=0), ctx)
+        prob = self._student_probabilities(model, torch.cat([image, mixed], dim=0), ctx, patch_zyx)
         b = image.shape[0]
         codes = sgrs_regions(prob[:b], prob[b:], tau=p.tau, base=p.entropy_base)
         return codes.cpu().numpy()
 
-    def _student_probabilities(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def _student_probabilities(self, model: nn.Module, x: torch.Tensor, ctx: StepContext,
+                               patch_zyx: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
         """Student class probabilities ``(B, C, Z, Y, X)`` float32 in eval mode (BN running statistics untouched):
         sliding windows of the training patch size when the image is larger than a training patch, otherwise one
         forward of the image zero-padded to multiples of 16 (padding cropped away)."""
@@ -264,7 +268,7 @@ class SGRS(Method):
         was_training = model.training
         model.eval()
         try:
-            patch = self._patch_zyx
+            patch = tuple(patch_zyx) if patch_zyx is not None else self._patch_zyx
             if patch is not None and any(s > q for s, q in zip(spatial, patch)):
                 from semisupseg.inference import sliding_window_inference
 

@@ -49,7 +49,10 @@ class DataConfig:
       e.g. LA: 16 labeled, 64 − N unlabeled, N validation), or the last N labeled cases when the pool has no labels.
       0 disables validation. Never a test set.
     * ``patch_size``: **x, y, z** voxels (each a multiple of 16 for V-Net); ``spacing``: resample to this spacing
-      (x, y, z mm) first, ``None`` keeps the files' grid (cases must then share a spacing).
+      (x, y, z mm) first; ``normalization``: a :class:`semisupseg.data.NormalizationConfig` dict. Left unset
+      (``None`` / ``None`` / empty) they are derived from the data at the start of training
+      (:func:`semisupseg.data.fingerprint.resolve_plan`: the median scan size, the median spacing when the cases'
+      spacings differ (else the files' own grid), z-score for MRI, clipped percentiles for CT).
     * ``augment``: the spatial augmentation policy (:mod:`semisupseg.data.augment`): ``"none"`` (default: the
       network trains on scans in the orientation it segments them in), ``"dihedral"`` (any of the 8 in-plane
       90-degree rotations / flips) or ``"papers"`` (the releases' ``RandomRotFlip``, which shows only reflections —
@@ -74,13 +77,15 @@ class DataConfig:
     in_channels: int = 1
     spacing: Optional[List[float]] = None
     h5_spacing: List[float] = field(default_factory=lambda: [0.625, 0.625, 0.625])
-    patch_size: List[int] = field(default_factory=lambda: [112, 112, 80])
-    normalization: Dict[str, Any] = field(default_factory=lambda: {"kind": "zscore"})
+    patch_size: Optional[List[int]] = None
+    normalization: Dict[str, Any] = field(default_factory=dict)
     augment: Union[bool, str] = "none"
     foreground_prob: float = 0.0
 
     @property
     def patch_size_zyx(self) -> Tuple[int, int, int]:
+        if self.patch_size is None:
+            raise InputError("config data.patch_size is not set (it is derived from the data when training starts)")
         x, y, z = (int(v) for v in self.patch_size)
         return (z, y, x)
 
@@ -122,6 +127,18 @@ class OptimConfig:
 
 
 @dataclass
+class OverlayConfig:
+    """Training snapshots for overlays (:mod:`semisupseg.training.snapshots`): every ``every`` iterations (and at
+    the last) the current model (the EMA teacher where the method has one) predicts each case of ``cases`` (ids of
+    the run's labeled, unlabeled or validation cases) and the volumes are written to
+    ``RUN_DIR/overlays/<case>/it<NNNNNN>/``; the newest ``keep`` sets per case are kept. No case: no snapshots."""
+
+    cases: List[str] = field(default_factory=list)
+    every: int = 100
+    keep: int = 3
+
+
+@dataclass
 class TrainConfig:
     """A whole training run.
 
@@ -135,6 +152,9 @@ class TrainConfig:
       ``copy`` (copy the student's), ``ema`` (average them like the weights).
     * ``val_every``: validate every N iterations (and at the end); ``save_every``: write the resume state every N
       iterations (also written at validation, cancellation and the end).
+    * ``plan``: what was derived from the data for the settings left unset, and the training-data statistics
+      (:func:`semisupseg.data.fingerprint.resolve_plan` fills it; the model card records it).
+    * ``overlays``: training snapshots of chosen cases for overlays (:class:`OverlayConfig`).
     """
 
     method: str = "supervised"
@@ -161,6 +181,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    plan: Dict[str, Any] = field(default_factory=dict)
+    overlays: OverlayConfig = field(default_factory=OverlayConfig)
 
     # ---------------------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -188,7 +210,8 @@ class TrainConfig:
             raise bad("optim.name", f"must be one of {OPTIMIZERS}, got {self.optim.name!r}")
         if self.optim.lr <= 0:
             raise bad("optim.lr", f"must be > 0, got {self.optim.lr}")
-        if len(self.data.patch_size) != 3 or any(int(v) < 1 for v in self.data.patch_size):
+        if self.data.patch_size is not None and (len(self.data.patch_size) != 3
+                                                 or any(int(v) < 1 for v in self.data.patch_size)):
             raise bad("data.patch_size", f"must be 3 positive sizes x y z, got {self.data.patch_size}")
         if self.data.spacing is not None and (len(self.data.spacing) != 3 or min(self.data.spacing) <= 0):
             raise bad("data.spacing", f"must be 3 positive values x y z (mm), got {self.data.spacing}")
@@ -203,6 +226,9 @@ class TrainConfig:
         for key in ("val_every", "save_every", "log_every", "val_batch_size"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("every", "keep"):
+            if getattr(self.overlays, key) < 1:
+                raise bad(f"overlays.{key}", f"must be >= 1, got {getattr(self.overlays, key)}")
         if not 0.0 <= self.val_overlap < 1.0:
             raise bad("val_overlap", f"must be in [0, 1), got {self.val_overlap}")
         return self
@@ -398,5 +424,5 @@ def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
     return path
 
 
-__all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "config_from_dict", "load_config",
-           "save_config", "apply_overrides", "parse_override", "set_value"]
+__all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "OverlayConfig", "config_from_dict",
+           "load_config", "save_config", "apply_overrides", "parse_override", "set_value"]

@@ -13,6 +13,8 @@ Run directory layout (``config.out``)::
     resume.pt        resume state (weights_only): model, optimisers, teacher, method modules, sampler + RNG states
     last.pt/.json    the latest model file (our format) — written at each validation, cancellation and the end
     best.pt/.json    the model with the best validation Dice so far
+    heartbeat.json   the training process (pid, host) and its last beat (:mod:`semisupseg.training.heartbeat`)
+    overlays/        training snapshots of ``overlays.cases`` (:mod:`semisupseg.training.snapshots`)
 """
 from __future__ import annotations
 
@@ -159,6 +161,7 @@ class Trainer:
         self._durations: List[float] = []
         self._losses: List[float] = []
         self.heartbeat = None
+        self.snapshots = None
 
     # ------------------------------------------------------------------------------------------------- set-up
     def _prepare_run_dir(self) -> None:
@@ -269,6 +272,47 @@ class Trainer:
             rank=self.dist.rank, world_size=self.dist.world_size, augment=cfg.data.augment,
             foreground_prob=cfg.data.foreground_prob)
         self.seg_form = self.net_config["seg_form"]
+        self.snapshots = self._snapshot_writer()
+
+    def _snapshot_writer(self):
+        """The training snapshots' writer when ``overlays.cases`` names cases (rank 0 only); the cases are read
+        now, so a wrong id or a bad file stops the run before it trains."""
+        cfg = self.cfg
+        if not cfg.overlays.cases or not self.dist.is_main:
+            return None
+        from semisupseg.training.snapshots import SnapshotWriter
+
+        data = self.data
+        cases = SnapshotWriter.resolve(cfg.overlays.cases, data.sources, [c.case_id for c in data.labeled],
+                                       [c.case_id for c in data.validation])
+        writer = SnapshotWriter(self.run_dir, cases, data.class_names, data.label_values, data.normalization,
+                                data.spacing_xyz, cfg.data.patch_size_zyx, keep=cfg.overlays.keep,
+                                w_max=getattr(self.method.params, "w_max", None),
+                                h5_spacing=cfg.data.h5_spacing)
+        writer.prepare()
+        return writer
+
+    def _write_snapshots(self) -> None:
+        """One overlay set per snapshot case from the teacher (or the student), each announced by an event. A
+        failure is reported (event with ``error``, a line on stderr) and training goes on; cancelling stops."""
+        model = self.teacher if self.teacher is not None else self.model
+        name = "teacher" if self.teacher is not None else "student"
+        try:
+            records = self.snapshots.write(self.iteration, model, self._card({}), self.method,
+                                           self._context(self.iteration), device=str(self.device),
+                                           fast=self.use_bf16, model_name=name, cancel=self.cancel)
+        except Cancelled:
+            raise
+        except Exception as exc:  # a picture must not end a long run
+            message = f"{type(exc).__name__}: {exc}"
+            self.events.emit("overlays", iteration=self.iteration, max_iterations=self.cfg.iterations,
+                             error=message)
+            import sys
+
+            print(f"overlays at iteration {self.iteration} failed: {message}", file=sys.stderr)
+            return
+        for record in records:
+            self.events.emit("overlays", max_iterations=self.cfg.iterations, **record)
 
     # ------------------------------------------------------------------------------------------------- context
     def _autocast(self):
@@ -597,6 +641,9 @@ class Trainer:
                     self._validate_and_save()
                 elif self.iteration % cfg.save_every == 0:
                     self._save_resume()
+                if self.snapshots is not None and (self.iteration % cfg.overlays.every == 0
+                                                   or self.iteration == cfg.iterations):
+                    self._write_snapshots()
         except Cancelled as exc:
             try:
                 self._save_on_cancel()

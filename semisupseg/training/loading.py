@@ -95,9 +95,11 @@ def resolve_cases(cfg: DataConfig, with_unlabeled: bool = True, problems: Option
     ds = build_dataset(spec, problems=problems)
     notes = list(ds.notes) + _hold_out(ds, cfg, spec, collect=True)
     if cfg.max_unlabeled is not None:
+        ds.unused += ds.unlabeled[int(cfg.max_unlabeled):]
         ds.unlabeled = ds.unlabeled[: int(cfg.max_unlabeled)]
     if not with_unlabeled:
         notes.append(f"unlabeled pool of {len(ds.unlabeled)} cases not read: the method uses labeled data only")
+        ds.unused += ds.unlabeled
         ds.unlabeled = []
     return ds, notes
 
@@ -147,7 +149,7 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
         raise InputError(problem)
     data.spacing_xyz = data.labeled[0].spacing_xyz
     data.notes = notes
-    data.sources = {c.case_id: c for c in list(ds.labeled) + list(ds.unlabeled) + list(ds.val)}
+    data.sources = {c.case_id: c for c in list(ds.unused) + list(ds.labeled) + list(ds.unlabeled) + list(ds.val)}
     return data
 
 
