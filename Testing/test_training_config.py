@@ -15,7 +15,10 @@ def test_defaults_are_the_papers():
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
     assert (cfg.optim.schedule, cfg.optim.step_size, cfg.optim.gamma) == ("step", 2500, 0.1)
     assert (cfg.batch_size, cfg.labeled_batch_size, cfg.ema_decay) == (4, 2, 0.99)
-    assert cfg.data.patch_size == [112, 112, 80] and cfg.data.patch_size_zyx == (80, 112, 112)
+    # patch size, spacing and normalisation are left to the data (semisupseg.data.fingerprint) unless set
+    assert cfg.data.patch_size is None and cfg.data.spacing is None and cfg.data.normalization == {}
+    cfg.data.patch_size = [112, 112, 80]
+    assert cfg.data.patch_size_zyx == (80, 112, 112)
 
 
 def test_yaml_load_nested_and_types(tmp_path):

@@ -222,6 +222,11 @@ class Trainer:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed + 7 + 1000 * self.dist.rank)
 
+        # settings left to the data (patch size, spacing, normalisation) and the statistics the model card records
+        if cfg.data.patch_size is None or (not cfg.plan and self.data is None):
+            from semisupseg.data.fingerprint import resolve_plan
+
+            resolve_plan(cfg, data=self.data, cancel=self.cancel)
         # data
         if self.data is None:
             from semisupseg.training.loading import load_train_data
@@ -416,6 +421,9 @@ class Trainer:
             "validation_cases": [c.case_id for c in data.validation],
             "best_val_dice": self.best_metric, "best_iteration": self.best_iteration,
         }
+        if cfg.plan:  # what was derived from the data, and the training data's statistics (out-of-domain checks)
+            training["plan"] = {k: cfg.plan.get(k) for k in ("from_data", "reasons", "plan")}
+            training["data_statistics"] = cfg.plan.get("statistics") or {}
         training.update(extra_training)
         training = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in training.items()}
         return make_card(self.model, method=cfg.method, spacing_xyz=data.spacing_xyz,
