@@ -12,16 +12,17 @@ import sys
 from typing import List, Optional
 
 from semisupseg import __version__
+from semisupseg.cli.parser import Parser
 from semisupseg.errors import Cancelled, SemiSupSegError
 
 #: command modules in the order ``--help`` lists them
 COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "export_checkpoint", "methods",
                    "demo", "models", "worker")
-COMMAND_MODULES += ("check_data",)  # training panel: data check, uncertainty ranking
+COMMAND_MODULES += ("check_data", "rank")  # training panel: data check, uncertainty ranking
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(  # every sub-command's parser is a Parser too: exact option names, short errors, plain help
         prog="semisupseg",
         description="Semi-supervised 3D medical image segmentation: train, segment, evaluate.",
     )
