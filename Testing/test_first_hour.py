@@ -3,6 +3,7 @@ demo outputs): each fixed behaviour is pinned here, on the real command-line par
 from __future__ import annotations
 
 import argparse
+import json
 import re
 
 import pytest
@@ -71,3 +72,32 @@ def test_help_texts_are_plain(capsys):
         assert "(default: None)" not in text, name
     seg = " ".join(dict(_subparsers(parser))["segment"].format_help().split())
     assert "(default: 0.5)" in seg  # real defaults are still shown
+
+
+# ------------------------------------------------------------------------------------------------ --num-labeled
+def test_num_labeled_count_or_fraction_and_the_error_that_sends_users_there(tmp_path, capsys):
+    from semisupseg.data import sample_dataset
+
+    hip = str(sample_dataset("hippocampus"))  # splits.json: train = 4 cases (all labeled), val = 2
+    run = str(tmp_path / "run")
+    # a semi-supervised method on a fully labeled folder: the error names --num-labeled
+    assert main(["train", "--method", "mean-teacher", "--labeled", hip, "--out", run]) == 2
+    err = capsys.readouterr().err
+    assert "--num-labeled" in err and "unlabeled" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--method", "mean-teacher", "--labeled", hip, "--out", run, "--num-labeled", "1",
+                 "--print-config"]) == 0
+    assert "num_labeled: 1" in capsys.readouterr().out
+    assert main(["train", "--method", "mean-teacher", "--labeled", hip, "--out", run, "--num-labeled", "0.5",
+                 "--print-config"]) == 0
+    captured = capsys.readouterr()
+    assert "num_labeled: 2" in captured.out and "2 of the 4 labeled training cases" in captured.err
+    for bad in ("0", "1.5", "many"):
+        assert main(["train", "--method", "mean-teacher", "--labeled", hip, "--out", run, "--num-labeled", bad,
+                     "--print-config"]) == 2
+        assert "--num-labeled" in capsys.readouterr().err
+    help_text = dict(_subparsers(build_parser()))["train"].format_help()
+    assert "--num-labeled N|FRACTION" in help_text
+    # check-data takes the same option (the data options are shared)
+    assert main(["check-data", "--labeled", hip, "--num-labeled", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["labeled"]) == 2 and len(report["unlabeled"]) == 2

@@ -6,7 +6,16 @@ key=value`` overrides (dotted keys: ``optim.lr=0.001``, ``data.validation=4``, `
 
 Exit codes: 0 finished, 130 cancelled (SIGINT/SIGTERM or the stop file; the state is saved, continue with
 ``--resume RUN_DIR``), 2 bad input. Events (JSON lines) go to ``RUN_DIR/events.jsonl`` and, with ``--events -``,
-to stdout (what the Slicer module reads); a tqdm bar is shown when stderr is a terminal.
+to stdout (what the Slicer module reads); a tqdm bar is shown when stderr is a terminal, plain progress lines
+(iteration, loss, it/s, ETA) otherwise.
+
+Settings left unset are derived from the training data (``semisupseg.data.fingerprint``): the patch size (the median
+scan size, sides multiples of 16, within a memory budget), the spacing (the median, when the scans' spacings
+differ) and the normalisation (z-score per scan for MRI, clipped percentiles for CT). ``--print-config`` marks them
+"(from the data)"; the model card records them.
+
+Semi-supervised training on a fully labeled dataset (the papers' protocol): ``--num-labeled 16`` (or a fraction,
+``--num-labeled 0.2``) keeps the first 16 training cases labeled and uses the others as unlabeled.
 
 Distributed: ``torchrun --nproc_per_node N -m semisupseg train ...`` (batch sizes are global).
 """
@@ -26,7 +35,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     add_data_arguments(p)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (checkpoints, events, config)")
     p.add_argument("--iterations", type=int, metavar="N", help="total iterations")
-    p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="patch size in voxels, x y z")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="patch size in voxels, x y z (default: from the data: the median scan size, multiples of "
+                        "16, within a memory budget)")
     p.add_argument("--batch-size", type=int, metavar="B", help="patches per step (global)")
     p.add_argument("--labeled-batch-size", type=int, metavar="L", help="labeled patches per step (global)")
     p.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N")
@@ -60,6 +71,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of unlabeled images (repeatable)")
     p.add_argument("--split", metavar="FILE", help="split JSON (default: splits.json in the dataset folder)")
     p.add_argument("--split-labeled", metavar="KEY", help="split list of the labeled ids, e.g. labeled_16")
+    p.add_argument("--num-labeled", metavar="N|FRACTION",
+                   help="use only the first N training cases as labeled and the others as unlabeled (the papers' "
+                        "protocol on a fully labeled dataset); a fraction such as 0.2 takes that share of them")
     p.add_argument("--validation", metavar="N|ID,ID", help="held-out validation cases: a number or a comma list "
                                                             "of case ids (0: no validation)")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON config file")
@@ -88,6 +102,8 @@ def _explicit_overrides(args: argparse.Namespace) -> List[str]:
         add("data.split", str(Path(args.split)))
     if args.split_labeled:
         add("data.split_labeled", args.split_labeled)
+    if getattr(args, "num_labeled", None) is not None:
+        add("data.num_labeled", _num_labeled_count(args))
     if args.validation is not None:
         v = args.validation.strip()
         add("data.validation", int(v) if v.isdigit() else [s.strip() for s in v.split(",") if s.strip()])
@@ -104,6 +120,71 @@ def _explicit_overrides(args: argparse.Namespace) -> List[str]:
     if getattr(args, "overlay_every", None) is not None:
         add("overlays.every", int(args.overlay_every))
     return out
+
+
+def _num_labeled_count(args: argparse.Namespace) -> int:
+    """``--num-labeled`` as a count: N as given, a fraction ``0 < f < 1`` of the training cases that have labels
+    (as the same options, without ``--num-labeled``, would use them), rounded, at least 1."""
+    from semisupseg.errors import InputError
+
+    text = str(args.num_labeled).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--num-labeled takes a count (e.g. 16) or a fraction (e.g. 0.2), got {text!r}") from None
+    if value >= 1 and value.is_integer():
+        return int(value)
+    if not 0 < value < 1:
+        raise InputError(f"--num-labeled takes a count >= 1 or a fraction between 0 and 1, got {text}")
+    from semisupseg.data import build_dataset
+    from semisupseg.training import TrainConfig, apply_overrides, load_config
+    from semisupseg.training.loading import _dataset_spec
+
+    probe = load_config(args.config) if args.config else TrainConfig()
+    apply_overrides(probe, _explicit_overrides(argparse.Namespace(**{**vars(args), "num_labeled": None})))
+    apply_overrides(probe, args.overrides)
+    probe.data.num_labeled = None
+    total = len(build_dataset(_dataset_spec(probe.data)).labeled)
+    count = max(1, int(round(value * total)))
+    print(f"--num-labeled {text}: {count} of the {total} labeled training cases stay labeled", file=sys.stderr)
+    return count
+
+
+def _check_unlabeled_pool(cfg) -> None:
+    """A method that learns from unlabeled cases needs some: say how to get them (``--num-labeled``)."""
+    from semisupseg.errors import InputError
+    from semisupseg.training.engine import method_class
+    from semisupseg.training.loading import resolve_cases
+
+    if not getattr(method_class(cfg.method), "uses_unlabeled", True) or cfg.batch_size <= cfg.labeled_batch_size:
+        return
+    ds, _ = resolve_cases(cfg.data, problems=[])  # problems with single files: all reported when training reads
+    if ds.unlabeled:
+        return
+    raise InputError(
+        f"method {cfg.method!r} also learns from unlabeled cases, but none is left ({len(ds.labeled)} labeled, "
+        f"{len(ds.val)} validation): use --num-labeled N (or a fraction such as 0.2) to keep N cases labeled and "
+        "use the others as unlabeled (the papers' protocol), add --unlabeled DIR, or train --method supervised",
+        cfg.data.labeled)
+
+
+def _print_config(cfg) -> None:
+    """The resolved config as YAML; settings derived from the data are marked ``# (from the data)``."""
+    import yaml
+
+    data = cfg.to_dict()
+    plan = data.pop("plan", None) or {}
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    derived = {key.split(".", 1)[1] for key in plan.get("left_to_data") or plan.get("from_data") or ()}
+    lines, section = [], None
+    for line in text.splitlines():
+        if line and not line.startswith(" "):
+            section = line.split(":", 1)[0]
+        name = line.strip().split(":", 1)[0]
+        if section == "data" and line.startswith("  ") and not line.startswith("   ") and name in derived:
+            line += f"  # (from the data) {plan.get('reasons', {}).get('data.' + name, '')}".rstrip()
+        lines.append(line)
+    print("\n".join(lines))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,10 +215,16 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.training.engine import method_class
 
     method_class(cfg.method)  # an unknown name fails here, before anything is written
-    if args.print_config:
-        import yaml
+    from semisupseg.data.fingerprint import describe_plan, resolve_plan
 
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None), end="")
+    if args.print_config:
+        if not resume:
+            try:
+                resolve_plan(cfg)
+            except InputError as exc:  # the config is still shown; training would stop at the same problem
+                print(f"note: the settings left to the data are derived when training starts; the data cannot "
+                      f"be read now: {exc}", file=sys.stderr)
+        _print_config(cfg)
         return 0
     from semisupseg.training.heartbeat import describe_process, heartbeat_alive, read_heartbeat, start_refusal
 
@@ -146,6 +233,12 @@ def run(args: argparse.Namespace) -> int:
     refusal = None if resume else start_refusal(run_dir, args.overwrite)
     if refusal is not None:
         raise InputError(refusal, run_dir)
+    if not resume:
+        _check_unlabeled_pool(cfg)
+        plan = resolve_plan(cfg)
+        for line in describe_plan(plan):
+            if "(from the data" in line:
+                print(line, file=sys.stderr)
     stream = None
     events_path = None
     if args.events == "-":

@@ -310,7 +310,7 @@ def fingerprint_data(data_cfg: Any, progress: ProgressCallback = no_progress,
     validation cases; the unlabeled pool's headers too)."""
     from semisupseg.training.loading import resolve_cases
 
-    ds, _ = resolve_cases(data_cfg, with_unlabeled=True)
+    ds, _ = resolve_cases(data_cfg, with_unlabeled=True, problems=[])  # problems: reported when training reads
     cases = list(ds.labeled) + list(ds.val) + list(ds.unlabeled)
     root = Path(data_cfg.labeled) if data_cfg.labeled and data_cfg.labels is None else None
     return fingerprint_cases(cases, dataset_json=None if root is None else root / "dataset.json",
