@@ -284,4 +284,26 @@ class SGRS(Method):
             model.train(was_training)
 
 
-__all__ = ["SGRS", "SGRSParams", "mixup_lambda", "sample_beta", "mix_images"]
+def partition(model: nn.Module, image, patch_zyx: Tuple[int, int, int], device="cpu", seg_form: str = "softmax",
+              num_classes: int = 2, method: Optional[Method] = None) -> Tuple[np.ndarray, str]:
+    """SGRS-Net's Δ/Ω/Θ partition of what ``model`` predicts for ``image`` — any method's model, so that methods
+    can be compared (training snapshots, ``semisupseg rank``).
+
+    ``image``: the normalised image on the model's grid, ``(C, Z, Y, X)`` or ``(Z, Y, X)``; ``patch_zyx``: the
+    sliding-window size. With an :class:`SGRS` ``method`` its own parameters are used, otherwise SGRS-Net's
+    defaults (:class:`SGRSParams`). Returns ``(codes (Z, Y, X) uint8, source)`` — codes
+    ``semisupseg.geometry.REGION_*``, ``source`` a short text saying which rule was used."""
+    x = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32))
+    if x.dim() == 3:
+        x = x[None]
+    ctx = StepContext(iteration=0, max_iterations=1, device=torch.device(device), num_classes=int(num_classes),
+                      seg_form=seg_form, generator=torch.Generator())
+    if isinstance(method, SGRS):
+        rule, source = method, "sgrs (the method's own partition)"
+    else:
+        rule, source = SGRS(), "sgrs partition with default parameters applied to this model"
+    codes = rule.regions(model, x, ctx, patch_zyx=tuple(int(v) for v in patch_zyx))
+    return np.asarray(codes)[0].astype(np.uint8), source
+
+
+__all__ = ["SGRS", "SGRSParams", "mixup_lambda", "sample_beta", "mix_images", "partition"]

@@ -218,20 +218,10 @@ class SnapshotWriter:
 
     def _regions(self, case: _Case, model, method, ctx) -> Tuple[np.ndarray, str]:
         """Region codes on the training grid and their source."""
-        import torch
+        from semisupseg.methods.sgrs import partition
 
-        from semisupseg.methods.sgrs import SGRS
-
-        image = torch.from_numpy(np.ascontiguousarray(case.on_grid.array, dtype=np.float32))
-        if image.dim() == 3:
-            image = image[None]
-        if isinstance(method, SGRS):
-            codes = method.regions(model, image, ctx, patch_zyx=self.patch_size_zyx)
-            source = "sgrs (the method's own partition)"
-        else:
-            codes = SGRS().regions(model, image, ctx, patch_zyx=self.patch_size_zyx)
-            source = "sgrs partition with default parameters applied to this model"
-        return np.asarray(codes)[0].astype(np.uint8), source
+        return partition(model, case.on_grid.array, self.patch_size_zyx, ctx.device, ctx.seg_form,
+                         self.classes.num_classes, method)
 
     def _write_case(self, case: _Case, iteration: int, model, card, method, ctx, device: str, fast: bool,
                     model_name: str, cancel) -> Tuple[Path, List[Dict[str, Any]]]:
