@@ -101,3 +101,96 @@ def test_num_labeled_count_or_fraction_and_the_error_that_sends_users_there(tmp_
     assert main(["check-data", "--labeled", hip, "--num-labeled", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["labeled"]) == 2 and len(report["unlabeled"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ segment
+@pytest.fixture(scope="module")
+def hip_model(tmp_path_factory):
+    """A tiny 3-class hippocampus-shaped model (random weights, no SDM head) whose card holds the training
+    statistics of the bundled hippocampus scans, as `semisupseg train` records them."""
+    import torch
+
+    from semisupseg.checkpoint import make_card, save_model
+    from semisupseg.data import DatasetSpec, build_dataset, sample_dataset
+    from semisupseg.data.fingerprint import fingerprint_cases
+    from semisupseg.nets import VNet, VNetConfig
+
+    root = sample_dataset("hippocampus")
+    ds = build_dataset(DatasetSpec(root=str(root)))
+    stats = fingerprint_cases(ds.labeled + ds.val, dataset_json=root / "dataset.json").statistics()
+    torch.manual_seed(0)
+    model = VNet(VNetConfig(num_classes=3, n_filters=2, sdm_head=False)).eval()
+    card = make_card(model, method="mean-teacher", spacing_xyz=(1.0, 1.0, 1.0), patch_size_xyz=(32, 48, 32),
+                     class_names=["background", "Anterior", "Posterior"], label_values=[0, 1, 2],
+                     training={"data_statistics": stats})
+    return save_model(tmp_path_factory.mktemp("model") / "hip.pt", model, card)
+
+
+def _sample_image(name: str, case: int = 0):
+    from semisupseg.data import sample_dataset
+
+    return sorted((sample_dataset(name) / "imagesTr").glob("*.nii.gz"))[case]
+
+
+def test_sdm_on_a_model_without_the_head_warns_and_goes_on(hip_model, tmp_path, capsys):
+    img = _sample_image("hippocampus", 4)
+    out = tmp_path / "seg"
+    assert main(["segment", str(img), "--model", str(hip_model), "-o", str(out), "--sdm", "--entropy"]) == 0
+    err = capsys.readouterr().err
+    assert "no SDM head" in err and "--sdm is ignored" in err
+    case = img.name[:-len(".nii.gz")]
+    assert (out / f"{case}_label.nii.gz").exists() and (out / f"{case}_entropy.nii.gz").exists()
+    assert not (out / f"{case}_sdm.nii.gz").exists()
+    assert not (out / f"{case}_warnings.txt").exists()  # a hippocampus scan is what the model knows
+    assert "warning: " + case not in err
+
+
+def test_out_of_domain_scan_is_warned_about_and_recorded_with_the_outputs(hip_model, tmp_path, capsys):
+    img = _sample_image("la")  # a 1.25 mm left-atrium scan, ~119 x 88 x 55 mm, through a hippocampus model
+    out = tmp_path / "seg"
+    assert main(["segment", str(img), "--model", str(hip_model), "-o", str(out), "--json-progress"]) == 0
+    captured = capsys.readouterr()
+    case = img.name[:-len(".nii.gz")]
+    warning_lines = [line for line in captured.err.splitlines() if line.startswith(f"warning: {case}: ")]
+    assert len(warning_lines) == 1 and "never saw anything this large" in warning_lines[0]
+    done = [r for r in map(json.loads, captured.out.splitlines()) if r["event"] == "done"][0]
+    assert done["warnings"] and "x the training scans' median" in done["warnings"][0]
+    text = (out / f"{case}_warnings.txt").read_text()
+    assert text.splitlines() == done["warnings"] and done["outputs"]["warnings"].endswith("_warnings.txt")
+    # a rerun without --overwrite refuses (the warnings file is an output too); with it, the file is rewritten
+    assert main(["segment", str(img), "--model", str(hip_model), "-o", str(out)]) == 2
+    capsys.readouterr()
+
+
+def test_domain_warnings_on_spacing_and_intensity(hip_model):
+    from semisupseg.checkpoint import read_card
+    from semisupseg.data.fingerprint import domain_warnings
+    from semisupseg.io import read_image
+
+    card = read_card(hip_model)
+    vol = read_image(_sample_image("hippocampus", 5))
+    assert domain_warnings(vol, card) == []
+    coarse = vol.with_array(vol.array)
+    coarse.spacing = (1.0, 1.0, 4.0)  # 4 mm slices: physical extent and voxel size both far off
+    found = domain_warnings(coarse, card)
+    assert any("voxel size" in w and "along z" in w for w in found)
+    ct_like = vol.with_array(vol.array.astype("float32") * 3.0 - 1024.0)  # Hounsfield-like: air at -1024
+    assert any("look like CT" in w for w in domain_warnings(ct_like, card))
+    flat_top = vol.with_array(vol.array.clip(max=float(vol.array.mean())))  # distribution unlike MRI's
+    assert any("intensity distribution" in w for w in domain_warnings(flat_top, card))
+
+
+def test_layout_whole_fallback_is_said_in_the_output_and_the_help(hip_model, tmp_path, capsys, monkeypatch):
+    from semisupseg.inference import sliding_window
+
+    help_text = " ".join(dict(_subparsers(build_parser()))["segment"].format_help().split())
+    assert f"above {sliding_window.WHOLE_MAX_VOXELS:,} padded voxels" in help_text
+    monkeypatch.setattr(sliding_window, "WHOLE_MAX_VOXELS", 1000)
+    img = _sample_image("hippocampus", 5)
+    out = tmp_path / "seg"
+    assert main(["segment", str(img), "--model", str(hip_model), "-o", str(out), "--layout", "whole",
+                 "--json-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "above its cap of 1,000 voxels; segmented with the default windows" in captured.err
+    done = [r for r in map(json.loads, captured.out.splitlines()) if r["event"] == "done"][0]
+    assert done["layout"] == "default" and any("--layout whole" in w for w in done["warnings"])

@@ -10,7 +10,10 @@ the folder name ``<ID>``), in the input image's exact geometry, format by ``--ou
   class ``i + 1`` of the card;
 * ``--sdm``: ``<case>_sdm<suffix>``, the predicted signed distance map (negative inside, in [-1, 1]), same
   component layout (only for models with an SDM head);
-* ``--entropy``: ``<case>_entropy<suffix>``, the voxel entropy of the class probabilities (nats).
+* ``--entropy``: ``<case>_entropy<suffix>``, the voxel entropy of the class probabilities (nats);
+* ``<case>_warnings.txt``, only when the scan lies far outside what the model was trained on (physical extent many
+  times the training scans, voxel size or intensities far off; also printed, one line) or ``--layout whole`` fell
+  back to windows.
 
 Existing outputs are never replaced without ``--overwrite`` (checked for every case before any work starts).
 With a model of ``k > 1`` input channels, give the images in groups of ``k`` consecutive paths (one case each).
@@ -41,14 +44,15 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                         "model, else a vector image, component i = class i+1; background = 1 - sum)")
     p.add_argument("--sdm", action="store_true",
                    help="also write the predicted SDM, negative inside (<case>_sdm, same layout; models with an "
-                        "SDM head)")
+                        "SDM head: for other models a warning says so and the other outputs are written)")
     p.add_argument("--entropy", action="store_true", help="also write the voxel entropy (uncertainty)")
     p.add_argument("--keep-largest", action="store_true",
                    help="keep only the largest connected component of each class (the papers' post-processing)")
     p.add_argument("--layout", choices=("default", "papers", "whole"), default="default",
                    help="window layout: default (--overlap, --blend), papers (strides 18,18,4 voxels, uniform "
                         "averaging, as the reference releases' test code) or whole (the padded image as one "
-                        "window: fastest on CPU, more context than in training)")
+                        "window: fastest on CPU, more context than in training; a scan above 4,000,000 padded "
+                        "voxels is segmented with the default windows instead, and the output says so)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default layout)")
     p.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian",
                    help="blending of overlapping windows (default layout)")
@@ -98,6 +102,12 @@ def output_paths(case: str, outdir: Path, suffix: str, prob: bool, sdm: bool, en
     return paths
 
 
+def warnings_path(case: str, outdir: Path) -> Path:
+    """``<case>_warnings.txt``: written beside the outputs when the scan lies far outside the training data (one
+    line per finding, :func:`semisupseg.data.fingerprint.domain_warnings`) or the layout had to change."""
+    return outdir / f"{case}_warnings.txt"
+
+
 def _group_cases(images: List[str], in_channels: int) -> List[Tuple[str, List[Path]]]:
     from semisupseg.errors import InputError
 
@@ -118,9 +128,11 @@ def _group_cases(images: List[str], in_channels: int) -> List[Tuple[str, List[Pa
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
 
     from semisupseg.catalogue import resolve_model
+    from semisupseg.cli.console import Progress
+    from semisupseg.data.fingerprint import domain_warnings
+    from semisupseg.fileio import write_text_atomic
     from semisupseg.checkpoint import load_model
     from semisupseg.errors import InputError, OutputExistsError
     from semisupseg.inference import SegmentOptions, segment, tta_axes_for_model
@@ -130,8 +142,10 @@ def run(args: argparse.Namespace) -> int:
     model_path = resolve_model(args.model)
     model, card = load_model(model_path, device="cpu")
     has_sdm = bool(card.network.get("sdm_head", False))
-    if args.sdm and not has_sdm:
-        raise InputError("--sdm asked for but this model has no SDM head", model_path)
+    if args.sdm and not has_sdm:  # the other outputs are still worth having
+        print(f"warning: {model_path}: this model has no SDM head ({card.method}); --sdm is ignored",
+              file=sys.stderr)
+        args.sdm = False
     tta: tuple = ()
     if args.tta is not None:
         requested = None if not args.tta else [AXIS_INDEX_ZYX[a] for a in args.tta]
@@ -160,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
     plans = [(name, group, output_paths(name, outdir, args.output_suffix, args.prob, args.sdm, args.entropy))
              for name, group in cases]
     if not args.overwrite:
-        for _, _, outs in plans:
-            for p in outs.values():
+        for name, _, outs in plans:
+            for p in list(outs.values()) + [warnings_path(name, outdir)]:
                 if p.exists():
                     raise OutputExistsError("output exists; pass --overwrite to replace it", p)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -172,21 +186,18 @@ def run(args: argparse.Namespace) -> int:
 
     for index, (name, group, outs) in enumerate(plans):
         volumes = [read_image_or_h5(p, h5_spacing=(args.h5_spacing,) * 3) for p in group]
-        bar: Optional[tqdm] = None
+        warnings = domain_warnings(volumes[0], card)  # far outside the training data: say so, keep it with outputs
+        if warnings:
+            print(f"warning: {name}: " + "; ".join(warnings), file=sys.stderr)
+        bar: Optional[Progress] = None
         if args.json_progress:
             emit({"event": "case", "case": name, "index": index, "cases": len(plans)})
 
             def progress(fraction: float, message: str = "", _name: str = name) -> None:
                 emit({"event": "progress", "case": _name, "fraction": round(float(fraction), 4),
                       "message": message})
-        else:
-            bar = tqdm(total=100, desc=f"[{index + 1}/{len(plans)}] {name}", unit="%", file=sys.stderr,
-                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
-
-            def progress(fraction: float, message: str = "", _bar: tqdm = bar) -> None:
-                _bar.n = int(round(100 * fraction))
-                _bar.set_postfix_str(message, refresh=False)
-                _bar.refresh()
+        else:  # a bar on a terminal, plain lines in a log (no carriage returns)
+            bar = progress = Progress(f"[{index + 1}/{len(plans)}] {name}")
         try:
             result = segment(volumes, model, card, options, progress=progress, cancel=cancel)
         finally:
@@ -208,10 +219,24 @@ def run(args: argparse.Namespace) -> int:
         counts = {card.class_names[i]: int(np.count_nonzero(result.labels.array == v))
                   for i, v in enumerate(card.label_values) if i > 0}
         info = result.info
+        if args.layout == "whole" and info.get("layout") != "whole":
+            grid = " x ".join(str(s) for s in reversed(info.get("model_grid_zyx") or []))
+            from semisupseg.inference import sliding_window
+
+            note = (f"--layout whole: the scan ({grid} voxels on the model's grid, padded) is above its cap of "
+                    f"{sliding_window.WHOLE_MAX_VOXELS:,} voxels; segmented with the default windows")
+            warnings.append(note)
+            print(f"note: {name}: {note}", file=sys.stderr)
+        if warnings:
+            written["warnings"] = write_text_atomic("\n".join(warnings) + "\n", warnings_path(name, outdir),
+                                                    overwrite=args.overwrite)
+        elif warnings_path(name, outdir).exists():  # --overwrite: a stale note of an earlier run must not stay
+            warnings_path(name, outdir).unlink()
         if args.json_progress:
             emit({"event": "done", "case": name, "outputs": {k: str(v) for k, v in written.items()},
                   "voxels": counts, "seconds": round(info["total_seconds"], 3), "windows": info["windows"],
-                  "precision": info["precision"], "tta_axes": "".join("zyx"[a] for a in tta)})
+                  "precision": info["precision"], "tta_axes": "".join("zyx"[a] for a in tta),
+                  "layout": info.get("layout"), "warnings": warnings})
         else:
             print(f"{name}: {info['windows']} windows ({info['precision']}), {info['total_seconds']:.1f} s; "
                   + ", ".join(f"{k} {v} voxels" for k, v in counts.items()) + f" -> {written['labels']}",

@@ -538,10 +538,10 @@ def domain_warnings(volume: Any, card: Any) -> List[str]:
     spacing = np.asarray(volume.spacing, dtype=np.float64)
     extent = np.asarray(volume.size_xyz, dtype=np.float64) * spacing
     axes = "xyz"
-    ref = stats.get("max_extent_mm") or stats.get("median_extent_mm")
+    ref = stats.get("median_extent_mm")
     if ref:
         ref_a = np.asarray(ref, dtype=np.float64)
-        factor, what = EXTENT_FACTOR, "the largest training scan"
+        factor, what = EXTENT_FACTOR, "the training scans' median"
     else:
         ref_a = np.asarray(card.patch_size_xyz, dtype=np.float64) * np.asarray(card.spacing_xyz, dtype=np.float64)
         factor, what = PATCH_EXTENT_FACTOR, "the training patch"
