@@ -194,3 +194,41 @@ def test_layout_whole_fallback_is_said_in_the_output_and_the_help(hip_model, tmp
     assert "above its cap of 1,000 voxels; segmented with the default windows" in captured.err
     done = [r for r in map(json.loads, captured.out.splitlines()) if r["event"] == "done"][0]
     assert done["layout"] == "default" and any("--layout whole" in w for w in done["warnings"])
+
+
+# ------------------------------------------------------------------------------------------------ evaluate, info
+def test_evaluate_names_the_classes_and_prints_no_stray_lines(hip_model, tmp_path, capsys):
+    import shutil
+
+    from semisupseg.data import sample_dataset
+
+    ref = sample_dataset("hippocampus") / "labelsTr"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for f in sorted(ref.glob("*.nii.gz"))[:2]:
+        shutil.copy(f, pred / f.name)
+    assert main(["evaluate", str(pred), str(ref), "--cases", "hippocampus_008", "hippocampus_011"]) == 0
+    captured = capsys.readouterr()
+    rows = captured.out.splitlines()
+    assert rows[0].startswith("2 case(s) evaluated") and "" not in rows  # no blank line anywhere
+    assert any(r.startswith("1 Anterior ") and "1.0000 ± 0.0000" in r for r in rows)  # dataset.json beside REF
+    assert any(r.startswith("2 Posterior ") for r in rows)
+    assert "\r" not in captured.err  # stderr is not a terminal here: no bar
+    # class names from a model card (a folder without dataset.json)
+    plain_ref = tmp_path / "ref"
+    shutil.copytree(pred, plain_ref)
+    assert main(["evaluate", str(pred), str(plain_ref), "--model", str(hip_model), "--quiet"]) == 0
+    assert any(r.startswith("2 Posterior ") for r in capsys.readouterr().out.splitlines())
+    assert main(["evaluate", str(pred), str(plain_ref), "--quiet"]) == 0
+    assert any(r.startswith("2 ") and "Posterior" not in r for r in capsys.readouterr().out.splitlines())
+
+
+def test_info_aligns_its_keys(hip_model, capsys):
+    assert main(["info", str(hip_model)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    top = [l for l in lines if not l.startswith(" ") and ":" in l and l != "training:"]
+    inner = [l for l in lines if l.startswith("  ")]
+    for group in (top, inner):
+        starts = {len(l) - len(l.split(":", 1)[1].lstrip()) for l in group}
+        assert len(starts) == 1, group
+    assert any(l.startswith("  training scans:") and "MRI" in l for l in inner)

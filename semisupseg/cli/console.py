@@ -53,7 +53,9 @@ class Progress:
         if bar if bar is not None else is_terminal(self.stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=100, desc=desc, unit="%", file=self.stream, leave=leave, bar_format=bar_format)
+            # dynamic_ncols: a line longer than the terminal would wrap, and clearing it would leave a stray line
+            self._bar = tqdm(total=100, desc=desc, unit="%", file=self.stream, leave=leave, bar_format=bar_format,
+                             dynamic_ncols=True)
 
     def __call__(self, fraction: float, message: str = "") -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
+from typing import Dict, Optional
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -30,13 +31,40 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                         "'semisupseg segment' (<case>_label beside _prob/_sdm/_entropy), else none")
     p.add_argument("--no-geometry-check", action="store_true",
                    help="only require equal array sizes (default: spacing, origin and direction must match too)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--model", metavar="MODEL",
+                   help="name the labels with this model's classes (model file or catalogue name); default: the "
+                        "dataset.json beside REF (in REF or its parent folder), when there is one")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def label_names(ref, model=None) -> Optional[Dict[int, str]]:
+    """``{label value: class name}`` for the table: from ``model``'s card (a model file or catalogue name) when
+    given, else from a ``dataset.json`` in the reference folder or its parent (MSD/nnU-Net layout: REF is
+    ``labelsTr/``), else ``None``."""
+    from semisupseg.data import read_dataset_json
+    from semisupseg.errors import InputError
 
+    if model:
+        from semisupseg.catalogue import resolve_model
+        from semisupseg.checkpoint import read_card
+
+        card = read_card(resolve_model(model))
+        return {int(v): str(n) for n, v in zip(card.class_names, card.label_values)}
+    ref = Path(ref)
+    folder = ref if ref.is_dir() else ref.parent
+    for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
+        if candidate.is_file():
+            try:
+                classes = read_dataset_json(candidate)
+            except InputError:  # a dataset.json without usable labels: plain numbers
+                return None
+            return {int(v): str(n) for n, v in zip(classes.names, classes.label_values)}
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from semisupseg.cli.console import Progress
     from semisupseg.errors import OutputExistsError
     from semisupseg.evaluation import evaluate
 
@@ -46,30 +74,17 @@ def run(args: argparse.Namespace) -> int:
             if Path(o).exists():
                 raise OutputExistsError("output exists; pass --overwrite to replace it", o)
 
-    bar = None
-    progress = None  # replaced by a tqdm-driven callback unless --quiet
-    if not args.quiet:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=100, desc="evaluate", unit="%", file=sys.stderr, leave=False,
-                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
-
-            def show(fraction: float, message: str = "") -> None:
-                bar.n = int(round(100 * fraction))
-                bar.set_postfix_str(message, refresh=False)
-                bar.refresh()
-
-            progress = show
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            bar = None
+    names = label_names(args.ref, args.model)
+    # a bar on a terminal (cleared at the end), plain lines in a log
+    progress = None if args.quiet else Progress("evaluate", leave=False,
+                                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     try:
         result = evaluate(args.pred, args.ref, args.labels, pred_suffix=args.pred_suffix, cases=args.cases,
                           check_geometry=not args.no_geometry_check, progress=progress)
     finally:
-        if bar is not None:
-            bar.close()
-    print(result.format_summary())
+        if progress is not None:
+            progress.close()
+    print(result.format_summary(names))
     if args.output:
         path = result.write_csv(args.output, overwrite=args.overwrite)
         print(f"per-case metrics written to {path}")
