@@ -232,3 +232,27 @@ def test_info_aligns_its_keys(hip_model, capsys):
         starts = {len(l) - len(l.split(":", 1)[1].lstrip()) for l in group}
         assert len(starts) == 1, group
     assert any(l.startswith("  training scans:") and "MRI" in l for l in inner)
+
+
+# ------------------------------------------------------------------------------------------------ unreadable files
+@pytest.mark.parametrize("name, content, says", [
+    ("notes.nrrd", b"patient notes\nsecond line\n", "it is a text file (it starts with 'patient notes'), not a .nrrd image"),
+    ("notes.txt", b"hello\n", "it is a text file (it starts with 'hello'), not an image"),
+    ("scan.nii.gz", b"just text\n", "it is a text file (it starts with 'just text'), not a NIfTI image"),
+    ("scan.mha", b"\x89PNG\r\n\x1a\n" + bytes(64), "it is a PNG picture, not a .mha image"),
+    ("header.nrrd", b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n",
+     "require endian info"),  # a damaged NRRD header: ITK's innermost reason, without its prefixes
+    ("noise.nrrd", bytes(range(256)) * 2, "no image reader recognises its content"),
+])
+def test_unreadable_files_are_described_in_our_words(tmp_path, name, content, says):
+    path = tmp_path / name
+    path.write_bytes(content)
+    from semisupseg.errors import InputError
+    from semisupseg.io import read_image
+
+    with pytest.raises(InputError) as err:
+        read_image(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and says in text
+    assert ".cxx" not in text and "sitk::" not in text and "itk::" not in text and "0x" not in text
+    assert "\n" not in text and text.count(str(path)) == 1

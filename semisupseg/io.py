@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import locale
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -314,12 +315,69 @@ def _read_sitk(path: Path, series_id: Optional[str] = None) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "ERROR" in line.upper() or "exception" in line.lower()), "")
-        hint = "" if suffix else f" (unrecognised suffix; readable: {', '.join(IMAGE_SUFFIXES)} or a DICOM folder)"
-        raise InputError(
-            f"cannot read the file: corrupt, truncated or not an image{hint}. {detail.strip()[:300]}", path
-        ) from exc
+        raise InputError(_unreadable_message(path, str(exc)), path) from exc
+
+
+#: what a file is, by its first bytes, for files that are no image we read
+_MAGIC: Tuple[Tuple[bytes, str], ...] = (
+    (b"\x89PNG", "a PNG picture"), (b"\xff\xd8\xff", "a JPEG picture"), (b"GIF8", "a GIF picture"),
+    (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x89HDF", "an HDF5 file"),
+    (b"\x1f\x8b", "a gzip-compressed file"), (b"BM", "a BMP picture"), (b"II*\x00", "a TIFF picture"),
+    (b"MM\x00*", "a TIFF picture"),
+)
+
+
+def _what_file(path: Path) -> Optional[str]:
+    """What ``path`` is when its first bytes tell (``"a text file (it starts with 'hello')"``, ``"a PNG picture"``,
+    ``"a single DICOM file"``), else ``None``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "a single DICOM file (give the folder holding its series)"
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if b"\x00" in head:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    printable = sum(c.isprintable() or c in "\r\n\t" for c in text)
+    if text and printable >= 0.95 * len(text):
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        return f"a text file (it starts with {first[:40]!r})" if first else "a text file"
+    return None
+
+
+def _unreadable_message(path: Path, itk_message: str = "") -> str:
+    """One line, in our words, for a file no image reader could read: what the file is when its first bytes tell,
+    else which formats are read; ITK's own reason only without its source paths and the file name."""
+    suffix = volume_suffix(path)
+    readable = "NIfTI, NRRD, MHA/MHD, a DICOM series folder or an LA .h5"
+    kind = _what_file(path)
+    if kind is not None and kind.startswith("a text file") and (suffix in (".mhd", ".nhdr") or "'NRRD" in kind):
+        kind = None  # a header that is text by design: damaged, not a different kind of file
+    if kind is not None:
+        expected = f"a {suffix} image" if suffix else "an image"
+        return f"cannot read the file: it is {kind}, not {expected} (readable: {readable})"
+    detail = ""
+    lines = [line.strip() for line in itk_message.splitlines() if line.strip()]
+    first = next((i for i, line in enumerate(lines) if "ERROR:" in line), None)
+    if first is not None:  # the innermost reason: the last line from the ERROR on, without ITK's prefixes
+        line = lines[-1].split("ERROR:", 1)[-1]
+        line = re.sub(r"^\s*\[\w+\]\s*\w+:\s*", "", line)
+        line = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", line).strip()
+        line = line.replace(f'"{path}"', "the file").replace(str(path), "the file")
+        if "Unable to determine ImageIO reader" in line:
+            line = "no image reader recognises its content"
+        if line and ".cxx" not in line and "/" not in line:
+            detail = f": {line[:200]}"
+    hint = "" if suffix else " (no image suffix such as .nii.gz or .nrrd)"
+    return f"cannot read the file: corrupt, truncated or not an image{hint}{detail} (readable: {readable})"
 
 
 @contextlib.contextmanager
@@ -444,6 +502,9 @@ def _nifti_scan(path: Path) -> int:
                 )
             return bad
     except (OSError, EOFError, zlib.error) as exc:
+        kind = _what_file(path)
+        if kind is not None and not kind.startswith("a gzip"):
+            raise InputError(f"corrupt or truncated file: it is {kind}, not a NIfTI image", path) from exc
         raise InputError(f"corrupt or truncated file ({exc})", path) from exc
 
 
