@@ -10,7 +10,7 @@ spread, which at CPU scale is larger than any precision effect).
 Usage::
 
     python benchmarks/compare_runs.py RUN_DIR [RUN_DIR ...] [--tail 100]
-    python benchmarks/compare_runs.py /work/bench/amp_*_*/supervised /work/bench/amp_*_*/sassnet
+    python benchmarks/compare_runs.py runs/bench/amp_*_*/supervised runs/bench/amp_*_*/sassnet
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 set that no run ever sees and score it — the table that says whether semi-supervision (or a recipe change) pays.
 
 Splits (``benchmarks/splits/<dataset>.json``, written once by ``--make-split`` and committed, so every run and every
-session uses the same cases):
+later run uses the same cases):
 
 * ``test``: held-out cases, never read by training, validation or model selection (hippocampus: 40 of the 200,
   drawn with a fixed seed; LA: 16 of the 80, the last 16 of the release's training list);
@@ -13,7 +13,7 @@ session uses the same cases):
 Each run is a ``semisupseg train`` subprocess (``--validation 0``: no model selection, ``last.pt`` is scored), then
 ``semisupseg segment`` on the test images and ``semisupseg evaluate`` against their labels; a run's ``test.csv`` is
 its result. Re-running the script skips finished runs and resumes interrupted ones (``--resume``), so a long grid
-survives a lost session. ``--parallel P`` runs P at a time (``--threads`` each).
+survives an interrupted machine. ``--parallel P`` runs P at a time (``--threads`` each).
 
 The table: per group (method, labeled count, augmentation), mean ± std **over seeds** of the per-seed mean test Dice
 (per class), the median over all test cases and seeds, HD95/ASD (mm); and, against ``--reference`` (default: the

@@ -16,8 +16,8 @@ as it finishes. Re-running the script skips methods already finished, resumes in
 Usage::
 
     python benchmarks/train_la.py --methods supervised mean-teacher --iterations 2000 --val-every 500 \\
-        --out-dir /tmp/train_la [--threads 2] [--validation 4] [--set optim.schedule=poly ...]
-    python benchmarks/train_la.py --methods supervised --iterations 20 --val-every 20 --out-dir /tmp/smoke  # smoke
+        --out-dir runs/train_la [--threads 2] [--validation 4] [--set optim.schedule=poly ...]
+    python benchmarks/train_la.py --methods supervised --iterations 20 --val-every 20 --out-dir runs/smoke  # smoke
 """
 from __future__ import annotations
 
