@@ -1,0 +1,653 @@
+"""The training panel's actions, Qt-free: check data, start / cancel / resume a run, follow a run folder, hand the
+model to the SemiSupSeg module.
+
+A run is a ``semisupseg train`` child process of Slicer's Python (``PythonSlicer -m semisupseg train ...``, started
+through :class:`SemiSupSegLib.runner.ProcessRunner`) writing into its run folder. Everything the panel shows comes
+from that folder, never from the process's pipes, so that a run started here, a run started by another Slicer
+session or by the CLI, and a finished or crashed run are all followed the same way:
+
+* ``RUN/events.jsonl`` (the engine's JSON-line event log, always written) read incrementally with
+  ``SemiSupSegLib.live.EventLogReader`` — progress, ETA, learning rate, losses, validation, overlay sets;
+* ``RUN/heartbeat.json`` (``semisupseg.training.heartbeat``) — whether the process is alive: a process killed outright
+  shows as ``crashed``, not as running forever.
+
+The child is not given ``--events -``: the run must outlive the pipe to Slicer (closing the module or the scene never
+stops it, and a run keeps going after Slicer exits — its stderr progress lines tolerate a closed pipe). Its stop file
+is ``RUN/.stop`` (:func:`stop_file`), so any session can ask any run started by the panel to stop cleanly.
+
+* :class:`TrainingSettings` → the ``semisupseg train`` argument list (:func:`train_arguments`), main settings as CLI
+  options, the Advanced ones as ``--set KEY=VALUE`` (``SemiSupSegLib.method_form``).
+* :class:`TrainingSession`: one run folder being followed — ``owned`` when this process started the child. Call
+  :meth:`~TrainingSession.poll` from a GUI timer (or :meth:`~TrainingSession.wait` to block).
+  :meth:`~TrainingSession.cancel`: the stop file (the engine saves ``resume.pt`` and exits), then, for an owned run
+  that has not ended within the grace period, the whole process tree is killed (the last saved state stays; writes
+  are atomic). A run owned by another process gets the stop file and, on the same machine, ``SIGTERM`` (which the CLI
+  also handles as a clean cancel) — never a kill.
+* :class:`TrainingLogic`: :meth:`~TrainingLogic.start`, :meth:`~TrainingLogic.resume`, :meth:`~TrainingLogic.attach`
+  (a session of this process for that folder if there is one, else a follower), :meth:`~TrainingLogic.check_data`
+  (:class:`DataCheckJob`, the checks of ``semisupseg train`` on a thread), :meth:`~TrainingLogic.use_in_segment`
+  (registers the run's best model in the shared catalogue and returns its name).
+
+Sessions this process started are kept in a module-level registry, so that closing and reopening the panel (a new
+widget and logic) finds them again with their process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+PathLike = Union[str, os.PathLike]
+LogCallback = Callable[[str], None]
+
+#: the stop file of a run started by the panel, inside its run folder (hidden: a run folder may hold it)
+STOP_FILE = ".stop"
+#: seconds between two heartbeat reads of a run followed without owning its process
+HEARTBEAT_POLL_S = 1.0
+#: what a session's ``status`` can be: ``starting`` (owned, no event yet) and the words of ``run_status``
+STATUSES = ("starting", "running", "finished", "failed", "cancelled", "crashed", "empty")
+ENDED = ("finished", "failed", "cancelled", "crashed")
+
+#: sessions started in this process, by resolved run folder (closing the panel must not lose them)
+_OWNED: Dict[str, "TrainingSession"] = {}
+
+
+def stop_file(run_dir: PathLike) -> Path:
+    """The stop file of a run started by the panel: ``RUN/.stop``."""
+    return Path(run_dir) / STOP_FILE
+
+
+def _key(run_dir: PathLike) -> str:
+    return str(Path(run_dir).expanduser().resolve())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# settings -> command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingSettings:
+    """What the panel's main settings say; ``None`` leaves a setting to the engine (its default, or derived from the
+    data: patch size, spacing, normalisation).
+
+    * ``method``: registered method name; ``labeled``: dataset folder (``imagesTr``/``labelsTr``) or images folder;
+      ``labels``: labels folder for an images folder; ``unlabeled``: folders of unlabeled images; ``run_dir``.
+    * ``iterations``, ``batch_size``, ``labeled_batch_size`` (global patches per step), ``lr`` (``optim.lr``),
+      ``seed``, ``device`` (``auto``/``cpu``/``cuda``/``cuda:N``);
+    * ``patch_size``: **x, y, z** voxels (multiples of 16);
+    * ``validation``: number of held-out validation cases or ``"id,id"`` (``0``: none);
+    * ``overlay_cases``: case ids to snapshot for overlays, every ``overlay_every`` iterations;
+    * ``overrides``: further ``KEY=VALUE`` strings (the Advanced section: ``method_params.NAME=...``, engine keys);
+    * ``overwrite``: start afresh in a folder that holds a run (its engine files are removed).
+    """
+
+    method: str
+    labeled: str
+    run_dir: str
+    labels: Optional[str] = None
+    unlabeled: Tuple[str, ...] = ()
+    iterations: Optional[int] = None
+    patch_size: Optional[Tuple[int, int, int]] = None
+    batch_size: Optional[int] = None
+    labeled_batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    validation: Optional[Union[int, str]] = None
+    seed: Optional[int] = None
+    device: Optional[str] = None
+    overlay_cases: Tuple[str, ...] = ()
+    overlay_every: Optional[int] = None
+    overrides: Tuple[str, ...] = ()
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.unlabeled = tuple(str(u) for u in self.unlabeled if str(u).strip())
+        self.overlay_cases = tuple(str(c) for c in self.overlay_cases if str(c).strip())
+        self.overrides = tuple(self.overrides)
+        if self.patch_size is not None:
+            self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
+            if len(self.patch_size) != 3:
+                raise ValueError(f"patch_size must be 3 sizes x, y, z, got {self.patch_size}")
+
+
+def defaults() -> Dict[str, Any]:
+    """The engine's defaults of the main settings (``semisupseg.training.TrainConfig``), for the panel's editors:
+    ``iterations``, ``batch_size``, ``labeled_batch_size``, ``lr``, ``validation``, ``seed``, ``device``,
+    ``overlay_every``; ``patch_size`` is ``None`` (derived from the data)."""
+    from semisupseg.training import TrainConfig
+
+    cfg = TrainConfig()
+    return {"iterations": cfg.iterations, "batch_size": cfg.batch_size, "labeled_batch_size": cfg.labeled_batch_size,
+            "lr": cfg.optim.lr, "validation": cfg.data.validation, "seed": cfg.seed, "device": cfg.device,
+            "overlay_every": cfg.overlays.every, "patch_size": cfg.data.patch_size}
+
+
+def _validation_text(value: Union[int, str]) -> str:
+    text = str(value).strip()
+    return ",".join(p.strip() for p in text.split(",") if p.strip())
+
+
+def data_arguments(settings: TrainingSettings) -> List[str]:
+    """The data options shared by ``train`` and ``check-data``: ``--method``, ``--labeled``, ``--labels``,
+    ``--unlabeled``..., ``--validation``."""
+    args = ["--method", settings.method, "--labeled", str(settings.labeled)]
+    if settings.labels:
+        args += ["--labels", str(settings.labels)]
+    for folder in settings.unlabeled:
+        args += ["--unlabeled", str(folder)]
+    if settings.validation is not None and str(settings.validation).strip() != "":
+        args += ["--validation", _validation_text(settings.validation)]
+    return args
+
+
+def train_arguments(settings: TrainingSettings) -> List[str]:
+    """The ``semisupseg train`` arguments (after ``-m semisupseg``) for ``settings``, with the run's stop file and
+    without a progress bar."""
+    from SemiSupSegLib.method_form import _float_text, set_arguments
+
+    args = ["train"] + data_arguments(settings) + ["--out", str(settings.run_dir)]
+    for option, value in (("--iterations", settings.iterations), ("--batch-size", settings.batch_size),
+                          ("--labeled-batch-size", settings.labeled_batch_size), ("--seed", settings.seed),
+                          ("--device", settings.device or None)):
+        if value is not None:
+            args += [option, str(value)]
+    if settings.patch_size is not None:
+        args += ["--patch-size"] + [str(v) for v in settings.patch_size]
+    for case in settings.overlay_cases:
+        args += ["--overlay-case", case]
+    if settings.overlay_cases and settings.overlay_every is not None:
+        args += ["--overlay-every", str(int(settings.overlay_every))]
+    if settings.overwrite:
+        args.append("--overwrite")
+    sets = ([f"optim.lr={_float_text(settings.lr)}"] if settings.lr is not None else []) + list(settings.overrides)
+    args += set_arguments(sets)
+    return args + ["--stop-file", str(stop_file(settings.run_dir)), "--no-bar"]
+
+
+def resume_arguments(run_dir: PathLike, iterations: Optional[int] = None,
+                     overrides: Sequence[str] = ()) -> List[str]:
+    """``semisupseg train --resume RUN`` (optionally with a new total of ``iterations`` and ``--set`` overrides)."""
+    from SemiSupSegLib.method_form import set_arguments
+
+    args = ["train", "--resume", str(run_dir)]
+    if iterations is not None:
+        args += ["--iterations", str(int(iterations))]
+    args += set_arguments(overrides)
+    return args + ["--stop-file", str(stop_file(run_dir)), "--no-bar"]
+
+
+def data_config(settings: TrainingSettings):
+    """The ``semisupseg.training.TrainConfig`` that ``train`` would build from the data options and the overrides of
+    ``settings`` (by the CLI's own option handling), for the data check."""
+    from semisupseg.cli import build_parser
+    from semisupseg.cli.train import _explicit_overrides
+    from semisupseg.training import TrainConfig, apply_overrides
+
+    args = build_parser().parse_args(["check-data"] + data_arguments(settings)
+                                     + [a for o in settings.overrides for a in ("--set", o)])
+    cfg = TrainConfig()
+    apply_overrides(cfg, _explicit_overrides(args))
+    apply_overrides(cfg, args.overrides)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# following a run
+# ----------------------------------------------------------------------------------------------------------------------
+
+class TrainingSession:
+    """One run folder being followed (see the module docstring). Made by :class:`TrainingLogic`.
+
+    State, updated by :meth:`poll`: ``status`` (one of :data:`STATUSES`), ``events`` (every event of the log read
+    so far, oldest first), ``iteration``, ``max_iterations``, ``progress`` (0..1 or ``None``), ``eta_s``, ``lr``,
+    ``message`` (the reason of a failed/cancelled/crashed run), ``returncode`` (owned runs, once ended).
+    """
+
+    def __init__(self, run_dir: PathLike, runner: Any = None, on_log: Optional[LogCallback] = None):
+        from SemiSupSegLib.live import EventLogReader
+        from SemiSupSegLib.runner import ProgressTracker
+
+        self.run_dir = Path(run_dir).expanduser().resolve()
+        self.runner = runner
+        self.on_log = on_log
+        self.events: List[Dict[str, Any]] = []
+        self.status = "starting" if runner is not None else "empty"
+        self.message: Optional[str] = None
+        self.returncode: Optional[int] = None
+        self.iteration: Optional[int] = None
+        self.max_iterations: Optional[int] = None
+        self.lr: Optional[float] = None
+        self.tracker = ProgressTracker()
+        self._reader = EventLogReader(self.run_dir / "events.jsonl")
+        self._next_beat_check = 0.0
+        self._kill_at: Optional[float] = None
+        self._term_at: Optional[float] = None
+        self._cancel_requested = False
+        #: the last :meth:`poll` found the log replaced (a new run in the folder): views must start over
+        self.restarted = False
+        if runner is None:
+            self._refresh_status(force=True)
+
+    # -------------------------------------------------------------------------------------------------- state
+    @property
+    def owned(self) -> bool:
+        """This process started the run's child (and can kill its process tree)."""
+        return self.runner is not None
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("starting", "running")
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    @property
+    def progress(self) -> Optional[float]:
+        return self.tracker.fraction
+
+    @property
+    def eta_s(self) -> Optional[float]:
+        return self.tracker.eta_s if self.running else None
+
+    @property
+    def log_text(self) -> str:
+        """The child's output (owned runs; empty otherwise)."""
+        return self.runner.log_text if self.runner is not None else ""
+
+    def overlay_events(self, events: Optional[Sequence[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+        """The ``overlays`` events (written sets, not failures) among ``events`` (default: all read so far)."""
+        return [e for e in (self.events if events is None else events)
+                if e.get("event") == "overlays" and not e.get("error") and e.get("dir")]
+
+    # -------------------------------------------------------------------------------------------------- polling
+    def poll(self) -> List[Dict[str, Any]]:
+        """Read what is new: the child's output (owned), new events of the log, the process's state. Returns the new
+        events (oldest first). Cheap enough for a GUI timer every 100-500 ms."""
+        if self.runner is not None and self.runner.running:
+            self._enforce_cancel_deadline()
+            for event in self.runner.poll():
+                if event.get("event") == "exit":
+                    self._child_exited(event)
+        elif self._term_at is not None and time.monotonic() >= self._term_at:
+            self._terminate_foreign()
+        new = self._read_events()
+        self._refresh_status(force=bool(new) and any(e.get("event") in ENDED for e in new))
+        return new
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.2) -> str:
+        """Block until the run has ended (owned: until the child's exit has been seen); returns ``status``.
+        ``TimeoutError`` after ``timeout`` seconds (the run goes on)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.poll()
+            if self.ended and (self.runner is None or not self.runner.running):
+                return self.status
+            if end is not None and time.monotonic() >= end:
+                raise TimeoutError(f"the training run in {self.run_dir} did not end within {timeout} s "
+                                   f"(status {self.status})")
+            time.sleep(interval)
+
+    def _read_events(self) -> List[Dict[str, Any]]:
+        new = self._reader.read_new()
+        self.restarted = bool(self._reader.restarted)
+        if self.restarted:  # the log was replaced (a run started afresh in the folder): start over
+            self.events = []
+            from SemiSupSegLib.runner import ProgressTracker
+
+            self.tracker = ProgressTracker()
+        for event in new:
+            self.events.append(event)
+            self.tracker.update(event)
+            if event.get("iteration") is not None:
+                self.iteration = int(event["iteration"])
+            if event.get("max_iterations"):
+                self.max_iterations = int(event["max_iterations"])
+            if event.get("event") == "iteration" and isinstance(event.get("lr"), (int, float)):
+                self.lr = float(event["lr"])
+            if event.get("event") in ("started", "resumed") and self.status == "starting":
+                self.status = "running"
+        return new
+
+    def _refresh_status(self, force: bool = False) -> None:
+        """The status from the run folder (heartbeat, then the log), at most every :data:`HEARTBEAT_POLL_S` seconds
+        unless ``force``. An owned run's status follows its process until the child's exit has been seen; the whole
+        log is read again (``run_state``) only when a run is seen to end."""
+        from semisupseg.training.heartbeat import heartbeat_alive, read_heartbeat, run_state
+
+        if self.runner is not None and (self.returncode is None or self.ended):
+            return  # owned: 'starting' until 'started' is read, 'running' until the exit, then final
+        now = time.monotonic()
+        if not force and now < self._next_beat_check:
+            return
+        self._next_beat_check = now + HEARTBEAT_POLL_S
+        if self.runner is None:
+            if heartbeat_alive(read_heartbeat(self.run_dir)):
+                self.status = "running"
+                return
+            if self.ended and not force:
+                return  # still over; nothing new
+        state = run_state(self.run_dir)
+        status, message = state.status, state.message
+        if self.runner is not None:  # owned, ended
+            status, message = self._owned_outcome(status, message)
+        self.status, self.message = status, message
+        if state.iteration is not None and self.iteration is None:
+            self.iteration, self.max_iterations = state.iteration, state.max_iterations
+
+    def _owned_outcome(self, status: str, message: Optional[str]) -> Tuple[str, Optional[str]]:
+        runner = self.runner
+        if runner.cancelled and status in ("crashed", "running", "cancelled"):
+            # killed after the grace period (no final event) or stopped cleanly: both are a cancel
+            if status != "cancelled":
+                message = "killed: it did not stop within the grace period; the last saved state is kept"
+            return "cancelled", message
+        if status in ("crashed", "running") and self.returncode is not None and self.returncode < 0:
+            return "crashed", f"the training process was killed (signal {-self.returncode}) without a final event"
+        if self.returncode not in (0, 130) and status in ("empty", "crashed", "running"):
+            return "failed", runner.error or message or f"the process exited with code {self.returncode}"
+        if status == "failed" and not message:
+            message = runner.error
+        return status, message
+
+    def _child_exited(self, event: Dict[str, Any]) -> None:
+        self.returncode = int(event.get("returncode", -1))
+        self._kill_at = None
+        try:
+            stop_file(self.run_dir).unlink()
+        except OSError:
+            pass
+
+    # -------------------------------------------------------------------------------------------------- cancel
+    def cancel(self, grace_s: float = 15.0, block: bool = False, timeout: Optional[float] = None) -> None:
+        """Ask the run to stop: create its stop file (the engine saves ``resume.pt`` and exits with "cancelled").
+        An owned child still running after ``grace_s`` seconds is killed with its process tree; a run of another
+        process gets ``SIGTERM`` then (same machine only). ``block``: wait for the end (``timeout`` s)."""
+        if self.ended and (self.runner is None or not self.runner.running):
+            return
+        self._cancel_requested = True
+        try:
+            stop_file(self.run_dir).touch()
+        except OSError as exc:
+            if self.on_log is not None:
+                self.on_log(f"could not create the stop file: {exc}")
+        deadline = time.monotonic() + max(0.0, grace_s)
+        if self.runner is not None:
+            self.runner.cancelled = True
+            self._kill_at = deadline
+        else:
+            self._term_at = deadline
+        if block:
+            self.wait(timeout=timeout)
+
+    def _enforce_cancel_deadline(self) -> None:
+        if self._kill_at is not None and time.monotonic() >= self._kill_at:
+            self._kill_at = None
+            self.runner.cancel(grace_s=0.0, block=False)  # kills the whole process tree at the next poll
+
+    def _terminate_foreign(self) -> None:
+        """SIGTERM to the process of a run this process does not own, when it is on this machine and still the run's
+        process (``heartbeat_alive`` checks pid and start time)."""
+        from semisupseg.training.heartbeat import heartbeat_alive, read_heartbeat
+
+        self._term_at = None
+        record = read_heartbeat(self.run_dir)
+        if not heartbeat_alive(record) or record.get("host") != socket.gethostname() or os.name != "posix":
+            return
+        try:
+            os.kill(int(record["pid"]), signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            pass
+
+    def close(self) -> None:
+        """Stop following (the training goes on; an owned child keeps running and stays in the registry)."""
+        self.on_log = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the session in the scene
+# ----------------------------------------------------------------------------------------------------------------------
+
+class RunView:
+    """A session's events in the scene: the tables and plot charts of ``SemiSupSegLib.live.TrainingPlots`` and the
+    newest overlay set of each case the run snapshots (``SemiSupSegLib.live.OverlayLoader``: a subject-hierarchy
+    folder of the run, one sub-folder per case), fed by the session's events — the log is read once, by the
+    session. Made with the events read so far (re-attaching draws the whole history); call :meth:`update` with what
+    each :meth:`TrainingSession.poll` returns."""
+
+    def __init__(self, scene, session: TrainingSession, load_overlays: bool = True):
+        from SemiSupSegLib.live import OverlayLoader, TrainingPlots
+
+        self.scene = scene
+        self.session = session
+        self.load_overlays = load_overlays
+        name = session.run_dir.name
+        self.plots = TrainingPlots(scene, name, key=str(session.run_dir))
+        self.overlays = OverlayLoader(scene, session.run_dir, f"Training run {name}")
+        self.plots.clear()
+        self.update(session.events)
+        if load_overlays:
+            for case in self.overlays.cases():  # sets written before the log says so (or pruned events)
+                self.overlays.load(case)
+
+    @property
+    def charts(self) -> Dict[str, Any]:
+        """Chart nodes by kind: ``loss``, ``dice``, ``hd95``, ``lr``, ``figures``."""
+        return self.plots.charts
+
+    def update(self, events: Sequence[Dict[str, Any]]) -> List[str]:
+        """Add ``events`` to the plots and load the overlay sets they announce; returns the cases loaded."""
+        if self.session.restarted:
+            self.plots.clear()
+        self.plots.add_events(events)
+        loaded = []
+        if self.load_overlays:
+            for case in dict.fromkeys(e["case"] for e in self.session.overlay_events(events) if e.get("case")):
+                if self.overlays.load(case) is not None:
+                    loaded.append(case)
+        return loaded
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# data check on a thread
+# ----------------------------------------------------------------------------------------------------------------------
+
+class DataCheckJob:
+    """``semisupseg.training.datacheck.check_train_data`` — the checks ``semisupseg train`` and ``semisupseg
+    check-data`` run — on a background thread (it reads every file once). :meth:`poll` → ``True`` once done;
+    ``report`` (a ``DataReport``) or ``error`` (one line); ``fraction``/``message`` while it runs."""
+
+    def __init__(self, settings: TrainingSettings):
+        from semisupseg.progress import CancelToken
+
+        self.settings = settings
+        self.report: Any = None
+        self.error: Optional[str] = None
+        self.fraction = 0.0
+        self.message = ""
+        self._cancel = CancelToken()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="semisupseg-check-data", daemon=True)
+
+    def start(self) -> "DataCheckJob":
+        self._thread.start()
+        return self
+
+    def _progress(self, fraction: float, message: str = "") -> None:
+        self.fraction, self.message = float(fraction), message
+
+    def _run(self) -> None:
+        from semisupseg.errors import Cancelled, SemiSupSegError
+        from semisupseg.training.datacheck import check_train_data
+        from semisupseg.training.engine import method_class
+
+        try:
+            cfg = data_config(self.settings)
+            with_unlabeled = bool(getattr(method_class(cfg.method), "uses_unlabeled", True))
+            self.report = check_train_data(cfg.data, with_unlabeled=with_unlabeled, progress=self._progress,
+                                           cancel=self._cancel)
+        except Cancelled:
+            self.error = "data check cancelled"
+        except (SemiSupSegError, SystemExit) as exc:  # the options themselves (argparse exits on bad ones)
+            self.error = str(exc) if not isinstance(exc, SystemExit) else "the data options are not valid"
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, not raised in a thread
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._done.set()
+
+    def poll(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> Any:
+        """Block until done; returns the report (``InputError`` with the error otherwise)."""
+        from semisupseg.errors import InputError
+
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"the data check did not finish within {timeout} s")
+        if self.report is None:
+            raise InputError(self.error or "the data check failed")
+        return self.report
+
+    def cancel(self) -> None:
+        self._cancel.cancel()
+
+    def lines(self) -> List[str]:
+        """The result list: the report as ``semisupseg check-data`` prints it, or the error."""
+        if self.report is not None:
+            return self.report.text().splitlines()
+        return [f"error: {self.error}"] if self.error else []
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the logic
+# ----------------------------------------------------------------------------------------------------------------------
+
+class TrainingLogic:
+    """The training panel's actions (see the module docstring).
+
+    Args:
+        catalogue: a ``semisupseg.catalogue.ModelCatalogue`` (default: the user's: ``SEMISUPSEG_HOME`` or
+            ``~/.semisupseg``), where :meth:`use_in_segment` registers runs.
+        python: the Python command of the children (default ``SemiSupSegLib.runner.python_command()``:
+            PythonSlicer inside Slicer); env: extra environment variables of the children.
+    """
+
+    def __init__(self, catalogue: Any = None, python: Optional[Sequence[str]] = None,
+                 env: Optional[Dict[str, str]] = None):
+        self._catalogue = catalogue
+        self.python = list(python) if python else None
+        self.env = dict(env or {})
+
+    @property
+    def catalogue(self):
+        if self._catalogue is None:
+            from semisupseg.catalogue import ModelCatalogue
+
+            self._catalogue = ModelCatalogue()
+        return self._catalogue
+
+    # ---------------------------------------------------------------------------------------------- runs
+    def start(self, settings: TrainingSettings, on_log: Optional[LogCallback] = None) -> TrainingSession:
+        """Start ``semisupseg train`` for ``settings`` in the background; returns the session at once. Raises
+        :class:`semisupseg.errors.InputError` (one line) when it cannot start: unknown method, missing folder, a
+        live run in the folder, a folder holding a run (without ``overwrite``) or other files."""
+        from semisupseg.errors import InputError
+        from semisupseg.training.heartbeat import start_refusal
+        from SemiSupSegLib.method_form import method_fields
+
+        method_fields(settings.method)  # unknown method: one line now
+        for folder in (settings.labeled, settings.labels, *settings.unlabeled):
+            if folder and not Path(folder).is_dir():
+                raise InputError("folder not found" if not Path(folder).exists() else "not a folder", folder)
+        if not str(settings.run_dir).strip():
+            raise InputError("choose a run folder")
+        run_dir = Path(settings.run_dir).expanduser()
+        self._refuse_live(run_dir)
+        refusal = start_refusal(run_dir, settings.overwrite)
+        if refusal is not None:
+            raise InputError(refusal, run_dir)
+        return self._launch(run_dir, train_arguments(settings), on_log)
+
+    def resume(self, run_dir: PathLike, iterations: Optional[int] = None, overrides: Sequence[str] = (),
+               on_log: Optional[LogCallback] = None) -> TrainingSession:
+        """Continue the run in ``run_dir`` from its saved state (``resume.pt``), optionally to a new total of
+        ``iterations``. Raises :class:`semisupseg.errors.InputError` when it is running or has nothing to resume."""
+        from semisupseg.errors import InputError
+
+        run_dir = Path(run_dir).expanduser()
+        self._refuse_live(run_dir)
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "resume.pt").is_file():
+            raise InputError("nothing to resume: the folder holds no saved training state (config.yaml and "
+                             "resume.pt)", run_dir)
+        return self._launch(run_dir, resume_arguments(run_dir, iterations, overrides), on_log)
+
+    def attach(self, run_dir: PathLike, on_log: Optional[LogCallback] = None) -> TrainingSession:
+        """Follow the run in ``run_dir``: this process's session for it when it started one (with its process), else
+        a follower reading its log and heartbeat (a run of another session, of the CLI, finished or crashed)."""
+        session = _OWNED.get(_key(run_dir))
+        if session is not None:
+            if on_log is not None:
+                session.on_log = on_log
+            return session
+        return TrainingSession(run_dir, on_log=on_log)
+
+    def _refuse_live(self, run_dir: Path) -> None:
+        from semisupseg.errors import InputError
+        from semisupseg.training.heartbeat import describe_process, heartbeat_alive, read_heartbeat
+
+        owned = _OWNED.get(_key(run_dir))
+        if owned is not None and owned.runner is not None and owned.runner.running:
+            raise InputError("a training started from this panel is still running in this folder; cancel it or wait "
+                             "for it to end", run_dir)
+        record = read_heartbeat(run_dir)
+        if heartbeat_alive(record):
+            raise InputError(describe_process(record), run_dir)
+
+    def _launch(self, run_dir: Path, args: List[str], on_log: Optional[LogCallback]) -> TrainingSession:
+        from SemiSupSegLib.runner import ProcessRunner
+
+        try:
+            stop_file(run_dir).unlink()  # a stop file left by an earlier cancel would stop the run at once
+        except OSError:
+            pass
+        session_box: List[TrainingSession] = []
+
+        def log(line: str) -> None:
+            if session_box and session_box[0].on_log is not None:
+                session_box[0].on_log(line)
+
+        runner = ProcessRunner(args, on_log=log, env=self.env, stop_file_option=None, python=self.python)
+        runner.start()
+        session = TrainingSession(run_dir, runner=runner, on_log=on_log)
+        session_box.append(session)
+        _OWNED[_key(run_dir)] = session
+        return session
+
+    # ---------------------------------------------------------------------------------------------- data, models
+    def check_data(self, settings: TrainingSettings) -> DataCheckJob:
+        """Start the data check of ``settings`` on a thread; returns the job (:meth:`DataCheckJob.poll` /
+        :meth:`~DataCheckJob.wait`)."""
+        return DataCheckJob(settings).start()
+
+    def use_in_segment(self, run_dir: PathLike, name: Optional[str] = None) -> str:
+        """Register the run's best model (``best.pt``, else ``last.pt``) in the model catalogue shared with the
+        SemiSupSeg module and the CLI (``semisupseg models``); returns its catalogue name. Raises
+        :class:`semisupseg.errors.InputError` when the run has no model yet."""
+        from semisupseg.catalogue import RUN_MODEL_FILES
+        from semisupseg.errors import InputError
+
+        run_dir = Path(run_dir).expanduser()
+        if not any((run_dir / f).is_file() for f in RUN_MODEL_FILES):
+            raise InputError(f"the run has no model yet ({' or '.join(RUN_MODEL_FILES)}): train it first", run_dir)
+        entry = self.catalogue.register_run(run_dir, name=name or None)
+        if entry.error:
+            raise InputError(entry.error)
+        return entry.name
+
+
+__all__ = ["DataCheckJob", "ENDED", "RunView", "STATUSES", "STOP_FILE", "TrainingLogic", "TrainingSession", "TrainingSettings",
+           "data_arguments", "data_config", "defaults", "resume_arguments", "stop_file", "train_arguments"]
