@@ -102,12 +102,17 @@ def test_failed_start_then_corrected_start_in_the_same_folder(tmp_path, capsys):
             "num_threads=1", "--validation", "0", "--iterations", "2", "--method", "supervised", "--out", str(run)]
     assert main(["train", "--no-bar", "--labeled", str(bad), *args]) == 2
     assert "a.nii.gz" in capsys.readouterr().err
+    assert run_status(run) == "empty"  # unreadable data is found before the run folder is made
+    # a start that fails inside the engine (here: an overlay case that is not a case of the run)
+    good = ["--labeled", str(HIPPO), "--split-labeled", "labeled_2", *args]
+    assert main(["train", "--no-bar", *good, "--overlay-case", "hippocampus_999"]) == 2
+    assert "overlay case 'hippocampus_999' is not a case of this run" in capsys.readouterr().err
     assert run_status(run) == "failed"
     assert sorted(p.name for p in run.iterdir()) == ["events.jsonl", HEARTBEAT_FILE]
     assert main(["train", "--no-bar", "--resume", str(run)]) == 2  # nothing to resume: said so
     assert "nothing to resume" in capsys.readouterr().err
     # the corrected command starts in the same folder (no --overwrite needed: the folder holds no run state)
-    assert main(["train", "--no-bar", "--labeled", str(HIPPO), "--split-labeled", "labeled_2", *args]) == 0
+    assert main(["train", "--no-bar", *good]) == 0
     events = read_events(run / "events.jsonl")
     assert [e["event"] for e in events][0] == "started" and events[-1]["event"] == "finished"
     assert run_status(run) == "finished"
