@@ -41,7 +41,7 @@ def test_no_parser_accepts_abbreviations_and_every_command_uses_the_same_parser_
 
     parser = build_parser()
     subs = dict(_subparsers(parser))
-    assert {"train", "segment", "evaluate", "info", "demo"} <= set(subs)
+    assert {"train", "segment", "evaluate", "info", "demo", "preview"} <= set(subs)
     for name, sub in [("semisupseg", parser)] + list(subs.items()):
         assert isinstance(sub, Parser), name
         assert sub.allow_abbrev is False, name

@@ -18,6 +18,7 @@ from semisupseg.errors import Cancelled, SemiSupSegError
 #: command modules in the order ``--help`` lists them
 COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "export_checkpoint", "methods",
                    "demo", "models", "worker")
+COMMAND_MODULES += ("preview",)  # a picture of a scan and its results
 COMMAND_MODULES += ("check_data", "rank")  # training panel: data check, uncertainty ranking
 
 
