@@ -256,3 +256,43 @@ def test_unreadable_files_are_described_in_our_words(tmp_path, name, content, sa
     assert text.startswith(f"{path}: ") and says in text
     assert ".cxx" not in text and "sitk::" not in text and "itk::" not in text and "0x" not in text
     assert "\n" not in text and text.count(str(path)) == 1
+
+
+# ------------------------------------------------------------------------------------------------ demo
+@pytest.mark.slow
+def test_demo_tests_apart_from_validation_draws_pictures_and_keeps_only_the_model(tmp_path, capsys):
+    import SimpleITK as sitk
+    import yaml
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--iterations", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    split = json.loads((sample_dataset_root() / "splits.json").read_text())
+    test_ids = split["val"]
+    run = out / "run"
+    roles = json.loads((run / "data.json").read_text())
+    used = set(roles["labeled"]) | set(roles["unlabeled"]) | set(roles["validation"])
+    assert roles["validation"] and not used & set(test_ids)  # test cases: neither training nor model selection
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["data"]["split_val"] is None and cfg["data"]["validation"] == 1
+    # the run folder keeps the model used (and the record), not the resume state or a second model file
+    assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt"] and not (run / "last.json").exists()
+    for case in test_ids:
+        png = sitk.ReadImage(str(out / "previews" / f"{case}.png"))
+        assert png.GetNumberOfComponentsPerPixel() == 3 and png.GetSize()[0] > 500
+    assert "1 Anterior" in captured.out  # evaluate's table names the classes (from the model card)
+    # stderr is not a terminal here: plain progress lines, no carriage-return bars
+    assert "\r" not in captured.err and "iteration 2/2" in captured.err
+
+
+def sample_dataset_root():
+    from semisupseg.data import sample_dataset
+
+    return sample_dataset("hippocampus")
+
+
+def test_gitignore_covers_the_default_outputs():
+    from pathlib import Path
+
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert "/semisupseg-demo/" in ignored and "/runs/" in ignored
