@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from semisupseg.cli import main
 from semisupseg.data import DatasetSpec, build_dataset, sample_dataset
 from semisupseg.data.fingerprint import (DEFAULT_MEMORY_BUDGET_MB, describe_plan, estimate_memory_mb,
-                                         fingerprint_cases, plan_defaults, resolve_plan)
+                                         fingerprint_cases, plan_defaults, plan_for, resolve_plan)
 from semisupseg.training import TrainConfig
 
 
@@ -103,7 +103,10 @@ def test_resolve_plan_fills_only_unset_settings():
     cfg = TrainConfig()
     cfg.data.labeled = str(sample_dataset("hippocampus"))
     cfg.data.patch_size = [16, 16, 16]
+    shown = plan_for(cfg)  # what check-data shows: the same record, the config untouched
+    assert cfg.plan == {} and cfg.data.normalization == {} and shown["plan"]["patch_size_xyz"] == [32, 48, 32]
     record = resolve_plan(cfg)
+    assert record == shown
     assert cfg.data.patch_size == [16, 16, 16] and "data.patch_size" not in record["from_data"]
     assert record["from_data"] == {"data.normalization": {"kind": "zscore"}} and cfg.data.spacing is None
     assert record["plan"]["patch_size_xyz"] == [32, 48, 32]

@@ -296,3 +296,49 @@ def test_gitignore_covers_the_default_outputs():
 
     ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
     assert "/semisupseg-demo/" in ignored and "/runs/" in ignored
+
+
+# ------------------------------------------------------------------------------------------------ messages
+def test_no_labeled_cases_names_the_folders_and_what_was_expected(tmp_path, capsys):
+    import shutil
+
+    from semisupseg.data import sample_dataset
+
+    src = sample_dataset("hippocampus") / "imagesTr"
+    only_images = tmp_path / "ds" / "imagesTr"
+    only_images.mkdir(parents=True)
+    for f in sorted(src.glob("*.nii.gz"))[:2]:
+        shutil.copy(f, only_images / f.name)
+    cases = [
+        (["--labeled", str(tmp_path / "ds")], [str(tmp_path / "ds"), "labelsTr/", "named like the images"]),
+        (["--labeled", str(only_images), "--labels", str(tmp_path / "empty")], [str(tmp_path / "empty")]),
+        (["--labeled", str(only_images)], [str(only_images), "imagesTr/ + labelsTr/", "labels folders"]),
+    ]
+    (tmp_path / "empty").mkdir()
+    for extra, needles in cases:
+        code = main(["train", "--method", "supervised", "--out", str(tmp_path / "run"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        for needle in needles:
+            assert needle in err, (needle, err)
+        assert not (tmp_path / "run").exists()
+
+
+def test_plain_progress_lines_have_no_carriage_returns():
+    import io
+
+    from semisupseg.cli.console import Progress
+
+    stream = io.StringIO()
+    progress = Progress("[1/2] case", stream=stream, interval_s=0.0)
+    for i in range(1, 5):
+        progress(i / 4, f"window {i}/4")
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 4
+    assert lines[-1].startswith("[1/2] case: 100% window 4/4 (") and "elapsed" in lines[-1]
+    quiet = io.StringIO()
+    slow = Progress("x", stream=quiet)  # default interval: short work prints nothing
+    slow(0.5)
+    slow(1.0)
+    assert quiet.getvalue() == ""

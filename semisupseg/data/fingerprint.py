@@ -494,6 +494,15 @@ def describe_plan(record: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def plan_for(cfg: Any, memory_budget_mb: Optional[float] = None) -> Dict[str, Any]:
+    """What :func:`resolve_plan` would record for ``cfg`` (a :class:`~semisupseg.training.config.TrainConfig`),
+    without changing it: ``semisupseg check-data`` shows ``describe_plan(plan_for(cfg))`` — the defaults training
+    would take from the data, each marked "(from the data)" or "(suggested; your setting is kept)"."""
+    import copy
+
+    return resolve_plan(copy.deepcopy(cfg), memory_budget_mb=memory_budget_mb)
+
+
 def dataset_defaults(data_cfg: Any, memory_budget_mb: Optional[float] = None, batch_size: int = 4,
                      labeled_batch_size: int = 2, n_filters: int = 16) -> Tuple[DatasetFingerprint, Plan]:
     """``(fingerprint, plan)`` of the data a :class:`~semisupseg.training.config.DataConfig` names — what
@@ -580,6 +589,6 @@ def domain_warnings(volume: Any, card: Any) -> List[str]:
 
 
 __all__ = ["CaseFingerprint", "DatasetFingerprint", "Plan", "fingerprint_cases", "fingerprint_data",
-           "fingerprint_arrays", "plan_defaults", "resolve_plan", "describe_plan", "dataset_defaults",
+           "fingerprint_arrays", "plan_defaults", "resolve_plan", "plan_for", "describe_plan", "dataset_defaults",
            "estimate_memory_mb", "domain_warnings", "read_header", "read_modality", "guess_modality",
            "unset_keys", "DEFAULT_MEMORY_BUDGET_MB"]
