@@ -1,0 +1,206 @@
+"""SemiSupSeg: segment a scan with a semi-supervised model; show the segmentation, its SDM and its uncertainty.
+
+A thin widget over SemiSupSegLib (Qt-free, tested headless): segment_logic does the work, parameters keeps the state.
+"""
+import os
+
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+
+from SemiSupSegLib import bootstrap, dependencies
+from SemiSupSegLib.parameters import OVERLAY_KINDS, SegmentParameters
+from SemiSupSegLib.segment_logic import (SegmentLogic, SegmentRequest, device_note, gpu_available, model_choices,
+                                         overlay_nodes_of, status_text)
+
+TEST_MODEL = os.path.join(os.path.dirname(__file__), "Resources", "Testing", "hippocampus_dtc_tiny.pt")
+
+
+class SemiSupSeg(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SemiSupSeg"
+        self.parent.categories = ["Segmentation"]
+        self.parent.contributors = ["SemiSupSeg developers"]
+        self.parent.helpText = (
+            "Segment a scan with a semi-supervised model (SASSNet, SB-Net, VW-Adv, SGRS-Net, baselines) in the "
+            "background, and show the segmentation with its signed distance map and voxel entropy as overlays. "
+            "Models: shipped, added with 'Add model file...', or best models of training runs.")
+        self.parent.acknowledgementText = (
+            "Sample scans: Medical Segmentation Decathlon (CC-BY-SA 4.0) and the 2018 Left Atrium Challenge. "
+            "Methods: see the papers cited in the semisupseg package documentation.")
+
+
+class SemiSupSegWidget(ScriptedLoadableModuleWidget):
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        widget = slicer.util.loadUI(self.resourcePath("UI/SemiSupSeg.ui"))
+        self.layout.addWidget(widget)
+        self.ui = slicer.util.childWidgetVariables(widget)
+        widget.setMRMLScene(slicer.mrmlScene)
+        try:
+            self.logic, self.job, self.loading = SemiSupSegLogic(), None, True
+        except bootstrap.PackageNotFound as exc:  # says where it looked and what to do
+            slicer.util.errorDisplay(str(exc))
+            return
+        self.timer = qt.QTimer()
+        self.timer.setInterval(100)
+        self.timer.connect("timeout()", self.onTimer)
+        for selector in (self.ui.inputVolumeSelector, self.ui.roiSelector, self.ui.outputSegmentationSelector):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.saveParameters)
+        for box in (self.ui.keepLargestCheckBox, self.ui.show3DCheckBox, self.ui.sdmCheckBox,
+                    self.ui.entropyCheckBox, self.ui.probabilityCheckBox):
+            box.connect("toggled(bool)", self.saveParameters)
+        for combo in (self.ui.modelComboBox, self.ui.deviceComboBox, self.ui.qualityComboBox):
+            combo.connect("currentIndexChanged(int)", self.saveParameters)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshOverlays)
+        self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.showOverlay)
+        self.ui.opacitySlider.connect("valueChanged(double)", self.showOverlay)
+        self.ui.addModelButton.connect("clicked()", self.onAddModel)
+        self.ui.segmentButton.connect("clicked()", self.onSegment)
+        self.refreshModels()
+        self.loadParameters()
+
+    def cleanup(self):
+        if hasattr(self, "timer"):
+            self.timer.stop()
+            self.logic.close()
+
+    def refreshModels(self, select=None):
+        self.choices = model_choices(self.logic.segment.catalogue)
+        self.ui.modelComboBox.clear()
+        for label, name, _ in self.choices:
+            self.ui.modelComboBox.addItem(label, name)
+        if select is not None:
+            self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findData(select))
+
+    def parameters(self):
+        kinds = [k for k, box in zip(OVERLAY_KINDS, (self.ui.sdmCheckBox, self.ui.entropyCheckBox,
+                                                     self.ui.probabilityCheckBox)) if box.checked]
+        overlay = slicer.mrmlScene.GetNodeByID(self.ui.overlayComboBox.currentData or "")
+        return SegmentParameters(
+            input_volume=self.ui.inputVolumeSelector.currentNode(), model=self.ui.modelComboBox.currentData or "",
+            device=self.ui.deviceComboBox.currentText, quality=self.ui.qualityComboBox.currentText,
+            keep_largest=self.ui.keepLargestCheckBox.checked, roi=self.ui.roiSelector.currentNode(),
+            overlays=tuple(kinds), overlay_shown=overlay, opacity=self.ui.opacitySlider.value,
+            output_segmentation=self.ui.outputSegmentationSelector.currentNode(), show_3d=self.ui.show3DCheckBox.checked)
+
+    def saveParameters(self, *unused):
+        if self.loading:  # widgets being set from the node: do not write half-set state back
+            return
+        self.parameters().write(self.logic.getParameterNode())
+        index = self.ui.modelComboBox.currentIndex
+        self.ui.modelCardText.setPlainText(self.choices[index][2] if 0 <= index < len(self.choices) else "")
+        self.ui.deviceNoteLabel.text = device_note(self.ui.deviceComboBox.currentText, gpu_available()) or ""
+
+    def loadParameters(self):
+        self.loading = True
+        p = SegmentParameters.read(self.logic.getParameterNode())
+        self.ui.inputVolumeSelector.setCurrentNode(p.input_volume)
+        self.ui.roiSelector.setCurrentNode(p.roi)
+        self.ui.outputSegmentationSelector.setCurrentNode(p.output_segmentation)
+        self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findData(p.model)))
+        self.ui.deviceComboBox.currentText, self.ui.qualityComboBox.currentText = p.device, p.quality
+        self.ui.keepLargestCheckBox.checked, self.ui.show3DCheckBox.checked = p.keep_largest, p.show_3d
+        for kind, box in zip(OVERLAY_KINDS, (self.ui.sdmCheckBox, self.ui.entropyCheckBox, self.ui.probabilityCheckBox)):
+            box.checked = kind in p.overlays
+        self.ui.opacitySlider.value = p.opacity
+        self.refreshOverlays()
+        self.loading = False
+        self.saveParameters()
+
+    def refreshOverlays(self, *unused):
+        self.ui.overlayComboBox.clear()
+        self.ui.overlayComboBox.addItem("None", "")
+        for node in overlay_nodes_of(slicer.mrmlScene, self.ui.inputVolumeSelector.currentNode()):
+            self.ui.overlayComboBox.addItem(node.GetName(), node.GetID())
+
+    def showOverlay(self, *unused):
+        from SemiSupSegLib.results import set_foreground
+
+        set_foreground(slicer.mrmlScene, slicer.mrmlScene.GetNodeByID(self.ui.overlayComboBox.currentData or ""),
+                       self.ui.opacitySlider.value)
+
+    def onAddModel(self):
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Add model file", "", "Model files (*.pt)")
+        if path:
+            with slicer.util.tryWithErrorDisplay("Could not add the model.", waitCursor=True):
+                self.refreshModels(select=self.logic.segment.catalogue.add(path).name)
+
+    def onSegment(self):
+        if self.job is not None:
+            self.job.cancel(block=False)
+            return
+        with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
+            self.logic.ensureDependencies()
+            self.ui.logText.clear()
+            self.job = self.logic.segment.start(SegmentRequest.from_parameters(self.parameters()),
+                                                on_progress=self.onProgress, on_log=self.ui.logText.appendPlainText)
+            self.ui.segmentButton.text, self.ui.progressBar.value = "Cancel", 0
+            self.timer.start()
+
+    def onProgress(self, fraction, message, eta_s):
+        self.ui.progressBar.value = int(100 * (fraction or 0))
+        self.ui.statusLabel.text = status_text(message, eta_s)
+
+    def onTimer(self):
+        if not self.job.poll():
+            return
+        self.timer.stop()
+        job, self.job = self.job, None
+        self.ui.segmentButton.text = "Segment"
+        if job.state == "done":
+            self.ui.outputSegmentationSelector.setCurrentNode(job.outcome.segmentation_node)
+            self.refreshOverlays()
+            self.ui.statusLabel.text = f"done in {job.outcome.seconds:.1f} s. " + " ".join(job.outcome.notes)
+        else:
+            self.ui.statusLabel.text = job.error if job.state == "failed" else "cancelled: the scene is unchanged"
+
+
+class SemiSupSegLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side wrapper of SemiSupSegLib.segment_logic.SegmentLogic (scene and module logics from the app)."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        bootstrap.ensure_semisupseg()
+        self.segment = SegmentLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
+
+    def ensureDependencies(self):
+        dependencies.ensure_dependencies(lambda title, text: slicer.util.confirmYesNoDisplay(text, windowTitle=title))
+
+    def close(self):
+        self.segment.close()
+
+
+class SemiSupSegTest(ScriptedLoadableModuleTest):
+    def runTest(self):
+        slicer.mrmlScene.Clear()
+        self.test_segment_sample_scan()
+
+    def test_segment_sample_scan(self):
+        """Segment a bundled hippocampus scan in the background with the bundled test model; check names, geometry
+        and Dice against the scan's label."""
+        logic = SemiSupSegLogic()
+        from semisupseg.checkpoint import read_card
+        from semisupseg.data import sample_dataset
+        from semisupseg.metrics import dice
+        from SemiSupSegLib.results import labels_from_segmentation
+
+        root = sample_dataset("hippocampus")
+        scan = slicer.util.loadVolume(str(root / "imagesTr" / "hippocampus_023.nii.gz"))
+        label = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(str(root / "labelsTr" / "hippocampus_023.nii.gz")))
+        card = read_card(TEST_MODEL)
+        try:
+            outcome = logic.segment.segment(SegmentRequest(scan, TEST_MODEL), timeout=600)
+        finally:
+            logic.close()
+        seg = outcome.segmentation_node
+        names = [seg.GetSegmentation().GetNthSegment(i).GetName() for i in range(seg.GetSegmentation().GetNumberOfSegments())]
+        self.assertEqual(names, list(card.class_names[1:]))
+        labels = labels_from_segmentation(slicer.mrmlScene, slicer.modules.segmentations.logic(), seg, scan).array
+        self.assertEqual(labels.shape, label.shape)
+        for value in card.label_values[1:]:
+            self.assertGreater(dice(labels == value, label == value), 0.5)
+        self.assertIn("entropy", outcome.overlay_nodes)
+        self.delayDisplay("SemiSupSeg test passed")

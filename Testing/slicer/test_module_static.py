@@ -1,0 +1,242 @@
+"""Static checks of the SemiSupSeg module (the Slicer application cannot run here): the .ui has every widget the
+module file uses, CMake installs every library and package file, the module file stays small and parses, the library
+never imports Qt, the icons are what Slicer expects."""
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "SemiSupSeg"
+MODULE_FILE = MODULE_DIR / "SemiSupSeg.py"
+LIB = MODULE_DIR / "SemiSupSegLib"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SemiSupSeg.ui"
+PACKAGE = REPO / "semisupseg"
+#: Qt widget classes the .ui may use without declaring them as custom widgets
+QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QCheckBox", "QProgressBar", "QPlainTextEdit",
+              "QTextBrowser", "QTextEdit", "QSpinBox", "QDoubleSpinBox", "QLineEdit", "QToolButton", "QFrame",
+              "QGroupBox", "QSlider", "QListWidget", "QTableWidget", "QTabWidget", "QRadioButton"}
+MAX_MODULE_LINES = 220
+
+
+def _ui():
+    return ET.parse(UI_FILE).getroot()
+
+
+def _ui_widgets():
+    return {w.get("name"): w.get("class") for w in _ui().iter("widget")}
+
+
+def _cmake_list(text: str, var: str):
+    match = re.search(r"set\(\s*" + var + r"\s+(.*?)\)", text, re.S)
+    assert match, f"set({var} ...) not found"
+    return match.group(1).split()
+
+
+def _module_ui_names():
+    tree = ast.parse(MODULE_FILE.read_text())
+    return {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+            and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# .ui and module file
+# ----------------------------------------------------------------------------------------------------------------------
+
+def test_ui_is_valid_designer_xml():
+    root = _ui()
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == root.findtext("class") == "SemiSupSeg"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), "widget names must be unique"
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert used - declared <= QT_CLASSES, f"undeclared custom widgets: {used - declared - QT_CLASSES}"
+    assert declared <= used, f"declared but unused custom widgets: {declared - used}"
+
+
+def test_every_widget_the_module_uses_is_in_the_ui():
+    used = _module_ui_names()
+    widgets = _ui_widgets()
+    assert used, "the module file uses no self.ui widgets?"
+    assert used <= set(widgets), f"missing in {UI_FILE.name}: {sorted(used - set(widgets))}"
+    # the panel the issue asks for
+    for name, cls in {"inputVolumeSelector": "qMRMLNodeComboBox", "modelComboBox": "QComboBox",
+                      "addModelButton": "QPushButton", "modelCardText": "QTextBrowser", "deviceComboBox": "QComboBox",
+                      "qualityComboBox": "QComboBox", "keepLargestCheckBox": "QCheckBox",
+                      "roiSelector": "qMRMLNodeComboBox", "sdmCheckBox": "QCheckBox", "entropyCheckBox": "QCheckBox",
+                      "probabilityCheckBox": "QCheckBox", "overlayComboBox": "QComboBox",
+                      "opacitySlider": "ctkSliderWidget", "outputSegmentationSelector": "qMRMLNodeComboBox",
+                      "segmentButton": "QPushButton", "progressBar": "QProgressBar",
+                      "logText": "QPlainTextEdit"}.items():
+        assert widgets.get(name) == cls, f"{name}: {widgets.get(name)} instead of {cls}"
+
+
+def test_node_selectors_get_the_scene_and_the_right_node_types():
+    root = _ui()
+    receivers = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)" and c.findtext("sender") == "SemiSupSeg"}
+    expected = {"inputVolumeSelector": "vtkMRMLScalarVolumeNode", "roiSelector": "vtkMRMLMarkupsROINode",
+                "outputSegmentationSelector": "vtkMRMLSegmentationNode"}
+    for w in root.iter("widget"):
+        if w.get("class") != "qMRMLNodeComboBox":
+            continue
+        name = w.get("name")
+        assert name in receivers, f"{name} is not connected to the scene"
+        types = [s.text for p in w.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
+        assert types == [expected[name]], (name, types)
+    names = set(_ui_widgets())
+    for c in root.iter("connection"):
+        assert {c.findtext("sender"), c.findtext("receiver")} <= names
+
+
+def test_combo_items_match_the_parameters():
+    from SemiSupSegLib.parameters import DEVICES, QUALITIES
+
+    def items(name):
+        w = next(w for w in _ui().iter("widget") if w.get("name") == name)
+        return tuple(i.find("property/string").text for i in w.findall("item"))
+
+    assert items("deviceComboBox") == DEVICES
+    assert items("qualityComboBox") == QUALITIES
+
+
+def test_module_file_parses_stays_small_and_has_the_four_classes():
+    text = MODULE_FILE.read_text()
+    tree = ast.parse(text)
+    lines = len(text.splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{MODULE_FILE.name} has {lines} lines: move behaviour into SemiSupSegLib"
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"SemiSupSeg", "SemiSupSegWidget", "SemiSupSegLogic", "SemiSupSegTest"} <= set(classes)
+    tests = [f.name for f in classes["SemiSupSegTest"].body if isinstance(f, ast.FunctionDef)]
+    assert "runTest" in tests and any(t.startswith("test_") for t in tests)
+    # the UI file it loads and the bundled model its self-test uses exist and are installed
+    assert 'resourcePath("UI/SemiSupSeg.ui")' in text
+    model = re.search(r'"Resources", "Testing", "([^"]+)"', text).group(1)
+    assert (MODULE_DIR / "Resources" / "Testing" / model).is_file()
+
+
+def test_library_never_imports_qt():
+    offenders = []
+    for path in sorted(LIB.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names
+                          if n.split(".")[0] in ("qt", "ctk", "PythonQt", "PyQt5", "PySide2", "slicer.app")]
+            if isinstance(node, ast.Attribute) and node.attr in ("app", "modules") and \
+                    isinstance(node.value, ast.Name) and node.value.id == "slicer" and path.name != "dependencies.py":
+                offenders.append(f"{path.name}: slicer.{node.attr}")
+    assert not offenders, offenders
+
+
+def _python39():
+    for candidate in sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python")) + [shutil.which("python3.9")]:
+        if candidate and subprocess.run([str(candidate), "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],
+                                        capture_output=True).returncode == 0:
+            return str(candidate)
+    return None
+
+
+def test_module_and_library_compile_with_python39():
+    """Slicer 5.6 and 5.8 run Python 3.9."""
+    py39 = _python39()
+    if py39 is None:
+        pytest.skip("no Python 3.9 interpreter on this machine")
+    files = [str(MODULE_FILE)] + [str(p) for p in sorted(LIB.glob("*.py"))]
+    code = ("import sys\nbad = []\nfor f in sys.argv[1:]:\n    try: compile(open(f).read(), f, 'exec')\n"
+            "    except SyntaxError as e: bad.append(f'{f}:{e.lineno}: {e.msg}')\nprint(bad); sys.exit(1 if bad else 0)\n")
+    result = subprocess.run([py39, "-c", code, *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CMake
+# ----------------------------------------------------------------------------------------------------------------------
+
+def test_module_cmake_lists_every_library_file_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    assert re.search(r"set\(MODULE_NAME SemiSupSeg\)", text)
+    scripts = [s.replace("${MODULE_NAME}", "SemiSupSeg") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
+    resources = [s.replace("${MODULE_NAME}", "SemiSupSeg") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    on_disk = ["SemiSupSeg.py"] + [f"SemiSupSegLib/{p.name}" for p in sorted(LIB.glob("*.py"))]
+    assert sorted(scripts) == sorted(on_disk), (f"not in CMake: {sorted(set(on_disk) - set(scripts))}; "
+                                                f"not on disk: {sorted(set(scripts) - set(on_disk))}")
+    resource_files = [str(p.relative_to(MODULE_DIR)) for p in sorted((MODULE_DIR / "Resources").rglob("*"))
+                      if p.is_file() and p.suffix not in (".py", ".md")]
+    assert sorted(resources) == sorted(resource_files)
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+def _glob_recurse(text: str, var: str):
+    """Evaluate ``file(GLOB_RECURSE var RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} ... patterns)`` and the
+    ``list(FILTER var EXCLUDE REGEX ...)`` after it, as CMake does, on the repository."""
+    match = re.search(r"file\(GLOB_RECURSE\s+" + var + r"\s+RELATIVE\s+\$\{CMAKE_CURRENT_SOURCE_DIR\}"
+                      r"\s+CONFIGURE_DEPENDS\s+(.*?)\)", text, re.S)
+    assert match, f"file(GLOB_RECURSE {var} ...) not found"
+    found = set()
+    for pattern in match.group(1).split():
+        rel = pattern.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "")
+        folder, name = rel.rsplit("/", 1)
+        found |= {str(p.relative_to(REPO)) for p in (REPO / folder).rglob(name) if p.is_file()}
+    for regex in re.findall(r"list\(FILTER\s+" + var + r"\s+EXCLUDE\s+REGEX\s+\"(.*?)\"\)", text):
+        regex = regex.replace("\\\\", "\\")
+        found = {f for f in found if not re.search(regex, f)}
+    return found
+
+
+def test_top_cmake_installs_every_file_of_the_package():
+    text = (REPO / "CMakeLists.txt").read_text()
+    scripts = _glob_recurse(text, "SEMISUPSEG_PACKAGE_SCRIPTS")
+    data = _glob_recurse(text, "SEMISUPSEG_PACKAGE_DATA")
+    package_files = {str(p.relative_to(REPO)) for p in PACKAGE.rglob("*")
+                     if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert package_files - scripts - data == set(), "package files the extension would not install"
+    assert all(f.endswith(".py") for f in scripts) and not any(f.endswith(".py") for f in data)
+    assert "semisupseg/__init__.py" in scripts and "semisupseg/cli/segment.py" in scripts
+    assert any(f.startswith("semisupseg/sample_data/hippocampus/imagesTr/") for f in data)
+    block = re.search(r"ctkMacroCompilePythonScript\((.*?)\)", text, re.S).group(1)
+    for word in ("SCRIPTS \"${SEMISUPSEG_PACKAGE_SCRIPTS}\"", "RESOURCES \"${SEMISUPSEG_PACKAGE_DATA}\"",
+                 "SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR}",
+                 "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}",
+                 "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}", "NO_INSTALL_SUBDIR"):
+        assert word in block, word
+
+
+def test_top_cmake_metadata_and_modules():
+    text = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r'set\(EXTENSION_DEPENDS "PyTorch"\)', text)
+    assert "add_subdirectory(SemiSupSeg)" in text
+    assert re.search(r"if\(EXISTS \$\{CMAKE_CURRENT_SOURCE_DIR\}/SemiSupSegTraining/CMakeLists.txt\)\s*"
+                     r"add_subdirectory\(SemiSupSegTraining\)", text)
+    for var in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        urls = re.search(r'set\(' + var + r' "(.*?)"\)', text).group(1).split()
+        for url in urls:
+            rel = url.split("/main/", 1)[1]
+            assert rel.startswith("Resources/") and (REPO / rel).is_file(), url
+        if var == "EXTENSION_ICONURL":
+            assert len(urls) == 1
+
+
+def test_icons_are_128_pixel_rgba_pngs():
+    import SimpleITK as sitk
+
+    for path in (REPO / "Resources" / "Icons" / "SemiSupSeg.png", MODULE_DIR / "Resources" / "Icons" / "SemiSupSeg.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = sitk.ReadImage(str(path))
+        assert image.GetSize() == (128, 128) and image.GetNumberOfComponentsPerPixel() == 4
+        array = sitk.GetArrayFromImage(image)
+        assert array[..., 3].min() == 0 and array[64, 64, 3] == 255  # transparent corners, opaque middle
+        assert len({tuple(p) for p in array.reshape(-1, 4)[::7]}) > 50  # a picture, not a flat fill

@@ -1,0 +1,256 @@
+"""The Segment action end to end on a real scene: a bundled real scan loaded by Slicer's own reader, the bundled
+test model (SemiSupSeg/Resources/Testing, see its README), inference in the warm worker child process, results in
+the scene — compared with ``semisupseg segment`` on the same file (identical labels and geometry, same SDM and
+entropy), overlays present and reused, ROI, cancel and failures leaving the scene as it was."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_DATA, require_slicer
+
+require_slicer()
+
+from semisupseg.catalogue import ModelCatalogue  # noqa: E402
+from semisupseg.checkpoint import read_card  # noqa: E402
+from semisupseg.errors import InputError  # noqa: E402
+from semisupseg.io import read_volume  # noqa: E402
+from semisupseg.metrics import dice  # noqa: E402
+from SemiSupSegLib import segment_logic as sl  # noqa: E402
+from SemiSupSegLib.parameters import SegmentParameters  # noqa: E402
+from SemiSupSegLib.results import labels_from_segmentation  # noqa: E402
+from SemiSupSegLib.runner import WorkerClient  # noqa: E402
+from SemiSupSegLib.segment_logic import (SegmentCancelled, SegmentError, SegmentLogic, SegmentRequest,  # noqa: E402
+                                         device_note, status_text)
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "SemiSupSeg" / "Resources" / "Testing" / "hippocampus_dtc_tiny.pt"
+SCAN = SAMPLE_DATA / "hippocampus" / "imagesTr" / "hippocampus_023.nii.gz"
+LABEL = SAMPLE_DATA / "hippocampus" / "labelsTr" / "hippocampus_023.nii.gz"
+LA_SCAN = next((SAMPLE_DATA / "la" / "imagesTr").glob("*.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def worker():
+    """One warm worker for the whole file (its start-up, importing torch, is the slow part)."""
+    client = WorkerClient(threads=1)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def logic(headless, worker, tmp_path):
+    return SegmentLogic(headless.scene, headless.logic("Segmentations"), catalogue=ModelCatalogue(home=tmp_path),
+                        worker=worker)
+
+
+def _scene_state(scene):
+    nodes = scene.GetNodes()
+    return [(n.GetID(), n.GetClassName(), n.GetName(), n.GetMTime()) for n in
+            (nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems()))]
+
+
+def _geometry(volume):
+    return np.concatenate([np.asarray(volume.spacing, float), np.asarray(volume.origin, float),
+                           np.asarray(volume.direction, float).ravel()])
+
+
+@pytest.fixture(scope="module")
+def cli_outputs(tmp_path_factory):
+    """``semisupseg segment`` on the same file, in its own process (the reference the panel must equal)."""
+    out = tmp_path_factory.mktemp("cli")
+    cmd = [sys.executable, "-m", "semisupseg", "segment", str(SCAN), "--model", str(MODEL), "-o", str(out),
+           "--sdm", "--entropy", "--prob", "--output-suffix", ".nrrd"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    return {kind: read_volume(out / f"hippocampus_023_{kind}.nrrd", allow_channels=True)
+            for kind in ("label", "sdm", "entropy", "prob")}
+
+
+@pytest.mark.slow
+def test_segment_equals_the_command_line(headless, logic, cli_outputs):
+    card = read_card(MODEL)
+    scan = headless.load_volume(SCAN)
+    before = scan.GetMTime()
+    progress = []
+    outcome = logic.segment(SegmentRequest(scan, str(MODEL), overlays=("sdm", "entropy", "probability")),
+                            timeout=300, on_progress=lambda f, m, eta: progress.append(f))
+    assert scan.GetMTime() == before  # the input is never touched
+    seg = outcome.segmentation_node
+    segmentation = seg.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == list(card.class_names[1:])
+    # the segmentation's labelmap, exported by Slicer, equals the command line's label file: labels and geometry
+    exported = labels_from_segmentation(headless.scene, headless.logic("Segmentations"), seg, scan)
+    reference = cli_outputs["label"]
+    assert exported.array.shape == reference.array.shape
+    np.testing.assert_array_equal(exported.array, reference.array)
+    np.testing.assert_allclose(_geometry(exported), _geometry(reference), atol=1e-5)
+    # a meaningful segmentation of the real scan (the tiny model's held-out Dice is in its README)
+    truth = read_volume(LABEL).array
+    for value in card.label_values[1:]:
+        assert dice(exported.array == value, truth == value) > 0.5
+    # overlays: one SDM and one probability per foreground class, entropy; the command line's values
+    assert sorted(outcome.overlay_nodes) == sorted(["entropy"] + [f"{k}:{c}" for k in ("sdm", "probability")
+                                                                  for c in card.class_names[1:]])
+    from SemiSupSegLib.scene import volume_from_node
+
+    for i, cls in enumerate(card.class_names[1:]):
+        sdm = volume_from_node(outcome.overlay_nodes[f"sdm:{cls}"])
+        np.testing.assert_allclose(sdm.array, cli_outputs["sdm"].array[i], atol=1e-5)
+        np.testing.assert_allclose(_geometry(sdm), _geometry(reference), atol=1e-5)
+        prob = volume_from_node(outcome.overlay_nodes[f"probability:{cls}"])
+        np.testing.assert_allclose(prob.array, cli_outputs["prob"].array[i], atol=1e-5)
+    entropy = volume_from_node(outcome.overlay_nodes["entropy"])
+    np.testing.assert_allclose(entropy.array, cli_outputs["entropy"].array, atol=1e-5)
+    assert outcome.overlay_nodes["entropy"].GetName() == f"{scan.GetName()} entropy"
+    assert progress and progress[-1] == 1.0 and outcome.seconds > 0 and outcome.timings["total_s"] > 0
+    assert outcome.voxels == {c: int(np.count_nonzero(reference.array == v))
+                              for c, v in zip(card.class_names[1:], card.label_values[1:])}
+
+
+@pytest.mark.slow
+def test_rerun_updates_the_same_nodes(headless, logic):
+    scan = headless.load_volume(SCAN)
+    first = logic.segment(SegmentRequest(scan, str(MODEL)), timeout=300)
+    count = headless.scene.GetNumberOfNodes()
+    params = SegmentParameters(input_volume=scan, model=str(MODEL), keep_largest=True,
+                               output_segmentation=first.segmentation_node)
+    second = logic.segment(SegmentRequest.from_parameters(params), timeout=300)
+    assert second.segmentation_node is first.segmentation_node
+    assert {k: n.GetID() for k, n in second.overlay_nodes.items()} == {k: n.GetID() for k, n in
+                                                                      first.overlay_nodes.items()}
+    assert headless.scene.GetNumberOfNodes() == count
+    assert sl.overlay_nodes_of(headless.scene, scan) == list(first.overlay_nodes.values())
+    # keep largest: each class is one connected component now
+    from scipy import ndimage
+
+    labels = labels_from_segmentation(headless.scene, headless.logic("Segmentations"), second.segmentation_node,
+                                      scan).array
+    for value in read_card(MODEL).label_values[1:]:
+        assert ndimage.label(labels == value)[1] <= 1
+
+
+@pytest.mark.slow
+def test_roi_restricts_the_work(headless, logic):
+    import slicer
+
+    scan = headless.load_volume(SCAN)
+    full = labels_from_segmentation(headless.scene, headless.logic("Segmentations"),
+                                    logic.segment(SegmentRequest(scan, str(MODEL), overlays=()),
+                                                  timeout=300).segmentation_node, scan).array
+    roi = headless.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    bounds = [0.0] * 6
+    scan.GetRASBounds(bounds)
+    center = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
+    roi.SetXYZ(center)
+    roi.SetRadiusXYZ([(bounds[1] - bounds[0]) / 2 + 5, (bounds[3] - bounds[2]) / 2 + 5, 4.0])  # a slab
+    outcome = logic.segment(SegmentRequest(scan, str(MODEL), roi_node=roi, overlays=("entropy",)), timeout=300)
+    labels = labels_from_segmentation(headless.scene, headless.logic("Segmentations"),
+                                      outcome.segmentation_node, scan).array
+    assert labels.shape == full.shape
+    from SemiSupSegLib.roi import roi_box_zyx
+
+    z0, z1, y0, y1, x0, x1 = roi_box_zyx(roi, scan)
+    outside = np.ones(labels.shape, bool)
+    outside[z0:z1, y0:y1, x0:x1] = False
+    assert z1 - z0 < labels.shape[0] and not labels[outside].any() and labels[~outside].any()
+    assert isinstance(slicer.vtkMRMLMarkupsROINode(), object)
+
+
+@pytest.mark.slow
+def test_cancel_leaves_the_scene_as_it_was(headless, logic, worker):
+    scan = headless.load_volume(LA_SCAN)  # a bigger scan: many windows, time to cancel mid-run
+    state = _scene_state(headless.scene)
+    job = None
+
+    def cancel_on_first_progress(fraction, message, eta):
+        if job.running:
+            job.cancel(grace_s=10.0, block=False)
+
+    job = logic.start(SegmentRequest(scan, str(MODEL), quality="accurate", overlays=("sdm", "entropy",
+                                                                                      "probability")),
+                      on_progress=cancel_on_first_progress)
+    with pytest.raises(SegmentCancelled, match="scene is unchanged"):
+        job.wait(timeout=300)
+    assert job.state == "cancelled" and logic.job is None
+    assert job._handle.error_kind == "cancelled" and job._handle.result is None  # stopped mid-run, not after
+    assert _scene_state(headless.scene) == state
+    assert not list(worker.temp_dir.iterdir()), "temporary files left behind"
+    # the worker serves the next click
+    outcome = logic.segment(SegmentRequest(headless.load_volume(SCAN), str(MODEL), overlays=()), timeout=300)
+    assert outcome.segmentation_node.GetSegmentation().GetNumberOfSegments() == 2
+
+
+def test_bad_requests_fail_before_anything_runs(headless, logic, tmp_path):
+    scan = headless.load_volume(SCAN)
+    state = _scene_state(headless.scene)
+    with pytest.raises(InputError, match="no-such-model"):
+        logic.start(SegmentRequest(scan, "no-such-model"))
+    not_a_model = tmp_path / "notes.pt"
+    not_a_model.write_bytes(b"not a model file")
+    with pytest.raises(InputError, match="notes.pt"):
+        logic.start(SegmentRequest(scan, str(not_a_model)))
+    with pytest.raises(InputError, match="choose an input volume"):
+        SegmentRequest(None, str(MODEL))
+    with pytest.raises(InputError, match="quality"):
+        SegmentRequest(scan, str(MODEL), quality="best")
+    assert _scene_state(headless.scene) == state and logic.job is None
+
+
+@pytest.mark.slow
+def test_a_failing_run_reports_and_leaves_the_scene(headless, logic):
+    scan = headless.load_volume(SCAN)
+    state = _scene_state(headless.scene)
+    job = logic.start(SegmentRequest(scan, str(MODEL), device="cuda:7"))  # no such GPU here
+    with pytest.raises(SegmentError) as info:
+        job.wait(timeout=300)
+    assert job.state == "failed" and "cuda" in str(info.value).lower()
+    assert "\n" not in job.error
+    assert _scene_state(headless.scene) == state
+
+
+def test_worker_options_and_notes():
+    card = read_card(MODEL)
+    request = SegmentRequest(object(), "m", quality="accurate", keep_largest=True, overlays=("sdm",))
+    options, notes = sl.worker_options(request, card, (1, 5, 2, 8, 3, 9))
+    trained = tuple(card.training.get("augmentation", "papers") != "none" and [] or [])
+    assert options["roi"] == [[1, 5], [2, 8], [3, 9]] and options["keep_largest"] is True
+    assert options["compute_sdm"] is True and options["compute_entropy"] is False
+    from semisupseg.inference import tta_axes_for_model
+
+    assert tuple(options["tta_axes"]) == tta_axes_for_model(card, None)[0]
+    if not options["tta_axes"]:
+        assert any("'accurate' is the same as 'default'" in n for n in notes)
+    assert trained == ()
+    assert sl.worker_outputs(request, card) == ["labels", "sdm"]
+    assert sl.worker_outputs(SegmentRequest(object(), "m", overlays=("probability", "entropy")), card) == [
+        "labels", "probabilities", "entropy"]
+    default, _ = sl.worker_options(SegmentRequest(object(), "m"), card, None)
+    assert default["tta_axes"] == [] and "roi" not in default
+
+
+def test_small_helpers():
+    assert device_note("auto", False) == "no GPU found: runs on the CPU"
+    assert "choose auto or cpu" in device_note("cuda", False)
+    assert device_note("cpu", False) is None and device_note("cuda", True) is None
+    assert status_text("window 3/12", 12.4) == "window 3/12 (about 12 s left)"
+    assert status_text("window 3/12", 600) == "window 3/12 (about 10 min left)"
+    assert status_text("loading", None) == "loading"
+    assert sl.overlay_name("scan", "sdm:anterior") == "scan SDM anterior"
+
+
+def test_model_choices_list_the_catalogue(tmp_path):
+    catalogue = ModelCatalogue(home=tmp_path)
+    catalogue.add(MODEL, name="tiny")
+    (tmp_path / "gone.pt").write_bytes(MODEL.read_bytes())
+    catalogue.add(tmp_path / "gone.pt", name="gone")
+    (tmp_path / "gone.pt").unlink()
+    choices = {name: (label, text) for label, name, text in sl.model_choices(catalogue)}
+    assert choices["tiny"][0] == "tiny (user)" and "method:           dtc" in choices["tiny"][1]
+    assert choices["gone"][1].startswith("cannot be used:")
