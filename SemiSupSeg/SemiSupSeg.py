@@ -52,7 +52,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
         for box in (self.ui.keepLargestCheckBox, self.ui.show3DCheckBox, self.ui.sdmCheckBox,
                     self.ui.entropyCheckBox, self.ui.probabilityCheckBox):
             box.connect("toggled(bool)", self.saveParameters)
-        for combo in (self.ui.modelComboBox, self.ui.deviceComboBox, self.ui.qualityComboBox):
+        for combo in (self.ui.modelComboBox, self.ui.deviceComboBox, self.ui.qualityComboBox, self.ui.overlayComboBox):
             combo.connect("currentIndexChanged(int)", self.saveParameters)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshOverlays)
         self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.showOverlay)
@@ -107,6 +107,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
             box.checked = kind in p.overlays
         self.ui.opacitySlider.value = p.opacity
         self.refreshOverlays()
+        self.ui.overlayComboBox.setCurrentIndex(max(0, self.ui.overlayComboBox.findData(
+            p.overlay_shown.GetID() if p.overlay_shown is not None else "")))
         self.loading = False
         self.saveParameters()
 
@@ -153,6 +155,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
         if job.state == "done":
             self.ui.outputSegmentationSelector.setCurrentNode(job.outcome.segmentation_node)
             self.refreshOverlays()
+            self.ui.overlayComboBox.setCurrentIndex(min(1, self.ui.overlayComboBox.count - 1))  # first overlay
             self.ui.statusLabel.text = f"done in {job.outcome.seconds:.1f} s. " + " ".join(job.outcome.notes)
         else:
             self.ui.statusLabel.text = job.error if job.state == "failed" else "cancelled: the scene is unchanged"

@@ -192,13 +192,21 @@ def overlay_volumes(outputs: Dict[str, Any], card: Any) -> List[Tuple[str, str, 
 
 def model_choices(catalogue: Any) -> List[Tuple[str, str, str]]:
     """The model selector's items: ``(label, name, card text)`` for every catalogue entry (shipped, user, run),
-    the card text being ``semisupseg info``'s summary, or the reason the entry cannot be used."""
+    the card text being ``semisupseg info``'s summary, or the reason the entry cannot be used. Before torch is
+    installed (the cards are read with it) the models are still listed, with a note instead of their cards."""
+    try:
+        entries, note = catalogue.entries(), None
+    except ImportError as exc:
+        entries = catalogue.entries(read_cards=False)
+        note = f"model card not readable yet ({exc}): click Segment to install the missing Python packages"
     out = []
-    for entry in catalogue.entries():
+    for entry in entries:
         if entry.card is not None:
             text = "\n".join(entry.card.summary_lines())
-        else:
+        elif entry.error or note is None:
             text = f"cannot be used: {entry.error or 'no model card'}"
+        else:
+            text = note
         out.append((f"{entry.name} ({entry.source})", entry.name, text))
     return out
 

@@ -245,7 +245,7 @@ def test_small_helpers():
     assert sl.overlay_name("scan", "sdm:anterior") == "scan SDM anterior"
 
 
-def test_model_choices_list_the_catalogue(tmp_path):
+def test_model_choices_list_the_catalogue(tmp_path, monkeypatch):
     catalogue = ModelCatalogue(home=tmp_path)
     catalogue.add(MODEL, name="tiny")
     (tmp_path / "gone.pt").write_bytes(MODEL.read_bytes())
@@ -254,3 +254,8 @@ def test_model_choices_list_the_catalogue(tmp_path):
     choices = {name: (label, text) for label, name, text in sl.model_choices(catalogue)}
     assert choices["tiny"][0] == "tiny (user)" and "method:           dtc" in choices["tiny"][1]
     assert choices["gone"][1].startswith("cannot be used:")
+    # before the Python packages are installed (no torch: cards unreadable) the models are still listed
+    monkeypatch.setitem(sys.modules, "semisupseg.checkpoint", None)
+    choices = {name: (label, text) for label, name, text in sl.model_choices(catalogue)}
+    assert choices["tiny"][1].startswith("model card not readable yet") and "click Segment" in choices["tiny"][1]
+    assert choices["gone"][1].startswith("cannot be used: model file not found")
