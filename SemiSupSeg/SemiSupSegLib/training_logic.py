@@ -26,7 +26,13 @@ is ``RUN/.stop`` (:func:`stop_file`), so any session can ask any run started by 
 * :class:`TrainingLogic`: :meth:`~TrainingLogic.start`, :meth:`~TrainingLogic.resume`, :meth:`~TrainingLogic.attach`
   (a session of this process for that folder if there is one, else a follower), :meth:`~TrainingLogic.check_data`
   (:class:`DataCheckJob`, the checks of ``semisupseg train`` on a thread), :meth:`~TrainingLogic.use_in_segment`
-  (registers the run's best model in the shared catalogue and returns its name).
+  (registers the run's best model in the shared catalogue and returns its name), :meth:`~TrainingLogic.rank`
+  (:class:`RankJob`: ``semisupseg rank`` of the unlabeled scans by the model's uncertainty — *Annotate next*).
+* :class:`RunView`: a session's events in the scene (``SemiSupSegLib.live``: tables, plot charts, overlay sets).
+* :class:`TrainingPanel`: the panel's state between timer ticks (followed session and its view, data check,
+  ranking); :meth:`~TrainingPanel.tick` says what to show (:class:`PanelUpdate`). Helpers: :func:`settings_from_panel`
+  (editor texts → settings, one line per bad entry), :data:`PANEL_WIDGETS`, :func:`status_line`, :func:`run_model`,
+  :func:`run_model_classes`.
 
 Sessions this process started are kept in a module-level registry, so that closing and reopening the panel (a new
 widget and logic) finds them again with their process.
@@ -34,6 +40,7 @@ widget and logic) finds them again with their process.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -195,6 +202,127 @@ def data_config(settings: TrainingSettings):
     return cfg
 
 
+def settings_from_panel(texts: Dict[str, Any], overrides: Sequence[str] = (),
+                        require: Sequence[str] = ("method", "labeled", "run_dir")) -> TrainingSettings:
+    """:class:`TrainingSettings` from the panel's editors: ``texts`` maps the field names of
+    :class:`TrainingSettings` to editor text (numbers may also come as numbers from spin boxes). Empty text leaves
+    the setting to the engine; ``patch_size`` is ``"x y z"`` (commas allowed); ``unlabeled`` and ``overlay_cases``
+    take one folder / id or several separated by ``;``. ``overrides``: the Advanced section's ``KEY=VALUE``
+    strings; ``require``: the entries that must not be empty (the data check needs no run folder). Raises
+    :class:`semisupseg.errors.InputError` naming the first bad entry."""
+    from semisupseg.errors import InputError
+
+    def text(name: str) -> str:
+        value = texts.get(name)
+        return "" if value is None else str(value).strip()
+
+    def number(name: str, kind: type, minimum: Optional[float] = None):
+        raw = text(name)
+        if not raw:
+            return None
+        try:
+            value = float(raw) if kind is float else int(float(raw))
+            if kind is int and float(raw) != int(float(raw)):
+                raise ValueError(raw)
+        except ValueError:
+            what = "a number" if kind is float else "a whole number"
+            raise InputError(f"{name.replace('_', ' ')}: {raw!r} is not {what}") from None
+        if minimum is not None and value < minimum:
+            raise InputError(f"{name.replace('_', ' ')}: must be at least {minimum:g}, got {raw}")
+        return value
+
+    for required in require:
+        if not text(required):
+            raise InputError({"method": "choose a method", "labeled": "choose the labeled folder",
+                              "run_dir": "choose a run folder"}[required])
+    patch = None
+    if text("patch_size"):
+        parts = [p for p in re.split(r"[\s,x]+", text("patch_size")) if p]
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise InputError(f"patch size: {text('patch_size')!r} is not three sizes x y z (e.g. 96 96 96)")
+        patch = tuple(int(p) for p in parts)
+    validation: Optional[Union[int, str]] = None
+    if text("validation"):
+        validation = int(text("validation")) if text("validation").isdigit() else _validation_text(text("validation"))
+    batch, labeled_batch = number("batch_size", int, 1), number("labeled_batch_size", int, 1)
+    if batch is not None and labeled_batch is not None and labeled_batch > batch:
+        raise InputError(f"labeled batch ({labeled_batch}) cannot be larger than the batch ({batch})")
+    lr = number("lr", float)
+    if lr is not None and lr <= 0:
+        raise InputError(f"learning rate must be > 0, got {text('lr')}")
+    return TrainingSettings(
+        method=text("method"), labeled=text("labeled"), run_dir=text("run_dir"), labels=text("labels") or None,
+        unlabeled=tuple(u.strip() for u in text("unlabeled").split(";") if u.strip()),
+        iterations=number("iterations", int, 1), patch_size=patch, batch_size=batch, labeled_batch_size=labeled_batch,
+        lr=lr, validation=validation, seed=number("seed", int), device=text("device") or None,
+        overlay_cases=tuple(c.strip() for c in text("overlay_cases").split(";") if c.strip()),
+        overlay_every=number("overlay_every", int, 1), overrides=tuple(overrides),
+        overwrite=bool(texts.get("overwrite")))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def status_line(session: Optional["TrainingSession"]) -> str:
+    """The line under the progress bar: status, iteration, time left and learning rate; why a run ended badly and
+    what to do about it."""
+    if session is None:
+        return "no run"
+    it, total = session.iteration, session.max_iterations
+    where = f"iteration {it}/{total}" if it is not None and total else (f"iteration {it}" if it is not None else "")
+    if session.status == "starting":
+        return "starting (loading the data)"
+    if session.status == "running":
+        parts = ["running" + ("" if session.owned else " (started elsewhere)"), where]
+        if session.eta_s is not None:
+            parts.append(f"about {_duration(session.eta_s)} left")
+        if session.lr is not None:
+            parts.append(f"lr {session.lr:.3g}")
+        return ", ".join(p for p in parts if p)
+    if session.status == "finished":
+        best = next((e.get("best_val_dice") for e in reversed(session.events) if e.get("event") == "finished"), None)
+        return f"finished at {where}" + (f", best validation Dice {best:.3f}" if isinstance(best, (int, float)) else "")
+    if session.status == "cancelled":
+        return f"cancelled at {where}: Resume continues from the saved state" + \
+            (f" ({session.message})" if session.message and "killed" in session.message else "")
+    if session.status == "crashed":
+        return f"crashed at {where}: the training process is gone ({session.message or 'no final event'}); " \
+               "Resume continues from the last saved state"
+    if session.status == "failed":
+        return f"failed: {session.message or 'see the log'}"
+    return "no run in this folder yet"
+
+
+def run_model(run_dir: PathLike) -> Optional[Path]:
+    """The run's model file: ``best.pt``, else ``last.pt`` (what the catalogue gives for a run), else ``None``."""
+    from semisupseg.catalogue import RUN_MODEL_FILES
+
+    if not str(run_dir).strip():
+        return None
+    return next((Path(run_dir) / f for f in RUN_MODEL_FILES if (Path(run_dir) / f).is_file()), None)
+
+
+def run_model_classes(run_dir: PathLike) -> Tuple[Optional[List[str]], Optional[List[int]]]:
+    """``(class names, label values)`` of the run's model (:func:`run_model`), ``(None, None)`` when it has none
+    (yet) — the classes to write a new labeled case with when the set has no ``dataset.json``."""
+    from semisupseg.checkpoint import read_card
+    from semisupseg.errors import SemiSupSegError
+
+    path = run_model(run_dir)
+    if path is None:
+        return None, None
+    try:
+        card = read_card(path)
+    except SemiSupSegError:
+        return None, None
+    return list(card.class_names), list(card.label_values)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # following a run
 # ----------------------------------------------------------------------------------------------------------------------
@@ -229,7 +357,8 @@ class TrainingSession:
         self._cancel_requested = False
         #: the last :meth:`poll` found the log replaced (a new run in the folder): views must start over
         self.restarted = False
-        if runner is None:
+        if runner is None:  # a follower shows the run's history and state at once
+            self._read_events()
             self._refresh_status(force=True)
 
     # -------------------------------------------------------------------------------------------------- state
@@ -523,6 +652,57 @@ class DataCheckJob:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# annotate next: the uncertainty ranking in a child process
+# ----------------------------------------------------------------------------------------------------------------------
+
+class RankJob:
+    """``semisupseg rank --model M FOLDER... -o CSV`` in a child process (it segments every scan). :meth:`poll` →
+    ``True`` once done; ``rows`` (``semisupseg.ranking.read_ranking_csv``: dicts with ``rank``, ``case``,
+    ``score``, the measures, ``image``; least sure first) or ``error``; ``runner`` for the log and progress."""
+
+    def __init__(self, model: str, inputs: Sequence[PathLike], python: Optional[Sequence[str]] = None,
+                 env: Optional[Dict[str, str]] = None, on_log: Optional[LogCallback] = None):
+        from SemiSupSegLib.runner import ProcessRunner
+
+        self.rows: Optional[List[Dict[str, str]]] = None
+        self.error: Optional[str] = None
+        args = ["rank"] + [str(i) for i in inputs] + ["--model", str(model), "-o", "{temp_dir}/ranking.csv"]
+        self.runner = ProcessRunner(args, on_event=self._on_event, on_log=on_log, env=env, stop_file_option=None,
+                                    python=python)
+
+    def start(self) -> "RankJob":
+        self.runner.start()
+        return self
+
+    def _on_event(self, event: Dict[str, Any]) -> None:
+        if event.get("event") != "exit":
+            return
+        from semisupseg.ranking import read_ranking_csv
+
+        csv_path = Path(self.runner.temp_dir) / "ranking.csv"  # read before the runner removes its folder
+        if event.get("returncode") == 0 and csv_path.is_file():
+            self.rows = read_ranking_csv(csv_path)
+        else:
+            self.error = "cancelled" if event.get("cancelled") else (event.get("error") or "the ranking failed")
+
+    def poll(self) -> bool:
+        self.runner.poll()
+        return not self.runner.running
+
+    def wait(self, timeout: Optional[float] = None) -> List[Dict[str, str]]:
+        """Block until done; returns the rows (``InputError`` with the child's reason otherwise)."""
+        from semisupseg.errors import InputError
+
+        self.runner.wait(timeout)
+        if self.rows is None:
+            raise InputError(self.error or "the ranking failed")
+        return self.rows
+
+    def cancel(self) -> None:
+        self.runner.cancel(grace_s=0.0, block=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # the logic
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -633,6 +813,15 @@ class TrainingLogic:
         :meth:`~DataCheckJob.wait`)."""
         return DataCheckJob(settings).start()
 
+    def rank(self, model: str, inputs: Sequence[PathLike], on_log: Optional[LogCallback] = None) -> RankJob:
+        """Start ranking the scans of ``inputs`` (folders or files; the unlabeled folders) by ``model``'s uncertainty
+        (a path, e.g. the run's ``best.pt``, or a catalogue name); returns the :class:`RankJob` at once."""
+        from semisupseg.errors import InputError
+
+        if not inputs:
+            raise InputError("choose the unlabeled folder whose scans to rank")
+        return RankJob(model, inputs, python=self.python, env=self.env, on_log=on_log).start()
+
     def use_in_segment(self, run_dir: PathLike, name: Optional[str] = None) -> str:
         """Register the run's best model (``best.pt``, else ``last.pt``) in the model catalogue shared with the
         SemiSupSeg module and the CLI (``semisupseg models``); returns its catalogue name. Raises
@@ -649,5 +838,113 @@ class TrainingLogic:
         return entry.name
 
 
-__all__ = ["DataCheckJob", "ENDED", "RunView", "STATUSES", "STOP_FILE", "TrainingLogic", "TrainingSession", "TrainingSettings",
-           "data_arguments", "data_config", "defaults", "resume_arguments", "stop_file", "train_arguments"]
+# ----------------------------------------------------------------------------------------------------------------------
+# the panel between two timer ticks
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: the panel's editors of :class:`TrainingSettings` fields: ``(setting, widget name in SemiSupSegTraining.ui)``
+PANEL_WIDGETS = (("method", "methodComboBox"), ("labeled", "labeledPathLineEdit"), ("labels", "labelsPathLineEdit"),
+                 ("unlabeled", "unlabeledPathLineEdit"), ("run_dir", "runFolderPathLineEdit"),
+                 ("iterations", "iterationsSpinBox"), ("patch_size", "patchSizeLineEdit"),
+                 ("batch_size", "batchSizeSpinBox"), ("labeled_batch_size", "labeledBatchSizeSpinBox"),
+                 ("lr", "learningRateLineEdit"), ("validation", "validationLineEdit"), ("seed", "seedSpinBox"),
+                 ("device", "deviceComboBox"), ("overlay_cases", "overlayCaseComboBox"),
+                 ("overlay_every", "overlayEverySpinBox"))
+
+
+@dataclass
+class PanelUpdate:
+    """What changed at one :meth:`TrainingPanel.tick`; ``None`` fields: nothing new to show there.
+
+    ``status``: the line under the progress bar; ``percent``: 0..100; ``running``: a run is going (Cancel on,
+    Start/Resume off); ``chart_changed``: the chart nodes are new (point the plot view at them); ``check_lines`` and
+    ``cases``: the data check's result list and the case ids it found (the overlay case selector); ``ranking``: rows
+    of the uncertainty ranking; ``errors``: messages for the user (a failed ranking)."""
+
+    status: str = "no run"
+    percent: int = 0
+    running: bool = False
+    chart_changed: bool = False
+    check_lines: Optional[List[str]] = None
+    cases: Optional[List[str]] = None
+    ranking: Optional[List[Dict[str, str]]] = None
+    errors: List[str] = field(default_factory=list)
+
+
+class TrainingPanel:
+    """The training panel's state, Qt-free: the followed :class:`TrainingSession` and its :class:`RunView` in the
+    scene, the running data check and ranking. The widget calls the actions and, from its timer, :meth:`tick`,
+    which returns a :class:`PanelUpdate` to show. Closing the scene drops the views (:meth:`scene_closed`): the run
+    goes on and is drawn again at the next tick."""
+
+    def __init__(self, logic: TrainingLogic, scene, load_overlays: bool = True):
+        self.logic = logic
+        self.scene = scene
+        self.load_overlays = load_overlays
+        self.session: Optional[TrainingSession] = None
+        self.view: Optional[RunView] = None
+        self.check: Optional[DataCheckJob] = None
+        self.ranking: Optional[RankJob] = None
+
+    def follow(self, session: Optional[TrainingSession]) -> Optional[TrainingSession]:
+        self.session, self.view = session, None
+        return session
+
+    def follow_folder(self, run_dir: PathLike, on_log: Optional[LogCallback] = None) -> Optional[TrainingSession]:
+        """Re-attach to the run in ``run_dir`` when the folder holds one (its log or heartbeat), else follow none."""
+        folder = Path(str(run_dir).strip() or ".")
+        if str(run_dir).strip() and any((folder / f).exists() for f in ("events.jsonl", "heartbeat.json")):
+            return self.follow(self.logic.attach(folder, on_log=on_log))
+        return self.follow(None)
+
+    def check_data(self, settings: TrainingSettings) -> DataCheckJob:
+        self.check = self.logic.check_data(settings)
+        return self.check
+
+    def rank(self, run_dir: PathLike, folders: Sequence[PathLike]) -> RankJob:
+        """Rank the scans of ``folders`` by the uncertainty of the run's model."""
+        from semisupseg.errors import InputError
+
+        model = run_model(run_dir)
+        if model is None:
+            raise InputError("the run folder holds no model yet: train first", run_dir)
+        self.ranking = self.logic.rank(str(model), [f for f in folders if str(f).strip()])
+        return self.ranking
+
+    def chart(self, kind: str):
+        """The chart node of ``kind`` (``loss``, ``dice``, ``hd95``, ``lr``, ``figures``) of the followed run."""
+        return None if self.view is None else self.view.charts.get(kind)
+
+    def scene_closed(self) -> None:
+        self.view = None
+
+    def tick(self) -> PanelUpdate:
+        update = PanelUpdate()
+        if self.check is not None and self.check.poll():
+            update.check_lines = self.check.lines()
+            if self.check.report is not None:
+                update.cases = [c.case_id for c in self.check.report.cases]
+            self.check = None
+        if self.ranking is not None and self.ranking.poll():
+            update.ranking = self.ranking.rows or []
+            if self.ranking.error:
+                update.errors.append(f"ranking failed: {self.ranking.error}")
+            self.ranking = None
+        session = self.session
+        if session is not None:
+            new = session.poll()
+            if self.view is None:
+                self.view = RunView(self.scene, session, load_overlays=self.load_overlays)
+                update.chart_changed = True
+            else:
+                self.view.update(new)
+        update.status = status_line(session)
+        update.percent = int(round(100 * (session.progress or 0))) if session is not None else 0
+        update.running = session is not None and session.running
+        return update
+
+
+__all__ = ["DataCheckJob", "ENDED", "PANEL_WIDGETS", "PanelUpdate", "RankJob", "RunView", "STATUSES", "STOP_FILE",
+           "TrainingLogic", "TrainingPanel", "TrainingSession", "TrainingSettings", "data_arguments", "data_config", "defaults", "resume_arguments", "run_model",
+           "run_model_classes",
+           "settings_from_panel", "status_line", "stop_file", "train_arguments"]

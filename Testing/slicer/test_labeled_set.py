@@ -61,13 +61,13 @@ def test_adds_a_new_case_with_the_values_and_geometry_of_the_dataset(headless, d
     # label values and geometry are the original label's, exactly; the image is the scan, voxel for voxel
     written = read_label(added.label)
     np.testing.assert_array_equal(written.array, labels.array)
-    for a, b in ((written, labels), (read_image(added.image), read_image(HIPPO / "imagesTr" / "hippocampus_015.nii.gz"))):
+    original = read_image(HIPPO / "imagesTr" / "hippocampus_015.nii.gz")
+    for a, b in ((written, labels), (read_image(added.image), original)):
         assert a.array.shape == b.array.shape
         np.testing.assert_allclose(a.spacing, b.spacing, atol=1e-6)
         np.testing.assert_allclose(a.origin, b.origin, atol=1e-5)
         np.testing.assert_allclose(a.direction, b.direction, atol=1e-6)
-    np.testing.assert_array_equal(read_image(added.image).array,
-                                  read_image(HIPPO / "imagesTr" / "hippocampus_015.nii.gz").array)
+    np.testing.assert_array_equal(read_image(added.image).array, original.array)
     assert added.segment_values == {"Anterior": 1, "Posterior": 2}
     assert added.voxels[1] == int((labels.array == 1).sum()) and added.voxels[2] == int((labels.array == 2).sum())
 

@@ -84,7 +84,8 @@ def test_edited_values_become_set_strings_the_engine_and_the_method_read_exactly
                        "method_params.disc_lr=1.0e-05", "method_params.teacher_mode=\"eval\""]
     assert set_arguments(strings[:1]) == ["--set", "method_params.rampup=\"constant\""]
     cfg = _apply(strings)
-    assert cfg.method_params == {"rampup": "constant", "feature_stages": [3, 5], "disc_lr": 1e-05, "teacher_mode": "eval"}
+    assert cfg.method_params == {"rampup": "constant", "feature_stages": [3, 5], "disc_lr": 1e-05,
+                                 "teacher_mode": "eval"}
     params = get_method("vwadv").make_params(cfg.method_params)
     assert params.disc_lr == 1e-05 and isinstance(params.disc_lr, float) and params.feature_stages == (3, 5)
 

@@ -15,12 +15,15 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import SAMPLE_DATA
 
 HIPPO = SAMPLE_DATA / "hippocampus"
 TINY = ("model.n_filters=4", "num_threads=1", "amp=off", "save_every=1")
+#: the small hippocampus model the SemiSupSeg module's tests use (ranking needs a model that segments something)
+RANK_MODEL = SAMPLE_DATA.parents[1] / "SemiSupSeg" / "Resources" / "Testing" / "hippocampus_dtc_tiny.pt"
 
 
 def _settings(run_dir: Path, iterations: int, **kw):
@@ -90,6 +93,30 @@ def test_train_arguments_mean_what_the_panel_says(tmp_path):
     assert resumed.resume == str(tmp_path / "run") and resumed.iterations == 300
 
 
+def test_panel_texts_become_settings_or_one_clear_line(tmp_path):
+    from semisupseg.errors import InputError
+    from SemiSupSegLib.training_logic import settings_from_panel, train_arguments
+
+    texts = {"method": "sgrs", "labeled": str(HIPPO), "run_dir": str(tmp_path / "run"), "labels": "",
+             "unlabeled": f"{tmp_path}; {tmp_path / 'more'}", "iterations": 600, "patch_size": "96, 96 80",
+             "batch_size": "4", "labeled_batch_size": 2, "lr": "1e-3", "validation": "hippocampus_023,",
+             "seed": "", "device": "cpu", "overlay_cases": "hippocampus_015", "overlay_every": "50"}
+    s = settings_from_panel(texts, overrides=["method_params.tau=0.3"])
+    assert (s.method, s.iterations, s.patch_size, s.batch_size, s.labeled_batch_size, s.lr) == \
+        ("sgrs", 600, (96, 96, 80), 4, 2, 1e-3)
+    assert s.unlabeled == (str(tmp_path), str(tmp_path / "more")) and s.labels is None and s.seed is None
+    assert s.validation == "hippocampus_023" and s.overlay_cases == ("hippocampus_015",) and s.overlay_every == 50
+    assert "--seed" not in train_arguments(s) and ["--set", "method_params.tau=0.3"] == train_arguments(s)[-5:-3]
+    assert settings_from_panel({**texts, "validation": "0", "patch_size": ""}).validation == 0
+    for change, message in (({"iterations": "ten"}, "iterations: 'ten' is not a whole number"),
+                            ({"iterations": "0"}, "iterations: must be at least 1"),
+                            ({"patch_size": "96 96"}, "patch size: '96 96' is not three sizes"),
+                            ({"labeled_batch_size": "8"}, r"labeled batch \(8\) cannot be larger than the batch \(4\)"),
+                            ({"lr": "-1"}, "learning rate must be > 0"), ({"run_dir": " "}, "choose a run folder")):
+        with pytest.raises(InputError, match=message):
+            settings_from_panel({**texts, **change})
+
+
 def test_start_refuses_what_train_would_refuse_before_starting_anything(tmp_path):
     from semisupseg.errors import InputError
     from SemiSupSegLib.training_logic import TrainingLogic
@@ -113,17 +140,25 @@ def test_start_refuses_what_train_would_refuse_before_starting_anything(tmp_path
 # a real run: start, events, cancel, resume, plots and overlays, use in SemiSupSeg, re-attach
 # ----------------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_start_cancel_resume_view_and_use_in_segment(headless, tmp_path, monkeypatch):
     import torch
 
     from semisupseg.catalogue import ModelCatalogue
     from semisupseg.training.heartbeat import read_heartbeat
     from SemiSupSegLib import training_logic
-    from SemiSupSegLib.training_logic import RunView, TrainingLogic, TrainingSession
+    from SemiSupSegLib.training_logic import (RunView, TrainingLogic, TrainingPanel, TrainingSession,
+                                              run_model_classes, status_line)
 
     monkeypatch.setenv("SEMISUPSEG_HOME", str(tmp_path / "home"))
     run = tmp_path / "run"
     logic = TrainingLogic()
+    # Annotate next runs a 'semisupseg rank' child; started first, it runs beside the training children
+    scans = tmp_path / "unlabeled"
+    scans.mkdir()
+    for case in ("hippocampus_017", "hippocampus_023"):
+        shutil.copy(HIPPO / "imagesTr" / f"{case}.nii.gz", scans)
+    ranking = logic.rank(str(RANK_MODEL), [scans])
     lines = []
     session = logic.start(_settings(run, 400, overlay_cases=("hippocampus_015",), overlay_every=1000),
                           on_log=lines.append)
@@ -133,6 +168,7 @@ def test_start_cancel_resume_view_and_use_in_segment(headless, tmp_path, monkeyp
     # events flow from the run folder while it trains
     _wait_for(session, lambda s: s.status == "running" and (s.iteration or 0) >= 3)
     assert session.max_iterations == 400 and 0 < session.progress < 1 and session.lr == pytest.approx(0.01)
+    assert status_line(session).startswith("running, iteration ") and "/400" in status_line(session)
     assert [e["event"] for e in session.events][:2] == ["started", "iteration"]
     pid = session.runner.pid
 
@@ -150,10 +186,23 @@ def test_start_cancel_resume_view_and_use_in_segment(headless, tmp_path, monkeyp
     state = torch.load(run / "resume.pt", map_location="cpu", weights_only=True)  # intact, loadable
     assert int(state["iteration"]) == stopped_at
     assert read_heartbeat(run)["status"] == "cancelled" and not (run / ".stop").exists()
+    assert status_line(session) == f"cancelled at iteration {stopped_at}/400: Resume continues from the saved state"
 
     # resume to the end (a new, smaller total: stop 2 iterations later)
     resumed = logic.resume(run, iterations=stopped_at + 2, on_log=lines.append)
-    assert resumed.wait(timeout=180) == "finished", resumed.log_text
+    panel = TrainingPanel(logic, headless.scene)
+    assert panel.follow_folder(run) is resumed  # the panel's timer from here: poll, draw what is new
+    updates, end = [], time.monotonic() + 180
+    while not updates or updates[-1].running or resumed.runner.running:
+        assert time.monotonic() < end, resumed.log_text
+        updates.append(panel.tick())
+        time.sleep(0.05)
+    assert resumed.status == "finished", resumed.log_text
+    assert updates[0].chart_changed and not any(u.chart_changed for u in updates[1:])  # the same chart nodes all along
+    assert updates[-1].percent == 100 and updates[-1].status.startswith("finished") and not updates[-1].running
+    assert any(u.running for u in updates[:-1])
+    view = panel.view
+    assert panel.chart("loss") is view.charts["loss"]
     assert resumed.returncode == 0 and resumed.iteration == stopped_at + 2 and resumed.progress == 1.0
     kinds = [e["event"] for e in resumed.events]
     assert kinds.count("started") == 1 and kinds.count("cancelled") == 1 and kinds.count("resumed") == 1
@@ -161,8 +210,17 @@ def test_start_cancel_resume_view_and_use_in_segment(headless, tmp_path, monkeyp
     assert any("finished" in line for line in lines)  # the child's own lines reached the panel's log
 
     # the run in the scene: one row per iteration (the resumed run's rows replace nothing), validation at the end,
-    # the overlay set of the case in the run's subject-hierarchy folder
-    view = RunView(headless.scene, resumed)
+    # the overlay set of the case in the run's subject-hierarchy folder; drawn as it came, it is what re-attaching
+    # to the finished run draws from the whole log (in another scene)
+    from SemiSupSegLib.headless import build_headless_slicer
+
+    other = build_headless_slicer()
+    again = RunView(other.scene, logic.attach(run))
+    for table in ("losses", "validation", "figures"):
+        for column in ("iteration", "loss", "dice", "lr"):
+            np.testing.assert_array_equal(view.plots.column(table, column), again.plots.column(table, column))
+    assert again.overlays.loaded["hippocampus_015"] == view.overlays.loaded["hippocampus_015"]
+    other.scene.Clear(1)
     iterations = view.plots.column("losses", "iteration")
     assert list(iterations) == list(range(1, stopped_at + 3))
     assert len(view.plots.column("validation", "dice")) == 1
@@ -184,6 +242,15 @@ def test_start_cancel_resume_view_and_use_in_segment(headless, tmp_path, monkeyp
     entry = next(e for e in ModelCatalogue().entries() if e.name == name)
     assert entry.source == "run" and entry.path == (run / "best.pt").resolve() and entry.card.method == "supervised"
     assert logic.use_in_segment(run) == name  # registering again gives the same entry
+    assert run_model_classes(run) == (["background", "Anterior", "Posterior"], [0, 1, 2])
+    assert status_line(resumed).startswith(f"finished at iteration {stopped_at + 2}/{stopped_at + 2}, best validation")
+
+    # Annotate next (started at the top, running beside the training): the scans ranked by the model's uncertainty
+    rows = ranking.wait(timeout=180)
+    assert sorted(r["case"] for r in rows) == ["hippocampus_017", "hippocampus_023"]
+    assert [r["rank"] for r in rows] == ["1", "2"] and float(rows[0]["score"]) >= float(rows[1]["score"])
+    assert all(Path(r["image"]).parent == scans for r in rows)
+    assert not Path(ranking.runner.temp_dir).exists()  # the CSV was read before the runner removed its folder
 
     # another session (nothing owned) re-attaches to the finished run from its folder alone
     monkeypatch.setattr(training_logic, "_OWNED", {})
@@ -195,12 +262,13 @@ def test_start_cancel_resume_view_and_use_in_segment(headless, tmp_path, monkeyp
     assert [e["event"] for e in follower.events] == [e["event"] for e in resumed.events]
 
 
+@pytest.mark.slow
 def test_a_killed_child_is_crashed_for_its_owner_and_for_a_follower(tmp_path, monkeypatch):
     """SIGKILL of a real training child: a follower (a session that does not own it) sees it running from the run
     folder, then crashed; its owner reports crashed; the run's state stays resumable."""
     from semisupseg.training.heartbeat import run_status
     from SemiSupSegLib import training_logic
-    from SemiSupSegLib.training_logic import TrainingLogic, TrainingSession
+    from SemiSupSegLib.training_logic import TrainingLogic, TrainingSession, status_line
 
     run = tmp_path / "run"
     logic = TrainingLogic()
@@ -208,6 +276,7 @@ def test_a_killed_child_is_crashed_for_its_owner_and_for_a_follower(tmp_path, mo
     _wait_for(owner, lambda s: (s.iteration or 0) >= 2)
     follower = TrainingSession(run)
     assert not follower.owned and follower.status == "running"
+    assert status_line(follower).startswith("running (started elsewhere), iteration")
     _wait_for(follower, lambda s: len(s.events) >= 3)
     os.kill(owner.runner.pid, signal.SIGKILL)
     assert owner.wait(timeout=60) == "crashed" and "signal 9" in owner.message
@@ -218,6 +287,7 @@ def test_a_killed_child_is_crashed_for_its_owner_and_for_a_follower(tmp_path, mo
         time.sleep(0.1)
         follower.poll()
     assert follower.status == "crashed" and run_status(run) == "crashed"
+    assert status_line(follower).startswith(f"crashed at iteration {follower.iteration}/2000: the training process")
     assert follower.eta_s is None and follower.iteration >= 2
     # the crashed run can be continued (its saved state), it is not "running" any more
     assert (run / "resume.pt").is_file() and (run / "config.yaml").is_file()
@@ -231,12 +301,18 @@ def test_a_killed_child_is_crashed_for_its_owner_and_for_a_follower(tmp_path, mo
 
 def test_data_check_is_the_report_of_check_data(tmp_path):
     from semisupseg.cli import main
-    from SemiSupSegLib.training_logic import TrainingLogic
+    from semisupseg.errors import InputError
+    from SemiSupSegLib.training_logic import TrainingLogic, TrainingPanel
 
     logic = TrainingLogic()
     settings = _settings(tmp_path / "run", 10, method="mean-teacher", validation=1)
-    job = logic.check_data(settings)
+    panel = TrainingPanel(logic, scene=None)
+    job = panel.check_data(settings)
     report = job.wait(timeout=120)
+    update = panel.tick()
+    assert update.check_lines == job.lines() and update.status == "no run" and panel.check is None
+    assert update.cases == [c.case_id for c in report.cases]  # the overlay case selector's choices
+    assert sorted(update.cases) == sorted(p.name.split(".")[0] for p in (HIPPO / "imagesTr").iterdir())
     out = io.StringIO()
     with redirect_stdout(out):
         main(["check-data", "--method", "mean-teacher", "--labeled", str(HIPPO), "--validation", "1", "--json"])
@@ -253,3 +329,5 @@ def test_data_check_is_the_report_of_check_data(tmp_path):
     text = "\n".join(job.wait(timeout=120) and job.lines())
     assert "hippocampus_011" in text and "hippocampus_017" in text and "error(s): training would not start" in text
     assert not job.report.usable
+    with pytest.raises(InputError, match="holds no model yet"):  # Annotate next needs the run's model
+        panel.rank(tmp_path / "run", [HIPPO / "imagesTr"])

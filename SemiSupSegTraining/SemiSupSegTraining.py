@@ -1,0 +1,331 @@
+"""SemiSupSegTraining: train a semi-supervised model from the panel, watch it learn, choose what to annotate next.
+
+A thin widget over SemiSupSegLib (Qt-free, tested headless): training_logic (runs, data check, ranking), method_form
+(the Advanced section), labeled_set (adding a case), live (plots, overlays).
+"""
+import os
+import sys
+import time
+
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+
+
+def find_library(module_dir):
+    """Put the folder holding SemiSupSegLib first on sys.path: this module's own folder in an installed extension
+    (both modules share it), ../SemiSupSeg in a source checkout. Returns that folder."""
+    for folder in (module_dir, os.path.join(os.path.dirname(module_dir), "SemiSupSeg")):
+        if os.path.isfile(os.path.join(folder, "SemiSupSegLib", "__init__.py")):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            return folder
+    raise ImportError(f"SemiSupSegLib is neither beside {module_dir} nor in ../SemiSupSeg: reinstall the SemiSupSeg "
+                      "extension, or add both module folders of a complete source checkout to the module paths")
+
+
+find_library(os.path.dirname(os.path.abspath(__file__)))
+from SemiSupSegLib import bootstrap, dependencies  # noqa: E402
+
+
+class SemiSupSegTraining(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SemiSupSeg Training"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["SemiSupSeg"]
+        self.parent.contributors = ["SemiSupSeg developers"]
+        self.parent.helpText = (
+            "Train a segmentation model from a few labeled and many unlabeled scans (SASSNet, SB-Net, VW-Adv, "
+            "SGRS-Net, baselines) in the background; watch losses, validation and the methods' own overlays (SDM, "
+            "boundary ring, SGRS regions) as it learns; rank unlabeled scans to annotate next; use the model in "
+            "the SemiSupSeg module.")
+        self.parent.acknowledgementText = "Sample scans: Medical Segmentation Decathlon (CC-BY-SA 4.0)."
+
+
+def _value(w):
+    """An editor's value: a path, a combo box's text, a spin box's number, a line edit's text, a check box's state."""
+    for attr in ("currentPath", "currentText", "value", "text", "checked"):
+        if hasattr(w, attr):
+            return getattr(w, attr)
+
+
+class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget):
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        widget = slicer.util.loadUI(self.resourcePath("UI/SemiSupSegTraining.ui"))
+        self.layout.addWidget(widget)
+        self.ui = slicer.util.childWidgetVariables(widget)
+        widget.setMRMLScene(slicer.mrmlScene)
+        try:
+            self.logic = SemiSupSegTrainingLogic()
+        except bootstrap.PackageNotFound as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        from SemiSupSegLib import method_form, training_logic
+        from SemiSupSegLib.live import TrainingPlots
+
+        self.tl, self.mf = training_logic, method_form
+        self.panel = training_logic.TrainingPanel(self.logic.training, slicer.mrmlScene)
+        self.segmentJob = self.plotViewNode = None
+        self.fields, self.editors = [], {}
+        qt.QFormLayout(self.ui.advancedFormWidget)
+        for name, description in method_form.method_names():
+            self.ui.methodComboBox.addItem(name, description)
+        for kind, (title, _) in TrainingPlots.CHARTS.items():
+            self.ui.chartComboBox.addItem(title, kind)
+        self.ui.rankingTable.setColumnCount(3)
+        self.ui.rankingTable.setHorizontalHeaderLabels(["rank", "case", "uncertainty"])
+        self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
+        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self.onRunFolderChanged)
+        self.ui.chartComboBox.connect("currentIndexChanged(int)", self.showChart)
+        self.ui.rankingTable.connect("cellClicked(int,int)", self.onRankingClicked)
+        for button, slot in ((self.ui.checkDataButton, self.onCheckData), (self.ui.addCaseButton, self.onAddCase),
+                             (self.ui.startButton, self.onStart), (self.ui.cancelButton, self.onCancel),
+                             (self.ui.resumeButton, self.onResume), (self.ui.useInSegmentButton, self.onUseInSegment),
+                             (self.ui.rankButton, self.onRank)):
+            button.connect("clicked()", slot)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
+        self.ui.methodComboBox.setCurrentIndex(max(0, self.ui.methodComboBox.findText("sgrs")))
+        self.onMethodChanged()
+        self.onRunFolderChanged()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(500)
+        self.timer.connect("timeout()", self.onTimer)
+        self.timer.start()
+
+    def cleanup(self):  # the training runs go on; only the timer and the segmentation worker stop
+        if hasattr(self, "timer"):
+            self.timer.stop()
+            self.logic.close()
+        self.removeObservers()
+
+    def onSceneClosed(self, *unused):
+        self.panel.scene_closed()  # the run's nodes went with the scene; the run goes on and is drawn again
+        self.plotViewNode = None
+
+    def onMethodChanged(self, *unused):
+        """The method's description, and the Advanced section made from its parameter dataclass."""
+        self.ui.methodDescriptionLabel.text = self.ui.methodComboBox.currentData or ""
+        layout = self.ui.advancedFormWidget.layout()
+        for editor in self.editors.values():
+            layout.removeRow(editor)  # deletes the label and the editor
+        self.fields = self.mf.method_fields(self.ui.methodComboBox.currentText) + self.mf.engine_fields()
+        self.editors = {}
+        for f in self.fields:
+            if f.kind == "bool":
+                editor = qt.QCheckBox()
+                editor.checked = bool(f.default)
+            elif f.kind == "choice":
+                editor = qt.QComboBox()
+                editor.addItems(list(f.choices))
+                editor.currentText = f.format(f.default)
+            else:
+                editor = qt.QLineEdit(f.format(f.default))
+                editor.placeholderText = "none" if f.optional else ""
+            editor.toolTip = f.doc
+            layout.addRow(f.label + ":", editor)
+            self.editors[f.key] = editor
+
+    def settings(self, require=("method", "labeled", "run_dir")):
+        values = self.mf.parse_values(self.fields, {k: _value(e) for k, e in self.editors.items()})
+        self.mf.validate_method_params(self.ui.methodComboBox.currentText,
+                                       {k: v for k, v in values.items() if k.startswith("method_params.")})
+        texts = {name: _value(getattr(self.ui, widget)) for name, widget in self.tl.PANEL_WIDGETS}
+        return self.tl.settings_from_panel(texts, self.mf.overrides(self.fields, values), require=require)
+
+    def onCheckData(self):
+        with slicer.util.tryWithErrorDisplay("The data cannot be checked.", waitCursor=True):
+            self.panel.check_data(self.settings(require=("method", "labeled")))
+            self.ui.dataCheckList.clear()
+            self.ui.dataCheckList.addItem("checking (reading every file)...")
+
+    def onAddCase(self):
+        from SemiSupSegLib.labeled_set import add_to_labeled_set
+
+        with slicer.util.tryWithErrorDisplay("The case was not added.", waitCursor=True):
+            names, values = self.tl.run_model_classes(self.ui.runFolderPathLineEdit.currentPath)
+            unlabeled = self.ui.unlabeledPathLineEdit.currentPath
+            added = add_to_labeled_set(slicer.mrmlScene, slicer.modules.segmentations.logic(),
+                                       self.ui.addVolumeSelector.currentNode(),
+                                       self.ui.addSegmentationSelector.currentNode(),
+                                       self.ui.labeledPathLineEdit.currentPath,
+                                       self.ui.labelsPathLineEdit.currentPath or None, names, values,
+                                       unlabeled_dirs=[unlabeled] if unlabeled else [])
+            self.ui.dataCheckList.addItems([f"added case {added.case_id}: {added.image}, {added.label}"] + added.notes)
+
+    def follow(self, session):
+        self.panel.follow(session)
+        self.ui.logText.setPlainText(session.log_text if session is not None else "")
+        if session is not None:
+            session.on_log = self.ui.logText.appendPlainText
+            self.ui.iterationsSpinBox.value = session.max_iterations or self.ui.iterationsSpinBox.value
+        self.onTimer()
+
+    def onRunFolderChanged(self, *unused):
+        self.follow(self.panel.follow_folder(self.ui.runFolderPathLineEdit.currentPath))
+
+    def onStart(self):
+        from semisupseg.training.heartbeat import has_run_state
+
+        with slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True):
+            settings = self.settings()
+            if has_run_state(settings.run_dir):
+                if not slicer.util.confirmYesNoDisplay("The run folder holds a run. Start afresh, removing its "
+                                                       "checkpoints, events and overlays? (No: Resume continues it.)"):
+                    return
+                settings.overwrite = True
+            self.logic.ensureDependencies()
+            self.follow(self.logic.training.start(settings))
+
+    def onResume(self):
+        with slicer.util.tryWithErrorDisplay("Training could not resume.", waitCursor=True):
+            self.logic.ensureDependencies()
+            self.follow(self.logic.training.resume(self.ui.runFolderPathLineEdit.currentPath,
+                                                   iterations=self.ui.iterationsSpinBox.value))
+
+    def onCancel(self):
+        if self.panel.session is not None:
+            self.panel.session.cancel(grace_s=30.0)
+
+    def onUseInSegment(self):
+        with slicer.util.tryWithErrorDisplay("The model could not be registered.", waitCursor=True):
+            name = self.logic.training.use_in_segment(self.ui.runFolderPathLineEdit.currentPath)
+            try:  # select it in the SemiSupSeg module when its panel exists
+                slicer.modules.semisupseg.widgetRepresentation().self().refreshModels(select=name)
+            except Exception:  # noqa: BLE001 - the panel was never opened: it lists the model when it is
+                pass
+            slicer.util.infoDisplay(f"The model is '{name}' in SemiSupSeg's model list and in 'semisupseg models'.")
+
+    def onRank(self):
+        with slicer.util.tryWithErrorDisplay("The scans could not be ranked.", waitCursor=True):
+            self.panel.rank(self.ui.runFolderPathLineEdit.currentPath, [self.ui.unlabeledPathLineEdit.currentPath])
+            self.ui.rankingTable.setRowCount(0)
+
+    def onRankingClicked(self, row, column):
+        """Load the scan and segment it with the run's model, its entropy in the foreground (Annotate next)."""
+        from SemiSupSegLib.segment_logic import SegmentRequest
+
+        with slicer.util.tryWithErrorDisplay("The scan could not be segmented.", waitCursor=True):
+            node = slicer.util.loadVolume(self.ui.rankingTable.item(row, 1).data(qt.Qt.UserRole))
+            model = str(self.tl.run_model(self.ui.runFolderPathLineEdit.currentPath))
+            self.segmentJob = self.logic.segment.start(SegmentRequest(node, model, overlays=("entropy",)))
+            self.ui.addVolumeSelector.setCurrentNode(node)
+
+    def onTimer(self):
+        u = self.panel.tick()
+        if u.check_lines is not None:
+            self.ui.dataCheckList.clear()
+            self.ui.dataCheckList.addItems(u.check_lines)
+        if u.cases is not None:
+            current = self.ui.overlayCaseComboBox.currentText
+            self.ui.overlayCaseComboBox.clear()
+            self.ui.overlayCaseComboBox.addItems([""] + u.cases)
+            self.ui.overlayCaseComboBox.currentText = current
+        for i, r in enumerate(u.ranking or []):
+            self.ui.rankingTable.insertRow(i)
+            for j, text in enumerate((r["rank"], r["case"], f"{float(r['score']):.3f}")):
+                cell = qt.QTableWidgetItem(text)
+                cell.setData(qt.Qt.UserRole, r["image"])
+                self.ui.rankingTable.setItem(i, j, cell)
+        for message in u.errors:
+            slicer.util.errorDisplay(message)
+        if self.segmentJob is not None and self.segmentJob.poll():
+            from SemiSupSegLib.results import set_foreground
+
+            if self.segmentJob.state == "done":
+                self.ui.addSegmentationSelector.setCurrentNode(self.segmentJob.outcome.segmentation_node)
+                set_foreground(slicer.mrmlScene, self.segmentJob.outcome.overlay_nodes.get("entropy"), 0.5)
+            self.segmentJob = None
+        if u.chart_changed:
+            self.showChart()
+        self.ui.statusLabel.text, self.ui.progressBar.value = u.status, u.percent
+        self.ui.cancelButton.enabled = u.running
+        self.ui.startButton.enabled = self.ui.resumeButton.enabled = not u.running
+
+    def showChart(self, *unused):
+        chart = self.panel.chart(self.ui.chartComboBox.currentData)
+        if chart is None:
+            return
+        if self.plotViewNode is None:
+            self.plotViewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "SemiSupSegTraining plot")
+            self.ui.plotWidget.setMRMLPlotViewNode(self.plotViewNode)
+        self.plotViewNode.SetPlotChartNodeID(chart.GetID())
+
+
+class SemiSupSegTrainingLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side wrapper of SemiSupSegLib.training_logic.TrainingLogic (and a SegmentLogic for Annotate next)."""
+
+    def __init__(self, catalogue=None):
+        ScriptedLoadableModuleLogic.__init__(self)
+        bootstrap.ensure_semisupseg()
+        from SemiSupSegLib.training_logic import TrainingLogic
+
+        self.training = TrainingLogic(catalogue=catalogue)
+        self._segment = None
+
+    @property
+    def segment(self):
+        if self._segment is None:
+            from SemiSupSegLib.segment_logic import SegmentLogic
+
+            self._segment = SegmentLogic(slicer.mrmlScene, slicer.modules.segmentations.logic(),
+                                         catalogue=self.training.catalogue)
+        return self._segment
+
+    def ensureDependencies(self):
+        dependencies.ensure_dependencies(lambda title, text: slicer.util.confirmYesNoDisplay(text, windowTitle=title))
+
+    def close(self):  # training runs are never stopped by closing the module
+        if self._segment is not None:
+            self._segment.close()
+
+
+class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
+    def runTest(self):
+        slicer.mrmlScene.Clear()
+        self.test_train_watch_and_segment()
+
+    def test_train_watch_and_segment(self):
+        """Train a few iterations on the bundled sample data in the background, wait for the finished event, check
+        the plots and the overlays, then segment a sample scan with the run's model."""
+        import tempfile
+
+        from semisupseg.catalogue import ModelCatalogue
+        from semisupseg.data import sample_dataset
+        from SemiSupSegLib.segment_logic import SegmentRequest
+        from SemiSupSegLib.training_logic import RunView, TrainingSettings
+
+        root, tmp = sample_dataset("hippocampus"), tempfile.mkdtemp(prefix="SemiSupSegTraining-test-")
+        logic = SemiSupSegTrainingLogic(catalogue=ModelCatalogue(home=os.path.join(tmp, "home")))
+        session = logic.training.start(TrainingSettings(
+            method="mean-teacher", labeled=str(root), run_dir=os.path.join(tmp, "run"), iterations=6,
+            patch_size=(32, 32, 32), batch_size=4, labeled_batch_size=2, device="cpu", overlay_cases=("hippocampus_015",),
+            overlay_every=3, overrides=("model.n_filters=4", "val_every=3", 'data.split_labeled="labeled_2"')))
+        view, end = None, time.monotonic() + 600
+        while not (session.ended and not session.runner.running) and time.monotonic() < end:
+            slicer.app.processEvents()
+            new = session.poll()  # what the panel's timer does
+            if view is None and session.events:
+                view = RunView(slicer.mrmlScene, session)  # draws what was read so far
+            elif view is not None:
+                view.update(new)
+            time.sleep(0.1)
+        self.assertEqual(session.status, "finished", session.log_text)
+        self.assertEqual(list(view.plots.column("losses", "iteration")), [1, 2, 3, 4, 5, 6])
+        self.assertEqual(len(view.plots.column("validation", "dice")), 2)
+        self.assertGreater(view.charts["loss"].GetNumberOfPlotSeriesNodes(), 0)
+        self.assertEqual(view.overlays.loaded["hippocampus_015"]["iteration"], 6)
+        self.assertTrue(all(n.GetImageData() is not None for n in view.overlays.nodes.values()))
+        name = logic.training.use_in_segment(session.run_dir)
+        scan = slicer.util.loadVolume(str(root / "imagesTr" / "hippocampus_023.nii.gz"))
+        try:
+            outcome = logic.segment.segment(SegmentRequest(scan, name, overlays=("entropy",)), timeout=600)
+        finally:
+            logic.close()
+        seg = outcome.segmentation_node.GetSegmentation()
+        self.assertEqual([seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())],
+                         ["Anterior", "Posterior"])
+        self.assertIn("entropy", outcome.overlay_nodes)
+        self.delayDisplay("SemiSupSegTraining test passed")
