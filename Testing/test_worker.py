@@ -136,6 +136,21 @@ def test_segment_requests_reuse_the_cached_model(tmp_path, worker):
     assert np.array_equal(labels3.array, segment(image, model, options=SegmentOptions()).labels.array)
 
 
+def test_load_ahead_of_the_first_request(tmp_path, worker):
+    model = tiny_model(tmp_path / "preload.pt", seed=3)
+    worker.send({"op": "load", "id": "l1", "model": str(model)})
+    first = worker.read()
+    assert first["event"] == "loaded" and first["model_cached"] is False and first["path"] == str(model.resolve())
+    worker.send({"op": "load", "id": "l2", "model": str(model)})
+    assert worker.read()["model_cached"] is True
+    worker.send({"op": "segment", "id": "s", "input": str(LA_SAMPLE), "model": str(model),
+                 "output_dir": str(tmp_path / "s")})
+    assert worker.until("s")[-1]["model_cached"] is True
+    worker.send({"op": "load", "id": "l3", "model": str(tmp_path / "absent.pt")})
+    error = worker.read()
+    assert error["event"] == "error" and "absent.pt: model file not found" in error["error"]
+
+
 def test_errors_name_the_file_and_keep_the_worker_alive(tmp_path, worker):
     model = tiny_model(tmp_path / "la.pt")
     cases = [

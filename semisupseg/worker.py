@@ -33,6 +33,9 @@ optional ``id`` (any JSON value, echoed in every event of that request); they ar
   "voxels": {class: count}, "info": {...}, "timings": {"read_s", "model_s", "segment_s", "write_s", "total_s"},
   "model_cached": bool}`` or ``{"event": "error", "error": "one line naming the file and the problem",
   "kind": "input" | "cancelled" | "internal"}``. The worker stays alive after an error.
+* ``{"op": "load", "id": ..., "model": PATH_OR_NAME}`` → ``{"event": "loaded", "id": ..., "path": str,
+  "model_cached": bool, "seconds": float}``: load a model into the cache ahead of the first request (or an
+  ``error`` event naming the file).
 * ``{"op": "shutdown", "id": ...}`` → ``{"event": "bye", "id": ...}``; the worker exits. It also exits when stdin
   closes (so it never outlives the process that started it) and stops a running request when its parent process
   goes away.
@@ -205,9 +208,17 @@ class Worker:
         if op == "shutdown":
             self.emit("bye", rid)
             return False
-        if op == "segment":
+        if op in ("segment", "load"):
             try:
-                self.segment(request)
+                if op == "segment":
+                    self.segment(request)
+                else:
+                    t0 = time.perf_counter()
+                    if not request.get("model"):
+                        raise InputError("the request has no 'model'")
+                    _, _, cached = self.model(str(request["model"]))
+                    self.emit("loaded", rid, path=self.cached_models[-1], model_cached=cached,
+                              seconds=round(time.perf_counter() - t0, 4))
             except Cancelled as exc:
                 self.emit("error", rid, error=str(exc), kind="cancelled")
             except SemiSupSegError as exc:
@@ -217,7 +228,7 @@ class Worker:
                 sys.stderr.flush()
                 self.emit("error", rid, error=f"{type(exc).__name__}: {exc}".splitlines()[0], kind="internal")
             return True
-        self.emit("error", rid, error=f"unknown op {op!r} (ping, segment, shutdown)", kind="input")
+        self.emit("error", rid, error=f"unknown op {op!r} (ping, load, segment, shutdown)", kind="input")
         return True
 
     def _read_input(self, request: Mapping[str, Any]) -> Volume:
