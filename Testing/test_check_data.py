@@ -60,6 +60,14 @@ def test_bundled_data_is_usable_and_split_as_train_splits_it(capsys):
     assert case["size_xyz"] == list(img.GetSize())[:3] and case["spacing_xyz"] == pytest.approx(img.GetSpacing()[:3])
     assert case["label_values"] == [0, 1, 2] and case["label"].endswith("labelsTr/hippocampus_008.nii.gz")
     assert all(c["label"] is None and c["label_values"] is None for c in report["unlabeled"])
+    # the settings training would take from this data, as train records them
+    assert report["plan"]["plan"]["patch_size_xyz"] == [32, 48, 32]
+    assert report["plan_lines"][0].startswith("data.patch_size:") and "(from the data)" in report["plan_lines"][0]
+    code, out = _check(capsys, "--labeled", str(HIPPO), "--split-labeled", "labeled_2", "--set",
+                       "data.patch_size=[16,16,16]")
+    assert code == 0 and "training settings from the data:" in out.out
+    line = [ln for ln in out.out.splitlines() if ln.strip().startswith("data.patch_size:")][0]
+    assert "(suggested; your setting is kept)" in line
     # the LA sample (h5-free NIfTI copy, 2 classes) and the validation rule of DataConfig (a count)
     report = check_train_data(DataConfig(labeled=str(LA), split_labeled="labeled_1"))
     assert report.usable and report.ids("labeled") == ["06SR5RBREL16DQ6M8LWS"]
@@ -104,6 +112,7 @@ def test_every_problem_is_one_line_naming_its_file(tmp_path, capsys):
     code, out = _check(capsys, "--labeled", str(root), "--validation", "0", "--json")
     report = json.loads(out.out)
     assert code == 2 and report["usable"] is False and report["errors"] == 4 and report["warnings"] == 1
+    assert report["plan"] is None and report["plan_lines"] == []  # no plan from unusable data
     paths = {Path(p["path"]).relative_to(root).as_posix() for p in report["problems"] if p["severity"] == "error"}
     assert paths == set(expect)
     assert all("\n" not in p["line"] for p in report["problems"])

@@ -6,7 +6,8 @@ methods that train on labeled cases only, as training does) and reads every file
 as labeled / unlabeled / validation (split rules of ``train``), the classes, and every problem, one line naming the
 file: images and labels that do not pair by name, a label whose grid (size, spacing, origin, direction) differs from
 its image's, label values outside the classes (``dataset.json`` or ``data.label_values``), unreadable files,
-different voxel spacings without ``data.spacing``.
+different voxel spacings without ``data.spacing``. When the data can be used it also shows the settings training
+would derive from it (patch size, spacing, normalisation; your own settings are kept and marked so).
 
 Exit codes: 0 the data can be used (warnings allowed), 2 it cannot. ``--json`` prints one JSON object instead
 (``usable``, ``labeled``/``unlabeled``/``validation`` case lists with files, size and spacing, ``classes``,
@@ -48,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
 
             with_unlabeled = bool(getattr(method_class(cfg.method), "uses_unlabeled", True))
         report = check_train_data(cfg.data, with_unlabeled=with_unlabeled)
+        if report.usable:  # the defaults training would take from this data (patch size, spacing, normalisation)
+            from semisupseg.data.fingerprint import describe_plan, plan_for
+
+            report.plan = plan_for(cfg)
+            report.plan_lines = describe_plan(report.plan)
     except InputError as exc:  # the options themselves (config file, --set key, method name)
         if not args.json:
             raise

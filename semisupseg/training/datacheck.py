@@ -56,6 +56,10 @@ class DataReport:
     classes: Optional[Dict[str, list]] = None
     problems: List[Any] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    #: the settings training would derive from the data (:func:`semisupseg.data.fingerprint.plan_for`) and
+    #: their lines for people; ``None`` when not computed (unusable data)
+    plan: Optional[Dict[str, Any]] = None
+    plan_lines: List[str] = field(default_factory=list)
 
     @property
     def errors(self) -> List[Any]:
@@ -78,7 +82,8 @@ class DataReport:
         for role in ROLES:
             out[role] = [c.to_dict() for c in self.cases if c.role == role]
         out.update({"classes": self.classes, "problems": [p.to_dict() for p in self.problems],
-                    "errors": len(self.errors), "warnings": len(self.warnings), "notes": list(self.notes)})
+                    "errors": len(self.errors), "warnings": len(self.warnings), "notes": list(self.notes),
+                    "plan": self.plan, "plan_lines": list(self.plan_lines)})
         return out
 
     def text(self) -> str:
@@ -102,6 +107,9 @@ class DataReport:
                 if c.channels and c.channels > 1:
                     size += f" ({c.channels} ch)"
                 lines.append(f"{c.case_id:<{width}}  {c.role:<10}  {size:<14}  {sp:<20}  {labels}")
+        if self.plan_lines:
+            lines.append("training settings from the data:")
+            lines.extend(f"  {ln}" for ln in self.plan_lines)
         for p in self.problems:
             lines.append(f"{p.severity}: {p.line}")
         if self.usable:
