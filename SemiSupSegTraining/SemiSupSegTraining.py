@@ -11,6 +11,7 @@ import qt
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
 
 
 def find_library(module_dir):
@@ -46,12 +47,16 @@ class SemiSupSegTraining(ScriptedLoadableModule):
 
 def _value(w):
     """An editor's value: a path, a combo box's text, a spin box's number, a line edit's text, a check box's state."""
-    for attr in ("currentPath", "currentText", "value", "text", "checked"):
+    for attr in ("currentPath", "currentText", "value", "checked", "text"):  # a check box also has a text
         if hasattr(w, attr):
             return getattr(w, attr)
 
 
-class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget):
+class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         widget = slicer.util.loadUI(self.resourcePath("UI/SemiSupSegTraining.ui"))

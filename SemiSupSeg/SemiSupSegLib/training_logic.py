@@ -187,15 +187,28 @@ def resume_arguments(run_dir: PathLike, iterations: Optional[int] = None,
     return args + ["--stop-file", str(stop_file(run_dir)), "--no-bar"]
 
 
+def check_data_arguments(settings: TrainingSettings) -> List[str]:
+    """The ``semisupseg check-data`` arguments for ``settings``: the data options, the settings that change what is
+    derived from the data (patch size, batch sizes) and the Advanced overrides, as ``--set``."""
+    from SemiSupSegLib.method_form import set_arguments
+
+    sets = []
+    if settings.patch_size is not None:
+        sets.append("data.patch_size=[" + ", ".join(str(v) for v in settings.patch_size) + "]")
+    for key in ("batch_size", "labeled_batch_size"):
+        if getattr(settings, key) is not None:
+            sets.append(f"{key}={int(getattr(settings, key))}")
+    return ["check-data"] + data_arguments(settings) + set_arguments(sets + list(settings.overrides))
+
+
 def data_config(settings: TrainingSettings):
-    """The ``semisupseg.training.TrainConfig`` that ``train`` would build from the data options and the overrides of
-    ``settings`` (by the CLI's own option handling), for the data check."""
+    """The ``semisupseg.training.TrainConfig`` that ``check-data`` (and ``train``) would build from ``settings`` (by
+    the CLI's own option handling), for the data check."""
     from semisupseg.cli import build_parser
     from semisupseg.cli.train import _explicit_overrides
     from semisupseg.training import TrainConfig, apply_overrides
 
-    args = build_parser().parse_args(["check-data"] + data_arguments(settings)
-                                     + [a for o in settings.overrides for a in ("--set", o)])
+    args = build_parser().parse_args(check_data_arguments(settings))
     cfg = TrainConfig()
     apply_overrides(cfg, _explicit_overrides(args))
     apply_overrides(cfg, args.overrides)
@@ -587,7 +600,9 @@ class RunView:
 
 class DataCheckJob:
     """``semisupseg.training.datacheck.check_train_data`` — the checks ``semisupseg train`` and ``semisupseg
-    check-data`` run — on a background thread (it reads every file once). :meth:`poll` → ``True`` once done;
+    check-data`` run — and, for usable data, the settings training would derive from it
+    (``semisupseg.data.fingerprint.plan_for``), as ``check-data`` reports them, on a background thread (it reads
+    every file once). :meth:`poll` → ``True`` once done;
     ``report`` (a ``DataReport``) or ``error`` (one line); ``fraction``/``message`` while it runs."""
 
     def __init__(self, settings: TrainingSettings):
@@ -617,8 +632,14 @@ class DataCheckJob:
         try:
             cfg = data_config(self.settings)
             with_unlabeled = bool(getattr(method_class(cfg.method), "uses_unlabeled", True))
-            self.report = check_train_data(cfg.data, with_unlabeled=with_unlabeled, progress=self._progress,
-                                           cancel=self._cancel)
+            report = check_train_data(cfg.data, with_unlabeled=with_unlabeled, progress=self._progress,
+                                      cancel=self._cancel)
+            if report.usable:  # what training would derive from this data (patch size, spacing, normalisation)
+                from semisupseg.data.fingerprint import describe_plan, plan_for
+
+                report.plan = plan_for(cfg)
+                report.plan_lines = describe_plan(report.plan)
+            self.report = report
         except Cancelled:
             self.error = "data check cancelled"
         except (SemiSupSegError, SystemExit) as exc:  # the options themselves (argparse exits on bad ones)

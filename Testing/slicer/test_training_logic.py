@@ -302,7 +302,7 @@ def test_a_killed_child_is_crashed_for_its_owner_and_for_a_follower(tmp_path, mo
 def test_data_check_is_the_report_of_check_data(tmp_path):
     from semisupseg.cli import main
     from semisupseg.errors import InputError
-    from SemiSupSegLib.training_logic import TrainingLogic, TrainingPanel
+    from SemiSupSegLib.training_logic import TrainingLogic, TrainingPanel, check_data_arguments
 
     logic = TrainingLogic()
     settings = _settings(tmp_path / "run", 10, method="mean-teacher", validation=1)
@@ -314,9 +314,13 @@ def test_data_check_is_the_report_of_check_data(tmp_path):
     assert update.cases == [c.case_id for c in report.cases]  # the overlay case selector's choices
     assert sorted(update.cases) == sorted(p.name.split(".")[0] for p in (HIPPO / "imagesTr").iterdir())
     out = io.StringIO()
+    args = check_data_arguments(settings)
+    assert args[:7] == ["check-data", "--method", "mean-teacher", "--labeled", str(HIPPO), "--validation", "1"]
+    assert ["--set", "data.patch_size=[16, 16, 16]"] == args[7:9]
     with redirect_stdout(out):
-        main(["check-data", "--method", "mean-teacher", "--labeled", str(HIPPO), "--validation", "1", "--json"])
+        main(args + ["--json"])
     assert report.to_dict() == json.loads(out.getvalue())
+    assert report.plan is not None and any("(from the data)" in line for line in report.plan_lines)
     assert report.usable and job.fraction == 1.0
     assert job.lines()[-1] == "the data can be used for training"
 
