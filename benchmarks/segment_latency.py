@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -145,6 +146,7 @@ def main() -> None:
             add("worker warm, in-memory volume (.npy + geometry)", worker_request(warm, image, model, SHOWN))
     finally:
         warm.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     print("| path | wall (median) | inference (median) | overhead = wall - inference |")

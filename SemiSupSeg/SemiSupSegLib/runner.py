@@ -55,7 +55,8 @@ MAX_LOG_LINES = 5000
 PIPE_GRACE_S = 5.0
 _POSIX = os.name == "posix"
 
-__all__ = ["python_command", "semisupseg_command", "child_environment", "kill_process_tree", "ProcessRunner",
+__all__ = ["python_command", "semisupseg_command", "child_environment", "kill_process_tree", "make_temp_dir",
+           "ProcessRunner",
            "WorkerClient", "WorkerRequest", "WorkerError", "ProgressTracker"]
 
 
@@ -178,6 +179,38 @@ def _reader(stream: Any, q: "queue.Queue", name: str, parse_json: bool) -> None:
 
 def _remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def make_temp_dir(kind: str) -> Path:
+    """A new temporary folder ``semisupseg-<kind>-<pid>-XXXX``, after removing the folders of that naming left by
+    processes that no longer exist (killed before they could clean up: SIGKILL, a crash of Slicer). POSIX only for
+    the sweep (on Windows ``os.kill`` would terminate the process it tests)."""
+    base = Path(tempfile.gettempdir())
+    if _POSIX:
+        prefix = f"semisupseg-{kind}-"
+        try:
+            candidates = [p for p in base.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+        except OSError:
+            candidates = []
+        for folder in candidates:
+            owner = folder.name[len(prefix):].split("-", 1)[0]
+            try:
+                if not owner.isdigit() or folder.stat().st_uid != os.getuid() or _pid_alive(int(owner)):
+                    continue
+            except OSError:
+                continue
+            _remove_tree(str(folder))
+    return Path(tempfile.mkdtemp(prefix=f"semisupseg-{kind}-{os.getpid()}-", dir=str(base)))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -329,7 +362,7 @@ class ProcessRunner:
         twice and ``OSError`` when the Python cannot be run (the folder is removed then)."""
         if self._proc is not None:
             raise RuntimeError("this runner was already started; make a new one")
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="semisupseg-run-"))
+        self.temp_dir = make_temp_dir("run")
         self._finalizer = weakref.finalize(self, _remove_tree, str(self.temp_dir))
         self.stop_file = self.temp_dir / "stop"
         args = [a.replace("{temp_dir}", str(self.temp_dir)) for a in self.args]
@@ -646,7 +679,7 @@ class WorkerClient:
         self.threads = threads
         self.start_timeout = float(start_timeout)
         self.starts = 0
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="semisupseg-worker-"))
+        self.temp_dir = make_temp_dir("worker")
         self._finalizer = weakref.finalize(self, _remove_tree, str(self.temp_dir))
         self._proc: Optional[subprocess.Popen] = None
         self._stdin_lock = threading.Lock()
@@ -687,7 +720,7 @@ class WorkerClient:
             if self._proc is not None:
                 self._kill()
             if not self._finalizer.alive:  # used again after close(): a new temporary folder
-                self.temp_dir = Path(tempfile.mkdtemp(prefix="semisupseg-worker-"))
+                self.temp_dir = make_temp_dir("worker")
                 self._finalizer = weakref.finalize(self, _remove_tree, str(self.temp_dir))
             self._ready.clear()
             self._eof.clear()

@@ -291,6 +291,30 @@ def test_run_ends_even_if_an_escaped_process_holds_the_pipes(tmp_path, monkeypat
                 os.kill(e["grandchild"], signal.SIGKILL)  # the test's own escaped process
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the sweep of stale folders is POSIX-only")
+def test_folders_of_dead_runs_are_swept(tmp_path, monkeypatch):
+    """Temporary folders left by a process killed before it could clean up (SIGKILL, a Slicer crash) are removed by
+    the next run; those of live processes and other names are not touched."""
+    import subprocess
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"semisupseg-run-{dead.pid}-abcd"
+    (stale / "out").mkdir(parents=True)
+    (stale / "stop").touch()
+    live = tmp_path / f"semisupseg-run-{os.getppid()}-efgh"
+    live.mkdir()
+    other = tmp_path / "semisupseg-run-notapid"
+    other.mkdir()
+    runner = ProcessRunner(["x"], python=[sys.executable, "-c", "pass"], stop_file_option=None)
+    runner.start()
+    assert runner.temp_dir.parent == tmp_path and runner.temp_dir.name.startswith(f"semisupseg-run-{os.getpid()}-")
+    assert runner.wait(timeout=60) == 0
+    assert not stale.exists() and live.is_dir() and other.is_dir() and not runner.temp_dir.exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # WorkerClient
 # ----------------------------------------------------------------------------------------------------------------------
