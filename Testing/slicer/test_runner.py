@@ -315,6 +315,7 @@ def test_folders_of_dead_runs_are_swept(tmp_path, monkeypatch):
     assert not stale.exists() and live.is_dir() and other.is_dir() and not runner.temp_dir.exists()
 
 
+@pytest.mark.slow
 # ----------------------------------------------------------------------------------------------------------------------
 # WorkerClient
 # ----------------------------------------------------------------------------------------------------------------------
@@ -405,6 +406,7 @@ def test_worker_that_cannot_start_is_reported(tmp_path):
     assert not temp.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="process groups")
 def test_worker_killed_when_a_cancel_is_not_answered(tmp_path):
     """A request that does not stop within the grace period (here: the worker is frozen with SIGSTOP) gets the
