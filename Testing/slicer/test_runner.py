@@ -315,11 +315,11 @@ def test_folders_of_dead_runs_are_swept(tmp_path, monkeypatch):
     assert not stale.exists() and live.is_dir() and other.is_dir() and not runner.temp_dir.exists()
 
 
-@pytest.mark.slow
 # ----------------------------------------------------------------------------------------------------------------------
 # WorkerClient
 # ----------------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_worker_client_cache_restart_cancel_close(tmp_path):
     model = tiny_model(tmp_path / "la.pt")
     image = read_image(LA_SAMPLE)
