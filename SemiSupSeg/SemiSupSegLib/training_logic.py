@@ -348,7 +348,8 @@ class TrainingSession:
     ``message`` (the reason of a failed/cancelled/crashed run), ``returncode`` (owned runs, once ended).
     """
 
-    def __init__(self, run_dir: PathLike, runner: Any = None, on_log: Optional[LogCallback] = None):
+    def __init__(self, run_dir: PathLike, runner: Any = None, on_log: Optional[LogCallback] = None,
+                 reader: Any = None):
         from SemiSupSegLib.live import EventLogReader
         from SemiSupSegLib.runner import ProgressTracker
 
@@ -363,7 +364,8 @@ class TrainingSession:
         self.max_iterations: Optional[int] = None
         self.lr: Optional[float] = None
         self.tracker = ProgressTracker()
-        self._reader = EventLogReader(self.run_dir / "events.jsonl")
+        #: ``reader``: an ``EventLogReader`` already positioned (a fresh start over an old run skips the old log)
+        self._reader = reader if reader is not None else EventLogReader(self.run_dir / "events.jsonl")
         self._next_beat_check = 0.0
         self._kill_at: Optional[float] = None
         self._term_at: Optional[float] = None
@@ -438,10 +440,12 @@ class TrainingSession:
         new = self._reader.read_new()
         self.restarted = bool(self._reader.restarted)
         if self.restarted:  # the log was replaced (a run started afresh in the folder): start over
-            self.events = []
             from SemiSupSegLib.runner import ProgressTracker
 
-            self.tracker = ProgressTracker()
+            self.events, self.tracker = [], ProgressTracker()
+            self.iteration = self.max_iterations = self.lr = None
+            if self.runner is not None and self.returncode is None:
+                self.status = "starting"
         for event in new:
             self.events.append(event)
             self.tracker.update(event)
@@ -771,7 +775,7 @@ class TrainingLogic:
         refusal = start_refusal(run_dir, settings.overwrite)
         if refusal is not None:
             raise InputError(refusal, run_dir)
-        return self._launch(run_dir, train_arguments(settings), on_log)
+        return self._launch(run_dir, train_arguments(settings), on_log, skip_old_log=settings.overwrite)
 
     def resume(self, run_dir: PathLike, iterations: Optional[int] = None, overrides: Sequence[str] = (),
                on_log: Optional[LogCallback] = None) -> TrainingSession:
@@ -808,8 +812,14 @@ class TrainingLogic:
         if heartbeat_alive(record):
             raise InputError(describe_process(record), run_dir)
 
-    def _launch(self, run_dir: Path, args: List[str], on_log: Optional[LogCallback]) -> TrainingSession:
+    def _launch(self, run_dir: Path, args: List[str], on_log: Optional[LogCallback],
+                skip_old_log: bool = False) -> TrainingSession:
+        from SemiSupSegLib.live import EventLogReader
         from SemiSupSegLib.runner import ProcessRunner
+
+        reader = EventLogReader(run_dir / "events.jsonl")
+        if skip_old_log:  # --overwrite: the old run's log is replaced by the child; never show it as the new run's
+            reader.read_new()
 
         try:
             stop_file(run_dir).unlink()  # a stop file left by an earlier cancel would stop the run at once
@@ -823,7 +833,7 @@ class TrainingLogic:
 
         runner = ProcessRunner(args, on_log=log, env=self.env, stop_file_option=None, python=self.python)
         runner.start()
-        session = TrainingSession(run_dir, runner=runner, on_log=on_log)
+        session = TrainingSession(run_dir, runner=runner, on_log=on_log, reader=reader)
         session_box.append(session)
         _OWNED[_key(run_dir)] = session
         return session

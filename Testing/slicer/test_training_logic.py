@@ -262,18 +262,36 @@ def test_start_cancel_resume_view_and_use_in_segment(headless, tmp_path, monkeyp
     assert [e["event"] for e in follower.events] == [e["event"] for e in resumed.events]
 
 
+def _finished_run_in_process(run: Path) -> None:
+    """A finished 2-iteration run made in this process (no child to start): the 'old run' of a folder."""
+    from semisupseg.training import TrainConfig, Trainer
+
+    cfg = TrainConfig(method="supervised", iterations=2, batch_size=2, labeled_batch_size=2, device="cpu", amp="off",
+                      num_threads=1, out=str(run))
+    cfg.data.labeled, cfg.data.validation, cfg.data.patch_size = str(HIPPO), 0, [16, 16, 16]
+    cfg.model.n_filters = 4
+    assert Trainer(cfg).run().status == "finished"
+
+
 @pytest.mark.slow
 def test_a_killed_child_is_crashed_for_its_owner_and_for_a_follower(tmp_path, monkeypatch):
-    """SIGKILL of a real training child: a follower (a session that does not own it) sees it running from the run
-    folder, then crashed; its owner reports crashed; the run's state stays resumable."""
+    """A fresh start over a finished run shows the new run only, never the old log; SIGKILL of that real training
+    child: a follower (a session that does not own it) sees it running from the run folder, then crashed; its owner
+    reports crashed; the run's state stays resumable."""
     from semisupseg.training.heartbeat import run_status
     from SemiSupSegLib import training_logic
     from SemiSupSegLib.training_logic import TrainingLogic, TrainingSession, status_line
 
     run = tmp_path / "run"
+    _finished_run_in_process(run)
+    assert TrainingLogic().attach(run).status == "finished"
     logic = TrainingLogic()
-    owner = logic.start(_settings(run, 2000))
+    owner = logic.start(_settings(run, 2000, overwrite=True))  # the panel's "start afresh" answer
+    owner.poll()  # the child is still importing: the old run's log is there, and must not be taken for this run's
+    assert owner.events == [] and owner.status == "starting" and owner.iteration is None
     _wait_for(owner, lambda s: (s.iteration or 0) >= 2)
+    assert all(e.get("max_iterations") == 2000 for e in owner.events if "max_iterations" in e)
+    assert [e["event"] for e in owner.events].count("started") == 1 and owner.status == "running"
     follower = TrainingSession(run)
     assert not follower.owned and follower.status == "running"
     assert status_line(follower).startswith("running (started elsewhere), iteration")
