@@ -84,7 +84,8 @@ class SegmentParameters:
         values = {}
         warnings: List[str] = []
         for name in _STRING_FIELDS:
-            if not node.HasParameter(name):
+            has = node.HasParameter(name) if hasattr(node, "HasParameter") else name in node.GetParameterNames()
+            if not has:  # HasParameter: Slicer 5.2+, parameter names: any version
                 continue
             text = node.GetParameter(name)
             try:
