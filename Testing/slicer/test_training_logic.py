@@ -1,7 +1,7 @@
 """The training panel's logic (``SemiSupSegLib.training_logic``) with real ``semisupseg train`` children on the
 bundled hippocampus scans (patch 16^3, V-Net width 4, one thread): the argument list the CLI reads back, start with
 events flowing from the run folder, cancel (the process tree gone, ``resume.pt`` intact), resume to the end, the
-plots and overlays of the run in a real MRML scene, "Use in SemiSupSeg" through the shared catalogue, re-attaching
+plots and overlays of the run in a real MRML scene (drawn again after the scene is closed mid-run), "Use in SemiSupSeg" through the shared catalogue, re-attaching
 to a finished run and to a crashed one (a child SIGKILLed) from a session that does not own it, and the data check
 (the same report as ``semisupseg check-data --json``)."""
 from __future__ import annotations
@@ -192,13 +192,19 @@ def test_start_cancel_resume_view_and_use_in_segment(headless, tmp_path, monkeyp
     resumed = logic.resume(run, iterations=stopped_at + 2, on_log=lines.append)
     panel = TrainingPanel(logic, headless.scene)
     assert panel.follow_folder(run) is resumed  # the panel's timer from here: poll, draw what is new
-    updates, end = [], time.monotonic() + 180
+    updates, end, closed_at = [], time.monotonic() + 180, None
     while not updates or updates[-1].running or resumed.runner.running:
         assert time.monotonic() < end, resumed.log_text
         updates.append(panel.tick())
+        if closed_at is None and len(updates) == 3:  # the user closes the scene: the run goes on, and is redrawn
+            headless.clear()
+            panel.scene_closed()
+            closed_at = len(updates)
         time.sleep(0.05)
     assert resumed.status == "finished", resumed.log_text
-    assert updates[0].chart_changed and not any(u.chart_changed for u in updates[1:])  # the same chart nodes all along
+    # chart nodes made at the start and again once after the scene was closed, the same nodes otherwise
+    assert [i for i, u in enumerate(updates) if u.chart_changed] == [0, closed_at]
+    assert headless.scene.GetNodeByID(panel.chart("loss").GetID()) is panel.chart("loss")
     assert updates[-1].percent == 100 and updates[-1].status.startswith("finished") and not updates[-1].running
     assert any(u.running for u in updates[:-1])
     view = panel.view
