@@ -57,6 +57,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshOverlays)
         self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.showOverlay)
         self.ui.opacitySlider.connect("valueChanged(double)", self.showOverlay)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", lambda i: self.logic.segment.warm_up(
+            self.ui.modelComboBox.currentData))  # the worker starts and loads the model before the first click
         self.ui.addModelButton.connect("clicked()", self.onAddModel)
         self.ui.segmentButton.connect("clicked()", self.onSegment)
         self.refreshModels()

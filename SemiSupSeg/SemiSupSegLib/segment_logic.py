@@ -381,6 +381,7 @@ class SegmentLogic:
         self._owns_worker = worker is None
         self.worker_threads = worker_threads
         self.job: Optional[SegmentJob] = None
+        self._preload: Any = None
 
     @property
     def catalogue(self):
@@ -398,9 +399,22 @@ class SegmentLogic:
             self._worker = WorkerClient(threads=self.worker_threads)
         return self._worker
 
-    def warm_up(self) -> None:
-        """Start the worker now (it imports torch and the package: a few seconds), so the first click is fast."""
-        self.worker.start()
+    def warm_up(self, model: Optional[str] = None) -> None:
+        """Start the worker now without waiting for it (it imports torch: seconds) and load ``model`` (catalogue
+        name or path) into it, so that the first click costs only the inference. Never raises: an unknown model or
+        a worker that cannot start is reported by the next :meth:`start`."""
+        from semisupseg.errors import InputError
+
+        self.worker.start(wait=False)
+        if not model:
+            return
+        try:
+            path = self.catalogue.resolve(model)
+        except InputError:
+            return
+        if self._preload is not None:
+            self._preload.poll()
+        self._preload = self.worker.preload(path)
 
     def close(self) -> None:
         """Cancel a running job and stop the worker this logic made."""

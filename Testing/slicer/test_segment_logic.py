@@ -115,6 +115,23 @@ def test_segment_equals_the_command_line(headless, logic, cli_outputs):
 
 
 @pytest.mark.slow
+def test_warm_up_loads_the_model_before_the_click(headless, tmp_path):
+    """A fresh logic (its own worker, made on first use) started early with the panel's model."""
+    logic = SegmentLogic(headless.scene, headless.logic("Segmentations"), catalogue=ModelCatalogue(home=tmp_path),
+                         worker_threads=1)
+    try:
+        logic.warm_up("no-such-model")  # never raises: the click reports it
+        logic.warm_up(str(MODEL))
+        assert logic.worker.ping(timeout=120)["cached_models"] == [str(MODEL)]
+        outcome = logic.segment(SegmentRequest(headless.load_volume(SCAN), str(MODEL), overlays=()), timeout=300)
+        assert outcome.timings["model_s"] < 0.05  # already loaded
+        worker_temp = logic.worker.temp_dir
+    finally:
+        logic.close()
+    assert logic._worker is None and not worker_temp.exists()
+
+
+@pytest.mark.slow
 def test_rerun_updates_the_same_nodes(headless, logic):
     scan = headless.load_volume(SCAN)
     first = logic.segment(SegmentRequest(scan, str(MODEL)), timeout=300)
