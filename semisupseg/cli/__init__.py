@@ -13,13 +13,12 @@ from typing import List, Optional
 
 from semisupseg import __version__
 from semisupseg.cli.parser import Parser
+from semisupseg.cli.streams import PipeSafeStream
 from semisupseg.errors import Cancelled, SemiSupSegError
 
 #: command modules in the order ``--help`` lists them
 COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "export_checkpoint", "methods",
-                   "demo", "models", "worker")
-COMMAND_MODULES += ("preview",)  # a picture of a scan and its results
-COMMAND_MODULES += ("check_data", "rank")  # training panel: data check, uncertainty ranking
+                   "demo", "models", "worker", "preview", "check_data", "rank")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +39,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    saved = sys.stdout, sys.stderr
+    # a run outlives the reader of its output (Slicer quitting, a closed terminal): see semisupseg.cli.streams
+    sys.stdout, sys.stderr = PipeSafeStream(sys.stdout), PipeSafeStream(sys.stderr)
     try:
         return int(args.func(args) or 0)
     except Cancelled as exc:
@@ -48,6 +50,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SemiSupSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 if __name__ == "__main__":
