@@ -56,7 +56,7 @@ PIPE_GRACE_S = 5.0
 _POSIX = os.name == "posix"
 
 __all__ = ["python_command", "semisupseg_command", "child_environment", "kill_process_tree", "make_temp_dir",
-           "ProcessRunner",
+           "wait_until", "ProcessRunner",
            "WorkerClient", "WorkerRequest", "WorkerError", "ProgressTracker"]
 
 
@@ -213,6 +213,35 @@ def make_temp_dir(kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"semisupseg-{kind}-{os.getpid()}-", dir=str(base)))
 
 
+def _drain(q: "queue.Queue", block_s: float) -> List[Any]:
+    """Everything in ``q`` now, after waiting up to ``block_s`` seconds for the first item (``0``: no wait)."""
+    items: List[Any] = []
+    try:
+        items.append(q.get(timeout=block_s) if block_s > 0 else q.get_nowait())
+        while True:
+            items.append(q.get_nowait())
+    except queue.Empty:
+        pass
+    return items
+
+
+def _kill_deadline(current: Optional[float], grace_s: float) -> float:
+    """The ``time.monotonic()`` at which a cancelled child is killed: ``grace_s`` seconds from now, or ``current``
+    when that is sooner (a second cancel never postpones the kill)."""
+    deadline = time.monotonic() + max(0.0, grace_s)
+    return deadline if current is None else min(current, deadline)
+
+
+def wait_until(done: Callable[[], bool], step: Callable[[], Any], timeout: Optional[float], what: str) -> None:
+    """Call ``step()`` until ``done()`` is true (checked first). ``TimeoutError("<what> did not finish within
+    <timeout> s")`` once ``timeout`` seconds have passed (``None``: no limit); the work goes on then."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while not done():
+        if end is not None and time.monotonic() >= end:
+            raise TimeoutError(f"{what} did not finish within {timeout} s")
+        step()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Progress
 # ----------------------------------------------------------------------------------------------------------------------
@@ -274,11 +303,29 @@ class ProgressTracker:
             self.eta_s = (1.0 - fraction) / rate
 
 
+class _TrackedProgress:
+    """``progress``, ``message`` and ``eta_s`` read from the object's :class:`ProgressTracker` ``tracker``."""
+
+    tracker: ProgressTracker
+
+    @property
+    def progress(self) -> Optional[float]:
+        return self.tracker.fraction
+
+    @property
+    def message(self) -> str:
+        return self.tracker.message
+
+    @property
+    def eta_s(self) -> Optional[float]:
+        return self.tracker.eta_s
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # One command in a child process
 # ----------------------------------------------------------------------------------------------------------------------
 
-class ProcessRunner:
+class ProcessRunner(_TrackedProgress):
     """Run ``semisupseg <args>`` in a child process and report its JSON-line events (see the module docstring).
 
     Args:
@@ -344,18 +391,6 @@ class ProcessRunner:
     def log_text(self) -> str:
         return "\n".join(self._log)
 
-    @property
-    def progress(self) -> Optional[float]:
-        return self.tracker.fraction
-
-    @property
-    def message(self) -> str:
-        return self.tracker.message
-
-    @property
-    def eta_s(self) -> Optional[float]:
-        return self.tracker.eta_s
-
     # ---------------------------------------------------------------------------------------------- life cycle
     def start(self) -> "ProcessRunner":
         """Create the temporary folder and start the child (returns at once). Raises ``RuntimeError`` when started
@@ -397,8 +432,7 @@ class ProcessRunner:
                 pass
         else:
             grace_s = 0.0
-        deadline = time.monotonic() + max(0.0, grace_s)
-        self._kill_at = deadline if self._kill_at is None else min(self._kill_at, deadline)
+        self._kill_at = _kill_deadline(self._kill_at, grace_s)
         if block:
             self.wait()
 
@@ -412,11 +446,7 @@ class ProcessRunner:
         ``TimeoutError`` after ``timeout`` seconds (the child keeps running: :meth:`cancel` it)."""
         if self._proc is None:
             raise RuntimeError("the runner was not started")
-        end = None if timeout is None else time.monotonic() + timeout
-        while not self._finished:
-            if end is not None and time.monotonic() >= end:
-                raise TimeoutError(f"the command did not finish within {timeout} s")
-            self._pump(0.1)
+        wait_until(lambda: self._finished, lambda: self._pump(0.1), timeout, "the command")
         assert self.returncode is not None
         return self.returncode
 
@@ -450,14 +480,7 @@ class ProcessRunner:
         events: List[Dict[str, Any]] = []
         if self._kill_at is not None and time.monotonic() >= self._kill_at:
             kill_process_tree(self._proc)
-        items = []
-        try:
-            items.append(self._queue.get(timeout=block_s) if block_s > 0 else self._queue.get_nowait())
-            while True:
-                items.append(self._queue.get_nowait())
-        except queue.Empty:
-            pass
-        for item in items:
+        for item in _drain(self._queue, block_s):
             if item[0] == "event":
                 self.tracker.update(item[1])
                 events.append(item[1])
@@ -523,7 +546,7 @@ class WorkerError(RuntimeError):
 TERMINAL_EVENTS = ("result", "loaded", "pong", "bye")
 
 
-class WorkerRequest:
+class WorkerRequest(_TrackedProgress):
     """One request to a :class:`WorkerClient` (made by :meth:`WorkerClient.submit` / :meth:`~WorkerClient.segment`).
 
     :meth:`poll` returns its new events (calling ``on_event`` for each); :attr:`done` once a ``result`` or ``error``
@@ -554,18 +577,6 @@ class WorkerRequest:
         self._final: Dict[str, Any] = {}
         self.done = False
 
-    @property
-    def progress(self) -> Optional[float]:
-        return self.tracker.fraction
-
-    @property
-    def message(self) -> str:
-        return self.tracker.message
-
-    @property
-    def eta_s(self) -> Optional[float]:
-        return self.tracker.eta_s
-
     def poll(self) -> List[Dict[str, Any]]:
         """New events of this request (``on_event`` called for each first)."""
         return self._pump(0.0)
@@ -573,11 +584,7 @@ class WorkerRequest:
     def wait(self, timeout: Optional[float] = None, check: bool = True) -> Dict[str, Any]:
         """Block until the request ends; returns its ``result`` event (or, with ``check=False``, its ``error``
         event). Raises :class:`WorkerError` on an error when ``check``, ``TimeoutError`` after ``timeout`` s."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while not self.done:
-            if end is not None and time.monotonic() >= end:
-                raise TimeoutError(f"worker request {self.id} did not finish within {timeout} s")
-            self._pump(0.1)
+        wait_until(lambda: self.done, lambda: self._pump(0.1), timeout, f"worker request {self.id}")
         if self.result is not None:
             return self.result
         if check:
@@ -595,8 +602,7 @@ class WorkerRequest:
             self.stop_file.touch()
         except OSError:
             pass
-        deadline = time.monotonic() + max(0.0, grace_s)
-        self._kill_at = deadline if self._kill_at is None else min(self._kill_at, deadline)
+        self._kill_at = _kill_deadline(self._kill_at, grace_s)
         if block:
             self.wait(check=False)
 
@@ -632,13 +638,7 @@ class WorkerRequest:
             return []
         if self._kill_at is not None and time.monotonic() >= self._kill_at:
             self.client._kill()
-        items = []
-        try:
-            items.append(self._queue.get(timeout=block_s) if block_s > 0 else self._queue.get_nowait())
-            while True:
-                items.append(self._queue.get_nowait())
-        except queue.Empty:
-            pass
+        items = _drain(self._queue, block_s)
         for event in items:
             self.tracker.update(event)
             kind = event.get("event")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from SemiSupSegLib.parameters import DEVICES, OVERLAY_KINDS, QUALITIES, SegmentParameters
+from SemiSupSegLib.runner import wait_until
 
 #: node attributes linking an overlay volume to its input and its key (``"sdm:<class>"``, ``"entropy"``...): the
 #: next run for the same input updates these nodes instead of piling up new ones
@@ -305,11 +306,7 @@ class SegmentJob:
     def wait(self, timeout: Optional[float] = None) -> SegmentOutcome:
         """Block until the run ends; returns the outcome or raises :class:`SegmentError` /
         :class:`SegmentCancelled`. ``TimeoutError`` after ``timeout`` seconds (the run goes on: cancel it)."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while not self.poll():
-            if end is not None and time.monotonic() >= end:
-                raise TimeoutError(f"segmentation did not finish within {timeout} s")
-            time.sleep(0.02)
+        wait_until(self.poll, lambda: time.sleep(0.02), timeout, "segmentation")
         return self.result()
 
     def result(self) -> SegmentOutcome:
