@@ -4,7 +4,7 @@ When stderr is a terminal, long work shows a tqdm bar (redrawn in place with car
 log file, a pipe, the Slicer runner's log — no bar is drawn: :class:`Progress` writes a plain line at most every
 ``interval_s`` seconds (what is being done, percent, elapsed time and an estimate of the rest), so such a log holds
 readable lines and no carriage returns. ``semisupseg train`` follows the same rule through its event sink
-(:class:`semisupseg.training.events.Events`).
+(:class:`semisupseg.training.events.Events`); both take the rule's pieces from :mod:`semisupseg.progress`.
 """
 from __future__ import annotations
 
@@ -12,26 +12,7 @@ import sys
 import time
 from typing import IO, Optional
 
-#: seconds between two plain progress lines (the training event sink uses the same interval)
-LINE_INTERVAL_S = 30.0
-
-
-def is_terminal(stream: Optional[IO[str]] = None) -> bool:
-    """Whether ``stream`` (default: stderr) is an interactive terminal."""
-    stream = sys.stderr if stream is None else stream
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+from semisupseg.progress import LINE_INTERVAL_S, LineTimer, format_duration, is_terminal, write_line
 
 
 class Progress:
@@ -46,9 +27,8 @@ class Progress:
                  bar_format: str = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"):
         self.desc = desc
         self.stream = sys.stderr if stream is None else stream
-        self.interval_s = float(interval_s)
-        self._t0 = time.monotonic()
-        self._last = self._t0
+        self._lines = LineTimer(interval_s)  # the first line after interval_s: short work prints none
+        self._t0 = self._lines.last
         self._bar = None
         if bar if bar is not None else is_terminal(self.stream):
             from tqdm import tqdm
@@ -65,18 +45,14 @@ class Progress:
             self._bar.refresh()
             return
         now = time.monotonic()
-        if now - self._last < self.interval_s:
+        if not self._lines.due(now):
             return
-        self._last = now
+        self._lines.last = now
         elapsed = now - self._t0
-        rest = f", about {_duration(elapsed * (1 - fraction) / fraction)} left" if fraction > 0.01 else ""
+        rest = f", about {format_duration(elapsed * (1 - fraction) / fraction)} left" if fraction > 0.01 else ""
         text = f"{self.desc}: {100 * fraction:.0f}%" + (f" {message}" if message else "") + \
-            f" ({_duration(elapsed)} elapsed{rest})"
-        try:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):  # a closed pipe must not stop the work
-            pass
+            f" ({format_duration(elapsed)} elapsed{rest})"
+        write_line(self.stream, text)
 
     def close(self) -> None:
         if self._bar is not None:

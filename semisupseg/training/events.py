@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional, Union
 
-from semisupseg.progress import ProgressCallback
+from semisupseg.progress import (LINE_INTERVAL_S, LineTimer, ProgressCallback, format_duration, is_terminal,
+                                 write_line)
 
 EVENT_KINDS = ("started", "resumed", "iteration", "validation", "checkpoint", "overlays", "finished", "failed",
                "cancelled")
-#: seconds between two plain progress lines (when no bar is shown)
-LINE_INTERVAL_S = 30.0
 
 
 def jsonable(value: Any) -> Any:
@@ -73,9 +72,8 @@ class Events:
                  lines: Optional[bool] = None, line_interval_s: float = LINE_INTERVAL_S,
                  line_stream: Optional[IO[str]] = None):
         self.lines = lines
-        self.line_interval_s = float(line_interval_s)
         self.line_stream = line_stream
-        self._last_line = -math.inf
+        self._line_timer = LineTimer(line_interval_s, first_at_once=True)
         self.path = None if path is None else Path(path)
         self.stream = stream
         self.enabled = enabled
@@ -128,12 +126,7 @@ class Events:
 
     # ---------------------------------------------------------------------------------------------------------
     def _use_bar(self) -> bool:
-        if self._bar_wanted is not None:
-            return bool(self._bar_wanted)
-        try:
-            return sys.stderr.isatty()
-        except (AttributeError, ValueError):
-            return False
+        return bool(self._bar_wanted) if self._bar_wanted is not None else is_terminal(sys.stderr)
 
     def _update_bar(self, record: Dict[str, Any]) -> None:
         kind = record["event"]
@@ -170,16 +163,12 @@ class Events:
         kind = record["event"]
         if kind == "iteration":
             last = record.get("iteration") == record.get("max_iterations")
-            if now - self._last_line < self.line_interval_s and not last:
+            if not self._line_timer.due(now) and not last:
                 return
-        stream = self.line_stream if self.line_stream is not None else sys.stderr
-        try:
-            stream.write(text + "\n")
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe must not stop the training
+        if not write_line(self.line_stream if self.line_stream is not None else sys.stderr, text):
             return
         if kind != "started" and kind != "resumed":  # the first iteration line follows the start at once
-            self._last_line = now
+            self._line_timer.last = now
 
     def _update_progress(self, record: Dict[str, Any]) -> None:
         if self.progress is None:
@@ -210,17 +199,6 @@ class Events:
             self._bar = None
 
 
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def progress_line(record: Dict[str, Any]) -> Optional[str]:
     """The one plain line a person reads for an event (``None`` for events not worth a line)."""
     kind = record.get("event")
@@ -239,7 +217,7 @@ def progress_line(record: Dict[str, Any]) -> Optional[str]:
             parts.append(f"lr {record['lr']:.3g}")
         if isinstance(rate, (int, float)):
             parts.append(f"{rate:.2f} it/s" if rate >= 1 else f"{1.0 / rate:.1f} s/it" if rate > 0 else "")
-        parts.append(f"ETA {_duration(record.get('eta_s'))}")
+        parts.append(f"ETA {format_duration(record.get('eta_s'))}")
         return ", ".join(p for p in parts if p)
     if kind == "validation":
         m = record.get("metrics") or {}
@@ -249,7 +227,7 @@ def progress_line(record: Dict[str, Any]) -> Optional[str]:
         best = record.get("best_val_dice")
         extra = f", best validation Dice {best:.4f} at iteration {record.get('best_iteration')}" \
             if isinstance(best, (int, float)) else ""
-        return f"finished at iteration {where} in {_duration(record.get('elapsed_s'))}{extra}"
+        return f"finished at iteration {where} in {format_duration(record.get('elapsed_s'))}{extra}"
     if kind in ("failed", "cancelled"):
         msg = str(record.get("message") or "").splitlines()
         return f"{kind} at iteration {where}" + (f": {msg[0]}" if msg else "")
