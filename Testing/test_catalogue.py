@@ -8,29 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from semisupseg.catalogue import CatalogueError, ModelCatalogue, default_home, resolve_model
-from semisupseg.checkpoint import make_card, save_model
 from semisupseg.cli import main
 from semisupseg.errors import CheckpointError, InputError
 from semisupseg.inference import SegmentOptions, segment
 from semisupseg.io import read_image, read_volume
-from semisupseg.nets import VNet, VNetConfig
+
+from helpers import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 LA_SAMPLE = REPO / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
-
-
-def tiny_model(path: Path, seed: int = 0, method: str = "supervised", classes=("background", "left atrium"),
-               spacing=(1.25, 1.25, 1.25)) -> Path:
-    """A real (untrained) V-Net model file with a card, small enough to run in a fraction of a second."""
-    torch.manual_seed(seed)
-    model = VNet(VNetConfig(num_classes=len(classes), n_filters=4, sdm_head=True)).eval()
-    card = make_card(model, method=method, spacing_xyz=spacing, patch_size_xyz=(64, 64, 48),
-                     class_names=list(classes))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save_model(path, model, card)
 
 
 @pytest.fixture

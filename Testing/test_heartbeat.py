@@ -4,13 +4,9 @@ folder holding only the log of a failed start takes a new start (issue: rerunnin
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,39 +16,21 @@ from semisupseg.training import read_events
 from semisupseg.training.heartbeat import (HEARTBEAT_FILE, Heartbeat, heartbeat_alive, read_heartbeat, run_state,
                                            run_status)
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import train_child, wait_for_iteration
+
 HIPPO = sample_dataset("hippocampus")
 TINY = ["--labeled", str(HIPPO), "--split-labeled", "labeled_2", "--patch-size", "16", "16", "16",
         "--method", "supervised", "--amp", "off", "--set", "model.n_filters=4", "--set", "num_threads=1",
         "--set", "save_every=2", "--set", "val_every=1000"]
 
 
-def _train(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "semisupseg", "train", "--no-bar", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_iteration(proc: subprocess.Popen, run: Path, at_least: int, timeout: float = 120) -> int:
-    deadline = time.time() + timeout
-    events = run / "events.jsonl"
-    while time.time() < deadline and proc.poll() is None:
-        if events.exists():
-            seen = max((e["iteration"] for e in read_events(events) if e["event"] == "iteration"), default=0)
-            if seen >= at_least:
-                return seen
-        time.sleep(0.05)
-    raise AssertionError(f"run ended or stalled before iteration {at_least}: {proc.communicate()}")
-
-
 @pytest.mark.slow
 def test_status_of_a_real_run_through_cancel_kill_resume_and_finish(tmp_path, capsys):
     run = tmp_path / "run"
     assert run_status(run) == "empty"
-    p = _train(*TINY, "--iterations", "5000", "--out", str(run))
+    p = train_child(*TINY, "--iterations", "5000", "--out", str(run))
     try:
-        _wait_iteration(p, run, 2)
+        wait_for_iteration(p, run / "events.jsonl", 2)
         state = run_state(run)
         assert state.status == "running" and state.pid == p.pid and state.host == socket.gethostname()
         assert state.beat_age_s < 30 and state.max_iterations == 5000
@@ -72,8 +50,8 @@ def test_status_of_a_real_run_through_cancel_kill_resume_and_finish(tmp_path, ca
         k = run_state(run).iteration
         assert k >= 2
         # resumed, then killed outright: no final event, the pid is gone -> crashed
-        p = _train("--resume", str(run))
-        _wait_iteration(p, run, k + 2)
+        p = train_child("--resume", str(run))
+        wait_for_iteration(p, run / "events.jsonl", k + 2)
         assert run_status(run) == "running"
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)

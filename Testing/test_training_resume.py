@@ -3,11 +3,7 @@ the same iteration count with its checkpoints intact and — CPU, fp32, one thre
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +14,7 @@ import torch
 from semisupseg.checkpoint import load_model, load_state
 from semisupseg.training import read_events
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import train_child, wait_for_iteration
 
 
 def _write_dataset(root: Path, n: int = 4) -> Path:
@@ -48,23 +44,6 @@ def _config(path: Path, data: Path, iterations: int) -> Path:
     return path
 
 
-def _train(*args: str, **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "semisupseg", "train", "--no-bar", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def _wait_for_iteration(proc: subprocess.Popen, events: Path, at_least: int, timeout: float = 180) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if events.exists():
-            seen = max((e["iteration"] for e in read_events(events) if e["event"] == "iteration"), default=0)
-            if seen >= at_least:
-                return seen
-        time.sleep(0.02)
-    raise AssertionError(f"the run ended or stalled before iteration {at_least}: {proc.communicate()}")
-
-
 @pytest.mark.slow
 def test_sigterm_cancel_then_sigkill_then_resume_matches_uninterrupted_run(tmp_path, capsys):
     from semisupseg.cli import main
@@ -79,8 +58,8 @@ def test_sigterm_cancel_then_sigkill_then_resume_matches_uninterrupted_run(tmp_p
     assert "not empty" in capsys.readouterr().err and (tmp_path / "busy" / "x.txt").read_text() == "mine"
 
     # 1. SIGTERM: saves and exits with 130
-    p = _train("--config", str(cfg), "--out", str(run))
-    _wait_for_iteration(p, events, 3)
+    p = train_child("--config", str(cfg), "--out", str(run))
+    wait_for_iteration(p, events, 3)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "--resume" in err, err
@@ -90,8 +69,8 @@ def test_sigterm_cancel_then_sigkill_then_resume_matches_uninterrupted_run(tmp_p
     assert 3 <= k < 16 and load_state(run / "resume.pt")["iteration"] == k and (run / "last.pt").exists()
 
     # 2. resumed, then killed with SIGKILL (no chance to save anything)
-    p = _train("--resume", str(run))
-    _wait_for_iteration(p, events, k + 4)
+    p = train_child("--resume", str(run))
+    wait_for_iteration(p, events, k + 4)
     assert p.poll() is None
     p.send_signal(signal.SIGKILL)
     p.wait()

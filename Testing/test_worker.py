@@ -11,25 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from semisupseg.checkpoint import make_card, save_model
 from semisupseg.inference import SegmentOptions, segment
 from semisupseg.io import read_image, read_volume
-from semisupseg.nets import VNet, VNetConfig
 from semisupseg.worker import geometry_of, save_volume_npy, volume_from_npy
+
+from helpers import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 LA_SAMPLE = REPO / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
 HIPPO_SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
-
-
-def tiny_model(path: Path, seed: int = 0, classes=("background", "left atrium"), spacing=(1.25, 1.25, 1.25),
-               patch=(64, 64, 48)) -> Path:
-    torch.manual_seed(seed)
-    model = VNet(VNetConfig(num_classes=len(classes), n_filters=4, sdm_head=True)).eval()
-    card = make_card(model, method="supervised", spacing_xyz=spacing, patch_size_xyz=patch, class_names=list(classes))
-    return save_model(path, model, card)
 
 
 class Worker:

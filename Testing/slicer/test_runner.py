@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from SemiSupSegLib.runner import (ProcessRunner, ProgressTracker, WorkerClient, WorkerError, child_environment,
                                   package_root, python_command)
-from semisupseg.checkpoint import make_card, save_model
 from semisupseg.inference import SegmentOptions, segment
 from semisupseg.io import read_image, read_volume
-from semisupseg.nets import VNet, VNetConfig
+
+from helpers import tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 LA_SAMPLE = REPO / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
@@ -78,14 +77,6 @@ def gone(pids, timeout=10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-def tiny_model(path: Path, seed: int = 0, classes=("background", "left atrium"), spacing=(1.25, 1.25, 1.25),
-               patch=(64, 64, 48)) -> Path:
-    torch.manual_seed(seed)
-    model = VNet(VNetConfig(num_classes=len(classes), n_filters=4, sdm_head=True)).eval()
-    card = make_card(model, method="supervised", spacing_xyz=spacing, patch_size_xyz=patch, class_names=list(classes))
-    return save_model(path, model, card)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
