@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
-import subprocess
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
+from module_checks import (check_compiles_with_python39, check_designer_xml, check_icon, cmake_list, module_ui_names,
+                           qt_offenders, ui_root, ui_widgets)
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "SemiSupSeg"
@@ -26,24 +24,7 @@ MAX_MODULE_LINES = 220
 
 
 def _ui():
-    return ET.parse(UI_FILE).getroot()
-
-
-def _ui_widgets():
-    return {w.get("name"): w.get("class") for w in _ui().iter("widget")}
-
-
-def _cmake_list(text: str, var: str):
-    match = re.search(r"set\(\s*" + var + r"\s+(.*?)\)", text, re.S)
-    assert match, f"set({var} ...) not found"
-    return match.group(1).split()
-
-
-def _module_ui_names():
-    tree = ast.parse(MODULE_FILE.read_text())
-    return {node.attr for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
-            and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+    return ui_root(UI_FILE)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -51,21 +32,12 @@ def _module_ui_names():
 # ----------------------------------------------------------------------------------------------------------------------
 
 def test_ui_is_valid_designer_xml():
-    root = _ui()
-    assert root.tag == "ui" and root.get("version") == "4.0"
-    top = root.find("widget")
-    assert top.get("class") == "qMRMLWidget" and top.get("name") == root.findtext("class") == "SemiSupSeg"
-    names = [w.get("name") for w in root.iter("widget")]
-    assert len(names) == len(set(names)), "widget names must be unique"
-    declared = {c.findtext("class") for c in root.iter("customwidget")}
-    used = {w.get("class") for w in root.iter("widget")}
-    assert used - declared <= QT_CLASSES, f"undeclared custom widgets: {used - declared - QT_CLASSES}"
-    assert declared <= used, f"declared but unused custom widgets: {declared - used}"
+    check_designer_xml(_ui(), "SemiSupSeg", QT_CLASSES)
 
 
 def test_every_widget_the_module_uses_is_in_the_ui():
-    used = _module_ui_names()
-    widgets = _ui_widgets()
+    used = module_ui_names(MODULE_FILE)
+    widgets = ui_widgets(UI_FILE)
     assert used, "the module file uses no self.ui widgets?"
     assert used <= set(widgets), f"missing in {UI_FILE.name}: {sorted(used - set(widgets))}"
     # the panel the issue asks for
@@ -94,7 +66,7 @@ def test_node_selectors_get_the_scene_and_the_right_node_types():
         assert name in receivers, f"{name} is not connected to the scene"
         types = [s.text for p in w.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
         assert types == [expected[name]], (name, types)
-    names = set(_ui_widgets())
+    names = set(ui_widgets(UI_FILE))
     for c in root.iter("connection"):
         assert {c.findtext("sender"), c.findtext("receiver")} <= names
 
@@ -127,39 +99,14 @@ def test_module_file_parses_stays_small_and_has_the_four_classes():
 
 def test_library_never_imports_qt():
     offenders = []
-    for path in sorted(LIB.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names
-                          if n.split(".")[0] in ("qt", "ctk", "PythonQt", "PyQt5", "PySide2", "slicer.app")]
-            if isinstance(node, ast.Attribute) and node.attr in ("app", "modules") and \
-                    isinstance(node.value, ast.Name) and node.value.id == "slicer" and path.name != "dependencies.py":
-                offenders.append(f"{path.name}: slicer.{node.attr}")
+    for path in sorted(LIB.glob("*.py")):  # dependencies.py may use slicer.app: it installs packages in Slicer
+        offenders += qt_offenders(path, slicer_attributes=() if path.name == "dependencies.py" else ("app", "modules"))
     assert not offenders, offenders
-
-
-def _python39():
-    for candidate in sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python")) + [shutil.which("python3.9")]:
-        if candidate and subprocess.run([str(candidate), "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],
-                                        capture_output=True).returncode == 0:
-            return str(candidate)
-    return None
 
 
 def test_module_and_library_compile_with_python39():
     """Slicer 5.6 and 5.8 run Python 3.9."""
-    py39 = _python39()
-    if py39 is None:
-        pytest.skip("no Python 3.9 interpreter on this machine")
-    files = [str(MODULE_FILE)] + [str(p) for p in sorted(LIB.glob("*.py"))]
-    code = ("import sys\nbad = []\nfor f in sys.argv[1:]:\n    try: compile(open(f).read(), f, 'exec')\n"
-            "    except SyntaxError as e: bad.append(f'{f}:{e.lineno}: {e.msg}')\nprint(bad); sys.exit(1 if bad else 0)\n")
-    result = subprocess.run([py39, "-c", code, *files], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    check_compiles_with_python39([MODULE_FILE] + sorted(LIB.glob("*.py")))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -169,8 +116,8 @@ def test_module_and_library_compile_with_python39():
 def test_module_cmake_lists_every_library_file_and_resource():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert re.search(r"set\(MODULE_NAME SemiSupSeg\)", text)
-    scripts = [s.replace("${MODULE_NAME}", "SemiSupSeg") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
-    resources = [s.replace("${MODULE_NAME}", "SemiSupSeg") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS", "SemiSupSeg")
+    resources = cmake_list(text, "MODULE_PYTHON_RESOURCES", "SemiSupSeg")
     on_disk = ["SemiSupSeg.py"] + [f"SemiSupSegLib/{p.name}" for p in sorted(LIB.glob("*.py"))]
     assert sorted(scripts) == sorted(on_disk), (f"not in CMake: {sorted(set(on_disk) - set(scripts))}; "
                                                 f"not on disk: {sorted(set(scripts) - set(on_disk))}")
@@ -231,12 +178,5 @@ def test_top_cmake_metadata_and_modules():
 
 
 def test_icons_are_128_pixel_rgba_pngs():
-    import SimpleITK as sitk
-
     for path in (REPO / "Resources" / "Icons" / "SemiSupSeg.png", MODULE_DIR / "Resources" / "Icons" / "SemiSupSeg.png"):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        image = sitk.ReadImage(str(path))
-        assert image.GetSize() == (128, 128) and image.GetNumberOfComponentsPerPixel() == 4
-        array = sitk.GetArrayFromImage(image)
-        assert array[..., 3].min() == 0 and array[64, 64, 3] == 255  # transparent corners, opaque middle
-        assert len({tuple(p) for p in array.reshape(-1, 4)[::7]}) > 50  # a picture, not a flat fill
+        check_icon(path)

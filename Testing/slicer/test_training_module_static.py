@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
-import subprocess
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from module_checks import (check_compiles_with_python39, check_designer_xml, check_icon, cmake_list, module_ui_names,
+                           qt_offenders, ui_root, ui_widgets)
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "SemiSupSegTraining"
@@ -38,37 +38,13 @@ PANEL = {"labeledPathLineEdit": "ctkPathLineEdit", "labelsPathLineEdit": "ctkPat
 
 
 def _ui():
-    return ET.parse(UI_FILE).getroot()
-
-
-def _widgets():
-    return {w.get("name"): w.get("class") for w in _ui().iter("widget")}
-
-
-def _module_ui_names():
-    tree = ast.parse(MODULE_FILE.read_text())
-    return {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
-            and n.value.attr == "ui" and isinstance(n.value.value, ast.Name) and n.value.value.id == "self"}
-
-
-def _cmake_list(text: str, var: str):
-    match = re.search(r"set\(\s*" + var + r"\s+(.*?)\)", text, re.S)
-    assert match, f"set({var} ...) not found"
-    return [s.replace("${MODULE_NAME}", "SemiSupSegTraining") for s in match.group(1).split()]
+    return ui_root(UI_FILE)
 
 
 def test_ui_is_valid_designer_xml_with_the_panel():
     root = _ui()
-    assert root.tag == "ui" and root.get("version") == "4.0"
-    top = root.find("widget")
-    assert top.get("class") == "qMRMLWidget" and top.get("name") == root.findtext("class") == "SemiSupSegTraining"
-    names = [w.get("name") for w in root.iter("widget")]
-    assert len(names) == len(set(names)), "widget names must be unique"
-    declared = {c.findtext("class") for c in root.iter("customwidget")}
-    used = {w.get("class") for w in root.iter("widget")}
-    assert used - declared <= QT_CLASSES, f"undeclared custom widgets: {used - declared - QT_CLASSES}"
-    assert declared <= used, f"declared but unused custom widgets: {declared - used}"
-    widgets = _widgets()
+    check_designer_xml(root, "SemiSupSegTraining", QT_CLASSES)
+    widgets = ui_widgets(UI_FILE)
     for name, cls in PANEL.items():
         assert widgets.get(name) == cls, f"{name}: {widgets.get(name)} instead of {cls}"
     # every MRML widget gets the scene
@@ -86,8 +62,8 @@ def test_every_widget_the_module_and_the_panel_logic_use_is_in_the_ui():
     from SemiSupSegLib.parameters import DEVICES
     from SemiSupSegLib.training_logic import PANEL_WIDGETS, TrainingSettings
 
-    widgets = _widgets()
-    used = _module_ui_names() | {w for _, w in PANEL_WIDGETS}
+    widgets = ui_widgets(UI_FILE)
+    used = module_ui_names(MODULE_FILE) | {w for _, w in PANEL_WIDGETS}
     assert len(used) > 20
     assert used <= set(widgets), f"missing in {UI_FILE.name}: {sorted(used - set(widgets))}"
     settings = set(TrainingSettings.__dataclass_fields__)
@@ -142,55 +118,36 @@ def test_module_finds_the_shared_library_installed_and_from_a_checkout(tmp_path,
 def test_cmake_installs_every_file_of_the_module():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert re.search(r"set\(MODULE_NAME SemiSupSegTraining\)", text)
-    scripts, resources = _cmake_list(text, "MODULE_PYTHON_SCRIPTS"), _cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS", "SemiSupSegTraining")
+    resources = cmake_list(text, "MODULE_PYTHON_RESOURCES", "SemiSupSegTraining")
     assert scripts == ["SemiSupSegTraining.py"]
     on_disk = sorted(str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "Resources").rglob("*")
                      if p.is_file() and p.suffix not in (".py", ".md") and "__pycache__" not in p.parts)
     assert sorted(resources) == on_disk
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     # the library files this module adds are installed with the shared library (SemiSupSeg/CMakeLists.txt)
-    lib_scripts = _cmake_list((REPO / "SemiSupSeg" / "CMakeLists.txt").read_text(), "MODULE_PYTHON_SCRIPTS")
+    lib_scripts = cmake_list((REPO / "SemiSupSeg" / "CMakeLists.txt").read_text(), "MODULE_PYTHON_SCRIPTS",
+                             "SemiSupSeg")
     missing = [f for f in LIB_FILES + ("live.py", "runner.py") if not any(s.endswith(f"Lib/{f}") for s in lib_scripts)]
     assert not missing, f"not installed by SemiSupSeg/CMakeLists.txt: {missing}"
 
 
 def test_library_files_of_the_panel_never_import_qt():
+    offenders = []
     for name in LIB_FILES:
-        for node in ast.walk(ast.parse((LIB / name).read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            assert not [n for n in names if n.split(".")[0] in ("qt", "ctk", "PythonQt")], (name, names)
-            assert not (isinstance(node, ast.Attribute) and node.attr in ("app", "modules", "mrmlScene")
-                        and isinstance(node.value, ast.Name) and node.value.id == "slicer"), name
+        offenders += qt_offenders(LIB / name, slicer_attributes=("app", "modules", "mrmlScene"))
+    assert not offenders, offenders
 
 
 def test_module_and_library_files_compile_with_python39():
     """Slicer 5.6 and 5.8 run Python 3.9."""
-    py39 = None
-    for candidate in sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python")) + [shutil.which("python3.9")]:
-        if candidate and subprocess.run([str(candidate), "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],
-                                        capture_output=True).returncode == 0:
-            py39 = str(candidate)
-            break
-    if py39 is None:
-        pytest.skip("no Python 3.9 interpreter on this machine")
-    files = [str(MODULE_FILE)] + [str(LIB / n) for n in LIB_FILES]
-    code = ("import sys\nbad = []\nfor f in sys.argv[1:]:\n    try: compile(open(f).read(), f, 'exec')\n"
-            "    except SyntaxError as e: bad.append(f'{f}:{e.lineno}: {e.msg}')\nprint(bad); sys.exit(1 if bad else 0)\n")
-    result = subprocess.run([py39, "-c", code, *files], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    check_compiles_with_python39([MODULE_FILE] + [LIB / n for n in LIB_FILES])
 
 
 def test_icon_is_a_128_pixel_rgba_png_of_its_own():
     import SimpleITK as sitk
 
-    path = MODULE_DIR / "Resources" / "Icons" / "SemiSupSegTraining.png"
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    image = sitk.ReadImage(str(path))
-    assert image.GetSize() == (128, 128) and image.GetNumberOfComponentsPerPixel() == 4
-    array = sitk.GetArrayFromImage(image)
-    assert array[..., 3].min() == 0 and array[64, 64, 3] == 255
-    assert len({tuple(p) for p in array.reshape(-1, 4)[::7]}) > 50
+    array = check_icon(MODULE_DIR / "Resources" / "Icons" / "SemiSupSegTraining.png")
     other = REPO / "SemiSupSeg" / "Resources" / "Icons" / "SemiSupSeg.png"
     if other.is_file():
         assert (sitk.GetArrayFromImage(sitk.ReadImage(str(other))) != array).any()
