@@ -205,12 +205,12 @@ def data_config(settings: TrainingSettings):
     """The ``semisupseg.training.TrainConfig`` that ``check-data`` (and ``train``) would build from ``settings`` (by
     the CLI's own option handling), for the data check."""
     from semisupseg.cli import build_parser
-    from semisupseg.cli.train import _explicit_overrides
+    from semisupseg.cli.train import explicit_overrides
     from semisupseg.training import TrainConfig, apply_overrides
 
     args = build_parser().parse_args(check_data_arguments(settings))
     cfg = TrainConfig()
-    apply_overrides(cfg, _explicit_overrides(args))
+    apply_overrides(cfg, explicit_overrides(args))
     apply_overrides(cfg, args.overrides)
     return cfg
 

@@ -64,7 +64,7 @@ def test_train_arguments_mean_what_the_panel_says(tmp_path):
     """The argument list, parsed by the package's own CLI and applied as ``train`` applies it, gives a config with
     every setting of the panel (main settings, overlays, advanced method and engine settings)."""
     from semisupseg.cli import build_parser
-    from semisupseg.cli.train import _explicit_overrides
+    from semisupseg.cli.train import explicit_overrides
     from semisupseg.training import TrainConfig, apply_overrides
     from SemiSupSegLib.training_logic import resume_arguments, stop_file, train_arguments
 
@@ -77,7 +77,7 @@ def test_train_arguments_mean_what_the_panel_says(tmp_path):
     assert "--events" not in args  # the run must outlive the pipe to Slicer
     ns = build_parser().parse_args(args)
     cfg = TrainConfig()
-    apply_overrides(cfg, _explicit_overrides(ns))
+    apply_overrides(cfg, explicit_overrides(ns))
     apply_overrides(cfg, ns.overrides)
     assert (cfg.method, cfg.iterations, cfg.batch_size, cfg.labeled_batch_size, cfg.seed, cfg.device) == \
         ("sgrs", 250, 2, 2, 7, "cpu")

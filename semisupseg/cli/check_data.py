@@ -34,14 +34,14 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from semisupseg.cli.train import _explicit_overrides
+    from semisupseg.cli.train import explicit_overrides
     from semisupseg.errors import InputError
     from semisupseg.training import TrainConfig, apply_overrides, load_config
     from semisupseg.training.datacheck import DataReport, check_train_data
 
     try:
         cfg = load_config(args.config) if args.config else TrainConfig()
-        apply_overrides(cfg, _explicit_overrides(args))
+        apply_overrides(cfg, explicit_overrides(args))
         apply_overrides(cfg, args.overrides)
         with_unlabeled = True
         if args.method or args.config:  # a method named: its use of the unlabeled pool, as in training

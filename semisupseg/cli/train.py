@@ -3,6 +3,8 @@
 Settings come, lowest priority first, from the defaults of :class:`semisupseg.training.TrainConfig`, ``--config
 FILE`` (YAML/JSON; with ``--resume`` the run's saved ``config.yaml``), the explicit options below, and ``--set
 key=value`` overrides (dotted keys: ``optim.lr=0.001``, ``data.validation=4``, ``method_params.consistency=0.1``).
+:func:`explicit_overrides` turns the explicit options into such overrides (``check-data`` and the Slicer training
+panel build their config with it too, so all three read the options alike).
 
 Exit codes: 0 finished, 130 cancelled (SIGINT/SIGTERM or the stop file; the state is saved, continue with
 ``--resume RUN_DIR``), 2 bad input. Events (JSON lines) go to ``RUN_DIR/events.jsonl`` and, with ``--events -``,
@@ -81,8 +83,12 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="override any config key (repeatable), e.g. --set optim.lr=0.005")
 
 
-def _explicit_overrides(args: argparse.Namespace) -> List[str]:
-    """The explicit options as ``key=value`` override strings (applied after the config file)."""
+def explicit_overrides(args: argparse.Namespace) -> List[str]:
+    """The explicit options of ``train`` or ``check-data`` (parsed ``args``) as ``key=value`` override strings for
+    :func:`semisupseg.training.apply_overrides`, e.g. ``["method=\"dtc\"", "data.labeled=\"/data/LA\""]``
+    (values JSON-encoded). They go over the config file and under ``--set``: apply these first, then
+    ``args.overrides``. Options a command does not have (``check-data`` has no ``--iterations``) are skipped;
+    ``--num-labeled`` as a fraction is turned into a count here (this reads the dataset folder)."""
     import json
 
     out: List[str] = []
@@ -141,7 +147,7 @@ def _num_labeled_count(args: argparse.Namespace) -> int:
     from semisupseg.training.loading import _dataset_spec
 
     probe = load_config(args.config) if args.config else TrainConfig()
-    apply_overrides(probe, _explicit_overrides(argparse.Namespace(**{**vars(args), "num_labeled": None})))
+    apply_overrides(probe, explicit_overrides(argparse.Namespace(**{**vars(args), "num_labeled": None})))
     apply_overrides(probe, args.overrides)
     probe.data.num_labeled = None
     total = len(build_dataset(_dataset_spec(probe.data)).labeled)
@@ -208,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"nothing to resume in {run_dir}: no config.yaml (start it without --resume)")
     else:
         cfg = load_config(args.config) if args.config else TrainConfig()
-    apply_overrides(cfg, _explicit_overrides(args))
+    apply_overrides(cfg, explicit_overrides(args))
     apply_overrides(cfg, args.overrides)
     cfg.out = str(run_dir)
     cfg.validate()
