@@ -18,7 +18,7 @@ from semisupseg.errors import Cancelled, SemiSupSegError
 
 #: command modules in the order ``--help`` lists them
 COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "export_checkpoint", "methods",
-                   "demo", "models", "worker", "preview", "check_data", "rank")
+                   "demo", "models", "worker", "preview", "plot_run", "check_data", "rank")
 
 
 def build_parser() -> argparse.ArgumentParser:
