@@ -135,13 +135,19 @@ class SliceRenderer:
 
     def render(self, background_node, foreground_node=None, foreground_opacity: float = 0.6,
                segmentation_node=None, orientation: str = "Axial", slice_offset: Optional[float] = None,
-               segmentation_fill: bool = False) -> np.ndarray:
+               segmentation_fill: bool = False, field_of_view: Optional[float] = None,
+               view_centre: Optional[Sequence[float]] = None) -> np.ndarray:
         """Draw one slice and return it as ``(H, W, 3)`` uint8, row 0 at the top.
 
         The view is fitted to ``background_node`` in the RAS-aligned ``orientation``; ``slice_offset`` is the
         position of the slice plane along its normal in RAS mm (Axial: S, Sagittal: R, Coronal: A), default the
         background's centre, snapped to its nearest voxel plane. Only ``segmentation_node`` (if any) of the
         scene's segmentations is drawn, as outlines (plus fill when ``segmentation_fill``).
+
+        Zoom: ``field_of_view`` (mm) is what the view's shorter side shows (the longer side shows more, in the
+        view's aspect), instead of the whole background; ``view_centre`` (R, A, S mm) is the point put at the
+        view's centre (its in-plane coordinates; the plane stays at ``slice_offset``, or at this point's height
+        along the normal when ``slice_offset`` is not given).
         """
         if self._closed:
             raise RuntimeError("SliceRenderer is closed")
@@ -151,6 +157,10 @@ class SliceRenderer:
             raise ValueError("a background volume node is needed")
         if not 0.0 <= float(foreground_opacity) <= 1.0:
             raise ValueError(f"foreground_opacity must be in [0, 1], got {foreground_opacity}")
+        if field_of_view is not None and not (np.isfinite(field_of_view) and float(field_of_view) > 0):
+            raise ValueError(f"field_of_view must be a positive size in mm, got {field_of_view}")
+        if view_centre is not None and (len(view_centre) != 3 or not np.all(np.isfinite(view_centre))):
+            raise ValueError(f"view_centre must be a point (R, A, S) in mm, got {view_centre}")
         comp = self.composite_node
         comp.SetBackgroundVolumeID(background_node.GetID())
         comp.SetForegroundVolumeID(foreground_node.GetID() if foreground_node is not None else None)
@@ -159,6 +169,13 @@ class SliceRenderer:
         self.slice_node.SetOrientation(orientation)
         self.logic.ResizeSliceNode(*self.size)
         self.logic.FitSliceToBackground()
+        if view_centre is not None:
+            self.slice_node.JumpSliceByCentering(*(float(v) for v in view_centre))
+        if field_of_view is not None:
+            w, h = self.size
+            fov = self.slice_node.GetFieldOfView()
+            short = float(field_of_view)
+            self.slice_node.SetFieldOfView(short * max(1.0, w / h), short * max(1.0, h / w), fov[2])
         if slice_offset is not None:
             self.logic.SetSliceOffset(float(slice_offset))
         self.logic.SnapSliceOffsetToIJK()
@@ -261,7 +278,8 @@ def write_png(image: np.ndarray, path: Union[str, Path], overwrite: bool = False
 def render_slice(scene, background_node, path: Union[str, Path], foreground_node=None,
                  foreground_opacity: float = 0.6, segmentation_node=None, orientation: str = "Axial",
                  slice_offset: Optional[float] = None, size: Sequence[int] = (512, 512),
-                 segmentation_fill: bool = False, overwrite: bool = False, app_logic=None) -> Path:
+                 segmentation_fill: bool = False, overwrite: bool = False, app_logic=None,
+                 field_of_view: Optional[float] = None, view_centre: Optional[Sequence[float]] = None) -> Path:
     """Render one slice view of ``scene`` offscreen to the PNG file ``path`` and return the path.
 
     ``background_node`` (window/level and colours of its display node), ``foreground_node`` blended on top with
@@ -269,10 +287,12 @@ def render_slice(scene, background_node, path: Union[str, Path], foreground_node
     background),
     ``segmentation_node`` drawn as outlines (``segmentation_fill``: also filled, as its display node says).
     ``orientation``: ``Axial``/``Sagittal``/``Coronal`` (RAS-aligned, as Slicer's default views); ``slice_offset``:
-    plane position along the normal in RAS mm (default the background's centre); ``size``: (width, height) pixels.
+    plane position along the normal in RAS mm (default the background's centre); ``size``: (width, height) pixels;
+    ``field_of_view`` (mm across the view's shorter side) and ``view_centre`` (RAS mm) zoom onto a region
+    (:meth:`SliceRenderer.render`).
     An existing ``path`` is replaced only with ``overwrite``. The scene is left as it was.
     """
     with SliceRenderer(scene, (int(size[0]), int(size[1])), app_logic=app_logic) as renderer:
         image = renderer.render(background_node, foreground_node, foreground_opacity, segmentation_node,
-                                orientation, slice_offset, segmentation_fill)
+                                orientation, slice_offset, segmentation_fill, field_of_view, view_centre)
         return renderer.save(image, path, overwrite=overwrite)

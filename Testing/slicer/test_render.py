@@ -161,3 +161,56 @@ def test_bad_arguments(headless, shown, tmp_path):
             renderer.render(image, foreground_opacity=2.0)
     with pytest.raises(RuntimeError, match="closed"):
         renderer.render(image)
+
+
+def test_field_of_view_zooms_onto_a_point_and_keeps_the_pictures_true(headless, shown):
+    """Zoom (field_of_view + view_centre): the view shows field_of_view mm across its shorter side around the
+    asked point, in a non-square view too, on the asked plane; what it draws still matches the volumes."""
+    image, fg, sdm, overlay, segmentation, k, offset = shown
+    size = (320, 200)
+    kji = np.argwhere(fg.array[k])
+    centre_ijk = [kji[:, 1].mean(), kji[:, 0].mean(), k, 1.0]
+    centre = (sc.ijk_to_ras_matrix(fg) @ centre_ijk)[:3]
+    fov = 20.0  # mm: the hippocampus slice (~15 mm) with a margin; the whole scan is ~35 x 50 mm
+    with render.SliceRenderer(headless.scene, size) as renderer:
+        whole = renderer.render(image, overlay, 0.6, segmentation, "Axial", offset)
+        whole_mm = np.linalg.norm(renderer.xy_to_ras[:3, 1])
+        rgb = renderer.render(image, overlay, 0.6, segmentation, "Axial", offset, field_of_view=fov,
+                              view_centre=centre + [0.0, 0.0, 7.0])  # the plane stays at slice_offset
+        assert renderer.slice_offset == pytest.approx(offset)
+        m = renderer.xy_to_ras
+        rows, cols = np.meshgrid(np.arange(size[1]), np.arange(size[0]), indexing="ij")
+        ras = renderer.pixel_to_ras(rows, cols)
+        # no plane asked: it goes through the point (snapped to a voxel plane)
+        renderer.render(image, field_of_view=fov, view_centre=centre)
+        assert renderer.slice_offset == pytest.approx(centre[2], abs=0.5 * image.GetSpacing()[2] + 1e-6)
+    # square pixels of fov / 200 mm (the shorter side), so the wider side shows 320 / 200 of it
+    assert np.linalg.norm(m[:3, 0]) == pytest.approx(fov / size[1], rel=1e-6)
+    assert np.linalg.norm(m[:3, 1]) == pytest.approx(fov / size[1], rel=1e-6)
+    assert whole_mm > 1.5 * fov / size[1]  # zoomed in from the fitted view
+    mid = renderer.pixel_to_ras(np.array([(size[1] - 1) / 2]), np.array([(size[0] - 1) / 2]))[0]
+    assert np.allclose(mid[:2], centre[:2], atol=fov / size[1])
+    assert ras[:, 2] == pytest.approx(np.full(len(ras), offset))
+    # the pixels still show the SDM's sign and the outline lies on the label boundary
+    flat = rgb.reshape(-1, 3).astype(int)
+    values = sample(sdm, ras)
+    outline = is_outline(rgb).ravel()
+    # (this SDM is normalised to [-1, 1] over the scan: near the object its outside values are small)
+    inside, outside = (values < -0.1) & ~outline, (values > 0.1) & ~outline
+    assert inside.sum() > 5000 and outside.sum() > 5000  # the object is large in the zoomed view
+    assert np.mean(flat[inside, 2] > flat[inside, 0]) > 0.97 and np.mean(flat[outside, 0] > flat[outside, 2]) > 0.97
+    near = ndimage.binary_dilation(fg.array[k].astype(bool), np.ones((3, 3))) & \
+        ndimage.binary_dilation(~fg.array[k].astype(bool), np.ones((3, 3)), border_value=1)
+    ijk = (np.linalg.inv(sc.ijk_to_ras_matrix(fg)) @ np.c_[ras[outline], np.ones(outline.sum())].T)[:3].T
+    idx = np.round(ijk).astype(int)
+    assert outline.sum() > 200 and np.all(near[idx[:, 1], idx[:, 0]])
+    assert is_outline(rgb).sum() > 2 * is_outline(whole).sum()  # the same outline, drawn larger
+
+
+def test_bad_zoom_arguments(headless, shown):
+    image = shown[0]
+    with render.SliceRenderer(headless.scene, (64, 64)) as renderer:
+        with pytest.raises(ValueError, match="field_of_view"):
+            renderer.render(image, field_of_view=0.0)
+        with pytest.raises(ValueError, match="view_centre"):
+            renderer.render(image, field_of_view=10.0, view_centre=(1.0, 2.0))
