@@ -13,8 +13,8 @@ import pytest
 from semisupseg.cli import main
 from semisupseg.data import sample_dataset
 from semisupseg.training import read_events
-from semisupseg.training.heartbeat import (HEARTBEAT_FILE, Heartbeat, heartbeat_alive, read_heartbeat, run_state,
-                                           run_status)
+from semisupseg.training.heartbeat import (HEARTBEAT_FILE, Heartbeat, LogSummary, heartbeat_alive, read_heartbeat,
+                                           run_state, run_status)
 
 from helpers import train_child, wait_for_iteration
 
@@ -138,3 +138,44 @@ def test_heartbeat_liveness_rules(tmp_path):
     (run / HEARTBEAT_FILE).write_text(json.dumps(dict(other, beat=time.time() - 3600)))
     state = run_state(run)
     assert state.status == "crashed" and state.iteration == 4
+
+
+def test_run_state_from_a_log_summary_is_the_state_from_the_file(tmp_path):
+    """A reader that keeps a LogSummary of what it has read gets the same state as one that reads the whole log."""
+    def ev(kind, it=None, **kw):
+        return dict(kw, event=kind, **({} if it is None else {"iteration": it, "max_iterations": 10}))
+
+    logs = {
+        "empty": [],
+        "crashed": [ev("started", 0), ev("iteration", 4)],
+        "finished": [ev("started", 0), ev("iteration", 10), ev("finished", 10)],
+        "cancelled then resumed, crashed": [ev("started", 0), ev("cancelled", 3, message="stop"), ev("resumed", 3),
+                                            ev("iteration", 5)],
+        "a failed start after a finished run": [ev("started", 0), ev("finished", 10), ev("failed", message="bad")],
+        "cancelled": [ev("started", 0), ev("iteration", 2), ev("cancelled", 2, message="stop file")],
+        "overlays last": [ev("started", 0), ev("finished", 10), ev("overlays", case="c1")],
+    }
+    dead = {"format": "semisupseg-heartbeat", "pid": 1, "host": socket.gethostname() + "-other", "status": "running",
+            "beat": time.time() - 3600, "iteration": 7, "max_iterations": 10}
+    statuses = {}
+    for i, (name, events) in enumerate(logs.items()):
+        for j, record in enumerate((None, dead, dict(dead, status="finished"))):
+            run = tmp_path / f"{i}-{j}"
+            run.mkdir()
+            if events:
+                (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+            if record is not None:
+                (run / HEARTBEAT_FILE).write_text(json.dumps(record))
+            summary = LogSummary()
+            for e in events:  # as an incremental reader feeds it, one event at a time
+                summary.add([e])
+            now = time.time()
+            state = run_state(run, now=now, log=summary)
+            assert state == run_state(run, now=now), (name, record)
+            statuses[name, j] = (state.status, state.iteration, state.message)
+    assert statuses["empty", 0] == ("empty", None, None) and statuses["empty", 2] == ("finished", 7, None)
+    assert statuses["crashed", 1] == ("crashed", 4, None)
+    assert statuses["cancelled then resumed, crashed", 1] == ("crashed", 5, None)
+    assert statuses["a failed start after a finished run", 1] == ("failed", 10, "bad")
+    assert statuses["cancelled", 0] == ("cancelled", 2, "stop file")
+    assert statuses["overlays last", 1] == ("finished", 10, None)

@@ -483,6 +483,7 @@ class TrainingMonitor:
         self.run_dir = Path(run_dir)
         self.name = name or self.run_dir.name
         self.reader = EventLogReader(self.run_dir / "events.jsonl")
+        self._summary = None  # semisupseg.training.heartbeat.LogSummary of the events read (made at the first poll)
         self.plots = TrainingPlots(scene, self.name, key=str(self.run_dir.resolve()))
         self.overlays = OverlayLoader(scene, self.run_dir, f"Training run {self.name}")
         self.load_overlays = load_overlays
@@ -493,12 +494,15 @@ class TrainingMonitor:
     def poll(self) -> List[Dict[str, Any]]:
         """Read the new events, update plots, overlays and :attr:`state`; returns the new events."""
         from semisupseg.training.events import progress_line
-        from semisupseg.training.heartbeat import run_state
+        from semisupseg.training.heartbeat import LogSummary, run_state
 
         events = self.reader.read_new()
+        if self.reader.restarted or self._summary is None:
+            self._summary = LogSummary()
         if self.reader.restarted:
             self.plots.clear()
             self.state.update(validation=None, best_dice=None, message=None)
+        self._summary.add(events)
         self.plots.add_events(events)
         cases = []
         for e in events:
@@ -524,7 +528,7 @@ class TrainingMonitor:
             line = progress_line(e)
             if line:
                 self.state["line"] = line
-        rs = run_state(self.run_dir)
+        rs = run_state(self.run_dir, log=self._summary)  # the events read so far: the log is not read again
         self.state["status"] = rs.status
         if self.state["iteration"] is None:
             self.state["iteration"] = rs.iteration

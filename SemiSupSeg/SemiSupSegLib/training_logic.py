@@ -350,6 +350,7 @@ class TrainingSession:
 
     def __init__(self, run_dir: PathLike, runner: Any = None, on_log: Optional[LogCallback] = None,
                  reader: Any = None):
+        from semisupseg.training.heartbeat import LogSummary
         from SemiSupSegLib.live import EventLogReader
         from SemiSupSegLib.runner import ProgressTracker
 
@@ -366,6 +367,8 @@ class TrainingSession:
         self.tracker = ProgressTracker()
         #: ``reader``: an ``EventLogReader`` already positioned (a fresh start over an old run skips the old log)
         self._reader = reader if reader is not None else EventLogReader(self.run_dir / "events.jsonl")
+        #: what the run's state needs of the events read so far (the status never reads the whole log again)
+        self._summary = LogSummary()
         self._next_beat_check = 0.0
         self._kill_at: Optional[float] = None
         self._term_at: Optional[float] = None
@@ -440,12 +443,14 @@ class TrainingSession:
         new = self._reader.read_new()
         self.restarted = bool(self._reader.restarted)
         if self.restarted:  # the log was replaced (a run started afresh in the folder): start over
+            from semisupseg.training.heartbeat import LogSummary
             from SemiSupSegLib.runner import ProgressTracker
 
-            self.events, self.tracker = [], ProgressTracker()
+            self.events, self.tracker, self._summary = [], ProgressTracker(), LogSummary()
             self.iteration = self.max_iterations = self.lr = None
             if self.runner is not None and self.returncode is None:
                 self.status = "starting"
+        self._summary.add(new)
         for event in new:
             self.events.append(event)
             self.tracker.update(event)
@@ -461,8 +466,9 @@ class TrainingSession:
 
     def _refresh_status(self, force: bool = False) -> None:
         """The status from the run folder (heartbeat, then the log), at most every :data:`HEARTBEAT_POLL_S` seconds
-        unless ``force``. An owned run's status follows its process until the child's exit has been seen; the whole
-        log is read again (``run_state``) only when a run is seen to end."""
+        unless ``force``. An owned run's status follows its process until the child's exit has been seen. The log is
+        not read again: ``run_state`` gets the summary of the events already read, so a poll costs the new bytes of
+        the log and one read of the heartbeat."""
         from semisupseg.training.heartbeat import heartbeat_alive, read_heartbeat, run_state
 
         if self.runner is not None and (self.returncode is None or self.ended):
@@ -477,7 +483,7 @@ class TrainingSession:
                 return
             if self.ended and not force:
                 return  # still over; nothing new
-        state = run_state(self.run_dir)
+        state = run_state(self.run_dir, log=self._summary)
         status, message = state.status, state.message
         if self.runner is not None:  # owned, ended
             status, message = self._owned_outcome(status, message)

@@ -228,7 +228,8 @@ def test_newer_overlay_set_updates_the_same_nodes(run_dir, tmp_path, headless):
     assert np.allclose(volume_from_node(node).array, ent4) and not np.allclose(ent2, ent4)
 
 
-def test_monitor_on_a_crashed_run_and_a_restarted_log(run_dir, tmp_path, headless):
+def test_monitor_on_a_crashed_run_and_a_restarted_log(run_dir, tmp_path, headless, monkeypatch):
+    from semisupseg.training import events as events_module
     from SemiSupSegLib.live import TrainingMonitor
 
     run = tmp_path / "crashed"
@@ -258,3 +259,14 @@ def test_monitor_on_a_crashed_run_and_a_restarted_log(run_dir, tmp_path, headles
     assert list(monitor.plots.column("losses", "loss")) == [2.0]
     assert math.isnan(monitor.plots.column("losses", "supervised")[0])
     assert monitor.state["method"] == "dtc" and monitor.state["max_iterations"] == 9
+    # the state follows the new log only, and a poll reads only what was added to it (never the whole log)
+    assert monitor.state["status"] == "crashed" and monitor.state["iteration"] == 1
+
+    def whole_log(*_a, **_k):
+        raise AssertionError("the whole events log was read again")
+
+    monkeypatch.setattr(events_module, "read_events", whole_log)
+    with open(run / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "finished", "iteration": 1, "max_iterations": 9}) + "\n")
+    monitor.poll()
+    assert monitor.state["status"] == "finished"

@@ -319,6 +319,46 @@ def test_a_killed_child_is_crashed_for_its_owner_and_for_a_follower(tmp_path, mo
     assert TrainingLogic().attach(run).status == "crashed"
 
 
+def test_a_follower_polls_only_the_new_bytes_of_the_log(tmp_path, monkeypatch):
+    """Polling a run never reads its whole events log again: the status comes from the heartbeat and the events
+    already read (running, then crashed when the beat goes stale, then finished after a resume)."""
+    import socket
+
+    from semisupseg.training import events as events_module
+    from SemiSupSegLib import training_logic
+    from SemiSupSegLib.training_logic import TrainingSession
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = run / "events.jsonl"
+    beat = {"format": "semisupseg-heartbeat", "version": 1, "pid": 1, "host": socket.gethostname() + "-other",
+            "interval_s": 2.0, "status": "running", "iteration": 1, "max_iterations": 3}
+
+    def write(*records, beat_age=0.0, status="running"):
+        with open(log, "a") as fh:
+            fh.write("".join(json.dumps(dict(r, max_iterations=3)) + "\n" for r in records))
+        (run / "heartbeat.json").write_text(json.dumps(dict(beat, beat=time.time() - beat_age, status=status)))
+
+    monkeypatch.setattr(training_logic, "HEARTBEAT_POLL_S", 0.0)  # every poll looks at the heartbeat
+    write({"event": "started", "iteration": 0}, {"event": "iteration", "iteration": 1, "lr": 0.01})
+    follower = TrainingSession(run)
+    assert follower.status == "running" and follower.iteration == 1
+
+    def whole_log(*_a, **_k):
+        raise AssertionError("the whole events log was read again")
+
+    monkeypatch.setattr(events_module, "read_events", whole_log)
+    write({"event": "iteration", "iteration": 2, "lr": 0.01}, beat_age=3600.0)  # then the process vanished
+    assert [e["event"] for e in follower.poll()] == ["iteration"]
+    assert follower.status == "crashed" and follower.iteration == 2
+    write({"event": "resumed", "iteration": 2})
+    follower.poll()
+    assert follower.status == "running"
+    write({"event": "iteration", "iteration": 3}, {"event": "finished", "iteration": 3}, status="finished")
+    follower.poll()
+    assert follower.status == "finished" and follower.iteration == 3
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # data check
 # ----------------------------------------------------------------------------------------------------------------------

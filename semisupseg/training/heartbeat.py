@@ -14,7 +14,8 @@ dead pid and a beat that stops advancing.
 
 :func:`run_status` combines the heartbeat with the events log (``events.jsonl``) into one word —
 ``running`` / ``finished`` / ``failed`` / ``cancelled`` / ``crashed`` / ``empty`` — which the CLI uses to refuse a
-second process in a live run folder and the Slicer training module uses to re-attach to a run. The heartbeat also
+second process in a live run folder and the Slicer training module uses to re-attach to a run (that one keeps a
+:class:`LogSummary` of the events it has read, so a poll never reads the whole log again). The heartbeat also
 serves as the folder's lock: :meth:`Heartbeat.start` refuses a folder whose heartbeat is alive.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 from semisupseg.errors import InputError
 from semisupseg.fileio import write_text_atomic
@@ -269,8 +270,38 @@ class RunState:
         return dict(self.__dict__)
 
 
-def run_state(run_dir: PathLike, now: Optional[float] = None) -> RunState:
-    """The state of the run folder ``run_dir``, from its heartbeat and its events log.
+class LogSummary:
+    """What :func:`run_state` needs of a run's events log, kept up to date as events arrive, so that a reader who
+    follows the log incrementally (the Slicer training panel) never reads it again: ``count`` (events seen),
+    ``last`` (the newest event), ``final`` (the ``finished``/``failed``/``cancelled`` event that ends the last session,
+    ``None`` while it has none; a session starts at ``started``/``resumed``) and ``with_iteration`` (the newest event
+    carrying an ``iteration``). Feed it the events in log order with :meth:`add`; start a new one when the log is
+    replaced."""
+
+    def __init__(self, events: Iterable[Dict[str, Any]] = ()):
+        self.count = 0
+        self.last: Optional[Dict[str, Any]] = None
+        self.final: Optional[Dict[str, Any]] = None
+        self.with_iteration: Optional[Dict[str, Any]] = None
+        self.add(events)
+
+    def add(self, events: Iterable[Dict[str, Any]]) -> "LogSummary":
+        for e in events:
+            self.count += 1
+            self.last = e
+            kind = e.get("event")
+            if kind in ("started", "resumed"):
+                self.final = None
+            elif kind in _TERMINAL:
+                self.final = e
+            if e.get("iteration") is not None:
+                self.with_iteration = e
+        return self
+
+
+def run_state(run_dir: PathLike, now: Optional[float] = None, log: Optional[LogSummary] = None) -> RunState:
+    """The state of the run folder ``run_dir``, from its heartbeat and its events log (``log``: the log's
+    :class:`LogSummary` when the caller keeps one; else the log file is read).
 
     * ``running``: the heartbeat's process is alive (see :func:`heartbeat_alive`);
     * ``finished`` / ``failed`` / ``cancelled``: the last session of the log ended with that event (a session
@@ -278,41 +309,32 @@ def run_state(run_dir: PathLike, now: Optional[float] = None) -> RunState:
     * ``crashed``: the last session has no final event and its process is dead or its beat stale (killed, power
       loss, out of memory);
     * ``empty``: neither heartbeat nor events (a new or unrelated folder)."""
-    from semisupseg.training.events import read_events
-
     d = Path(run_dir)
     now = time.time() if now is None else now
     record = read_heartbeat(d)
-    events_path = d / "events.jsonl"
-    events = read_events(events_path) if events_path.is_file() else []
-    last = events[-1] if events else None
-    state = RunState("empty", last_event=last)
+    if log is None:
+        from semisupseg.training.events import read_events
+
+        events_path = d / "events.jsonl"
+        log = LogSummary(read_events(events_path) if events_path.is_file() else [])
+    state = RunState("empty", last_event=log.last)
     if record is not None:
         state.pid, state.host = record.get("pid"), record.get("host")
         state.beat_age_s = max(0.0, now - float(record.get("beat") or 0.0))
         state.iteration, state.max_iterations = record.get("iteration"), record.get("max_iterations")
-    for e in reversed(events):
-        if e.get("iteration") is not None:
-            state.iteration = e.get("iteration")
-            state.max_iterations = e.get("max_iterations", state.max_iterations)
-            break
-    if record is None and not events:
+    if log.with_iteration is not None:
+        state.iteration = log.with_iteration.get("iteration")
+        state.max_iterations = log.with_iteration.get("max_iterations", state.max_iterations)
+    if record is None and not log.count:
         return state
     if heartbeat_alive(record, now):
         state.status = "running"
         return state
-    final = None
-    for e in reversed(events):
-        kind = e.get("event")
-        if kind in _TERMINAL:
-            final = e
-            break
-        if kind in ("started", "resumed"):
-            break
+    final = log.final
     if final is not None:
         state.status = final["event"]
         state.message = final.get("message")
-    elif record is not None and record.get("status") in _TERMINAL and not events:
+    elif record is not None and record.get("status") in _TERMINAL and not log.count:
         state.status = record["status"]
     else:
         state.status = "crashed"
@@ -325,6 +347,6 @@ def run_status(run_dir: PathLike) -> str:
     return run_state(run_dir).status
 
 
-__all__ = ["Heartbeat", "HEARTBEAT_FILE", "ENGINE_ENTRIES", "OVERLAY_DIR", "RUN_FILES", "RUN_STATE_FILES", "RunState",
-           "STATUSES", "clear_engine_files", "describe_process", "has_run_state", "heartbeat_alive",
-           "read_heartbeat", "run_state", "run_status", "start_refusal"]
+__all__ = ["Heartbeat", "HEARTBEAT_FILE", "ENGINE_ENTRIES", "LogSummary", "OVERLAY_DIR", "RUN_FILES",
+           "RUN_STATE_FILES", "RunState", "STATUSES", "clear_engine_files", "describe_process", "has_run_state",
+           "heartbeat_alive", "read_heartbeat", "run_state", "run_status", "start_refusal"]
