@@ -148,3 +148,26 @@ def test_sdm_head_resampled_grid_and_bad_case_id(tmp_path):
     with pytest.raises(Exception, match="overlay case 'hippocampus_999' is not a case of this run"):
         Trainer(cfg).run()
     assert json.loads((tmp_path / "run2" / "events.jsonl").read_text().splitlines()[-1])["event"] == "failed"
+
+
+def test_a_failed_snapshot_is_an_event_and_a_progress_line_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    from semisupseg.training import snapshots
+
+    def broken(self, iteration, *args, **kwargs):
+        raise OSError(f"disk full at iteration {iteration}")
+
+    monkeypatch.setattr(snapshots.SnapshotWriter, "write", broken)
+    run = tmp_path / "run"
+    code = main(["train", "--no-bar", "--labeled", str(HIPPO), "--split-labeled", "labeled_2", "--method",
+                 "supervised", "--iterations", "2", "--patch-size", "16", "16", "16", "--amp", "off", "--out",
+                 str(run), "--set", "model.n_filters=4", "--set", "num_threads=1", "--set", "val_every=100",
+                 "--overlay-case", LABELED, "--overlay-every", "1"])
+    assert code == 0
+    events = read_events(run / "events.jsonl")
+    failed = [e for e in events if e["event"] == "overlays"]
+    assert [(e["iteration"], e["error"]) for e in failed] == [(1, "OSError: disk full at iteration 1"),
+                                                             (2, "OSError: disk full at iteration 2")]
+    assert events[-1]["event"] == "finished"
+    err = capsys.readouterr().err
+    assert "overlays at iteration 1/2 failed: OSError: disk full at iteration 1\n" in err
+    assert "overlays at iteration 2/2 failed: OSError: disk full at iteration 2\n" in err

@@ -299,7 +299,8 @@ class Trainer:
 
     def _write_snapshots(self) -> None:
         """One overlay set per snapshot case from the teacher (or the student), each announced by an event. A
-        failure is reported (event with ``error``, a line on stderr) and training goes on; cancelling stops."""
+        failure is reported by an ``overlays`` event with ``error`` (which the event sink also shows people: a
+        progress line, or a line above the bar) and training goes on; cancelling stops."""
         model = self.teacher if self.teacher is not None else self.model
         name = "teacher" if self.teacher is not None else "student"
         try:
@@ -312,9 +313,6 @@ class Trainer:
             message = f"{type(exc).__name__}: {exc}"
             self.events.emit("overlays", iteration=self.iteration, max_iterations=self.cfg.iterations,
                              error=message)
-            import sys
-
-            print(f"overlays at iteration {self.iteration} failed: {message}", file=sys.stderr)
             return
         for record in records:
             self.events.emit("overlays", max_iterations=self.cfg.iterations, **record)

@@ -13,7 +13,8 @@ final event). Non-finite floats are written as ``null``.
 
 For people: a tqdm bar on stderr when it is a terminal; otherwise (a log file, a pipe, the Slicer runner's log)
 plain progress lines on stderr — the start, then an iteration line at most every ``line_interval_s`` seconds
-(iteration, loss, it/s, ETA), each validation, and the end — never carriage returns.
+(iteration, loss, it/s, ETA), each validation, each failed training snapshot (``overlays`` with ``error``), and the
+end — never carriage returns.
 """
 from __future__ import annotations
 
@@ -147,6 +148,8 @@ class Events:
         elif self._bar is not None and kind == "validation":
             self._bar.write(f"validation @ {record.get('iteration')}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in (record.get("metrics") or {}).items() if isinstance(v, (int, float))))
+        elif self._bar is not None and kind == "overlays" and record.get("error"):
+            self._bar.write(progress_line(record))
         elif self._bar is not None and kind in ("finished", "failed", "cancelled"):
             self._bar.close()
             self._bar = None
@@ -167,7 +170,7 @@ class Events:
                 return
         if not write_line(self.line_stream if self.line_stream is not None else sys.stderr, text):
             return
-        if kind != "started" and kind != "resumed":  # the first iteration line follows the start at once
+        if kind in ("iteration", "validation"):  # the first iteration line follows the start at once
             self._line_timer.last = now
 
     def _update_progress(self, record: Dict[str, Any]) -> None:
@@ -231,6 +234,8 @@ def progress_line(record: Dict[str, Any]) -> Optional[str]:
     if kind in ("failed", "cancelled"):
         msg = str(record.get("message") or "").splitlines()
         return f"{kind} at iteration {where}" + (f": {msg[0]}" if msg else "")
+    if kind == "overlays" and record.get("error"):
+        return f"overlays at iteration {where} failed: {record['error']}"
     return None
 
 
