@@ -121,7 +121,12 @@ def test_two_stream_needs_unlabeled_cases():
     rng = np.random.default_rng(1)
     from semisupseg.errors import InputError
 
-    with pytest.raises(InputError, match="unlabeled"):
+    with pytest.raises(InputError, match="no unlabeled cases") as info:
         TwoStreamBatcher(_cases(2, True, rng), [], 1, 1, (8, 8, 8), 0)
+    message = str(info.value)  # every way out, for command-line and for Python users
+    for way in ("--unlabeled DIR", "data.unlabeled", "--num-labeled N", "data.num_labeled", "--labeled-batch-size",
+                "labeled_batch_size = batch_size"):
+        assert way in message, way
+    assert "\n" not in message
     with pytest.raises(InputError, match="divisible"):
         TwoStreamBatcher(_cases(2, True, rng), _cases(2, False, rng), 1, 1, (8, 8, 8), 0, rank=0, world_size=2)

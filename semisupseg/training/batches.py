@@ -188,9 +188,11 @@ class TwoStreamBatcher:
         if not labeled:
             raise InputError("no labeled training cases")
         if unlabeled_bs > 0 and not unlabeled:
-            raise InputError(f"the batch has {unlabeled_bs} unlabeled patch(es) but there are no unlabeled cases "
-                             "(give --unlabeled, a split with unlabeled cases, or set labeled_batch_size = "
-                             "batch_size)")
+            raise InputError(f"the batch has {unlabeled_bs} unlabeled patch(es) but there are no unlabeled cases: "
+                             "give unlabeled images (--unlabeled DIR or data.unlabeled), keep only some training "
+                             "cases labeled (--num-labeled N or data.num_labeled, or a split's labeled list with "
+                             "--split-labeled KEY), or train on labeled patches only (--labeled-batch-size equal to "
+                             "--batch-size, i.e. labeled_batch_size = batch_size)")
         if labeled_bs % world_size or unlabeled_bs % world_size:
             raise InputError(f"labeled ({labeled_bs}) and unlabeled ({unlabeled_bs}) batch sizes must both be "
                              f"divisible by the number of processes ({world_size})")
