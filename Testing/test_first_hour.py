@@ -312,7 +312,10 @@ def test_no_labeled_cases_names_the_folders_and_what_was_expected(tmp_path, caps
     cases = [
         (["--labeled", str(tmp_path / "ds")], [str(tmp_path / "ds"), "labelsTr/", "named like the images"]),
         (["--labeled", str(only_images), "--labels", str(tmp_path / "empty")], [str(tmp_path / "empty")]),
-        (["--labeled", str(only_images)], [str(only_images), "imagesTr/ + labelsTr/", "labels folders"]),
+        (["--labeled", str(only_images)], [str(only_images), "imagesTr/ + labelsTr/", "--labels DIR"]),
+        (["--unlabeled", str(only_images)], ["no labeled data given", str(only_images), "--labeled DIR",
+                                             "imagesTr/ + labelsTr/", "--labels DIR"]),
+        ([], ["no labeled data given: --labeled DIR", "imagesTr/ + labelsTr/", "--labels DIR"]),
     ]
     (tmp_path / "empty").mkdir()
     for extra, needles in cases:

@@ -328,7 +328,7 @@ def discover_cases(
                 return [Case(cid, p, p) for cid, p in sorted(h5.items())]
             raise InputError(
                 "expected imagesTr/ + labelsTr/ (MSD/nnU-Net layout) or <id>/mri_norm2.h5 sub-folders (LA layout); "
-                "or give the images and labels folders separately", r)
+                "for a plain folder of images, give their label maps' folder with --labels DIR (data.labels)", r)
     if images is None:
         raise InputError("no images folder given (root, or images + labels)")
     img_entries = _volume_entries(Path(images), problems)
@@ -337,7 +337,7 @@ def discover_cases(
                          "DICOM series folders or <id>/mri_norm2.h5)", images)
     if labels is None:
         if not allow_missing_labels:
-            raise InputError("no labels folder given", images)
+            raise InputError("no labels folder given (--labels DIR, data.labels)", images)
         grouped = _group_channels(img_entries)
         return [Case(cid, p, None) for cid, p in sorted(grouped.items())]
     lab_entries = _volume_entries(Path(labels), problems)

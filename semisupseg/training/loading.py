@@ -18,7 +18,13 @@ def _dataset_spec(cfg: DataConfig):
     from semisupseg.data import DatasetSpec
 
     if cfg.labeled is None:
-        raise InputError("no labeled data given (--labeled DIR or data.labeled)")
+        expected = ("--labeled DIR (data.labeled): a dataset folder with imagesTr/ + labelsTr/ (or LA "
+                    "<id>/mri_norm2.h5 sub-folders), or a folder of images with --labels DIR (data.labels) for their "
+                    "label maps")
+        if cfg.unlabeled:
+            raise InputError(f"no labeled data given: --unlabeled ({', '.join(str(u) for u in cfg.unlabeled)}) "
+                             f"only adds images without labels, and training needs labeled cases too: {expected}")
+        raise InputError(f"no labeled data given: {expected}")
     root, images = (None, cfg.labeled) if cfg.labels is not None else (cfg.labeled, None)
     return DatasetSpec(root=root, images=images, labels=cfg.labels, unlabeled=list(cfg.unlabeled),
                        split=cfg.split, labeled_key=cfg.split_labeled, num_labeled=cfg.num_labeled,
