@@ -144,13 +144,13 @@ def _num_labeled_count(args: argparse.Namespace) -> int:
         raise InputError(f"--num-labeled takes a count >= 1 or a fraction between 0 and 1, got {text}")
     from semisupseg.data import build_dataset
     from semisupseg.training import TrainConfig, apply_overrides, load_config
-    from semisupseg.training.loading import _dataset_spec
+    from semisupseg.training.loading import dataset_spec
 
     probe = load_config(args.config) if args.config else TrainConfig()
     apply_overrides(probe, explicit_overrides(argparse.Namespace(**{**vars(args), "num_labeled": None})))
     apply_overrides(probe, args.overrides)
     probe.data.num_labeled = None
-    total = len(build_dataset(_dataset_spec(probe.data)).labeled)
+    total = len(build_dataset(dataset_spec(probe.data)).labeled)
     count = max(1, int(round(value * total)))
     print(f"--num-labeled {text}: {count} of the {total} labeled training cases stay labeled", file=sys.stderr)
     return count

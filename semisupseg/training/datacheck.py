@@ -187,12 +187,12 @@ def _every_case_found(cfg: DataConfig, problems: List[Any]):
     """``([(role, Case)], declared classes)`` of every case in the folders of ``cfg`` when no split can be made
     (role ``labeled`` when the case has a label file); pairing problems were recorded already."""
     from semisupseg.data.cases import discover_cases, discover_unlabeled, read_dataset_json
-    from semisupseg.training.loading import _dataset_spec
+    from semisupseg.training.loading import dataset_spec
 
     found: List[Any] = []
     declared = None
     try:
-        spec = _dataset_spec(cfg)
+        spec = dataset_spec(cfg)
         if spec.root is not None or spec.images is not None:
             found += discover_cases(spec.root, spec.images, spec.labels, allow_missing_labels=True, problems=[])
         for folder in spec.unlabeled:

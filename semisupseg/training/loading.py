@@ -14,7 +14,10 @@ from semisupseg.training.config import DataConfig
 from semisupseg.training.data import CaseArrays, TrainData
 
 
-def _dataset_spec(cfg: DataConfig):
+def dataset_spec(cfg: DataConfig):
+    """The :class:`semisupseg.data.DatasetSpec` that ``cfg`` names (what ``train``, ``check-data`` and
+    ``--num-labeled FRACTION`` discover cases from). Raises :class:`InputError` saying what is expected when no
+    labeled data is given."""
     from semisupseg.data import DatasetSpec
 
     if cfg.labeled is None:
@@ -97,7 +100,7 @@ def resolve_cases(cfg: DataConfig, with_unlabeled: bool = True, problems: Option
             raise
         raise_problems(found)
         return result
-    spec = _dataset_spec(cfg)
+    spec = dataset_spec(cfg)
     ds = build_dataset(spec, problems=problems)
     notes = list(ds.notes) + _hold_out(ds, cfg, spec, collect=True)
     if cfg.max_unlabeled is not None:
@@ -159,4 +162,4 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
     return data
 
 
-__all__ = ["load_train_data", "resolve_cases", "spacing_problem"]
+__all__ = ["dataset_spec", "load_train_data", "resolve_cases", "spacing_problem"]
