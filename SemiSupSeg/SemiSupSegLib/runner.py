@@ -137,23 +137,17 @@ def kill_process_tree(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if proc.poll() is None:
-            try:
-                proc.kill()
-            except OSError:
-                pass
-        return
-    if proc.poll() is None:  # pragma: no cover - Windows
+    elif proc.poll() is None:  # pragma: no cover - Windows
         try:
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, timeout=30,
                            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
         except (OSError, subprocess.SubprocessError):
             pass
-        if proc.poll() is None:
-            try:
-                proc.kill()
-            except OSError:
-                pass
+    if proc.poll() is None:  # the leader itself, whatever the group kill did
+        try:
+            proc.kill()
+        except OSError:
+            pass
 
 
 def _reader(stream: Any, q: "queue.Queue", name: str, parse_json: bool) -> None:
