@@ -35,7 +35,7 @@ from semisupseg.errors import InputError, OutputExistsError
 from semisupseg.preview import draw_text, text_size, write_png
 
 __all__ = ["RunSeries", "Panel", "RunChart", "read_run", "render_run_chart", "plot_run", "smooth", "nice_ticks",
-           "default_smoothing", "FIGURE_KEYS", "PALETTE"]
+           "default_smoothing", "FIGURE_KEYS", "PALETTE", "parse_event_line", "event_number", "is_figure_key"]
 
 PathLike = Union[str, Path]
 
@@ -101,7 +101,20 @@ class RunSeries:
         return int(self.val_iterations[i]), float(self.dice[i])
 
 
-def _number(value: Any) -> float:
+def parse_event_line(line: bytes) -> Optional[Dict[str, Any]]:
+    """One stripped, non-empty line of an events log as its event, or ``None`` when it is not one (not UTF-8 JSON,
+    or not an object with ``event``: e.g. a line cut by a killed writer). Readers count those as skipped lines; the
+    Slicer panel's incremental reader (``SemiSupSegLib.live.EventLogReader``) uses the same rule."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "event" in record else None
+
+
+def event_number(value: Any) -> float:
+    """A number of an event as a float: NaN for ``None`` (non-finite values are logged as null), booleans and
+    anything that is not a number."""
     if isinstance(value, bool) or value is None:
         return math.nan
     try:
@@ -110,7 +123,8 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def _is_figure(key: str) -> bool:
+def is_figure_key(key: str) -> bool:
+    """Whether a method log key is drawn in the *Method figures* panel (:data:`FIGURE_KEYS`)."""
     return any(key == k or (k.endswith("*") and key.startswith(k[:-1])) for k in FIGURE_KEYS)
 
 
@@ -144,12 +158,8 @@ def read_run(path: PathLike) -> RunSeries:
         line = line.strip()
         if not line:
             continue
-        try:
-            e = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            series.skipped_lines += 1
-            continue
-        if not isinstance(e, dict) or "event" not in e:
+        e = parse_event_line(line)
+        if e is None:
             series.skipped_lines += 1
             continue
         seen += 1
@@ -171,14 +181,15 @@ def read_run(path: PathLike) -> RunSeries:
                 val = [v for v in val if v[0] <= k]
         elif kind == "iteration" and e.get("iteration") is not None:
             its.append(int(e["iteration"]))
-            row = {"loss": _number(e.get("loss"))}
-            row.update({str(k): _number(v) for k, v in (e.get("losses") or {}).items()})
+            row = {"loss": event_number(e.get("loss"))}
+            row.update({str(k): event_number(v) for k, v in (e.get("losses") or {}).items()})
             loss_rows.append(row)
-            lr.append(_number(e.get("lr")))
-            fig_rows.append({str(k): _number(v) for k, v in (e.get("logs") or {}).items() if _is_figure(str(k))})
+            lr.append(event_number(e.get("lr")))
+            fig_rows.append({str(k): event_number(v) for k, v in (e.get("logs") or {}).items()
+                             if is_figure_key(str(k))})
         elif kind == "validation" and e.get("iteration") is not None:
             m = e.get("metrics") or {}
-            val.append((int(e["iteration"]), _number(m.get("dice")), _number(m.get("hd95"))))
+            val.append((int(e["iteration"]), event_number(m.get("dice")), event_number(m.get("hd95"))))
         elif kind in ("finished", "failed", "cancelled"):
             series.status = kind
             series.message = e.get("message")

@@ -30,7 +30,6 @@ timer).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -41,6 +40,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from semisupseg.runplot import FIGURE_KEYS, event_number, is_figure_key, parse_event_line
 from semisupseg.volume import Volume
 
 from . import colors as colors_module
@@ -59,8 +59,8 @@ __all__ = [
 PathLike = Union[str, Path]
 RUN_ATTRIBUTE = "SemiSupSeg.RunDir"
 NODE_ATTRIBUTE = "SemiSupSeg.LiveKey"
-#: log keys drawn in the *Method figures* chart: exact names, or name prefixes ending in ``*``
-FIGURE_KEYS = ("region_*", "d_acc", "d_accuracy", "pseudo_fg")
+# FIGURE_KEYS (the log keys drawn in the *Method figures* chart), the event line rule and the number rule are
+# semisupseg.runplot's: the panel charts a run by the rules ``semisupseg plot-run`` draws it by
 _HEAD = 256
 
 _PALETTE = [(0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16), (0.58, 0.4, 0.74),
@@ -141,35 +141,17 @@ class EventLogReader:
             line = line.strip()
             if not line:
                 continue
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            record = parse_event_line(line)
+            if record is None:
                 self.skipped += 1
-                continue
-            if isinstance(record, dict) and "event" in record:
-                out.append(record)
             else:
-                self.skipped += 1
+                out.append(record)
         return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # tables and plots
 # ----------------------------------------------------------------------------------------------------------------------
-
-def _number(value) -> float:
-    if isinstance(value, bool) or value is None:
-        return math.nan
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return v
-
-
-def _is_figure(key: str) -> bool:
-    return any(key == k or (k.endswith("*") and key.startswith(k[:-1])) for k in FIGURE_KEYS)
-
 
 class _Table:
     """One table node with its columns kept as Python lists (NaN where an event had no value)."""
@@ -309,24 +291,24 @@ class TrainingPlots:
                 if it is None:
                     continue
                 self.last_iteration = int(it)
-                losses = {"loss": _number(e.get("loss"))}
-                losses.update({str(k): _number(v) for k, v in (e.get("losses") or {}).items()})
+                losses = {"loss": event_number(e.get("loss"))}
+                losses.update({str(k): event_number(v) for k, v in (e.get("losses") or {}).items()})
                 for col in self.tables["losses"].append(it, losses):
                     self._series("loss", "losses", col)
-                figures = {"lr": _number(e.get("lr"))}
-                figures.update({str(k): _number(v) for k, v in (e.get("logs") or {}).items()
+                figures = {"lr": event_number(e.get("lr"))}
+                figures.update({str(k): event_number(v) for k, v in (e.get("logs") or {}).items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
                 for col in self.tables["figures"].append(it, figures):
                     if col == "lr":
                         self._series("lr", "figures", col)
-                    elif _is_figure(col):
+                    elif is_figure_key(col):
                         self._series("figures", "figures", col)
                 touched.update(("losses", "figures"))
             elif kind == "validation":
                 m = e.get("metrics") or {}
                 new = self.tables["validation"].append(e.get("iteration", math.nan),
-                                                       {"dice": _number(m.get("dice")),
-                                                        "hd95": _number(m.get("hd95"))})
+                                                       {"dice": event_number(m.get("dice")),
+                                                        "hd95": event_number(m.get("hd95"))})
                 for col in new:
                     self._series(col, "validation", col)
                 touched.add("validation")

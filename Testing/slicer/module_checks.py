@@ -88,7 +88,8 @@ def check_compiles_with_python39(files: Iterable[Path]) -> None:
     if py39 is None:
         pytest.skip("no Python 3.9 interpreter on this machine")
     code = ("import sys\nbad = []\nfor f in sys.argv[1:]:\n    try: compile(open(f).read(), f, 'exec')\n"
-            "    except SyntaxError as e: bad.append(f'{f}:{e.lineno}: {e.msg}')\nprint(bad); sys.exit(1 if bad else 0)\n")
+            "    except SyntaxError as e: bad.append(f'{f}:{e.lineno}: {e.msg}')\n"
+            "print(bad); sys.exit(1 if bad else 0)\n")
     result = subprocess.run([py39, "-c", code, *[str(f) for f in files]], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
