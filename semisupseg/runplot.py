@@ -27,7 +27,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from semisupseg.errors import InputError, OutputExistsError
 from semisupseg.preview import draw_text, text_size, write_png
 
 __all__ = ["RunSeries", "Panel", "RunChart", "read_run", "render_run_chart", "plot_run", "smooth", "nice_ticks",
-           "default_smoothing", "FIGURE_KEYS", "PALETTE", "parse_event_line", "event_number", "is_figure_key"]
+           "default_smoothing", "FIGURE_KEYS", "PALETTE", "parse_event_lines", "event_number", "is_figure_key"]
 
 PathLike = Union[str, Path]
 
@@ -101,15 +101,26 @@ class RunSeries:
         return int(self.val_iterations[i]), float(self.dice[i])
 
 
-def parse_event_line(line: bytes) -> Optional[Dict[str, Any]]:
-    """One stripped, non-empty line of an events log as its event, or ``None`` when it is not one (not UTF-8 JSON,
-    or not an object with ``event``: e.g. a line cut by a killed writer). Readers count those as skipped lines; the
-    Slicer panel's incremental reader (``SemiSupSegLib.live.EventLogReader``) uses the same rule."""
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return record if isinstance(record, dict) and "event" in record else None
+def parse_event_lines(lines: Iterable[bytes]) -> Tuple[List[Dict[str, Any]], int]:
+    """The events among complete lines of an events log, and how many lines were not events (not UTF-8 JSON, or
+    not an object with ``event``: e.g. a line cut by a killed writer and continued by the next run); blank lines
+    are neither. The Slicer panel's incremental reader (``SemiSupSegLib.live.EventLogReader``) reads by this rule
+    too."""
+    events: List[Dict[str, Any]] = []
+    skipped = 0
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            record = None
+        if isinstance(record, dict) and "event" in record:
+            events.append(record)
+        else:
+            skipped += 1
+    return events, skipped
 
 
 def event_number(value: Any) -> float:
@@ -153,16 +164,8 @@ def read_run(path: PathLike) -> RunSeries:
     lr: List[float] = []
     fig_rows: List[Dict[str, float]] = []
     val: List[Tuple[int, float, float]] = []
-    seen = 0
-    for line in raw.split(b"\n"):
-        line = line.strip()
-        if not line:
-            continue
-        e = parse_event_line(line)
-        if e is None:
-            series.skipped_lines += 1
-            continue
-        seen += 1
+    events, series.skipped_lines = parse_event_lines(raw.split(b"\n"))
+    for e in events:
         kind = e["event"]
         if e.get("max_iterations"):
             series.max_iterations = int(e["max_iterations"])
@@ -193,7 +196,7 @@ def read_run(path: PathLike) -> RunSeries:
         elif kind in ("finished", "failed", "cancelled"):
             series.status = kind
             series.message = e.get("message")
-    if not seen:
+    if not events:
         raise InputError("the events log holds no training event yet", log)
     if series.status == "running":  # no final event: alive, or killed (the heartbeat tells)
         if in_run_dir:

@@ -40,7 +40,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from semisupseg.runplot import FIGURE_KEYS, event_number, is_figure_key, parse_event_line
+from semisupseg.runplot import FIGURE_KEYS, event_number, is_figure_key, parse_event_lines
 from semisupseg.volume import Volume
 
 from . import colors as colors_module
@@ -136,16 +136,8 @@ class EventLogReader:
         self.offset += len(data)
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
-        out = []
-        for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            record = parse_event_line(line)
-            if record is None:
-                self.skipped += 1
-            else:
-                out.append(record)
+        out, skipped = parse_event_lines(lines)
+        self.skipped += skipped
         return out
 
 
