@@ -1,0 +1,79 @@
+"""Package a finished training run as a shipped model: ``semisupseg/models/<name>.pt`` + its card, with the held-out
+test figures the benchmark measured (``test.csv`` of ``benchmarks/heldout.py``) and the data's provenance written
+into the card, so ``semisupseg info <name>`` and the Slicer panel show what the model was trained on and how well it
+did on scans it never saw.
+
+Usage::
+
+    python benchmarks/ship_model.py RUN_DIR --name hippocampus --dataset "Task04_Hippocampus (Medical Segmentation
+        Decathlon)" --licence "CC-BY-SA 4.0" --split benchmarks/splits/hippocampus.json \
+        --class-names anterior posterior [--overwrite]
+
+The weights are the run's ``last.pt`` unchanged (fp32); the card gains ``training["test"]`` (cases, per-class mean
+and median Dice, HD95/ASD in mm) and ``training["data"]`` (dataset, licence, split file and list names).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_figures(test_csv: Path, class_names):
+    rows = list(csv.DictReader(open(test_csv)))
+    out = {"cases": len({r["case"] for r in rows}), "per_class": {}}
+    for label in sorted({int(r["label"]) for r in rows}):
+        sel = [r for r in rows if int(r["label"]) == label]
+
+        def col(k):
+            v = [float(r[k]) for r in sel if r[k] not in ("", "nan")]
+            return [x for x in v if math.isfinite(x)]
+        name = class_names[label] if label < len(class_names) else str(label)
+        out["per_class"][name] = {"dice_mean": round(float(np.mean(col("dice"))), 4),
+                                  "dice_median": round(float(np.median(col("dice"))), 4),
+                                  "dice_min": round(float(np.min(col("dice"))), 4),
+                                  "hd95_mm_mean": round(float(np.mean(col("hd95_mm"))), 3),
+                                  "asd_mm_mean": round(float(np.mean(col("asd_mm"))), 3)}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--licence", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
+                   help="foreground class names (when the training data did not name them)")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from semisupseg.checkpoint import load_model, save_model
+
+    import yaml
+
+    model, card = load_model(args.run / "last.pt")
+    if args.class_names:
+        if len(args.class_names) != card.num_classes - 1:
+            p.error(f"the model has {card.num_classes - 1} foreground classes")
+        card.class_names = [card.class_names[0]] + list(args.class_names)
+    data_cfg = yaml.safe_load((args.run / "config.yaml").read_text()).get("data", {})
+    card.training["test"] = test_figures(args.run / "test.csv", card.class_names)
+    card.training["data"] = {"dataset": args.dataset, "licence": args.licence, "split_file": args.split,
+                             "labeled_list": data_cfg.get("split_labeled"), "test_list": "test"}
+    out = save_model(REPO / "semisupseg" / "models" / f"{args.name}.pt", model, card, overwrite=args.overwrite)
+    print(out.relative_to(REPO))
+    for line in card.summary_lines():
+        print(" ", line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
