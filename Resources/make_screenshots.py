@@ -9,8 +9,8 @@ Run from the repository root::
 
     python Resources/make_screenshots.py [--model NAME_OR_PATH] [--scan FILE] [--overwrite]
 
-Default model: the small model bundled for the module's self-test (SemiSupSeg/Resources/Testing); default scan: the
-bundled hippocampus case ``hippocampus_023`` (held out from that model's training). Writes
+Default model: the shipped ``hippocampus`` model (MODELS.md); default scan: the bundled hippocampus case
+``hippocampus_011`` (in the test split: the model never saw it). Writes
 ``Resources/Screenshots/segmentation.png``, ``sdm.png`` and ``entropy.png`` (existing ones only with --overwrite).
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "Resources" / "Screenshots"
-DEFAULT_MODEL = REPO / "SemiSupSeg" / "Resources" / "Testing" / "hippocampus_dtc_tiny.pt"
-DEFAULT_SCAN = REPO / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr" / "hippocampus_023.nii.gz"
+DEFAULT_MODEL = "hippocampus"  # the shipped model (catalogue name)
+DEFAULT_SCAN = REPO / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr" / "hippocampus_011.nii.gz"
 
 
 def main(argv=None) -> int:
@@ -44,13 +44,23 @@ def main(argv=None) -> int:
         outcome = logic.segment(SegmentRequest(scan, args.model, overlays=("sdm", "entropy")), timeout=1800)
     finally:
         logic.close()
-    # the SDM of the largest class: the one whose inside (blue) and outside (red) the slice shows best
-    sdm_key = sorted((k for k in outcome.overlay_nodes if k.startswith("sdm:")),
-                     key=lambda k: -outcome.voxels.get(k.split(":", 1)[1], 0))
     OUT.mkdir(parents=True, exist_ok=True)
     shots = [("segmentation.png", None, 0.0), ("entropy.png", outcome.overlay_nodes.get("entropy"), 0.6)]
-    if sdm_key:
-        shots.insert(1, ("sdm.png", outcome.overlay_nodes[sdm_key[0]], 0.6))
+    sdm_nodes = [outcome.overlay_nodes[k] for k in sorted(outcome.overlay_nodes) if k.startswith("sdm:")]
+    if sdm_nodes:
+        # the SDM of the class the shown slice cuts most: most pixels on its inside (blue over red)
+        import tempfile
+
+        import SimpleITK as sitk
+
+        def inside_pixels(node) -> int:
+            with tempfile.TemporaryDirectory() as tmp:
+                png = render_slice(slicer.scene, scan, Path(tmp) / "probe.png", foreground_node=node,
+                                   foreground_opacity=0.6, size=tuple(args.size), app_logic=slicer.app_logic)
+                rgb = sitk.GetArrayFromImage(sitk.ReadImage(str(png))).astype(int)
+            return int(((rgb[..., 2] - rgb[..., 0]) > 30).sum())
+
+        shots.insert(1, ("sdm.png", max(sdm_nodes, key=inside_pixels), 0.6))
     for name, overlay, opacity in shots:
         path = render_slice(slicer.scene, scan, OUT / name, foreground_node=overlay, foreground_opacity=opacity,
                             segmentation_node=outcome.segmentation_node, size=tuple(args.size),
