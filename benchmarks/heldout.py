@@ -87,16 +87,10 @@ def run_name(method: str, labeled: int, augment: str, seed: int) -> str:
 
 
 def _finished(run_dir: Path) -> bool:
-    events = run_dir / "events.jsonl"
-    if not events.exists():
-        return False
-    for line in events.read_text().splitlines()[::-1]:
-        try:
-            if json.loads(line).get("event") == "finished":
-                return True
-        except ValueError:
-            continue
-    return False
+    """Whether the run's last session ended with ``finished`` (the engine's own reading of the run folder)."""
+    from semisupseg.training.heartbeat import run_status
+
+    return run_status(run_dir) == "finished"
 
 
 def _resumable(run_dir: Path) -> bool:
