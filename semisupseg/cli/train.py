@@ -232,13 +232,17 @@ def run(args: argparse.Namespace) -> int:
                       f"be read now: {exc}", file=sys.stderr)
         _print_config(cfg)
         return 0
+    from semisupseg.training.distributed import env_is_main
     from semisupseg.training.heartbeat import describe_process, heartbeat_alive, read_heartbeat, start_refusal
 
-    if heartbeat_alive(read_heartbeat(run_dir)):  # before anything is written: a live run's files stay untouched
-        raise InputError(describe_process(read_heartbeat(run_dir)), run_dir)
-    refusal = None if resume else start_refusal(run_dir, args.overwrite)
-    if refusal is not None:
-        raise InputError(refusal, run_dir)
+    # the run folder's checks belong to the process that owns it (rank 0 under torchrun, as in the engine): the other
+    # ranks would otherwise meet rank 0's own heartbeat and refuse to join their run
+    if env_is_main():
+        if heartbeat_alive(read_heartbeat(run_dir)):  # before anything is written: a live run's files stay untouched
+            raise InputError(describe_process(read_heartbeat(run_dir)), run_dir)
+        refusal = None if resume else start_refusal(run_dir, args.overwrite)
+        if refusal is not None:
+            raise InputError(refusal, run_dir)
     if not resume:
         _check_unlabeled_pool(cfg)
         plan = resolve_plan(cfg)

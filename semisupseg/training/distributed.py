@@ -41,6 +41,12 @@ def env_world_size() -> int:
         return 1
 
 
+def env_is_main() -> bool:
+    """Whether this process is rank 0 of the launch (``torchrun`` sets ``RANK``/``WORLD_SIZE``), or not distributed:
+    the one process that owns the run directory (checks it, writes its files and heartbeat)."""
+    return env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by ``torchrun`` with ``WORLD_SIZE > 1`` (NCCL for CUDA, gloo otherwise).
 

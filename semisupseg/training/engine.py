@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import random
 import resource
 import signal
@@ -583,10 +582,10 @@ class Trainer:
         cfg = self.cfg
         self._t0 = time.perf_counter()
         self.dist = dist_utils.DistInfo()
-        if int(os.environ.get("RANK", "0")) != 0 and dist_utils.env_world_size() > 1:
+        if not dist_utils.env_is_main():
             self.events.enabled = False  # only rank 0 reports and writes files
         try:
-            if dist_utils.env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0:
+            if dist_utils.env_is_main():
                 self._prepare_run_dir()
             if self.events.path is None:
                 self.events.set_path(self.run_dir / "events.jsonl")
