@@ -31,6 +31,7 @@ import contextlib
 import locale
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -57,6 +58,10 @@ __all__ = [
     "read_image_or_h5",
     "read_label_or_h5",
     "check_finite",
+    "check_not_constant",
+    "check_memory",
+    "available_memory",
+    "SeriesChoiceError",
     "check_label_geometry",
     "check_label_values",
     "label_array",
@@ -148,6 +153,8 @@ def from_sitk(image: sitk.Image, path: Optional[PathLike] = None, allow_channels
     if array.ndim == 4:
         array = np.ascontiguousarray(np.moveaxis(array, -1, 0))
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    _check_geometry_values(Path(path) if path is not None else None, image.GetSpacing(), image.GetOrigin(),
+                           direction.reshape(-1), None)
     return Volume(array, image.GetSpacing(), image.GetOrigin(), direction, None if path is None else str(path))
 
 
@@ -206,6 +213,15 @@ def check_finite(array: np.ndarray, path: Optional[PathLike] = None, nonfinite: 
     out = array.copy()
     out[~finite] = 0
     return out
+
+
+def check_not_constant(volume: Volume, path: Optional[PathLike] = None, what: str = "segment") -> None:
+    """Refuse (:class:`InputError`) an image whose voxels all hold one value: there is nothing to ``what``
+    (after intensity normalisation it would be all zeros and the network's answer meaningless)."""
+    array = np.asarray(volume.array)
+    if array.size and float(np.min(array)) == float(np.max(array)):
+        raise InputError(f"the image is constant (every voxel is {float(array.reshape(-1)[0]):g}): nothing to {what}",
+                         path if path is not None else volume.path)
 
 
 def label_array(array: np.ndarray, path: Optional[PathLike] = None) -> np.ndarray:
@@ -312,10 +328,321 @@ def _read_sitk(path: Path, series_id: Optional[str] = None) -> sitk.Image:
     suffix = volume_suffix(path)
     if suffix in (".h5", ".hdf5"):
         raise InputError("an HDF5 file: read it with read_la_h5 / read_image_or_h5", path)
+    _check_before_read(path)
+    said: List[str] = []
     try:
-        return sitk.ReadImage(str(path))
+        with _itk_messages() as said:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        _refuse_itk_complaints(path, said)  # ITK's own words on stderr say more than its exception
+        raise InputError(_unreadable_message(path, str(exc)), path) from exc
+    _refuse_itk_complaints(path, said)
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checks before reading: the header (geometry, sizes) and the memory the voxels need
+# ---------------------------------------------------------------------------------------------------------------
+#: ITK's own messages (printed on the process's stderr by its C++ readers) that mean the data read is incomplete or
+#: corrupt although the reader returned an image: such a read is refused
+_ITK_FAILURES: Tuple[Tuple[str, str], ...] = (
+    ("Uncompress failed", "corrupt compressed voxel data"),
+    ("data not read completely", "truncated voxel data"),
+    ("M_ReadElementsData", "truncated or corrupt voxel data"),
+)
+
+
+@contextlib.contextmanager
+def _itk_messages() -> Iterator[List[str]]:
+    """Collect what ITK's C++ code prints on file descriptor 2 while the block runs (it writes there directly,
+    bypassing Python): the messages are returned in the list (for :func:`_refuse_itk_complaints`) instead of
+    reaching the user's terminal as stray lines. Text that is not one of ITK's known complaints is written back to
+    stderr afterwards, unchanged."""
+    said: List[str] = []
+    try:
+        fd = 2
+        saved = os.dup(fd)
+    except OSError:  # no stderr at all (some GUI processes)
+        yield said
+        return
+    with tempfile.TemporaryFile() as sink:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            said.append(text)
+            known = any(key in text for key, _ in _ITK_FAILURES) or "WARNING: In " in text
+            if text.strip() and not known:
+                try:
+                    os.write(fd, text.encode("utf-8", "replace"))
+                except OSError:
+                    pass
+
+
+def _refuse_itk_complaints(path: Path, said: List[str]) -> None:
+    text = "".join(said)
+    for key, meaning in _ITK_FAILURES:
+        if key in text:
+            raise InputError(f"cannot read the file: {meaning} (corrupt or truncated file)", path)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def available_memory() -> Optional[int]:
+    """Bytes this process may still allocate: the smaller of the system's available memory (``MemAvailable`` of
+    ``/proc/meminfo``; the physical memory where that file is missing) and the address-space limit
+    (``RLIMIT_AS``), or ``None`` when neither is known."""
+    limits: List[int] = []
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if not limits:
+        try:
+            limits.append(int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE")))
+        except (AttributeError, ValueError, OSError):
+            pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft not in (resource.RLIM_INFINITY, -1) and soft > 0:
+            limits.append(int(soft))
+    except (ImportError, OSError, ValueError):  # pragma: no cover - non-POSIX
+        pass
+    return min(limits) if limits else None
+
+
+#: bytes per voxel of each SimpleITK pixel type name (component)
+_PIXEL_BYTES = {"8-bit": 1, "16-bit": 2, "32-bit": 4, "64-bit": 8}
+
+
+def check_memory(size_xyz: Sequence[int], components: int, bytes_per_component: int,
+                 path: Optional[PathLike] = None, what: str = "voxels", available: Optional[int] = None) -> int:
+    """Refuse (:class:`InputError` naming ``path``) to read an image whose voxels would not fit in memory: the
+    estimate counts the reader's buffer, the array copy and a float32 copy (``voxels x components x (2 x bytes +
+    4)``). ``available``: bytes that may be allocated (default :func:`available_memory`). Returns the estimate."""
+    nvox = 1
+    for s in size_xyz:
+        nvox *= max(int(s), 0)
+    per_voxel = max(int(components), 1) * (2 * int(bytes_per_component) + 4)
+    needed = nvox * per_voxel
+    limit = available_memory() if available is None else available
+    if limit is not None and needed > limit:
+        dims = " x ".join(str(int(s)) for s in size_xyz)
+        comp = f" with {components} components" if components > 1 else ""
+        raise InputError(
+            f"the header declares {dims} {what}{comp} ({bytes_per_component}-byte values): reading it needs about "
+            f"{_fmt_bytes(needed)} of memory, more than the {_fmt_bytes(limit)} available; refused before reading "
+            "(a damaged header, or crop/resample the scan first)",
+            path,
+        )
+    return needed
+
+
+def _text_header(path: Path) -> Optional[Dict[str, str]]:
+    """``{key: value}`` of a MetaImage (``.mha``/``.mhd``) or NRRD (``.nrrd``/``.nhdr``) text header, or ``None``
+    for other formats or when the first bytes are not such a header (the reader then decides)."""
+    suffix = volume_suffix(path)
+    if suffix not in (".mha", ".mhd", ".nrrd", ".seg.nrrd", ".nhdr"):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return None
+    out: Dict[str, str] = {}
+    if suffix in (".nrrd", ".seg.nrrd", ".nhdr"):
+        if not head.startswith(b"NRRD"):
+            return None
+        for raw in head.split(b"\n")[1:]:
+            line = raw.decode("latin-1").rstrip("\r")
+            if not line.strip():
+                break
+            if line.startswith("#") or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            out[key.strip().lower()] = value.lstrip("=").strip()
+        return out
+    for raw in head.split(b"\n"):
+        line = raw.decode("latin-1").rstrip("\r")
+        if "=" not in line:
+            if line.strip():
+                return out if out else None
+            continue
+        key, _, value = line.partition("=")
+        out[key.strip().lower()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break
+    return out if "ndims" in out or "dimsize" in out else None
+
+
+def _numbers(text: str) -> List[float]:
+    """The numbers of a header value (``"(1,0,0) (0,1,0)"``, ``"1 1 2.5"``); ``nan``/``inf`` kept, ``none``
+    skipped; a word that is no number gives NaN (so that it is refused, never silently read as 0)."""
+    values: List[float] = []
+    for token in re.split(r"[\s,()]+", text.strip()):
+        if not token or token.lower() == "none":
+            continue
+        try:
+            values.append(float(token))
+        except ValueError:
+            values.append(float("nan"))
+    return values
+
+
+def _check_geometry_values(path: Path, spacing: Optional[Sequence[float]], origin: Optional[Sequence[float]],
+                           direction: Optional[Sequence[float]], size: Optional[Sequence[float]]) -> None:
+    """Refuse a header whose size, spacing, origin or direction cannot describe a 3D grid (:class:`InputError`)."""
+    if size is not None:
+        if any(not np.isfinite(s) or s < 0 or s != int(s) for s in size):
+            raise InputError(f"the header declares an invalid size {_xyz(size, 3)}", path)
+        if any(int(s) == 0 for s in size):
+            raise InputError(f"empty image (size {tuple(int(s) for s in size)}, x,y,z...): no voxels", path)
+    if spacing is not None and len(spacing):
+        if not all(np.isfinite(spacing)):
+            raise InputError(f"the voxel spacing in the header is not a number: {list(spacing)}", path)
+        if any(s <= 0 for s in spacing):
+            raise InputError(f"the voxel spacing in the header is zero or negative: {_xyz(spacing, 6)} mm; it must "
+                             "be positive (fix the header)", path)
+    if origin is not None and len(origin) and not all(np.isfinite(origin)):
+        raise InputError(f"the origin in the header is not a number: {list(origin)}", path)
+    if direction is not None and len(direction):
+        d = np.asarray(direction, dtype=np.float64)
+        if not np.all(np.isfinite(d)):
+            raise InputError(f"the direction matrix in the header holds NaN or Inf: {d.tolist()}", path)
+        n = int(round(np.sqrt(d.size)))
+        if n * n == d.size and n >= 2:
+            m = d.reshape(n, n)
+            norms = np.linalg.norm(m, axis=1)
+            if np.any(norms == 0):
+                raise InputError(f"the header gives an axis a zero direction vector (zero spacing): {m.tolist()}",
+                                 path)
+            unit = m / norms[:, None]
+            if abs(float(np.linalg.det(unit))) < 1e-3:
+                raise InputError(f"the direction matrix in the header is singular (two axes point the same way): "
+                                 f"{np.round(m, 4).tolist()}", path)
+
+
+def _check_text_header(path: Path) -> None:
+    """Geometry checks on a MetaImage/NRRD header, before ITK reads it (ITK silently reads a NaN origin as 0, takes
+    the absolute value of a negative spacing and turns a NaN direction into zeros)."""
+    h = _text_header(path)
+    if h is None:
+        return
+    if "dimsize" in h:  # MetaImage
+        size = _numbers(h["dimsize"])
+        spacing = _numbers(h.get("elementspacing", h.get("elementsize", "")))
+        origin = _numbers(h.get("offset", h.get("origin", h.get("position", ""))))
+        direction = _numbers(h.get("transformmatrix", h.get("rotation", h.get("orientation", ""))))
+        _check_geometry_values(path, spacing, origin, direction, size)
+        return
+    size = _numbers(h.get("sizes", ""))
+    spacing = _numbers(h.get("spacings", ""))
+    origin = _numbers(h.get("space origin", ""))
+    directions = h.get("space directions", "")
+    vectors = [_numbers(v) for v in re.findall(r"\(([^)]*)\)", directions)]
+    # NRRD writes "nan" spacing for axes that have none (e.g. the components of a vector image): not an error
+    _check_geometry_values(path, [v for v in spacing if not np.isnan(v)], origin,
+                           [x for v in vectors for x in v], size or None)
+
+
+def _check_before_read(path: Path) -> None:
+    """The checks made before any voxel is read: the header's geometry (own parse of MetaImage/NRRD/NIfTI
+    headers), then the memory the voxels need (SimpleITK reads the header only)."""
+    _check_text_header(path)
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti_header(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with _itk_messages():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(_unreadable_message(path, str(exc)), path) from exc
+    pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    nbytes = next((b for k, b in _PIXEL_BYTES.items() if k in pixel), 8)
+    check_memory(reader.GetSize(), reader.GetNumberOfComponents(), nbytes, path)
+
+
+def _nifti_header(path: Path) -> Optional[Tuple[str, bytes]]:
+    """``(endian, first 540 bytes)`` of a NIfTI-1/2 file, or ``None`` when the header is not one we know."""
+    import gzip
+    import struct
+    import zlib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:  # type: ignore[operator]
+            head = handle.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None  # the full scan reports it
+    if len(head) < 348:
+        return None
+    for e in ("<", ">"):
+        if struct.unpack(e + "i", head[:4])[0] in (348, 540):
+            return e, head
+    return None
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Refuse a NIfTI header with a zero-size axis, a zero/negative/NaN voxel size, a NaN affine, or more voxels
+    than memory holds (ITK reads dim 0 as 1 and pixdim 0 as 1 mm, silently)."""
+    import struct
+
+    found = _nifti_header(path)
+    if found is None:
+        return
+    e, head = found
+    if struct.unpack(e + "i", head[:4])[0] == 348:
+        dims = struct.unpack(e + "8h", head[40:56])
+        datatype, bitpix = struct.unpack(e + "2h", head[70:74])
+        pixdim = struct.unpack(e + "8f", head[76:108])
+        qform, sform = struct.unpack(e + "2h", head[252:256])
+        quatern = struct.unpack(e + "6f", head[256:280])
+        srow = struct.unpack(e + "12f", head[280:328])
+    else:
+        if len(head) < 540:
+            return
+        datatype, bitpix = struct.unpack(e + "2h", head[12:16])
+        dims = struct.unpack(e + "8q", head[16:80])
+        pixdim = struct.unpack(e + "8d", head[104:168])
+        qform, sform = struct.unpack(e + "2i", head[344:352])
+        quatern = struct.unpack(e + "6d", head[352:400])
+        srow = struct.unpack(e + "12d", head[400:496])
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7:
+        return  # ITK decides (and the scan)
+    size = [int(d) for d in dims[1: ndim + 1]]
+    if any(s < 0 for s in size):
+        raise InputError(f"the header declares a negative size {tuple(size)}", path)
+    if any(s == 0 for s in size):
+        raise InputError(f"empty image (size {tuple(size)}, x,y,z...): no voxels", path)
+    spatial = min(ndim, 3)
+    _check_geometry_values(path, pixdim[1: 1 + spatial], None, None, None)
+    if qform > 0 and not all(np.isfinite(quatern)):
+        raise InputError(f"the qform (orientation) in the header holds NaN or Inf: {list(quatern)}", path)
+    if sform > 0 and not all(np.isfinite(srow)):
+        raise InputError(f"the sform (affine) in the header holds NaN or Inf: {list(srow)}", path)
+    check_memory(size, 1, max(int(bitpix), 8) // 8, path)
 
 
 #: what a file is, by its first bytes, for files that are no image we read
@@ -408,25 +735,101 @@ def _read_dicom_series(folder: Path, series_id: Optional[str] = None) -> sitk.Im
 def _read_dicom_series_inner(folder: Path, series_id: Optional[str] = None) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     try:
-        ids = list(reader.GetGDCMSeriesIDs(str(folder)))
+        with _itk_messages():
+            ids = list(reader.GetGDCMSeriesIDs(str(folder)))
     except RuntimeError as exc:
         raise InputError(f"cannot scan the folder for DICOM series: {exc}", folder) from exc
     if not ids:
         raise InputError("folder holds no DICOM series (and a folder is only read as a DICOM series)", folder)
+    series_files = {i: list(reader.GetGDCMSeriesFileNames(str(folder), i)) for i in ids}
     if series_id is None:
         if len(ids) > 1:
-            raise InputError(
-                f"folder holds {len(ids)} DICOM series {ids}; choose one with series_id=...", folder
-            )
+            raise SeriesChoiceError(folder, {i: len(f) for i, f in series_files.items()})
         series_id = ids[0]
     elif series_id not in ids:
         raise InputError(f"DICOM series {series_id!r} not found; the folder holds {ids}", folder)
-    files = reader.GetGDCMSeriesFileNames(str(folder), series_id)
-    reader.SetFileNames(files)
+    files = series_files[series_id]
+    _check_dicom_files(folder, files, [f for fs in series_files.values() for f in fs])
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
     try:
-        return reader.Execute()
+        with _itk_messages():
+            first.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read DICOM slice {Path(files[0]).name}: {str(exc).strip()[:200]}", folder) from exc
+    size = list(first.GetSize())[:2] + [len(files)]
+    pixel = sitk.GetPixelIDValueAsString(first.GetPixelID())
+    check_memory(size, first.GetNumberOfComponents(), next((b for k, b in _PIXEL_BYTES.items() if k in pixel), 8),
+                 folder, what="voxels (DICOM slices)")
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        with _itk_messages() as said:
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"cannot read DICOM series {series_id}: {str(exc).strip()[:300]}", folder) from exc
+    _refuse_itk_complaints(folder, said)
+    _check_dicom_spacing(folder, reader, len(files))
+    return image
+
+
+class SeriesChoiceError(InputError):
+    """A DICOM folder holds several series and none was chosen. ``series``: ``{series id: number of slices}``.
+    The message says how many series there are and lists them; the caller adds how to choose one (the command line
+    names its option, a script passes ``series_id=``)."""
+
+    def __init__(self, folder: PathLike, series: Dict[str, int]):
+        self.series = dict(series)
+        listed = ", ".join(f"{i} ({n} slices)" for i, n in self.series.items())
+        super().__init__(f"folder holds {len(self.series)} DICOM series ({listed}); choose one of them", folder)
+
+
+def _check_dicom_files(folder: Path, files: Sequence[str], all_series_files: Sequence[str]) -> None:
+    """Refuse a DICOM folder in which a file that looks like a DICOM slice (``.dcm``/``.ima`` suffix or the
+    ``DICM`` preamble) belongs to no readable series: GDCM skips such a damaged slice silently, which would leave a
+    gap in the volume."""
+    used = {os.path.abspath(f) for f in all_series_files}
+    skipped = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name.startswith(".") or os.path.abspath(p) in used:
+            continue
+        looks = p.suffix.lower() in (".dcm", ".ima")
+        if not looks:
+            try:
+                with open(p, "rb") as fh:
+                    looks = fh.read(132)[128:132] == b"DICM"
+            except OSError:
+                looks = False
+        if looks:
+            skipped.append(p.name)
+    if skipped:
+        raise InputError(f"{len(skipped)} DICOM file(s) in the folder are damaged or belong to no series "
+                         f"({', '.join(skipped[:3])}{'...' if len(skipped) > 3 else ''}): the series would have a "
+                         "gap; remove or replace them", folder)
+
+
+def _check_dicom_spacing(folder: Path, reader: sitk.ImageSeriesReader, n: int) -> None:
+    """Refuse a series whose slices are not evenly spaced along their normal (a missing slice): the volume's single
+    z spacing would put every slice after the gap at the wrong place."""
+    if n < 3:
+        return
+    try:
+        positions = [_numbers(reader.GetMetaData(i, "0020|0032")) for i in range(n)]
+        orient = _numbers(reader.GetMetaData(0, "0020|0037"))
+    except RuntimeError:  # tags absent: ITK used its own ordering; nothing to compare
+        return
+    if len(orient) != 6 or any(len(p) != 3 for p in positions):
+        return
+    normal = np.cross(orient[:3], orient[3:])
+    z = np.sort(np.asarray(positions, dtype=np.float64) @ normal)
+    gaps = np.diff(z)
+    if gaps.size and np.all(np.isfinite(gaps)):
+        median = float(np.median(gaps))
+        if median <= 0 or np.any(np.abs(gaps - median) > max(0.05 * abs(median), 1e-3)):
+            worst = int(np.argmax(np.abs(gaps - median)))
+            raise InputError(f"the DICOM slices are not evenly spaced: gap of {gaps[worst]:.3g} mm after slice "
+                             f"{worst + 1} of {n} where the others are {median:.3g} mm (a missing or duplicated "
+                             "slice?)", folder)
 
 
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
@@ -526,6 +929,7 @@ def read_volume(
         raise InputError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
     nifti_bad = 0
     if p.is_file() and p.stat().st_size > 0 and volume_suffix(p) in (".nii", ".nii.gz"):
+        _check_nifti_header(p)  # sizes, spacing, memory: before the scan streams the voxels
         nifti_bad = _nifti_scan(p)
     image = _read_sitk(p, series_id)
     volume = from_sitk(image, p, allow_channels=allow_channels)

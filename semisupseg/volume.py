@@ -6,6 +6,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from semisupseg.errors import InputError
+
 Vec3 = Tuple[float, float, float]
 
 
@@ -19,6 +21,9 @@ class Volume:
     ``direction``: 3x3 direction cosines (ITK/LPS), row-major as a (3, 3) array: column ``i`` is the physical
     direction of index axis ``i`` (x, y, z).
     ``path``: the file it was read from, if any (used in error messages).
+
+    A spacing that is not positive and finite, or a NaN/Inf origin or direction, raises
+    :class:`~semisupseg.errors.InputError` (a ``ValueError``) naming ``path``.
     """
 
     array: np.ndarray
@@ -36,8 +41,12 @@ class Volume:
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
         if len(self.spacing) != 3 or len(self.origin) != 3:
             raise ValueError("spacing and origin must have 3 values (x, y, z)")
-        if any(s <= 0 for s in self.spacing):
-            raise ValueError(f"spacing must be positive, got {self.spacing}")
+        if not all(np.isfinite(self.spacing)) or any(s <= 0 for s in self.spacing):
+            raise InputError(f"spacing must be positive, got {self.spacing}", self.path)
+        if not all(np.isfinite(self.origin)):
+            raise InputError(f"origin must be finite, got {self.origin}", self.path)
+        if not np.all(np.isfinite(self.direction)):
+            raise InputError(f"direction must be finite, got {self.direction.tolist()}", self.path)
 
     @property
     def shape_zyx(self) -> Tuple[int, int, int]:
