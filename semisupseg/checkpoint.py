@@ -18,6 +18,32 @@ inside the ``.pt`` (the authoritative one), so a stale or missing sidecar is har
 
 Training-run state (optimisers, samplers, RNG) uses the same safe machinery through :func:`save_state` /
 :func:`load_state`: atomic ``torch.save`` of a dict checked to contain only ``weights_only``-loadable values.
+
+Reading a file from an untrusted source
+---------------------------------------
+Every reader (:func:`read_model_file`, :func:`read_card`, :func:`load_model`, :func:`load_state`,
+:func:`load_state_dict_file`, and through them ``segment``, ``info``, ``import-checkpoint``, the catalogue, the
+warm worker and the Slicer modules) goes through :func:`safe_torch_load`, and every problem is a
+:class:`CheckpointError` naming the file:
+
+* **pickled code** (any ``__reduce__`` of a non-tensor class, in the payload, nested in a container, in a tensor's
+  rebuild arguments or storage record, in the zip format or the legacy pickle format) is refused by the
+  ``weights_only`` unpickler before it runs; the message names the global the file asked for;
+* **the card** (JSON text) is checked before anything is built: a card over :data:`MAX_CARD_BYTES`, or whose
+  fields have the wrong JSON type (``class_names`` must be a list of strings, ``label_values`` a list of integers,
+  ``spacing_xyz`` three numbers, ``patch_size_xyz`` three integers, ``in_channels`` an integer, ``network`` /
+  ``normalization`` / ``training`` objects, ``method`` / ``arch`` strings; ``true``/``false`` is never a number),
+  is **refused**; so are values outside :data:`CARD_LIMITS` (spacing 0.001-1000 mm, patch sides 1-1024 voxels and
+  at most 256^3 voxels, up to 64 input channels, 2-1000 classes, label values 0-65535, ``n_filters`` 1-512), a
+  card or payload ``format_version`` newer than :data:`FORMAT_VERSION` (upgrade message). ``normalization``
+  options are checked where they are used (``segment`` refuses an unknown option, naming it). **Unknown top-level keys** of the card (a newer minor revision) are **ignored**:
+  kept in ``card.extra``, shown by ``semisupseg info``, never interpreted. Unknown keys of ``network`` are refused
+  (the network cannot be built from them). The sidecar ``.json`` is never read by the loaders;
+* **weights** are compared with the network the card describes, built first on PyTorch's ``meta`` device (shapes
+  only, no memory), so a card declaring a huge network (``n_filters`` 10^6) allocates nothing; missing, unexpected
+  and wrongly shaped or typed tensors are refused with the first few keys and both shapes; NaN/Inf weights are
+  refused naming the tensors. A tensor header claiming more data than the file holds is refused by PyTorch's
+  record-size check (read in full) or only memory-mapped (``read_card``/``info``: never read).
 """
 from __future__ import annotations
 
@@ -49,11 +75,24 @@ FORMAT_VERSION = 1
 FORMAT_KEY = "semisupseg_format"
 #: suffix of the human-readable copy of the card written beside a model file
 SIDECAR_SUFFIX = ".json"
+#: largest card (metadata JSON text, in bytes) a model file may carry
+MAX_CARD_BYTES = 4 << 20
+#: sanity limits of a card (checked on save and on load, before any network is built; see the module docstring)
+CARD_LIMITS: Dict[str, Any] = {
+    "spacing_mm": (1e-3, 1e3),        # each of spacing_xyz
+    "patch_side": 1024,               # each of patch_size_xyz, voxels
+    "patch_voxels": 256 ** 3,         # product of patch_size_xyz
+    "in_channels": 64,
+    "classes": 1000,                  # len(class_names), background included
+    "label_value": 65535,
+    "n_filters": 512,                 # network["n_filters"] of the V-Net family
+}
 
 __all__ = [
     "FORMAT_VERSION", "ModelCard", "CheckpointError", "make_card", "save_model", "load_model", "read_card",
     "read_model_file", "save_state", "load_state", "safe_torch_load", "load_state_dict_file", "sidecar_path",
-    "check_weights_only", "import_peer_checkpoint", "export_peer_checkpoint",
+    "check_weights_only", "import_peer_checkpoint", "export_peer_checkpoint", "check_card_dict", "CARD_LIMITS",
+    "MAX_CARD_BYTES",
 ]
 
 
@@ -136,10 +175,29 @@ class ModelCard:
             raise ValueError(f"class_names must be distinct, got {self.class_names}")
         if len(self.spacing_xyz) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing_xyz):
             raise ValueError(f"spacing_xyz must be 3 positive millimetre values, got {self.spacing_xyz}")
+        lo, hi = CARD_LIMITS["spacing_mm"]
+        if not all(lo <= s <= hi for s in self.spacing_xyz):
+            raise ValueError(f"spacing_xyz {list(self.spacing_xyz)} is outside {lo:g}-{hi:g} mm")
         if len(self.patch_size_xyz) != 3 or not all(s > 0 for s in self.patch_size_xyz):
             raise ValueError(f"patch_size_xyz must be 3 positive voxel counts, got {self.patch_size_xyz}")
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        side, voxels = CARD_LIMITS["patch_side"], CARD_LIMITS["patch_voxels"]
+        if max(self.patch_size_xyz) > side or math.prod(self.patch_size_xyz) > voxels:
+            raise ValueError(f"patch_size_xyz {list(self.patch_size_xyz)} is too large (at most {side} voxels a side "
+                             f"and {voxels} voxels in all)")
+        if not 1 <= self.in_channels <= CARD_LIMITS["in_channels"]:
+            raise ValueError(f"in_channels must be 1-{CARD_LIMITS['in_channels']}, got {self.in_channels}")
+        if len(self.class_names) > CARD_LIMITS["classes"]:
+            raise ValueError(f"{len(self.class_names)} classes is more than {CARD_LIMITS['classes']}")
+        if max(self.label_values) > CARD_LIMITS["label_value"]:
+            raise ValueError(f"label_values must be at most {CARD_LIMITS['label_value']}, got {max(self.label_values)}")
+        if not _is_int(self.format_version) or self.format_version < 1:
+            raise ValueError(f"format_version must be a positive integer, got {self.format_version!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(f"the card is format {self.format_version}, written by a newer SemiSupSeg; this is "
+                             f"version {__version__} which reads format <= {FORMAT_VERSION}. Upgrade semisupseg")
+        n_filters = self.network.get("n_filters")
+        if n_filters is not None and (not _is_int(n_filters) or not 1 <= n_filters <= CARD_LIMITS["n_filters"]):
+            raise ValueError(f"network n_filters must be an integer 1-{CARD_LIMITS['n_filters']}, got {n_filters!r}")
         net_classes = self.network.get("num_classes")
         if net_classes is not None and int(net_classes) != self.num_classes:
             raise ValueError(f"the network has {net_classes} classes but the card names {self.num_classes}")
@@ -178,9 +236,14 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":
+        """The card of a model file's JSON text, checked strictly first (:func:`check_card_dict`: JSON types, size;
+        a wrong type is refused, never coerced)."""
+        if len(text) > MAX_CARD_BYTES:
+            raise ValueError(f"the card is {len(text)} characters long, more than {MAX_CARD_BYTES}")
         d = json.loads(text)
         if not isinstance(d, dict):
             raise ValueError("the metadata is not a JSON object")
+        check_card_dict(d)
         return cls.from_dict(d)
 
     def summary_lines(self) -> List[str]:
@@ -210,6 +273,52 @@ class ModelCard:
         for k, v in self.extra.items():
             lines.append(f"{k + ':':<18}{json.dumps(v)}")
         return lines
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_card_dict(d: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first field of a card dict (as read from JSON) whose **type** is wrong.
+
+    The dataclass would coerce (``"abc"`` → three class names, ``1.7`` → label 1, ``true`` → 1 channel); a card read
+    from a file is checked here first so such a card is refused instead. Ranges are :meth:`ModelCard.validate`'s.
+    Unknown keys are not checked (they go to ``extra``).
+    """
+    def need(key: str, ok: bool, what: str) -> None:
+        if key in d and not ok:
+            raise ValueError(f"{key} must be {what}, got {type(d[key]).__name__} {_short(d[key])}")
+
+    for key in ("method", "arch", "package_version", "created"):
+        need(key, isinstance(d.get(key), str), "a string")
+    for key in ("network", "normalization", "training", "extra"):
+        need(key, isinstance(d.get(key), dict), "an object")
+    need("class_names", isinstance(d.get("class_names"), list) and all(isinstance(c, str) for c in d["class_names"]),
+         "a list of strings")
+    need("label_values", isinstance(d.get("label_values"), list) and all(_is_int(v) for v in d["label_values"]),
+         "a list of integers")
+    need("in_channels", _is_int(d.get("in_channels")), "an integer")
+    need("format_version", _is_int(d.get("format_version")), "an integer")
+    need("spacing_xyz", isinstance(d.get("spacing_xyz"), list) and len(d["spacing_xyz"]) == 3
+         and all(_is_number(v) for v in d["spacing_xyz"]), "3 numbers (mm, x y z)")
+    need("patch_size_xyz", isinstance(d.get("patch_size_xyz"), list) and len(d["patch_size_xyz"]) == 3
+         and all(_is_int(v) for v in d["patch_size_xyz"]), "3 integers (voxels, x y z)")
+    network = d.get("network")
+    if isinstance(network, dict):
+        for k, v in network.items():
+            if not (v is None or isinstance(v, (str, bool, int, float))):
+                raise ValueError(f"network {k} must be a number, string or boolean, got {type(v).__name__} "
+                                 f"{_short(v)}")
+
+
+def _short(v: Any, n: int = 80) -> str:
+    text = repr(v)
+    return text if len(text) <= n else text[:n] + "…"
 
 
 def _jsonable(obj: Any, where: str) -> Any:
@@ -519,7 +628,9 @@ def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path)
     unexpected = [k for k in state if k not in expected]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if not (missing or unexpected or shapes):
+    types = [f"{k} {state[k].dtype} vs {v.dtype}" for k, v in expected.items()
+             if k in state and (state[k].is_floating_point() != v.is_floating_point() or state[k].is_complex())]
+    if not (missing or unexpected or shapes or types):
         return
 
     def few(items: List[str]) -> str:
@@ -532,7 +643,25 @@ def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path)
         parts.append(f"{len(missing)} missing key(s): {few(missing)}")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected key(s): {few(unexpected)}")
+    if types:
+        parts.append(f"{len(types)} dtype mismatch(es) (file vs network): {few(types)}")
     raise CheckpointError("weights do not fit the network its card describes — " + "; ".join(parts), path)
+
+
+def _build(card: ModelCard, path: Path, device: Optional[str] = None) -> nn.Module:
+    """The network ``card`` describes (on ``device``: ``"meta"`` for shapes only); errors name ``path``."""
+    from semisupseg.nets import build_network
+
+    try:
+        if device is None:
+            return build_network(card.arch, card.network)
+        with torch.device(device):
+            return build_network(card.arch, card.network)
+    except KeyError as exc:
+        raise CheckpointError(f"cannot rebuild the network: {exc.args[0]}", path) from None
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise CheckpointError(f"cannot rebuild network {card.arch!r} from {card.network}: {_first_line(str(exc))}",
+                              path) from None
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, ModelCard]:
@@ -543,19 +672,19 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tupl
     Raises :class:`CheckpointError` naming the file for: a missing/unreadable file, anything that is not a SemiSupSeg
     model file (a raw peer state_dict gets a hint to ``semisupseg import-checkpoint``), a pickle needing code
     execution (refused, nothing executed), a newer format version, an unknown architecture, and weights that do not
-    fit the network (missing/unexpected keys, wrong shapes — a few are listed).
+    fit the network (missing/unexpected keys, wrong shapes or dtypes — a few are listed) or are not finite.
     """
-    from semisupseg.nets import build_network
-
     path = Path(path)
     card, state = read_model_file(path)
-    try:
-        model = build_network(card.arch, card.network)
-    except KeyError as exc:
-        raise CheckpointError(f"cannot rebuild the network: {exc.args[0]}", path) from None
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"cannot rebuild network {card.arch!r} from {card.network}: {exc}", path) from None
-    _check_keys(model, state, path)
+    # the card's network is built on the meta device first (shapes, no memory): a card declaring a huge network
+    # allocates nothing, and the real one is built only once the file's tensors (which it must match) are read
+    shape_only = _build(card, path, device="meta")
+    _check_keys(shape_only, state, path)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"has non-finite weights (NaN or Inf) in {len(bad)} tensor(s): {', '.join(bad[:4])}"
+                              + (" …" if len(bad) > 4 else ""), path)
+    model = _build(card, path)
     model.load_state_dict(state, strict=True)
     model.eval()
     return model.to(resolve_device(device)), card
