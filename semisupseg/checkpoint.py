@@ -610,6 +610,8 @@ def read_model_file(path: PathLike, mmap: bool = False) -> Tuple[ModelCard, Dict
         card.validate()
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"has an unreadable model card: {exc}", path) from None
+    except RecursionError:  # json.loads of a card nested thousands deep
+        raise CheckpointError("has an unreadable model card: nested too deeply", path) from None
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not _is_tensor_dict(state):
         raise CheckpointError("has no weights (state_dict of tensors)", path)

@@ -560,6 +560,8 @@ def test_too_many_classes_and_a_huge_card_are_refused(good, tmp_path):
     ("{not json", "unreadable model card"), ("[1, 2]", "not a JSON object"), ("null", "not a JSON object"),
     ('{"method": "x"}', "lacks"), (b'{"method": "x"}', "no model card"), ({"method": "x"}, "no model card"),
     (None, "no model card"), ('{"spacing_xyz": NaN}', "spacing_xyz"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"in_channels": ' + "9" * 5000 + "}", "unreadable model card"),
 ])
 def test_card_that_is_not_a_json_object_is_refused(metadata, words, good, tmp_path):
     card = good_card(good)
@@ -570,6 +572,11 @@ def test_card_that_is_not_a_json_object_is_refused(metadata, words, good, tmp_pa
                        tmp_path / "meta.pt")
     text = _raises(read_model_file, path)
     assert words in text and path.name in text
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    shutil.copy(path, shipped / "meta.pt")
+    entry = ModelCatalogue(tmp_path / "home", shipped_dir=shipped).entries()[0]  # listing never raises
+    assert entry.card is None and words in entry.error
 
 
 @pytest.mark.parametrize("version, words", [(2, "newer SemiSupSeg"), (10 ** 9, "newer SemiSupSeg"),
