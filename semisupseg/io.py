@@ -62,6 +62,7 @@ __all__ = [
     "check_memory",
     "available_memory",
     "SeriesChoiceError",
+    "itk_messages",
     "check_label_geometry",
     "check_label_values",
     "label_array",
@@ -356,8 +357,8 @@ _ITK_FAILURES: Tuple[Tuple[str, str], ...] = (
 def _itk_messages() -> Iterator[List[str]]:
     """Collect what ITK's C++ code prints on file descriptor 2 while the block runs (it writes there directly,
     bypassing Python): the messages are returned in the list (for :func:`_refuse_itk_complaints`) instead of
-    reaching the user's terminal as stray lines. Text that is not one of ITK's known complaints is written back to
-    stderr afterwards, unchanged."""
+    reaching the user's terminal as stray lines. When the block raises, the text is dropped (the error says what went
+    wrong); otherwise text that is not one of ITK's known complaints is written back to stderr, unchanged."""
     said: List[str] = []
     try:
         fd = 2
@@ -371,8 +372,12 @@ def _itk_messages() -> Iterator[List[str]]:
         except (AttributeError, OSError, ValueError):
             pass
         os.dup2(sink.fileno(), fd)
+        failed = False
         try:
             yield said
+        except BaseException:
+            failed = True  # the error raised says it: ITK's lines are not shown
+            raise
         finally:
             os.dup2(saved, fd)
             os.close(saved)
@@ -380,11 +385,15 @@ def _itk_messages() -> Iterator[List[str]]:
             text = sink.read().decode("utf-8", "replace")
             said.append(text)
             known = any(key in text for key, _ in _ITK_FAILURES) or "WARNING: In " in text
-            if text.strip() and not known:
+            if text.strip() and not known and not failed:
                 try:
                     os.write(fd, text.encode("utf-8", "replace"))
                 except OSError:
                     pass
+
+
+#: public name for other modules that call SimpleITK readers directly (e.g. header-only reads)
+itk_messages = _itk_messages
 
 
 def _refuse_itk_complaints(path: Path, said: List[str]) -> None:

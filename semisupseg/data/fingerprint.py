@@ -158,7 +158,7 @@ def read_header(path: PathLike, h5_spacing: Sequence[float] = (0.625, 0.625, 0.6
     """``(size_xyz, spacing_xyz)`` of an image file from its header (the voxels are not read; a DICOM folder and
     formats without a header reader are read whole). ``.h5`` (LA release): the ``image`` dataset's shape, stored
     x, y, z, and ``h5_spacing``."""
-    from semisupseg.io import read_image_or_h5, volume_suffix
+    from semisupseg.io import itk_messages, read_image_or_h5, volume_suffix
 
     p = Path(path)
     if volume_suffix(p) in (".h5", ".hdf5"):
@@ -178,7 +178,8 @@ def read_header(path: PathLike, h5_spacing: Sequence[float] = (0.625, 0.625, 0.6
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(p))
         try:
-            reader.ReadImageInformation()
+            with itk_messages():  # ITK's C-level complaints about a bad file stay off the user's terminal
+                reader.ReadImageInformation()
             size = tuple(int(s) for s in reader.GetSize())
             spacing = tuple(float(s) for s in reader.GetSpacing())
             if len(size) >= 3:
