@@ -2,11 +2,14 @@
 
 Each command lives in its own module of this package with ``register(subparsers)`` adding its parser (and setting
 ``func`` to a ``run(args) -> int`` function). Errors the package raises on purpose (:class:`SemiSupSegError`) are
-printed as one line ``error: ...`` with exit code 2; other exceptions keep their traceback.
+printed as one line ``error: ...`` with exit code 2 (a list of data problems gets one line per problem), and so are
+the file-system errors of the user's situation (a full disk, a read-only or missing place: :data:`USER_OS_ERRORS`);
+other exceptions are bugs and keep their traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from typing import List, Optional
@@ -19,6 +22,25 @@ from semisupseg.errors import Cancelled, SemiSupSegError
 #: command modules in the order ``--help`` lists them
 COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "export_checkpoint", "methods",
                    "demo", "models", "worker", "preview", "plot_run", "check_data", "rank")
+
+
+#: errors of the file system that are the user's situation, not a bug: one line, no traceback
+USER_OS_ERRORS = frozenset(getattr(errno, name) for name in (
+    "ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR", "ENAMETOOLONG", "ENOENT", "EEXIST",
+    "ELOOP", "EMFILE", "ENFILE") if hasattr(errno, name))
+_OS_HINTS = {getattr(errno, "ENOSPC", -1): "the disk is full: free some space and run again",
+             getattr(errno, "EDQUOT", -1): "the disk quota is used up: free some space and run again",
+             getattr(errno, "EFBIG", -1): "the file would exceed the size limit (a full disk or a file size limit)",
+             getattr(errno, "EROFS", -1): "the place is read-only: choose another output",
+             getattr(errno, "EACCES", -1): "no permission: choose another output or fix its permissions"}
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<file>: <problem>[; hint]`` for an :class:`OSError` of the file system."""
+    where = exc.filename if exc.filename is not None else "(file)"
+    what = exc.strerror or str(exc)
+    hint = _OS_HINTS.get(exc.errno)
+    return f"{where}: {what}" + (f"; {hint}" if hint else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +71,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except SemiSupSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the disk, not the program: a full disk, a read-only or unreadable place
+        if exc.errno not in USER_OS_ERRORS:
+            raise
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     finally:
         sys.stdout, sys.stderr = saved

@@ -71,6 +71,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    choices=(".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha"),
                    help="output format (.seg.nrrd: the label map as a Slicer segmentation, maps as .nrrd)")
     p.add_argument("--h5-spacing", type=float, default=0.625, help="voxel size (mm) of .h5 inputs (LA release)")
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="DICOM folder inputs holding several series: read the series with this SeriesInstanceUID "
+                        "(the error for such a folder lists them)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--stop-file", default=None,
                    help="cancel cleanly when this file appears (for GUIs running the command in a process)")
@@ -126,6 +129,22 @@ def _group_cases(images: List[str], in_channels: int) -> List[Tuple[str, List[Pa
     return cases
 
 
+def read_input(path: Path, args: argparse.Namespace):
+    """One input image as ``segment`` reads it: ``.h5`` with ``--h5-spacing``, a DICOM folder's series chosen by
+    ``--series`` (a folder holding several without it is refused with their ids and the option to use)."""
+    from semisupseg.errors import InputError
+    from semisupseg.io import SeriesChoiceError, read_image, read_image_or_h5
+
+    if not path.is_dir():
+        return read_image_or_h5(path, h5_spacing=(args.h5_spacing,) * 3)
+    try:
+        return read_image(path, series_id=getattr(args, "series", None))
+    except SeriesChoiceError as exc:
+        listed = ", ".join(f"{i} ({n} slices)" for i, n in exc.series.items())
+        raise InputError(f"folder holds {len(exc.series)} DICOM series ({listed}); choose one with --series UID",
+                         path) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -136,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.checkpoint import load_model
     from semisupseg.errors import InputError, OutputExistsError
     from semisupseg.inference import SegmentOptions, segment, tta_axes_for_model
-    from semisupseg.io import read_image_or_h5, write_segmentation, write_volume
+    from semisupseg.io import check_not_constant, write_segmentation, write_volume
     from semisupseg.progress import CancelToken
 
     model_path = resolve_model(args.model)
@@ -178,14 +197,14 @@ def run(args: argparse.Namespace) -> int:
             for p in list(outs.values()) + [warnings_path(name, outdir)]:
                 if p.exists():
                     raise OutputExistsError("output exists; pass --overwrite to replace it", p)
-    outdir.mkdir(parents=True, exist_ok=True)
     cancel = CancelToken(args.stop_file)
 
     def emit(record: dict) -> None:
         print(json.dumps(record), flush=True)
 
     for index, (name, group, outs) in enumerate(plans):
-        volumes = [read_image_or_h5(p, h5_spacing=(args.h5_spacing,) * 3) for p in group]
+        volumes = [read_input(p, args) for p in group]
+        check_not_constant(volumes[0], group[0])
         warnings = domain_warnings(volumes[0], card)  # far outside the training data: say so, keep it with outputs
         if warnings:
             print(f"warning: {name}: " + "; ".join(warnings), file=sys.stderr)
@@ -204,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
         written = {}
+        outdir.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no empty output folder
         written["labels"] = write_segmentation(result.labels, outs["labels"], class_names=card.class_names,
                                                label_values=card.label_values, overwrite=args.overwrite)
         if "probabilities" in outs:

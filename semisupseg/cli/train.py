@@ -193,6 +193,34 @@ def _print_config(cfg) -> None:
     print("\n".join(lines))
 
 
+def _folder_state(folder: Path):
+    """``None`` when ``folder`` does not exist, else the set of names in it (to undo a refused start)."""
+    return set(p.name for p in folder.iterdir()) if folder.is_dir() else (None if not folder.exists() else set())
+
+
+def _undo_start(run_dir: Path, before) -> None:
+    """Remove what a refused start of training created in ``run_dir`` (the heartbeat, the first events...), so that
+    bad data leaves no half-made run behind; never when a model file was written (work is kept, whatever happens)."""
+    import shutil
+
+    if not run_dir.is_dir() or any(run_dir.rglob("*.pt")):
+        return
+    new = [p for p in run_dir.iterdir() if before is None or p.name not in before]
+    for p in new:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+    if before is None:
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
+
+
 def run(args: argparse.Namespace) -> int:
     from semisupseg.errors import InputError
     from semisupseg.progress import CancelToken
@@ -262,8 +290,13 @@ def run(args: argparse.Namespace) -> int:
         events.listeners.append(lambda rec: extra_file.emit(rec["event"], **{k: v for k, v in rec.items()
                                                                               if k not in ("event", "time")}))
     cancel = CancelToken(stop_file=args.stop_file)
+    before = _folder_state(run_dir)
     try:
         result = Trainer(cfg, events=events, cancel=cancel, resume=resume, overwrite=args.overwrite).run()
+    except InputError:  # refused (bad data): what this start wrote into the run folder is no output, remove it
+        if not resume:
+            _undo_start(run_dir, before)
+        raise
     finally:
         if extra_file is not None:
             extra_file.close()

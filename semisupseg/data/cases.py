@@ -29,6 +29,7 @@ from semisupseg.errors import InputError
 from semisupseg.io import (
     LA_H5_SPACING,
     check_label_geometry,
+    check_not_constant,
     is_volume_file,
     read_image_or_h5,
     read_label_or_h5,
@@ -649,6 +650,8 @@ class LoadedCase:
 
 def _read_case_image(case: Case, h5_spacing: Sequence[float]) -> Volume:
     vols = [read_image_or_h5(p, h5_spacing=h5_spacing) for p in case.channel_paths]
+    for v, p in zip(vols, case.channel_paths):
+        check_not_constant(v, p, "learn from")  # z-scored it would be all zeros: a case that teaches nothing
     first = vols[0]
     for v in vols[1:]:
         check_label_geometry(v, first, v.path)  # same checks apply to channels
