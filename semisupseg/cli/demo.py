@@ -1,28 +1,44 @@
 """``semisupseg demo``: the whole workflow on the bundled sample scans, on this machine, with no download.
 
-It runs, and prints, the same commands a user would type:
+It runs, and prints, the same commands a user would type, on the bundled sample dataset (``semisupseg/sample_data``:
+real MSD hippocampus or LA scans, provenance in its README). The test scans are the split's ``val`` list: they take
+no part in training nor in model selection.
 
-1. ``semisupseg train`` — a semi-supervised method (default ``mean-teacher``) on the bundled sample dataset's labeled
-   and unlabeled cases (``semisupseg/sample_data``; real MSD hippocampus or LA scans, provenance in its README);
-   when the unlabeled pool has two cases or more, one of them is held out (with its label) to pick the best
-   checkpoint, otherwise the last model is used;
-2. ``semisupseg segment`` — the test scans (the split's ``val`` list, never seen in training nor in model selection)
-   with that model (labels, entropy, SDM);
-3. ``semisupseg evaluate`` — Dice/HD95/ASD of those segmentations against their reference labels;
-4. ``semisupseg preview`` — one picture per test scan (``DIR/previews/<case>.png``): slices with the predicted
-   outline and the entropy (and SDM) maps.
+1. The shipped model for this dataset (``semisupseg models``: a shipped model whose classes are the dataset's), when
+   there is one: ``semisupseg segment`` the test scans (labels, SDM, entropy), ``semisupseg evaluate`` them against
+   their reference labels, ``semisupseg preview`` one picture per scan. Without such a model this part is skipped
+   with a note.
+2. ``semisupseg train`` a semi-supervised method (``--method``, default ``mean-teacher``) on the sample's few
+   labeled cases and its unlabeled pool; when the pool has two cases or more, one of them is held out (with its
+   label) to pick the best checkpoint, otherwise the last model is used. Then segment, evaluate and preview as in 1.
+3. The same for ``--compare-with`` (default ``supervised``: the labeled cases only): same labeled cases, budget,
+   seed, network and validation case.
+4. The comparison table (per test case and mean: Dice and HD95 per class) is printed and written to
+   ``DIR/comparison.md`` and ``DIR/comparison.csv``.
 
-At the end the run folder keeps the model used and the run's record (config, events), not what only a continued
-training needs (the resume state, the other model file). The defaults are sized for a laptop CPU (a couple of
-minutes); ``--iterations`` trades time for accuracy.
+Layout of ``DIR``: one folder per model (``shipped-<name>/``, ``<method>/``, ``<compare-with>/``) holding
+``segmentations/`` (``<case>_label``, ``_sdm``, ``_entropy``), ``metrics.csv`` (every ``evaluate`` metric) and
+``previews/<case>.png``; the trained ones also ``run/`` (the model used and the run's record: config, events; not
+what only a continued training needs). A model without an SDM head gets, for its picture, the signed distance map
+of its predicted labels (``<case>_label_sdm``), said so in the picture's title.
+
+The defaults are sized for a laptop CPU (a few minutes); ``--iterations`` trades time for accuracy. At this budget
+the numbers say what a short run on two labeled scans gives, not what the methods reach on a real dataset (see
+``benchmarks/RESULTS.md`` for that).
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import math
+import re
 import shlex
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 #: per sample dataset: split list of labeled cases, patch size (x, y, z), network width, default iterations
 PRESETS = {
@@ -32,13 +48,25 @@ PRESETS = {
            "val_every": 100},
 }
 
+#: files of the comparison table in the output folder
+COMPARISON_MD, COMPARISON_CSV = "comparison.md", "comparison.csv"
+COMPARISON_COLUMNS = ("model", "method", "case", "class", "label", "dice", "hd95_mm", "hd95_cases")
+
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
-    p = subparsers.add_parser("demo", help="train, segment and evaluate on the bundled sample scans (no download)",
+    p = subparsers.add_parser("demo", help="segment with the shipped model, train a semi-supervised method and "
+                                           "supervised, compare them on held-out sample scans (no download)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(PRESETS), default="hippocampus", help="bundled sample dataset")
-    p.add_argument("--method", default="mean-teacher", help="training method (see 'semisupseg methods')")
-    p.add_argument("--iterations", type=int, help="training iterations (default: the dataset preset)")
+    p.add_argument("--method", default="mean-teacher", help="semi-supervised method to train (see 'semisupseg "
+                                                             "methods'; default: %(default)s)")
+    p.add_argument("--compare-with", default="supervised", metavar="METHOD",
+                   help="second method trained the same way for the comparison; 'none' skips it "
+                        "(default: %(default)s)")
+    p.add_argument("--no-shipped", action="store_true", help="skip the shipped model's segmentation")
+    p.add_argument("--iterations", type=int, help="training iterations of each method (default: the dataset preset)")
+    p.add_argument("--width", type=int, metavar="N", help="network width, filters of the first level (default: the "
+                                                          "dataset preset)")
     p.add_argument("--out", default="semisupseg-demo", metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=1337)
@@ -46,6 +74,175 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
+# ------------------------------------------------------------------------------------------------ steps and timing
+@dataclass
+class Timer:
+    """Wall-clock and CPU seconds (this process, all threads) per part of the demo, in the order first seen."""
+
+    wall: Dict[str, float] = field(default_factory=dict)
+    cpu: Dict[str, float] = field(default_factory=dict)
+
+    def add(self, part: str, wall: float, cpu: float) -> None:
+        self.wall[part] = self.wall.get(part, 0.0) + wall
+        self.cpu[part] = self.cpu.get(part, 0.0) + cpu
+
+    def lines(self) -> List[str]:
+        width = max((len(p) for p in self.wall), default=0)
+        out = [f"  {p:<{width}}  {_duration(w)} (CPU {_duration(self.cpu[p])})" for p, w in self.wall.items()]
+        out.append(f"  {'total':<{width}}  {_duration(sum(self.wall.values()))} "
+                   f"(CPU {_duration(sum(self.cpu.values()))})")
+        return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _run_step(title: str, argv: List[str], timer: Timer, part: str) -> None:
+    from semisupseg.cli import main
+    from semisupseg.errors import SemiSupSegError
+
+    print(f"\n== {title}\n$ semisupseg {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr, flush=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    code = main(argv)
+    timer.add(part, time.perf_counter() - wall, time.process_time() - cpu)
+    if code != 0:
+        raise SemiSupSegError(f"demo step '{title}' failed (exit code {code})")
+
+
+def _note(text: str) -> None:
+    print(f"\n-- {text}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ the shipped model
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", str(name)).strip().lower()
+
+
+def fitting_shipped_models(classes: Dict[int, str], in_channels: int = 1) -> Tuple[list, List[str]]:
+    """Shipped models (catalogue entries) that fit a dataset: same foreground classes (label values and names,
+    compared without case, ``_``/``-``/space alike) and input channels. Returns ``(entries, notes)``, the notes
+    saying why a shipped model does not fit."""
+    from semisupseg.catalogue import ModelCatalogue
+    from semisupseg.errors import InputError
+
+    try:
+        entries = [e for e in ModelCatalogue().entries() if e.source == "shipped"]
+    except InputError as exc:  # an unreadable user registry must not stop the demo
+        return [], [f"the model catalogue cannot be read ({exc}); no shipped model used"]
+    fits, notes = [], []
+    want = {v: _norm(n) for v, n in classes.items() if v != 0}
+    for e in entries:
+        if e.error or e.card is None:
+            notes.append(f"shipped model '{e.name}' cannot be used: {e.error}")
+            continue
+        have = {int(v): _norm(n) for n, v in zip(e.card.class_names, e.card.label_values) if int(v) != 0}
+        if have == want and int(e.card.in_channels) == in_channels:
+            fits.append(e)
+        else:
+            notes.append(f"shipped model '{e.name}' ({', '.join(have.values())}) does not segment this dataset's "
+                         f"classes ({', '.join(want.values())})")
+    return fits, notes
+
+
+def shipped_data_roles(card, case_ids: Sequence[str]) -> Dict[str, str]:
+    """What a shipped model's training did with each case, from its card's split record (``training.data``:
+    ``split_file`` relative to the source tree, ``labeled_list``, ``test_list``): ``labeled`` (trained on its
+    label), ``unlabeled`` (its image was in the unlabeled pool, its label never read), ``test`` (its held-out test
+    list), ``unused``; ``unknown`` when the card or the split file does not say (e.g. an installed package without
+    the benchmark splits)."""
+    import semisupseg
+
+    data = (card.training or {}).get("data") or {}
+    split_file, labeled_key = data.get("split_file"), data.get("labeled_list")
+    unknown = {c: "unknown" for c in case_ids}
+    if not split_file or not labeled_key:
+        return unknown
+    path = Path(semisupseg.__file__).resolve().parents[1] / split_file
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return unknown
+    labeled = set(split.get(labeled_key) or [])
+    train = set(split.get("train") or []) | labeled
+    test = set(split.get(data.get("test_list") or "test") or [])
+    return {c: "labeled" if c in labeled else "unlabeled" if c in train else "test" if c in test else "unused"
+            for c in case_ids}
+
+
+# ------------------------------------------------------------------------------------------------ one model's results
+@dataclass
+class ModelResult:
+    """One model's part of the demo: its display name, method, folder and model file."""
+
+    name: str
+    method: str
+    folder: Path
+    model: Path
+    pictures: List[Path] = field(default_factory=list)
+
+    @property
+    def seg_dir(self) -> Path:
+        return self.folder / "segmentations"
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.csv"
+
+
+def _label_sdm(label_path: Path, label_values: Sequence[int], out: Path, overwrite: bool) -> Path:
+    """Signed distance map (mm-aware, negative inside) of a predicted label file: per foreground class, then the
+    nearest structure's (their minimum), written on the label's grid."""
+    import numpy as np
+
+    from semisupseg.geometry import signed_distance_map
+    from semisupseg.io import read_volume, write_volume
+
+    lab = read_volume(label_path)
+    spacing_zyx = tuple(float(s) for s in reversed(lab.spacing))
+    arr = np.asarray(lab.array)
+    maps = [signed_distance_map(arr == v, spacing_zyx) for v in label_values if v != 0]
+    return write_volume(lab.with_array(np.min(np.stack(maps), axis=0).astype(np.float32)), out,
+                        overwrite=overwrite)
+
+
+def segment_score_picture(result: ModelResult, part: str, root: Path, test_ids: List[str], images: List[str],
+                          classes: Dict[int, str], args: argparse.Namespace, timer: Timer) -> None:
+    """``segment`` the test scans with ``result.model``, ``evaluate`` them, ``preview`` one picture per scan."""
+    from semisupseg.checkpoint import read_card
+
+    over = ["--overwrite"] if args.overwrite else []
+    has_sdm = bool(read_card(result.model).network.get("sdm_head"))
+    segment = ["segment", *images, "--model", str(result.model), "-o", str(result.seg_dir), "--entropy",
+               "--device", args.device, *(["--sdm"] if has_sdm else []), *over]
+    _run_step(f"{result.name}: segment the test scans", segment,
+              timer, f"{result.name}: segment")
+    labels = [str(v) for v in sorted(classes) if v != 0]
+    evaluate = ["evaluate", str(result.seg_dir), str(root / "labelsTr"), "--cases", *test_ids, "--labels", *labels,
+                "-o", str(result.metrics), "--model", str(result.model), "--quiet", *over]
+    _run_step(f"{result.name}: evaluate against the reference labels", evaluate, timer, f"{result.name}: evaluate")
+    if not has_sdm:
+        _note(f"{result.name}: the network has no SDM head; its pictures show the signed distance map of its "
+              f"predicted labels (<case>_label_sdm.nii.gz) instead")
+        wall, cpu = time.perf_counter(), time.process_time()
+        for case_id in test_ids:
+            _label_sdm(result.seg_dir / f"{case_id}_label.nii.gz", sorted(classes),
+                       result.seg_dir / f"{case_id}_label_sdm.nii.gz", args.overwrite)
+        timer.add(f"{result.name}: pictures", time.perf_counter() - wall, time.process_time() - cpu)
+    for case_id, image in zip(test_ids, images):
+        png = result.folder / "previews" / f"{case_id}.png"
+        sdm = result.seg_dir / f"{case_id}_{'sdm' if has_sdm else 'label_sdm'}.nii.gz"
+        what = "SDM" if has_sdm else "SDM of the labels"
+        preview = ["preview", image, "--label", str(result.seg_dir / f"{case_id}_label.nii.gz"),
+                   "--sdm", str(sdm), "--entropy", str(result.seg_dir / f"{case_id}_entropy.nii.gz"),
+                   "--model", str(result.model), "--title", f"{case_id}, {result.name}: outline, {what}, entropy",
+                   "-o", str(png), *over]
+        _run_step(f"{result.name}: picture of {case_id}", preview, timer, f"{result.name}: pictures")
+        result.pictures.append(png)
+
+
+# ------------------------------------------------------------------------------------------------ training
 def _validation_args(split: dict, preset: dict) -> List[str]:
     """Validation from the unlabeled pool when it has two cases or more (its label is read only for validation),
     else none; the split's ``val`` list is the test set and never validates."""
@@ -68,68 +265,205 @@ def _tidy_run(run_dir: Path, model: Path) -> List[Path]:
     return removed
 
 
-def _run_step(title: str, argv: List[str]) -> None:
-    from semisupseg.cli import main
-    from semisupseg.errors import SemiSupSegError
-
-    print(f"\n== {title}\n$ semisupseg {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr, flush=True)
-    code = main(argv)
-    if code != 0:
-        raise SemiSupSegError(f"demo step '{title}' failed (exit code {code})")
-
-
-def run(args: argparse.Namespace) -> int:
-    from semisupseg.data import load_split, sample_dataset
-    from semisupseg.errors import InputError
-
-    preset = PRESETS[args.dataset]
-    root = sample_dataset(args.dataset)
-    split = load_split(root / "splits.json")
-    out = Path(args.out)
-    run_dir, seg_dir = out / "run", out / "segmentations"
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise InputError("demo output folder is not empty; pass --overwrite to replace it or choose --out", out)
-    iterations = args.iterations or preset["iterations"]
-    test_ids = split.get("val") or split["train"][-1:]
-    images = [str(_image_of(root, case_id)) for case_id in test_ids]
-    train = ["train", "--method", args.method, "--labeled", str(root), "--split-labeled", preset["split_labeled"],
+def train_model(method: str, root: Path, split: dict, preset: dict, iterations: int, width: int, out: Path,
+                args: argparse.Namespace, timer: Timer) -> ModelResult:
+    """``semisupseg train`` ``method`` into ``out/<method>/run``; returns its result (best model, else last)."""
+    folder = out / method
+    run_dir = folder / "run"
+    every = str(min(preset["val_every"], iterations))
+    train = ["train", "--method", method, "--labeled", str(root), "--split-labeled", preset["split_labeled"],
              "--out", str(run_dir), "--iterations", str(iterations),
              "--patch-size", *map(str, preset["patch_size"]), "--device", args.device, "--seed", str(args.seed),
-             "--set", f"model.n_filters={preset['n_filters']}",
-             "--set", f"val_every={min(preset['val_every'], iterations)}",
-             "--set", f"save_every={min(preset['val_every'], iterations)}", *_validation_args(split, preset)]
-    if args.overwrite:
-        train.append("--overwrite")
-    _run_step("1/4 train", train)
+             "--set", f"model.n_filters={width}", "--set", f"val_every={every}", "--set", f"save_every={every}",
+             *_validation_args(split, preset), *(["--overwrite"] if args.overwrite else [])]
+    _run_step(f"{method}: train", train, timer, f"{method}: train")
     model = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-    segment = ["segment", *images, "--model", str(model), "-o", str(seg_dir), "--entropy", "--device", args.device]
-    from semisupseg.checkpoint import read_card
+    return ModelResult(name=method, method=method, folder=folder, model=model)
 
-    if read_card(model).network.get("sdm_head"):
-        segment.append("--sdm")
-    if args.overwrite:
-        segment.append("--overwrite")
-    _run_step("2/4 segment the test scans (held out from training and validation)", segment)
-    evaluate = ["evaluate", str(seg_dir), str(root / "labelsTr"), "--cases", *test_ids,
-                "-o", str(out / "metrics.csv"), "--model", str(model), "--quiet"]
-    if args.overwrite:
-        evaluate.append("--overwrite")
-    _run_step("3/4 evaluate against the reference labels", evaluate)
-    previews = []
-    for case_id, image in zip(test_ids, images):
-        png = out / "previews" / f"{case_id}.png"
-        preview = ["preview", image, "--label", str(seg_dir / f"{case_id}_label.nii.gz"),
-                   "--entropy", str(seg_dir / f"{case_id}_entropy.nii.gz"), "--model", str(model),
-                   "--title", f"{case_id}: predicted outline, entropy", "-o", str(png)]
-        if "--sdm" in segment:
-            preview += ["--sdm", str(seg_dir / f"{case_id}_sdm.nii.gz")]
-        if args.overwrite:
-            preview.append("--overwrite")
-        _run_step(f"4/4 picture of {case_id}", preview)
-        previews.append(png)
-    _tidy_run(run_dir, model)
-    print(f"\ndemo finished: model {model}, segmentations in {seg_dir}, metrics in {out / 'metrics.csv'}, "
-          f"pictures in {out / 'previews'}", file=sys.stderr)
+
+# ------------------------------------------------------------------------------------------------ comparison
+def read_scores(metrics_csv: Path) -> Dict[Tuple[str, int], Tuple[float, float]]:
+    """``{(case, label): (dice, hd95 mm)}`` from an ``evaluate`` CSV (``nan`` where a distance is undefined)."""
+    def num(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            return math.nan
+
+    with open(metrics_csv, newline="", encoding="utf-8") as fh:
+        return {(r["case"], int(r["label"])): (num(r["dice"]), num(r["hd95_mm"])) for r in csv.DictReader(fh)}
+
+
+def _mean(values: Sequence[float]) -> Tuple[float, int]:
+    finite = [v for v in values if not math.isnan(v)]
+    return (sum(finite) / len(finite) if finite else math.nan), len(finite)
+
+
+def comparison_rows(results: List[ModelResult], test_ids: List[str], classes: Dict[int, str]) -> List[dict]:
+    """Long-format rows (:data:`COMPARISON_COLUMNS`): per model, case and class, then per model the mean over the
+    cases per class and over cases and classes (``case`` = ``mean``). HD95 means are over the cases where it is
+    defined (an empty prediction has none; ``hd95_cases`` counts them)."""
+    rows: List[dict] = []
+    fg = [v for v in sorted(classes) if v != 0]
+    for r in results:
+        scores = read_scores(r.metrics)
+        for case in test_ids:
+            for v in fg:
+                d, h = scores.get((case, v), (math.nan, math.nan))
+                rows.append({"model": r.name, "method": r.method, "case": case, "class": classes[v], "label": v,
+                             "dice": d, "hd95_mm": h, "hd95_cases": int(not math.isnan(h))})
+        for v in fg + [None]:
+            keys = [(c, w) for c in test_ids for w in (fg if v is None else [v])]
+            d, _ = _mean([scores.get(k, (math.nan, math.nan))[0] for k in keys])
+            h, n = _mean([scores.get(k, (math.nan, math.nan))[1] for k in keys])
+            rows.append({"model": r.name, "method": r.method, "case": "mean",
+                         "class": "all classes" if v is None else classes[v], "label": "" if v is None else v,
+                         "dice": d, "hd95_mm": h, "hd95_cases": n})
+    return rows
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _count(rows: List[dict], mean_row: dict) -> int:
+    """How many per-case rows a mean row averages."""
+    return sum(1 for r in rows if r["model"] == mean_row["model"] and r["case"] != "mean"
+               and (mean_row["label"] == "" or r["label"] == mean_row["label"]))
+
+
+def comparison_table(rows: List[dict], models: List[str]) -> str:
+    """The rows as one aligned Markdown table: a line per (case, class), a Dice and an HD95 column per model."""
+    keys: List[Tuple[str, str]] = []
+    cell: Dict[Tuple[str, str, str], dict] = {}
+    for r in rows:
+        key = (r["case"], r["class"])
+        if key not in keys:
+            keys.append(key)
+        cell[(r["model"], *key)] = r
+    header = ["case", "class"] + [f"{m} {what}" for m in models for what in ("Dice", "HD95 mm")]
+    body = []
+    for case, cls in keys:
+        line = [case, cls]
+        for m in models:
+            r = cell.get((m, case, cls))
+            partial = r and r["case"] == "mean" and 0 < r["hd95_cases"] < _count(rows, r)
+            line += [_fmt(r["dice"], 3), _fmt(r["hd95_mm"], 2) + ("*" if partial else "")] if r else ["", ""]
+        body.append(line)
+    widths = [max(len(x[i]) for x in [header] + body) for i in range(len(header))]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
+                                 enumerate(zip(cells, widths))) + " |"
+
+    sep = "|" + "|".join("-" * (w + 1) + ":" if i >= 2 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    return "\n".join([fmt(header), sep] + [fmt(b) for b in body])
+
+
+def write_comparison(out: Path, rows: List[dict], table: str, preamble: List[str], overwrite: bool) -> List[Path]:
+    """``comparison.md`` (the preamble lines and the table) and ``comparison.csv`` (the rows), atomically."""
+    from semisupseg.evaluation import write_csv_atomic
+    from semisupseg.fileio import atomic_open
+
+    md = out / COMPARISON_MD
+    with atomic_open(md, "w", overwrite) as fh:
+        fh.write("\n".join(preamble) + "\n\n" + table + "\n")
+    return [md, write_csv_atomic(out / COMPARISON_CSV, COMPARISON_COLUMNS, rows, overwrite)]
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def run(args: argparse.Namespace) -> int:
+    from semisupseg.data import load_split, read_dataset_json, sample_dataset
+    from semisupseg.errors import InputError
+    from semisupseg.methods import get_method
+
+    preset = PRESETS[args.dataset]
+    compare = None if str(args.compare_with).lower() == "none" else args.compare_with
+    for name, option in ((args.method, "--method"), (compare, "--compare-with")):
+        if name is not None:
+            try:
+                get_method(name)
+            except KeyError as exc:
+                raise InputError(f"{option}: {exc.args[0]}") from None
+    if compare == args.method:
+        raise InputError(f"--compare-with {compare} is the --method itself; choose another method or 'none'")
+    iterations = args.iterations or preset["iterations"]
+    width = args.width or preset["n_filters"]
+    if iterations < 1 or width < 1:
+        raise InputError("--iterations and --width must be at least 1")
+    root = sample_dataset(args.dataset)
+    split = load_split(root / "splits.json")
+    info = read_dataset_json(root / "dataset.json")
+    classes = {int(v): str(n) for n, v in zip(info.names, info.label_values)}
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise InputError("demo output folder is not empty; pass --overwrite to replace it or choose --out", out)
+    out.mkdir(parents=True, exist_ok=True)
+    test_ids = split.get("val") or split["train"][-1:]
+    images = [str(_image_of(root, case_id)) for case_id in test_ids]
+    labeled = split.get(preset["split_labeled"], [])
+    timer = Timer()
+    results: List[ModelResult] = []
+    preamble = [f"# semisupseg demo: {args.dataset} sample, test scans {', '.join(test_ids)}", ""]
+
+    # 1. the shipped model(s) for this dataset
+    if not args.no_shipped:
+        fits, notes = fitting_shipped_models(classes)
+        for text in notes:
+            _note(text)
+        if not fits:
+            _note(f"no shipped model segments the {args.dataset} sample's classes: that part is skipped")
+            preamble.append(f"- No shipped model fits the {args.dataset} sample: none in the table.")
+        for entry in fits:
+            result = ModelResult(name=f"shipped-{entry.name}", method=entry.card.method,
+                                 folder=out / f"shipped-{entry.name}", model=Path(entry.path))
+            roles = shipped_data_roles(entry.card, test_ids)
+            said = {"labeled": "its training labels (not a held-out score)",
+                    "unlabeled": "its unlabeled training images (labels never read)",
+                    "test": "its own held-out test list", "unused": "not in its training data",
+                    "unknown": "not recorded in its card"}
+            where = "; ".join(f"{c}: {said[r]}" for c, r in roles.items())
+            training = entry.card.training or {}
+            text = (f"{result.name}: {entry.card.method}, trained on {training.get('labeled_cases', '?')} labeled + "
+                    f"{training.get('unlabeled_cases', '?')} unlabeled cases for {training.get('iterations', '?')} "
+                    f"iterations; the test scans are {where}")
+            _note(text)
+            preamble.append(f"- {text}.")
+            segment_score_picture(result, result.name, root, test_ids, images, classes, args, timer)
+            results.append(result)
+
+    # 2-3. the semi-supervised method and the comparison, trained the same way
+    trained = []
+    for method in [args.method] + ([compare] if compare else []):
+        result = train_model(method, root, split, preset, iterations, width, out, args, timer)
+        segment_score_picture(result, method, root, test_ids, images, classes, args, timer)
+        _tidy_run(result.folder / "run", result.model)
+        results.append(result)
+        trained.append(result)
+    roles = json.loads((trained[0].folder / "run" / "data.json").read_text(encoding="utf-8"))
+    preamble.append(f"- Trained ({', '.join(r.method for r in trained)}): the same {len(labeled)} labeled cases "
+                    f"({', '.join(roles.get('labeled', labeled))}), {iterations} iterations, seed {args.seed}, "
+                    f"V-Net width {width}; model selection on "
+                    f"{', '.join(roles.get('validation') or []) or 'nothing (the last model is used)'}; "
+                    f"{args.method}'s unlabeled pool: {', '.join(roles.get('unlabeled') or []) or 'none'}.")
+    preamble.append("- Dice (0-1, higher is better) and HD95 (mm, lower is better) per test case and class; "
+                    "HD95 n/a where a class was not predicted at all (* a mean over the cases where it is defined). Two test scans: a demonstration, not a "
+                    "benchmark.")
+
+    # 4. the comparison table
+    rows = comparison_rows(results, test_ids, classes)
+    table = comparison_table(rows, [r.name for r in results])
+    written = write_comparison(out, rows, table, preamble, args.overwrite)
+    print(f"\nComparison on the {len(test_ids)} held-out test scan(s) ({', '.join(test_ids)}):\n\n{table}\n")
+
+    # 5. where everything is
+    print("Where everything is:")
+    for r in results:
+        print(f"  {r.folder}/  {r.name}: model {r.model}, segmentations/, metrics.csv, previews/ "
+              f"({len(r.pictures)} pictures)")
+    print(f"  {written[0]}, {written[1]}: the comparison table")
+    print("Time per part (wall clock; CPU = this process's CPU time, all threads):")
+    print("\n".join(timer.lines()), flush=True)
     return 0
 
 
