@@ -31,6 +31,7 @@ import contextlib
 import locale
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -1100,14 +1101,16 @@ def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress:
         writer = sitk.ImageFileWriter()
         writer.SetFileName(str(tmp_path))
         writer.SetUseCompression(bool(compress))
-        writer.Execute(image)
+        with _itk_messages():
+            writer.Execute(image)
+        _verify_written(tmp_path, path, extra)
         os.chmod(tmp_path, _FILE_MODE)
         if suffix == ".mhd":
             _finish_mhd(tmp_path, path, compress, overwrite)
         else:
             os.replace(tmp_path, path)
     except RuntimeError as exc:
-        raise InputError(f"cannot write the file: {str(exc).strip()[:300]}", path) from exc
+        raise InputError(f"cannot write the file: {_itk_reason(str(exc), tmp_path)}", path) from exc
     finally:
         for leftover in [tmp_path] + extra:
             if leftover.exists():
@@ -1116,6 +1119,43 @@ def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress:
                 except OSError:
                     pass
     return path
+
+
+def _itk_reason(text: str, tmp_path: Path) -> str:
+    """ITK's exception text as one short line: the lines from its ``ERROR:`` on, without source locations, object
+    addresses and the temporary file's name."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if "ERROR" in line), 0)
+    words = []
+    for line in lines[start:]:
+        line = re.sub(r"^.*?ERROR:\s*", "", line)
+        line = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", line)
+        line = line.replace(str(tmp_path), "the file").replace(tmp_path.name, "the file")
+        line = re.sub(r"\S+\.(cxx|cc|h):\d+:?", "", line).strip()
+        if line and line not in words:
+            words.append(line)
+    return " ".join(words)[:300] or "the writer failed"
+
+
+def _verify_written(tmp_path: Path, path: Path, extra: Sequence[Path]) -> None:
+    """Read back a file ITK just wrote: its writers ignore a short write (a full disk, a file size limit) and would
+    leave a truncated file that :func:`os.replace` then publishes. NIfTI is streamed through the package's own
+    check (ITK's NIfTI reader accepts a truncated file); other formats through ITK's reader."""
+    try:
+        if volume_suffix(tmp_path) in (".nii", ".nii.gz"):
+            _nifti_scan(tmp_path)
+        else:
+            with _itk_messages() as said:
+                sitk.ReadImage(str(tmp_path))
+            _refuse_itk_complaints(tmp_path, said)
+    except (InputError, RuntimeError) as exc:
+        free = ""
+        try:
+            free = f", {_fmt_bytes(shutil.disk_usage(path.parent).free)} free on its disk"
+        except OSError:
+            pass
+        raise InputError(f"cannot write the file: what was written does not read back complete (a full disk or a "
+                         f"file size limit{free}); nothing was replaced", path) from exc
 
 
 def _finish_mhd(tmp_header: Path, path: Path, compress: bool, overwrite: bool) -> None:

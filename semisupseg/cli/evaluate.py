@@ -86,9 +86,21 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
     print(result.format_summary(names))
     if args.output:
-        path = result.write_csv(args.output, overwrite=args.overwrite)
+        path = _written(result.write_csv, args.output, args.overwrite)
         print(f"per-case metrics written to {path}")
     if args.summary_csv:
-        path = result.write_summary_csv(args.summary_csv, overwrite=args.overwrite)
+        path = _written(result.write_summary_csv, args.summary_csv, args.overwrite)
         print(f"summary written to {path}")
     return 0
+
+
+def _written(write, path, overwrite: bool):
+    """``write(path, overwrite=...)``; a file-system error (full disk, read-only place) names the CSV file."""
+    from semisupseg.errors import InputError
+
+    try:
+        return write(path, overwrite=overwrite)
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) and isinstance(exc, InputError):
+            raise
+        raise InputError(f"cannot write the file: {exc.strerror or exc}", exc.filename or path) from exc

@@ -57,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
         args.source, args.layout, spacing, class_names=args.classes, label_values=args.label_values,
         n_filters=args.n_filters, patch_size_xyz=args.patch_size, normalization={"kind": args.normalization},
         method=args.method, decoder=args.decoder)
-    save_model(out, model, card, overwrite=args.overwrite)
+    try:
+        save_model(out, model, card, overwrite=args.overwrite)
+    except RuntimeError as exc:  # torch's zip writer on a full disk or a file size limit (the temp file is removed)
+        if out.exists() or "inline_container" not in str(exc) and "PytorchStreamWriter" not in str(exc):
+            raise
+        raise InputError(f"cannot write the model file (a full disk or a file size limit?): "
+                         f"{str(exc).strip().splitlines()[-1][:200]}", out) from exc
     cfg = card.network
     print(f"wrote {out} (+ {sidecar_path(out).name}): {card.arch} n_filters={cfg['n_filters']} "
           f"{cfg['normalization']} {card.num_classes} classes ({cfg['seg_form']} head"
