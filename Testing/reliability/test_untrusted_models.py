@@ -448,6 +448,7 @@ def test_every_payload_in_every_container_meets_every_reader(good, tmp_path):
     assert checked >= len(CONTAINERS) * len(PAYLOADS) * (len(READERS) - 3)  # the Slicer ones skip without slicer
 
 
+@pytest.mark.slow
 def test_the_worker_process_and_segment_process_refuse_hostile_files(good, tmp_path):
     """The real processes (``semisupseg segment``, ``semisupseg worker``): exit code / error event, one line, no
     traceback, no marker."""
