@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Optional, Union
+from typing import IO, Iterable, Iterator, List, Optional, Union
 
 from semisupseg.errors import InputError, OutputExistsError
 
@@ -37,6 +37,47 @@ def check_writable(path: PathLike, overwrite: bool) -> Path:
     return path
 
 
+#: the temporary files of :func:`atomic_path` are named ``.<destination name>.<random>.tmp<suffix>``
+TEMP_MARK = ".tmp"
+
+
+def temp_destination(name: str) -> Optional[str]:
+    """The destination file name a temporary file of :func:`atomic_path` called ``name`` was written for, or
+    ``None`` when ``name`` is not such a temporary file (``.resume.pt.k3j_x.tmp`` -> ``resume.pt``)."""
+    if not name.startswith(".") or TEMP_MARK not in name:
+        return None
+    stem = name[1:name.rindex(TEMP_MARK)]
+    if "." not in stem:
+        return None
+    dest = stem[:stem.rindex(".")]
+    return dest or None
+
+
+def remove_stale_temps(folder: PathLike, names: Optional[Iterable[str]] = None) -> List[Path]:
+    """Remove the temporary files :func:`atomic_path` left in ``folder`` when its process was killed (SIGKILL, power
+    loss: its ``finally`` never ran); only those written for a destination in ``names`` (all when ``None``).
+
+    Call it only when no other process may be writing there (the training engine does, after its heartbeat check,
+    when it takes a run directory). Returns the removed paths."""
+    folder = Path(folder)
+    wanted = None if names is None else set(names)
+    removed: List[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        dest = temp_destination(p.name)
+        if dest is None or (wanted is not None and dest not in wanted) or not p.is_file():
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
@@ -45,7 +86,7 @@ def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> It
     """
     path = check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{suffix}", dir=str(path.parent))
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -9,7 +9,8 @@ Kinds: ``started``, ``resumed``, ``iteration``, ``validation`` (``metrics``), ``
 ``overlays`` (a training snapshot: ``case``, ``dir``, ``files``; see :mod:`semisupseg.training.snapshots`),
 ``finished``, ``failed`` (``message``), ``cancelled``. Lines are flushed one by one, so a reader (the Slicer module
 parsing the child process's output) sees whole lines, and a killed run leaves a valid file (possibly without a
-final event). Non-finite floats are written as ``null``.
+final event; a line cut by the kill is removed by the next run appending to the file, see
+:func:`drop_partial_line`). Non-finite floats are written as ``null``.
 
 For people: a tqdm bar on stderr when it is a terminal; otherwise (a log file, a pipe, the Slicer runner's log)
 plain progress lines on stderr — the start, then an iteration line at most every ``line_interval_s`` seconds
@@ -91,6 +92,7 @@ class Events:
     def _open(self) -> None:
         if self._file is None and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            drop_partial_line(self.path)
             self._file = open(self.path, "a", encoding="utf-8")
 
     def set_path(self, path: Optional[Union[str, Path]]) -> None:
@@ -239,6 +241,36 @@ def progress_line(record: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def drop_partial_line(path: Union[str, Path]) -> int:
+    """Cut the unfinished last line a killed writer left at the end of the JSON-lines file ``path`` (a fragment of
+    an event that can never be completed), so that the next line appended (``resumed``) starts a line of its own
+    instead of being glued to the fragment and lost to every reader. Returns the bytes removed (0 when the file
+    is missing, empty or ends with a newline)."""
+    try:
+        with open(path, "rb+") as fh:
+            size = fh.seek(0, 2)
+            if size == 0:
+                return 0
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return 0
+            keep = 0
+            pos = size
+            while pos > 0:  # find the last newline, reading backwards in blocks
+                step = min(65536, pos)
+                pos -= step
+                fh.seek(pos)
+                block = fh.read(step)
+                i = block.rfind(b"\n")
+                if i >= 0:
+                    keep = pos + i + 1
+                    break
+            fh.truncate(keep)
+            return size - keep
+    except FileNotFoundError:
+        return 0
+
+
 def read_events(path: Union[str, Path]) -> List[Dict[str, Any]]:
     """All complete events of a JSON-lines file (a truncated last line from a killed process is skipped)."""
     out = []
@@ -254,4 +286,4 @@ def read_events(path: Union[str, Path]) -> List[Dict[str, Any]]:
     return out
 
 
-__all__ = ["Events", "EVENT_KINDS", "LINE_INTERVAL_S", "jsonable", "progress_line", "read_events"]
+__all__ = ["Events", "EVENT_KINDS", "LINE_INTERVAL_S", "drop_partial_line", "jsonable", "progress_line", "read_events"]
