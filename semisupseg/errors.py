@@ -30,3 +30,44 @@ class OutputExistsError(InputError, FileExistsError):
 
 class Cancelled(SemiSupSegError):
     """Long work (inference, training) stopped because its :class:`~semisupseg.progress.CancelToken` was set."""
+
+
+class OutOfMemoryError(SemiSupSegError):
+    """Training or inference ran out of memory (CPU RAM or GPU). The message names the options that lower the
+    memory needed (patch, batch, window) and, for training, which saved state a ``--resume`` continues from."""
+
+
+#: words of the RuntimeErrors by which torch reports a failed allocation (CPU allocator, CUDA, MPS)
+_OOM_WORDS = ("can't allocate memory", "out of memory", "failed to allocate", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed: :class:`MemoryError` (numpy's too), torch's
+    ``OutOfMemoryError`` (CUDA), or a RuntimeError such as ``DefaultCPUAllocator: can't allocate memory``."""
+    if isinstance(exc, (MemoryError, OutOfMemoryError)):
+        return True
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError / torch.cuda.OutOfMemoryError
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(w in text for w in _OOM_WORDS)
+    return False
+
+
+def out_of_memory_detail(exc: BaseException) -> str:
+    """A short account of a failed allocation: ``could not allocate 3.1 GiB`` when torch says how much it tried,
+    else the first line of the message (at most 120 characters)."""
+    import re
+
+    text = str(exc).strip()
+    found = re.search(r"tried to allocate (\d+(?:\.\d+)?)\s*(bytes|[KMGT]i?B)?", text, re.IGNORECASE)
+    if found:
+        amount, unit = float(found.group(1)), (found.group(2) or "bytes")
+        scale = {"bytes": 1, "KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30, "TiB": 2 ** 40, "KB": 1e3, "MB": 1e6,
+                 "GB": 1e9, "TB": 1e12}.get(unit, 1)
+        size = amount * scale
+        for name, step in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+            if size >= step:
+                return f"could not allocate {size / step:.1f} {name}"
+        return f"could not allocate {int(size)} bytes"
+    return text.splitlines()[0][:120] if text else type(exc).__name__

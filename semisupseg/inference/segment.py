@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 from torch import nn
 
-from semisupseg.errors import InputError
+from semisupseg.errors import InputError, OutOfMemoryError, is_out_of_memory, out_of_memory_detail
 from semisupseg.inference.postprocess import keep_largest_component
 from semisupseg.inference.sliding_window import (BLENDS, FAST_MIN_DICE, LAYOUTS, Box,
                                                  sliding_window_inference)
@@ -183,8 +183,35 @@ def segment(
         options: :class:`SegmentOptions`.
         progress: ``callback(fraction, message)``; cancel: a :class:`CancelToken` polled between window batches.
     """
-    t0 = time.perf_counter()
     options = options or SegmentOptions()
+    try:
+        return _segment(volume, model, card, options, progress, cancel)
+    except BaseException as exc:
+        if not is_out_of_memory(exc) or isinstance(exc, OutOfMemoryError):
+            raise
+        raise out_of_memory_error(exc, volume, card, options) from exc
+
+
+def out_of_memory_error(exc: BaseException, volume: Union[Volume, Sequence[Volume]], card: Optional[Any],
+                        options: SegmentOptions) -> OutOfMemoryError:
+    """The one-line :class:`OutOfMemoryError` for a failed allocation while segmenting ``volume``: the image and
+    window sizes and the options that lower the memory needed."""
+    first = volume if isinstance(volume, Volume) else (list(volume) or [None])[0]
+    path = getattr(first, "path", None)
+    shape = getattr(first, "shape_zyx", None)
+    size = " x ".join(str(v) for v in reversed(shape)) + " voxels (x y z)" if shape else "the image"
+    window = getattr(card, "patch_size_xyz", None)
+    window_text = f", window {'x'.join(str(int(v)) for v in window)}" if window else ""
+    layout = ("--layout default instead of whole (one window of the whole scan), "
+              if options.layout == "whole" else "")
+    detail = out_of_memory_detail(exc)
+    message = (f"out of memory segmenting {size}{window_text}, {options.batch_size} window(s) per pass ({detail}): "
+               f"use {layout}a smaller --batch-size (windows per pass), no --tta, or segment a part with --roi")
+    return OutOfMemoryError(f"{path}: {message}" if path else message)
+
+
+def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> SegmentationResult:
+    t0 = time.perf_counter()
     progress = progress or (lambda f, m="": None)
     if isinstance(model, (str, Path)):
         from semisupseg.checkpoint import load_model

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from semisupseg import runtime
-from semisupseg.errors import Cancelled, CheckpointError, InputError, OutputExistsError
+from semisupseg.errors import (Cancelled, CheckpointError, InputError, OutOfMemoryError, OutputExistsError,
+                               is_out_of_memory, out_of_memory_detail)
 from semisupseg.methods import Batch, Method, StepContext, get_method
 from semisupseg.progress import CancelToken, ProgressCallback
 from semisupseg.schedules import poly_lr, step_decay_lr
@@ -168,8 +169,9 @@ class Trainer:
         heartbeat), and a fresh start in a folder holding a run's state (resume state or model files) unless
         ``overwrite``. Leftovers of a start that failed before training (a log without any state) are removed, so
         that rerunning the corrected command works. Then the heartbeat starts."""
-        from semisupseg.training.heartbeat import (Heartbeat, clear_engine_files, describe_process, heartbeat_alive,
-                                                   read_heartbeat, start_refusal)
+        from semisupseg.fileio import remove_stale_temps
+        from semisupseg.training.heartbeat import (ENGINE_ENTRIES, Heartbeat, clear_engine_files, describe_process,
+                                                   heartbeat_alive, read_heartbeat, start_refusal)
 
         d = self.run_dir
         if d.exists() and not d.is_dir():
@@ -177,6 +179,8 @@ class Trainer:
         other = read_heartbeat(d)
         if heartbeat_alive(other):
             raise InputError(describe_process(other), d)
+        if d.is_dir():  # no process writes here now: temporary files of writes a kill cut short go
+            remove_stale_temps(d, ENGINE_ENTRIES)
         if not self.resume and d.exists():
             refusal = start_refusal(d, self.overwrite)
             if refusal is not None:
@@ -527,7 +531,9 @@ class Trainer:
         return dist_utils.any_flag(self.cancel.cancelled, self.dist)
 
     def _validate_and_save(self) -> Optional[Dict[str, Any]]:
+        self._phase = "validation"
         metrics = self._validate()
+        self._phase = "saving"
         metrics = dist_utils.broadcast_object(metrics, self.dist)
         if self.dist.is_main:
             extra: Dict[str, Any] = {}
@@ -597,7 +603,10 @@ class Trainer:
                 save_config(cfg, self.run_dir / "config.yaml")
                 import json
 
-                (self.run_dir / "data.json").write_text(json.dumps(self.data.summary(), indent=1))
+                from semisupseg.fileio import write_text_atomic
+
+                write_text_atomic(json.dumps(self.data.summary(), indent=1), self.run_dir / "data.json",
+                                  overwrite=True)
             common = dict(iteration=self.iteration, max_iterations=cfg.iterations, method=cfg.method,
                           run_dir=str(self.run_dir), device=str(self.device), world_size=self.dist.world_size,
                           bf16=self.use_bf16, channels_last=self.channels_last,
@@ -611,8 +620,11 @@ class Trainer:
             self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
-            self._fail(exc)
+            oom = self._out_of_memory(exc)
+            self._fail(oom or exc)
             self._leave_process_group()
+            if oom is not None:
+                raise oom from exc
             raise
 
         try:
@@ -621,6 +633,7 @@ class Trainer:
                 if self._check_cancel():
                     raise Cancelled("training cancelled")
                 t_start = time.perf_counter()
+                self._phase = "training step"
                 loss, terms, logs = self._train_step()
                 if not math.isfinite(loss) and cfg.stop_on_nonfinite:
                     raise FloatingPointError(f"non-finite loss {loss} at iteration {self.iteration} (terms {terms}); "
@@ -645,6 +658,7 @@ class Trainer:
                 if self.iteration % cfg.val_every == 0 or self.iteration == cfg.iterations:
                     self._validate_and_save()
                 elif self.iteration % cfg.save_every == 0:
+                    self._phase = "saving"
                     self._save_resume()
                 if self.snapshots is not None and (self.iteration % cfg.overlays.every == 0
                                                    or self.iteration == cfg.iterations):
@@ -659,8 +673,11 @@ class Trainer:
                 self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
-            self._fail(exc)
+            oom = self._out_of_memory(exc)
+            self._fail(oom or exc)
             self._leave_process_group()
+            if oom is not None:
+                raise oom from exc
             raise
         durations = sorted(self._durations[1:] or self._durations)
         self.events.emit("finished", iteration=self.iteration, max_iterations=cfg.iterations,
@@ -692,9 +709,39 @@ class Trainer:
             self._save_model("last", {"cancelled_at": self.iteration})
         self._save_resume()
 
+    def _out_of_memory(self, exc: BaseException) -> Optional[OutOfMemoryError]:
+        """``exc`` as an :class:`OutOfMemoryError` whose one line says where memory ran out, which options lower
+        it, and which saved state ``--resume`` continues from; ``None`` when ``exc`` is not a failed allocation."""
+        if isinstance(exc, OutOfMemoryError) or not is_out_of_memory(exc):
+            return exc if isinstance(exc, OutOfMemoryError) else None
+        cfg = self.cfg
+        phase = getattr(self, "_phase", None) or "setting up (reading the data, building the network)"
+        patch = cfg.data.patch_size
+        patch_text = "x".join(str(int(v)) for v in patch) + " voxels (x y z)" if patch else "from the data"
+        if phase == "validation":
+            advice = (f"use a smaller patch (--patch-size X Y Z; the validation window is the patch) or fewer "
+                      f"windows per pass (--set val_batch_size=1, now {cfg.val_batch_size})")
+        else:
+            advice = (f"use a smaller patch (--patch-size X Y Z, now {patch_text}), batch (--batch-size B, now "
+                      f"{cfg.batch_size}) or network (--set model.n_filters=N, now {cfg.model.n_filters})")
+        saved = None
+        try:
+            from semisupseg.checkpoint import load_state
+
+            resume = self.run_dir / "resume.pt"
+            if resume.exists():
+                saved = int(load_state(resume)["iteration"])
+        except Exception:  # the message must not fail; the state file is checked again by --resume
+            saved = None
+        kept = (f"the last saved state (iteration {saved}) is kept: continue with --resume {self.run_dir}"
+                if saved is not None else "no training state was saved yet")
+        detail = out_of_memory_detail(exc)
+        return OutOfMemoryError(f"out of memory during {phase} at iteration {self.iteration} ({detail}): {advice}; "
+                                f"{kept}")
+
     def _fail(self, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, (InputError, CheckpointError, FloatingPointError)):
+        if not isinstance(exc, (InputError, CheckpointError, FloatingPointError, OutOfMemoryError)):
             message += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
         try:
             self.events.emit("failed", iteration=self.iteration, max_iterations=self.cfg.iterations,
