@@ -60,6 +60,7 @@ __all__ = [
     "read_label_or_h5",
     "check_finite",
     "check_not_constant",
+    "check_scan",
     "check_memory",
     "available_memory",
     "SeriesChoiceError",
@@ -224,6 +225,22 @@ def check_not_constant(volume: Volume, path: Optional[PathLike] = None, what: st
     if array.size and float(np.min(array)) == float(np.max(array)):
         raise InputError(f"the image is constant (every voxel is {float(array.reshape(-1)[0]):g}): nothing to {what}",
                          path if path is not None else volume.path)
+
+
+def check_scan(volume: Volume, name: str, what: str = "segment") -> None:
+    """The checks a scan passed from memory (a Slicer node, an array) gets before the network sees it, as files get
+    them when read: a 3D volume of more than one slice, no NaN/Inf voxels, not constant. ``name`` says which input
+    in the :class:`InputError` (e.g. ``"volume 'CT chest'"``); ``what``: the work refused ("segment", "learn
+    from")."""
+    array = np.asarray(volume.array)
+    shape = array.shape[-3:]
+    if array.size == 0:
+        raise InputError(f"empty image (size {tuple(reversed(shape))}, x,y,z): no voxels", name)
+    if shape[0] == 1:
+        raise InputError(f"a single slice (size {tuple(reversed(shape))}, x,y,z): a 2D image; a 3D volume is "
+                         "required", name)
+    check_finite(array, name, "error")
+    check_not_constant(volume, name, what)
 
 
 def label_array(array: np.ndarray, path: Optional[PathLike] = None) -> np.ndarray:

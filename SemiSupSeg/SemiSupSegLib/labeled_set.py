@@ -100,6 +100,10 @@ def labeled_set_layout(labeled_dir: PathLike, labels_dir: Optional[PathLike] = N
     root = Path(labeled_dir).expanduser()
     if root.exists() and not root.is_dir():
         raise InputError("the labeled set must be a folder", root)
+    for folder in [Path(d).expanduser() for d in (labeled_dir, labels_dir) if d]:
+        above = next((p for p in folder.parents if p.exists()), None)
+        if not folder.exists() and above is not None and not above.is_dir():
+            raise InputError(f"cannot make the labeled set's folder here: {above} is a file, not a folder", folder)
     if labels_dir:
         layout = LabeledSetLayout(root, Path(labels_dir).expanduser())
     elif not root.exists() or (root / "imagesTr").is_dir() or not any(p for p in root.iterdir()
@@ -298,7 +302,7 @@ def add_to_labeled_set(scene, segmentations_logic, volume_node, segmentation_nod
     """
     from semisupseg.data.cases import Case, ClassInfo, read_case
     from semisupseg.errors import InputError
-    from semisupseg.io import write_volume
+    from semisupseg.io import check_scan, write_volume
 
     if volume_node is None:
         raise InputError("choose the volume to add")
@@ -328,6 +332,7 @@ def add_to_labeled_set(scene, segmentations_logic, volume_node, segmentation_nod
     mapping = segment_label_values(segments, classes)
 
     image = image_volume(volume_node)
+    check_scan(image, f"volume '{volume_node.GetName()}'", "learn from")  # before anything is written
     dtype = np.uint8 if max(classes.label_values) < 256 else np.uint16
     label = np.zeros(image.array.shape, dtype=dtype)
     covered = np.zeros(image.array.shape, dtype=bool)
@@ -367,12 +372,15 @@ def add_to_labeled_set(scene, segmentations_logic, volume_node, segmentation_nod
         _publish(tmp_label, final_label)
         written.append(final_label)
         _check_written(Case(case_id, final_image, final_label), classes, image.array, label, read_case)
-    except BaseException:
+    except BaseException as exc:
         for path in written:
             try:
                 path.unlink()
             except OSError:
                 pass
+        if isinstance(exc, OSError) and not isinstance(exc, InputError):  # a full disk, a read-only place
+            raise InputError(f"cannot write into the labeled set ({exc.strerror or exc}); nothing was added",
+                             exc.filename or layout.images) from exc
         raise
     finally:
         for folder in scratch:

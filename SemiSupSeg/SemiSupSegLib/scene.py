@@ -124,7 +124,10 @@ def volume_from_node(node) -> Volume:
     else:
         array = array.astype(np.float32, copy=True)
     spacing, origin, direction = node_geometry(node)
-    return Volume(array, spacing, origin, direction, _storage_path(node))
+    try:
+        return Volume(array, spacing, origin, direction, _storage_path(node))
+    except InputError as exc:  # a zero spacing or a NaN origin set on the node: say which node
+        raise InputError(f"{_node_label(node)} has an invalid geometry: {exc}") from None
 
 
 def vtk_image_from_array(array: np.ndarray, image=None):

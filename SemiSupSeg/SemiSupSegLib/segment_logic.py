@@ -427,10 +427,12 @@ class SegmentLogic:
         """Start segmenting in the background; returns at once with the :class:`SegmentJob`.
 
         Raises ``InputError`` (one line) for a bad request before anything runs: unknown model, unreadable card,
-        empty ROI, a job already running.
+        empty ROI, a job already running, a volume that is no 3D scan to segment (NaN/Inf voxels, constant, one
+        slice).
         """
         from semisupseg.checkpoint import read_card
         from semisupseg.errors import InputError
+        from semisupseg.io import check_scan
         from SemiSupSegLib.scene import volume_from_node
 
         t0 = time.monotonic()
@@ -445,6 +447,7 @@ class SegmentLogic:
             roi_box = roi_box_zyx(request.roi_node, request.input_node)
         options, notes = worker_options(request, card, roi_box)
         volume = volume_from_node(request.input_node)
+        check_scan(volume, f"volume '{request.input_node.GetName()}'")  # NaN, constant, one slice: refused here
         job = SegmentJob(self, request, card, model_path, on_progress, on_log, notes, t0)
         for note in notes:
             if on_log is not None:
