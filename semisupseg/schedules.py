@@ -23,12 +23,29 @@ def gaussian_warmup(iteration: float, max_iterations: float, amplitude: float = 
     return float(amplitude * math.exp(-5.0 * (1.0 - t) ** 2))
 
 
+def ramp_period(rampup_period: int, max_iterations: int, rampup_length: float) -> int:
+    """Iterations per ramp step of the releases' staircase ramp ``sigmoid_rampup(it // period, length)``.
+
+    ``rampup_period > 0`` is taken as is (the releases: 150). ``0`` ("auto", our default) scales the ramp to the run:
+    ``period = max(1, round(max_iterations / rampup_length))``, so the ramp ends with the run as it does in the
+    releases at their budget (6000 iterations / 40 = 150, identical there). With the releases' fixed 150 a
+    1000-iteration run stops at ``sigmoid_rampup(6, 40) = 0.027`` of the weight: the unlabeled term never acts.
+    """
+    if rampup_period > 0:
+        return int(rampup_period)
+    if rampup_period < 0:
+        raise ValueError(f"rampup_period must be >= 0 (0: scaled to the run), got {rampup_period}")
+    return max(1, int(round(max_iterations / rampup_length))) if rampup_length > 0 else 1
+
+
 def consistency_weight(iteration: int, amplitude: float, rampup: str, max_iterations: int,
-                       rampup_period: int = 150, rampup_length: float = 40.0) -> float:
-    """A loss weight ramped as selected: ``"sigmoid"`` (release: ``a * sigmoid_rampup(it // 150, 40)``),
-    ``"gaussian"`` (``gaussian_warmup(it, max_iterations, a)``) or ``"constant"`` (``a``)."""
+                       rampup_period: int = 0, rampup_length: float = 40.0) -> float:
+    """A loss weight ramped as selected: ``"sigmoid"`` (release: ``a * sigmoid_rampup(it // period, 40)``, period
+    150 in the releases, by default scaled to the run: :func:`ramp_period`), ``"gaussian"``
+    (``gaussian_warmup(it, max_iterations, a)``) or ``"constant"`` (``a``)."""
     if rampup == "sigmoid":
-        return float(amplitude * sigmoid_rampup(iteration // rampup_period, rampup_length))
+        period = ramp_period(rampup_period, max_iterations, rampup_length)
+        return float(amplitude * sigmoid_rampup(iteration // period, rampup_length))
     if rampup == "gaussian":
         return gaussian_warmup(iteration, max_iterations, amplitude)
     if rampup == "constant":
