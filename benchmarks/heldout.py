@@ -104,10 +104,18 @@ def _call(argv: List[str], log: Path, env: Dict[str, str]) -> int:
         return subprocess.call(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
 
 
-def do_run(args, dataset: str, data_dir: Path, method: str, labeled: int, augment: str, seed: int) -> Dict[str, Any]:
-    """Train (or resume), segment the test set, evaluate; returns a status row."""
-    name = run_name(method, labeled, augment, seed)
-    run_dir = Path(args.out_dir) / dataset / name
+def do_run(args, dataset: str, data_dir: Path, method: str, labeled: int, augment: str, seed: int,
+           split_file: Optional[Path] = None, labeled_key: Optional[str] = None,
+           run_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """Train (or resume), segment the test set, evaluate; returns a status row.
+
+    By default the labeled cases are ``labeled_<labeled>`` of the dataset's fixed split and the run lives in
+    ``<out-dir>/<dataset>/<run name>``; other experiments (``active_learning.py``) pass their own split file (same
+    ``test`` and ``train`` lists), labeled-list key and run folder."""
+    split_file = split_file or split_path(dataset)
+    labeled_key = labeled_key or f"labeled_{labeled}"
+    run_dir = Path(run_dir) if run_dir else Path(args.out_dir) / dataset / run_name(method, labeled, augment, seed)
+    name = run_dir.name
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "benchmark.log"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -118,8 +126,8 @@ def do_run(args, dataset: str, data_dir: Path, method: str, labeled: int, augmen
             argv = py + ["train", "--resume", str(run_dir), "--no-bar", "--set", f"iterations={args.iterations}"]
         else:
             patch = args.patch_size or DATASETS[dataset][1]
-            argv = py + ["train", "--method", method, "--labeled", str(data_dir), "--split", str(split_path(dataset)),
-                         "--split-labeled", f"labeled_{labeled}", "--validation", "0",
+            argv = py + ["train", "--method", method, "--labeled", str(data_dir), "--split", str(split_file),
+                         "--split-labeled", labeled_key, "--validation", "0",
                          "--patch-size", *[str(v) for v in patch], "--iterations", str(args.iterations),
                          "--seed", str(seed), "--out", str(run_dir), "--no-bar", "--overwrite",
                          "--set", f"data.augment={augment}", "--set", f"num_threads={args.threads}",
@@ -131,7 +139,7 @@ def do_run(args, dataset: str, data_dir: Path, method: str, labeled: int, augmen
             return {"run": name, "status": f"train failed ({rc})", "seconds": time.time() - t0}
     test_csv = run_dir / "test.csv"
     if not test_csv.exists():
-        split = json.loads(split_path(dataset).read_text())
+        split = json.loads(Path(split_file).read_text())
         images = [str(data_dir / "imagesTr" / f"{c}.nii.gz") for c in split["test"]]
         pred = run_dir / "test_pred"
         rc = _call(py + ["segment", *images, "--model", str(run_dir / "last.pt"), "-o", str(pred), "--overwrite"],
