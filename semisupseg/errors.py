@@ -32,6 +32,10 @@ class Cancelled(SemiSupSegError):
     """Long work (inference, training) stopped because its :class:`~semisupseg.progress.CancelToken` was set."""
 
 
+class BatchError(SemiSupSegError):
+    """Some items of a batch failed (each reported as it happened); the others were done."""
+
+
 class OutOfMemoryError(SemiSupSegError):
     """Training or inference ran out of memory (CPU RAM or GPU). The message names the options that lower the
     memory needed (patch, batch, window) and, for training, which saved state a ``--resume`` continues from."""

@@ -242,7 +242,7 @@ def wait_until(done: Callable[[], bool], step: Callable[[], Any], timeout: Optio
 
 class ProgressTracker:
     """Overall fraction done, a message and an ETA from the events of ``segment --json-progress`` (``case``,
-    ``progress``, ``done``), ``train --events`` (``iteration``/``validation`` with ``max_iterations``, ``eta_s``)
+    ``progress``, ``done``, a case's ``failed``), ``train --events`` (``iteration``/``validation`` with ``max_iterations``, ``eta_s``)
     and the worker (``progress``).
 
     ``fraction``: 0..1 or ``None`` before the first progress; ``message``: short text; ``eta_s``: seconds left or
@@ -275,6 +275,9 @@ class ProgressTracker:
             self.message = f"[{self._case + 1}/{self._cases}] {msg}" if self._cases > 1 else msg
         elif kind == "done":
             fraction = (self._case + 1) / self._cases
+        elif kind == "failed" and event.get("cases"):  # one case of a segment batch failed; the others go on
+            fraction = (int(event.get("index", self._case)) + 1) / max(1, int(event["cases"]))
+            self.message = f"case {event.get('case', '')} failed: {event.get('error', '')}"
         elif event.get("max_iterations") and event.get("iteration") is not None:
             fraction = float(event["iteration"]) / float(event["max_iterations"])
             self.message = f"{kind} {event['iteration']}/{event['max_iterations']}"

@@ -16,11 +16,16 @@ the folder name ``<ID>``), in the input image's exact geometry, format by ``--ou
   back to windows.
 
 Existing outputs are never replaced without ``--overwrite`` (checked for every case before any work starts).
+A case that fails (an unreadable or refused image, out of memory) is reported on its own line and leaves no outputs;
+the other cases are still segmented, and the command ends with one line listing the failures and exit code 2 (with
+``--json-progress``: a ``failed`` event per case and a final ``summary`` event). With a single input its error is
+the command's error.
 With a model of ``k > 1`` input channels, give the images in groups of ``k`` consecutive paths (one case each).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -146,16 +151,10 @@ def read_input(path: Path, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from semisupseg.catalogue import resolve_model
-    from semisupseg.cli.console import Progress
-    from semisupseg.data.fingerprint import domain_warnings
-    from semisupseg.fileio import write_text_atomic
     from semisupseg.checkpoint import load_model
-    from semisupseg.errors import InputError, OutputExistsError
-    from semisupseg.inference import SegmentOptions, segment, tta_axes_for_model
-    from semisupseg.io import check_not_constant, write_segmentation, write_volume
+    from semisupseg.errors import BatchError, Cancelled, InputError, OutputExistsError, SemiSupSegError
+    from semisupseg.inference import SegmentOptions, tta_axes_for_model
     from semisupseg.progress import CancelToken
 
     model_path = resolve_model(args.model)
@@ -202,63 +201,102 @@ def run(args: argparse.Namespace) -> int:
     def emit(record: dict) -> None:
         print(json.dumps(record), flush=True)
 
+    failures: List[Tuple[str, str]] = []  # (case, one line): a bad file does not stop the others
     for index, (name, group, outs) in enumerate(plans):
-        volumes = [read_input(p, args) for p in group]
-        check_not_constant(volumes[0], group[0])
-        warnings = domain_warnings(volumes[0], card)  # far outside the training data: say so, keep it with outputs
-        if warnings:
-            print(f"warning: {name}: " + "; ".join(warnings), file=sys.stderr)
-        bar: Optional[Progress] = None
-        if args.json_progress:
-            emit({"event": "case", "case": name, "index": index, "cases": len(plans)})
-
-            def progress(fraction: float, message: str = "", _name: str = name) -> None:
-                emit({"event": "progress", "case": _name, "fraction": round(float(fraction), 4),
-                      "message": message})
-        else:  # a bar on a terminal, plain lines in a log (no carriage returns)
-            bar = progress = Progress(f"[{index + 1}/{len(plans)}] {name}")
+        existed = {p for p in list(outs.values()) + [warnings_path(name, outdir)] if p.exists()}
         try:
-            result = segment(volumes, model, card, options, progress=progress, cancel=cancel)
+            _segment_case(args, index, name, group, outs, plans, model, card, options, tta, cancel, emit, outdir)
+        except Cancelled:
+            raise
+        except (SemiSupSegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+            if len(plans) == 1:
+                raise  # one input: its error is the command's error
+            line = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not isinstance(exc, SemiSupSegError):
+                line = f"{group[0]}: {type(exc).__name__}: {line}"
+            failures.append((name, line))
+            for p in list(outs.values()) + [warnings_path(name, outdir)]:  # no half set of outputs for it
+                if p not in existed and p.exists():
+                    p.unlink()
+            if args.json_progress:
+                emit({"event": "failed", "case": name, "index": index, "cases": len(plans), "error": line})
+            else:
+                print(f"failed: {name}: {line} (going on with the other cases)", file=sys.stderr)
         finally:
-            if bar is not None:
-                bar.close()
-        written = {}
-        outdir.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no empty output folder
-        written["labels"] = write_segmentation(result.labels, outs["labels"], class_names=card.class_names,
-                                               label_values=card.label_values, overwrite=args.overwrite)
-        if "probabilities" in outs:
-            fg = result.probabilities.array[1:]
-            written["probabilities"] = write_volume(result.probabilities.with_array(fg[0] if len(fg) == 1 else fg),
-                                                    outs["probabilities"], overwrite=args.overwrite)
-        if "sdm" in outs and result.sdm is not None:
-            sdm = result.sdm.array
-            written["sdm"] = write_volume(result.sdm.with_array(sdm[0] if len(sdm) == 1 else sdm), outs["sdm"],
-                                         overwrite=args.overwrite)
-        if "entropy" in outs and result.entropy is not None:
-            written["entropy"] = write_volume(result.entropy, outs["entropy"], overwrite=args.overwrite)
-        counts = {card.class_names[i]: int(np.count_nonzero(result.labels.array == v))
-                  for i, v in enumerate(card.label_values) if i > 0}
-        info = result.info
-        if args.layout == "whole" and info.get("layout") != "whole":
-            grid = " x ".join(str(s) for s in reversed(info.get("model_grid_zyx") or []))
-            from semisupseg.inference import sliding_window
-
-            note = (f"--layout whole: the scan ({grid} voxels on the model's grid, padded) is above its cap of "
-                    f"{sliding_window.WHOLE_MAX_VOXELS:,} voxels; segmented with the default windows")
-            warnings.append(note)
-            print(f"note: {name}: {note}", file=sys.stderr)
-        if warnings:
-            written["warnings"] = write_text_atomic("\n".join(warnings) + "\n", warnings_path(name, outdir),
-                                                    overwrite=args.overwrite)
-        elif warnings_path(name, outdir).exists():  # --overwrite: a stale note of an earlier run must not stay
-            warnings_path(name, outdir).unlink()
+            gc.collect()  # the case's arrays go now, not at some later collection: memory stays flat over a batch
+    if failures:
         if args.json_progress:
-            emit({"event": "done", "case": name, "outputs": {k: str(v) for k, v in written.items()},
-                  "voxels": counts, "seconds": round(info["total_seconds"], 3), "windows": info["windows"],
-                  "precision": info["precision"], "tta_axes": "".join("zyx"[a] for a in tta),
-                  "layout": info.get("layout"), "warnings": warnings})
-        else:
-            print(f"{name}: {info['windows']} windows ({info['precision']}), {info['total_seconds']:.1f} s; "
-                  + ", ".join(f"{k} {v} voxels" for k, v in counts.items()) + f" -> {written['labels']}",
-                  file=sys.stderr)
+            emit({"event": "summary", "cases": len(plans), "failed": [{"case": c, "error": e} for c, e in failures]})
+        raise BatchError(f"{len(failures)} of {len(plans)} cases failed (the others were segmented): "
+                         + "; ".join(e for _, e in failures[:5]) + ("; ..." if len(failures) > 5 else ""))
     return 0
+
+
+def _segment_case(args, index, name, group, outs, plans, model, card, options, tta, cancel, emit, outdir) -> None:
+    """Read, segment and write one case of :func:`run`."""
+    import numpy as np
+
+    from semisupseg.cli.console import Progress
+    from semisupseg.data.fingerprint import domain_warnings
+    from semisupseg.fileio import write_text_atomic
+    from semisupseg.inference import segment
+    from semisupseg.io import check_not_constant, write_segmentation, write_volume
+
+    volumes = [read_input(p, args) for p in group]
+    check_not_constant(volumes[0], group[0])
+    warnings = domain_warnings(volumes[0], card)  # far outside the training data: say so, keep it with outputs
+    if warnings:
+        print(f"warning: {name}: " + "; ".join(warnings), file=sys.stderr)
+    bar: Optional[Progress] = None
+    if args.json_progress:
+        emit({"event": "case", "case": name, "index": index, "cases": len(plans)})
+
+        def progress(fraction: float, message: str = "", _name: str = name) -> None:
+            emit({"event": "progress", "case": _name, "fraction": round(float(fraction), 4),
+                  "message": message})
+    else:  # a bar on a terminal, plain lines in a log (no carriage returns)
+        bar = progress = Progress(f"[{index + 1}/{len(plans)}] {name}")
+    try:
+        result = segment(volumes, model, card, options, progress=progress, cancel=cancel)
+    finally:
+        if bar is not None:
+            bar.close()
+    written = {}
+    outdir.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no empty output folder
+    written["labels"] = write_segmentation(result.labels, outs["labels"], class_names=card.class_names,
+                                           label_values=card.label_values, overwrite=args.overwrite)
+    if "probabilities" in outs:
+        fg = result.probabilities.array[1:]
+        written["probabilities"] = write_volume(result.probabilities.with_array(fg[0] if len(fg) == 1 else fg),
+                                                outs["probabilities"], overwrite=args.overwrite)
+    if "sdm" in outs and result.sdm is not None:
+        sdm = result.sdm.array
+        written["sdm"] = write_volume(result.sdm.with_array(sdm[0] if len(sdm) == 1 else sdm), outs["sdm"],
+                                     overwrite=args.overwrite)
+    if "entropy" in outs and result.entropy is not None:
+        written["entropy"] = write_volume(result.entropy, outs["entropy"], overwrite=args.overwrite)
+    counts = {card.class_names[i]: int(np.count_nonzero(result.labels.array == v))
+              for i, v in enumerate(card.label_values) if i > 0}
+    info = result.info
+    if args.layout == "whole" and info.get("layout") != "whole":
+        grid = " x ".join(str(s) for s in reversed(info.get("model_grid_zyx") or []))
+        from semisupseg.inference import sliding_window
+
+        note = (f"--layout whole: the scan ({grid} voxels on the model's grid, padded) is above its cap of "
+                f"{sliding_window.WHOLE_MAX_VOXELS:,} voxels; segmented with the default windows")
+        warnings.append(note)
+        print(f"note: {name}: {note}", file=sys.stderr)
+    if warnings:
+        written["warnings"] = write_text_atomic("\n".join(warnings) + "\n", warnings_path(name, outdir),
+                                                overwrite=args.overwrite)
+    elif warnings_path(name, outdir).exists():  # --overwrite: a stale note of an earlier run must not stay
+        warnings_path(name, outdir).unlink()
+    if args.json_progress:
+        emit({"event": "done", "case": name, "outputs": {k: str(v) for k, v in written.items()},
+              "voxels": counts, "seconds": round(info["total_seconds"], 3), "windows": info["windows"],
+              "precision": info["precision"], "tta_axes": "".join("zyx"[a] for a in tta),
+              "layout": info.get("layout"), "warnings": warnings})
+    else:
+        print(f"{name}: {info['windows']} windows ({info['precision']}), {info['total_seconds']:.1f} s; "
+              + ", ".join(f"{k} {v} voxels" for k, v in counts.items()) + f" -> {written['labels']}",
+              file=sys.stderr)
