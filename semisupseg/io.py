@@ -658,6 +658,14 @@ def _check_nifti_header(path: Path) -> None:
     ndim = int(dims[0])
     if not 1 <= ndim <= 7:
         return  # ITK decides (and the scan)
+    expected_bits = _NIFTI_BITPIX.get(int(datatype))
+    if expected_bits is not None and int(bitpix) != expected_bits:
+        raise InputError(f"corrupt NIfTI header: bitpix {int(bitpix)} does not match datatype {int(datatype)} "
+                         f"({expected_bits} bits per voxel)", path)
+    offset = struct.unpack(e + "f", head[108:112])[0] if struct.unpack(e + "i", head[:4])[0] == 348 else \
+        float(struct.unpack(e + "q", head[168:176])[0])
+    if not np.isfinite(offset) or offset < 0 or offset > 1 << 40:
+        raise InputError(f"corrupt NIfTI header: the voxel data offset (vox_offset) is {offset!r}", path)
     size = [int(d) for d in dims[1: ndim + 1]]
     if any(s < 0 for s in size):
         raise InputError(f"the header declares a negative size {tuple(size)}", path)
@@ -860,6 +868,9 @@ def _check_dicom_spacing(folder: Path, reader: sitk.ImageSeriesReader, n: int) -
 
 
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
+#: bits per voxel of each NIfTI datatype code (bitpix must agree)
+_NIFTI_BITPIX = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64,
+                 1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}
 
 
 def _nifti_scan(path: Path) -> int:
@@ -1025,13 +1036,15 @@ def read_la_h5(
     except OSError as exc:
         raise InputError(f"cannot open as HDF5 (corrupt or not an HDF5 file): {exc}", p) from exc
     with handle:
-        if "image" not in handle:
-            raise InputError(f"HDF5 file has no 'image' dataset (keys: {sorted(handle.keys())})", p)
-        try:
+        try:  # h5py raises RuntimeError (not OSError) for damaged metadata: a bad symbol table, an address overflow
+            if "image" not in handle:
+                raise InputError(f"HDF5 file has no 'image' dataset (keys: {sorted(handle.keys())})", p)
             raw = np.asarray(handle["image"][()])
             raw_label = np.asarray(handle["label"][()]) if (with_label and "label" in handle) else None
-        except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"cannot read the HDF5 datasets: {exc}", p) from exc
+        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"cannot read the HDF5 datasets (corrupt file): {exc}", p) from exc
     image_arr = _h5_array(raw, p, "image")
     image_arr = check_finite(image_arr.astype(np.float32, copy=False), p, nonfinite)
     image = Volume(image_arr, tuple(spacing), tuple(origin), np.eye(3), str(p))
