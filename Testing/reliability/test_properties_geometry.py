@@ -9,8 +9,9 @@ maximum, so values lie in [-1, 1] with +1 at the farthest outside voxel; empty m
 (``degenerate="saturate"``). The boundary ring M_bound is ``it`` voxels (city-block) on each side of the surface,
 ``it`` from eq. 8; the patch edge is not a surface. The SGRS regions partition the valid voxels into Δ / Ω / Θ.
 
-Settings: ``max_examples`` 60 (``deadline=None``); with ``CI`` set the examples are derandomised and no example
-database is written, so CI runs the same cases every time.
+Settings: ``max_examples`` 60 (``deadline=None``; ``SEMISUPSEG_PROPERTY_EXAMPLES=N`` for a longer hunt); with
+``CI`` set the examples are derandomised and no example database is written, so CI runs the same cases every
+time.
 """
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ from scipy import ndimage
 from semisupseg import geometry as G
 
 CI = bool(os.environ.get("CI"))
+#: examples per property: 60 (seconds); a longer hunt: SEMISUPSEG_PROPERTY_EXAMPLES=2000
+EXAMPLES = int(os.environ.get("SEMISUPSEG_PROPERTY_EXAMPLES", "60"))
 #: modest, fast, reproducible in CI
-PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, derandomize=CI, database=None if CI else
+PROPERTY_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=CI, database=None if CI else
                              settings.default.database, suppress_health_check=[HealthCheck.too_slow,
                                                                                HealthCheck.filter_too_much])
 
@@ -59,7 +62,7 @@ def blob(shape, seed: int, density: float) -> np.ndarray:
 
 
 @st.composite
-def grids(draw, min_side: int = 3, max_side: int = 14):
+def grids(draw, min_side: int = 1, max_side: int = 14):
     return tuple(draw(st.integers(min_side, max_side)) for _ in range(3))
 
 
@@ -98,9 +101,11 @@ def shapes_on(draw, shape, kind=None):
 
 
 @st.composite
-def masks(draw, min_side: int = 3, max_side: int = 14, proper: bool = True, kind=None):
+def masks(draw, min_side: int = 1, max_side: int = 14, proper: bool = True, kind=None):
     """A mask on a random grid; ``proper``: neither empty nor full."""
     shape = draw(grids(min_side, max_side))
+    if proper and math.prod(shape) < 2:
+        shape = (1, 1, 2)
     m = draw(shapes_on(shape, kind))
     if proper:
         if not m.any():
