@@ -16,7 +16,8 @@ else the environment variable ``SEMISUPSEG_HOME``, else ``~/.semisupseg``. Layou
      "models": [{"name": "my-la", "source": "user", "path": "/abs/path/model.pt", "added": "2025-01-01T12:00:00+00:00"},
                 {"name": "la-run", "source": "run", "run_dir": "/abs/path/run", "added": "..."}]}
 
-Paths are stored absolute. The registry is rewritten atomically (temporary file + rename) under an advisory lock
+Paths are stored absolute (a hand-edited relative path makes its entry unusable, with an ``error`` saying so,
+rather than naming a different file in each working folder). The registry is rewritten atomically (temporary file + rename) under an advisory lock
 (POSIX ``flock`` on ``models.json.lock``) so the CLI and Slicer adding models at the same time lose nothing. A file
 that went missing is listed with its ``error`` (never an exception while listing); using it
 (:meth:`ModelCatalogue.resolve`) raises an :class:`~semisupseg.errors.InputError` naming the file.
@@ -159,8 +160,12 @@ class ModelCatalogue:
             return []
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CatalogueError(f"the model registry cannot be read ({exc}); fix or remove the file", path) from None
+        except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit number
+            raise CatalogueError(f"the model registry cannot be read ({str(exc)[:200]}); fix or remove the file",
+                                 path) from None
+        except RecursionError:
+            raise CatalogueError("the model registry cannot be read (nested too deeply); fix or remove the file",
+                                 path) from None
         if not isinstance(data, dict) or not isinstance(data.get("models"), list):
             raise CatalogueError("the model registry is not a {'format': 1, 'models': [...]} object; fix or remove "
                                  "the file", path)
@@ -207,6 +212,12 @@ class ModelCatalogue:
 
     @staticmethod
     def _entry_from_record(rec: Dict[str, Any]) -> ModelEntry:
+        where = Path(rec["path"] if rec["source"] == "user" else rec["run_dir"])
+        if not where.is_absolute():  # hand-edited: it would name another file in every working folder
+            return ModelEntry(name=rec["name"], path=where, source=rec["source"], added=rec.get("added"),
+                              run_dir=where if rec["source"] == "run" else None,
+                              error=f"the registry gives a relative path ({where}); remove the entry and add the "
+                                    "model again")
         if rec["source"] == "user":
             return ModelEntry(name=rec["name"], path=Path(rec["path"]), source="user", added=rec.get("added"))
         run_dir = Path(rec["run_dir"])

@@ -772,3 +772,56 @@ def test_huge_declared_sizes_do_not_allocate(good_file, tmp_path):
     # read_model_file maps the storage (never reads it); the card is fine, the claimed size never allocated
     assert "shape mismatch" in res["n_filters 10**6, limit lifted"][0]
     assert report["peak_mb"] - report["base_mb"] < 150, report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The catalogue's registry (models.json: hand-edited or damaged)
+# ----------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, words", [
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"format": ' + "9" * 5000 + ', "models": []}', "cannot be read"),
+    ("\xff\xfe not text", "cannot be read"),
+    ('{"format": 99, "models": []}', "format 99"),
+    ('{"format": 1, "models": {"a": 1}}', "not a {'format': 1"),
+    ('{"format": 1, "models": [{"name": "x", "source": "shipped", "path": "/x.pt"}]}', "malformed"),
+    ('{"format": 1, "models": [{"name": 5, "source": "user", "path": "/x.pt"}]}', "malformed"),
+])
+def test_a_damaged_registry_is_one_clear_error(text, words, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models.json").write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
+    catalogue = ModelCatalogue(home, shipped_dir=tmp_path / "none")
+    for call in (catalogue.entries, lambda: catalogue.resolve("something"), lambda: catalogue.add(SCAN)):
+        message = _raises(call)
+        assert "models.json" in message and words in message or call is not catalogue.entries, message
+    assert words in _cli(["models", "--home", str(home)])
+
+
+def test_registry_entries_pointing_somewhere_odd_are_listed_with_their_error(good, tmp_path, monkeypatch):
+    marker = tmp_path / "PWNED"
+    hostile = write_container("zip-in-state-dict", code_payloads(marker)["builtins.exec"], good, tmp_path / "h.pt")
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a model\n")
+    records = [{"name": "relative", "source": "user", "path": "models/x.pt"},
+               {"name": "relative-run", "source": "run", "run_dir": "runs/r"},
+               {"name": "text", "source": "user", "path": str(text_file)},
+               {"name": "folder", "source": "user", "path": str(tmp_path)},
+               {"name": "hostile", "source": "user", "path": str(hostile)},
+               {"name": "not-a-run", "source": "run", "run_dir": str(text_file)}]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models.json").write_text(json.dumps({"format": 1, "models": records}))
+    catalogue = ModelCatalogue(home, shipped_dir=tmp_path / "none")
+    entries = {e.name: e for e in catalogue.entries()}
+    assert set(entries) == {r["name"] for r in records} and all(e.error and e.card is None for e in entries.values())
+    assert "relative path" in entries["relative"].error and "relative path" in entries["relative-run"].error
+    assert "not a PyTorch checkpoint" in entries["text"].error and "nothing was executed" in entries["hostile"].error
+    for name in ("relative", "relative-run", "folder", "not-a-run"):  # resolve checks existence only ...
+        assert "cannot be used" in _raises(catalogue.resolve, name)
+    for name in ("text", "hostile"):  # ... the loader refuses what is not a model file
+        path = catalogue.resolve(name)
+        assert path.name in _raises(load_model, path)
+        monkeypatch.setenv("SEMISUPSEG_HOME", str(home))
+        assert path.name in _cli(["segment", "--model", name, "-o", str(tmp_path / "seg"), str(SCAN)])
+    assert not marker.exists() and not (tmp_path / "seg").exists()
