@@ -43,7 +43,9 @@ warm worker and the Slicer modules) goes through :func:`safe_torch_load`, and ev
   only, no memory), so a card declaring a huge network (``n_filters`` 10^6) allocates nothing; missing, unexpected
   and wrongly shaped or typed tensors are refused with the first few keys and both shapes; NaN/Inf weights are
   refused naming the tensors. A tensor header claiming more data than the file holds is refused by PyTorch's
-  record-size check (read in full) or only memory-mapped (``read_card``/``info``: never read).
+  record-size check (read in full) or only memory-mapped (``read_card``/``info``: never read). A zip whose
+  entries expand to more than twice the file (compressed entries: ``torch.save`` never writes them) is refused
+  before it is opened by torch, so a small file cannot unpack to gigabytes.
 """
 from __future__ import annotations
 
@@ -437,6 +439,26 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+def _check_zip_expansion(path: Path) -> None:
+    """Refuse a zip whose entries expand to far more than the file holds (compressed entries: a zip bomb).
+
+    ``torch.save`` stores its records uncompressed, so a real checkpoint's entries add up to about its own size;
+    a deflated ``data.pkl`` of a few MB could otherwise unpack to gigabytes inside ``torch.load``. An archive
+    Python cannot read is left to ``torch.load``'s own error."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    size = path.stat().st_size
+    if declared > 2 * size + (1 << 20):
+        raise CheckpointError(f"is a zip archive whose entries expand to {declared / 1e6:.1f} MB from "
+                              f"{size / 1e6:.1f} MB (compressed entries, which torch.save never writes: a zip "
+                              "bomb?); refused before reading it", path)
+
+
 def safe_torch_load(path: PathLike, mmap: bool = False) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with every failure turned into a
     :class:`CheckpointError` naming the file. Nothing in the file is ever executed.
@@ -456,6 +478,8 @@ def safe_torch_load(path: PathLike, mmap: bool = False) -> Any:
     if kind == "unknown":
         raise CheckpointError("is not a PyTorch checkpoint (neither a torch zip archive nor a pickle; a text, image "
                               "or corrupt file?)", path)
+    if kind == "zip":
+        _check_zip_expansion(path)
     kwargs: Dict[str, Any] = {"map_location": "cpu", "weights_only": True}
     if mmap and kind == "zip":
         kwargs["mmap"] = True

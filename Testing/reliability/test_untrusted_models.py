@@ -13,8 +13,8 @@ Three families of hostile files, fed to every path that reads a model file:
   naming a Python function, a sidecar that says something else, an oversized card) — refused or ignored as
   :mod:`semisupseg.checkpoint` documents;
 * **tensors**: weights that do not fit the declared network (shapes, keys, dtypes, NaN), and declared sizes that
-  would need huge memory (a card with ``n_filters`` 10^6 or a 10^5 patch, a tensor header claiming 4 GB) — refused
-  without allocating (peak RSS of a child process).
+  would need huge memory (a card with ``n_filters`` 10^6 or a 10^5 patch, a tensor header claiming 4 GB, a 1 MB
+  zip whose deflated pickle unpacks to a 1 GB card) — refused without allocating (peak RSS of a child process).
 
 Readers: ``semisupseg.checkpoint`` (read_model_file, read_card, load_model, load_state, load_state_dict_file,
 import/export), the CLI (``segment``, ``info``, ``import-checkpoint``, ``export-checkpoint``, ``models add``,
@@ -124,6 +124,24 @@ def write_torch_zip(path: Path, obj: object) -> Path:
         z.writestr("archive/version", "3\n")
         for s in storages:
             z.writestr(f"archive/data/{s.key}", s.data)
+    return path
+
+
+def write_zip_bomb(path: Path, card_bytes: int) -> Path:
+    """A torch-format zip whose deflated ``data.pkl`` unpacks to a payload with a ``card_bytes``-long card (the
+    file itself is about a thousandth of that). Written in chunks: the card never exists in memory here."""
+    import struct
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("archive/data.pkl", "w", force_zip64=True) as fh:
+            fh.write(b"\x80\x02}" + b"X" + struct.pack("<I", len(FORMAT_KEY)) + FORMAT_KEY.encode() + b"K\x01s")
+            fh.write(b"X" + struct.pack("<I", 8) + b"metadata" + b"X" + struct.pack("<I", card_bytes))
+            chunk = b" " * (1 << 24)
+            for start in range(0, card_bytes, len(chunk)):
+                fh.write(chunk[:card_bytes - start])
+            fh.write(b"s.")
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
     return path
 
 
@@ -730,6 +748,7 @@ HUGE_CHILD = textwrap.dedent(r"""
     fakes[key] = t.FakeTensor(t.FakeStorage("huge", 10**9, b"\0" * 16), (1000, 1000, 10, 10, 10))
     files["tensor storage 4 GB"] = t.write_torch_zip(tmp / "storage.pt", {checkpoint.FORMAT_KEY: 1,
         "metadata": good["metadata"], "state_dict": fakes})
+    files["zip bomb 1 GB card"] = t.write_zip_bomb(tmp / "bomb.pt", 10**9)
     base = peak_mb()
     results = {}
     for name, path in files.items():
@@ -754,7 +773,7 @@ HUGE_CHILD = textwrap.dedent(r"""
 
 def test_huge_declared_sizes_do_not_allocate(good_file, tmp_path):
     """In a child process (its own peak RSS): cards declaring 10^6 filters / channels or a 10^5 patch, tensor
-    headers claiming 4 GB over a 16-byte record. All refused; the peak RSS grows by less than 150 MB (a 10^6-filter
+    headers claiming 4 GB over a 16-byte record, a zip bomb (1 MB unpacking to a 1 GB card). All refused; the peak RSS grows by less than 150 MB (a 10^6-filter
     V-Net would need terabytes; the 4 GB tensor 4 GB)."""
     shutil.copy(good_file, tmp_path / "good.pt")
     here = Path(__file__).resolve().parent
@@ -769,6 +788,7 @@ def test_huge_declared_sizes_do_not_allocate(good_file, tmp_path):
     assert "in_channels must be 1-64" in res["card in_channels 10**6"][0]
     assert all(e is not None for e in res["tensor header 4 GB"]), res
     assert res["tensor storage 4 GB"][0] is not None  # load_model reads the data: the record is too short
+    assert all("zip bomb" in e for e in res["zip bomb 1 GB card"]), res
     # read_model_file maps the storage (never reads it); the card is fine, the claimed size never allocated
     assert "shape mismatch" in res["n_filters 10**6, limit lifted"][0]
     assert report["peak_mb"] - report["base_mb"] < 150, report
