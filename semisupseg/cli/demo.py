@@ -387,8 +387,8 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"{option}: {exc.args[0]}") from None
     if compare == args.method:
         raise InputError(f"--compare-with {compare} is the --method itself; choose another method or 'none'")
-    iterations = args.iterations or preset["iterations"]
-    width = args.width or preset["n_filters"]
+    iterations = preset["iterations"] if args.iterations is None else args.iterations
+    width = preset["n_filters"] if args.width is None else args.width
     if iterations < 1 or width < 1:
         raise InputError("--iterations and --width must be at least 1")
     root = sample_dataset(args.dataset)
