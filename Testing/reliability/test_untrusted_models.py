@@ -268,14 +268,16 @@ def _raises(fn: Callable, *args, **kw) -> str:
     raise AssertionError(f"{getattr(fn, '__name__', fn)} accepted the file")
 
 
-def _cli(argv: List[str]) -> str:
+def _cli(argv: List[str], one_line: bool = True) -> str:
+    """Run the CLI in this process; it must exit 2 with one ``error:`` line (``one_line=False``: the first line
+    is checked and returned)."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = cli_main(argv)
     text = err.getvalue().strip()
     assert rc == 2, f"{argv[0]}: exit {rc}, stderr {text!r}"
     lines = text.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in text, text
+    assert (len(lines) == 1 or not one_line) and lines[0].startswith("error: ") and "Traceback" not in text, text
     return lines[0]
 
 
@@ -845,3 +847,34 @@ def test_registry_entries_pointing_somewhere_odd_are_listed_with_their_error(goo
         monkeypatch.setenv("SEMISUPSEG_HOME", str(home))
         assert path.name in _cli(["segment", "--model", name, "-o", str(tmp_path / "seg"), str(SCAN)])
     assert not marker.exists() and not (tmp_path / "seg").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Other files that could carry code: a training config, the worker's raw arrays
+# ----------------------------------------------------------------------------------------------------------------------
+
+def test_a_config_with_python_tags_and_a_pickled_npy_never_run_code(tmp_path):
+    """``train --config`` parses YAML safely (Python tags are an error), the worker reads ``.npy`` inputs without
+    pickles; the controls show the same files run code with an unsafe loader."""
+    import numpy as np
+    import yaml
+
+    marker = tmp_path / "PWNED"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"method: !!python/object/apply:os.system ['touch {marker}']\niterations: 5\n")
+    # (the YAML error's context lines follow the first line: reported to the owner of training/config.py)
+    text = _cli(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--print-config"], one_line=False)
+    assert "evil.yaml" in text and "cannot parse config" in text and not marker.exists()
+    assert not (tmp_path / "run").exists()
+    yaml.unsafe_load(config.read_text())  # control
+    assert marker.exists()
+    marker.unlink()
+
+    array = tmp_path / "scan.npy"
+    np.save(array, np.array([Reduce(os.system, (f"touch '{marker}'",))], dtype=object), allow_pickle=True)
+    geometry = {"spacing": [1, 1, 1], "origin": [0, 0, 0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
+    error = _worker({"op": "segment", "id": 1, "input": str(array), "geometry": geometry, "model": "hippocampus",
+                     "output_dir": str(tmp_path / "out")})
+    assert "scan.npy" in error and "allow_pickle" in error and not marker.exists()
+    np.load(array, allow_pickle=True)  # control
+    assert marker.exists()
