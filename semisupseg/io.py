@@ -575,6 +575,15 @@ def _check_text_header(path: Path) -> None:
     h = _text_header(path)
     if h is None:
         return
+    for key, fmt in (("ndims", "MetaImage"), ("dimension", "NRRD")):  # ITK crashes (SIGSEGV) on NDims = -1 or 1e9
+        if key in h:
+            n = _numbers(h[key])
+            if len(n) != 1 or not np.isfinite(n[0]) or n[0] != int(n[0]) or not 1 <= n[0] <= 16:
+                raise InputError(f"corrupt {fmt} header: {key} = {h[key]!r} is not a number of dimensions", path)
+            sizes = _numbers(h.get("dimsize", h.get("sizes", "")))
+            if sizes and len(sizes) != int(n[0]):
+                raise InputError(f"corrupt {fmt} header: {key} = {int(n[0])} but {len(sizes)} sizes are given",
+                                 path)
     if "dimsize" in h:  # MetaImage
         size = _numbers(h["dimsize"])
         spacing = _numbers(h.get("elementspacing", h.get("elementsize", "")))
@@ -1039,6 +1048,10 @@ def read_la_h5(
         try:  # h5py raises RuntimeError (not OSError) for damaged metadata: a bad symbol table, an address overflow
             if "image" not in handle:
                 raise InputError(f"HDF5 file has no 'image' dataset (keys: {sorted(handle.keys())})", p)
+            for key in ("image", "label") if with_label and "label" in handle else ("image",):
+                dataset = handle[key]  # the declared shape first: a damaged one must not allocate
+                check_memory(tuple(dataset.shape), 1, int(dataset.dtype.itemsize), p,  # stored x, y, z
+                             what=f"voxels in '{key}'")
             raw = np.asarray(handle["image"][()])
             raw_label = np.asarray(handle["label"][()]) if (with_label and "label" in handle) else None
         except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
