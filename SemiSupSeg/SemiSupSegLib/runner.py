@@ -508,10 +508,15 @@ class ProcessRunner(_TrackedProgress):
     def _finish(self, rc: int) -> Dict[str, Any]:
         self.returncode = rc
         if rc != 0 and not self.cancelled:
-            if self._last_stderr:
+            if rc < 0:  # killed from outside (the OOM killer, a user): its last line is progress, not a reason
+                try:
+                    name = signal.Signals(-rc).name
+                except ValueError:
+                    name = f"signal {-rc}"
+                self.error = f"the process was killed ({name})" + (
+                    f"; its last line: {self._last_stderr}" if self._last_stderr else "")
+            elif self._last_stderr:
                 self.error = self._last_stderr
-            elif rc < 0:
-                self.error = f"the process was killed by signal {-rc}"
             else:
                 self.error = f"the process exited with code {rc}"
         event = {"event": "exit", "returncode": rc, "cancelled": self.cancelled, "error": self.error,

@@ -334,6 +334,12 @@ class SegmentJob:
             if handle.cancelled or handle.error_kind == "cancelled":
                 self.state = "cancelled"
                 return
+            if not self.logic._input_in_scene(self.request):  # the scene was closed (or the volume deleted)
+                self.state = "cancelled"
+                if self.on_log is not None:
+                    self.on_log("note: the input volume left the scene before the result arrived (the scene was "
+                                "closed?); nothing was added")
+                return
             if handle.result is None:
                 self.state = "failed"
                 self.error = handle.error or "segmentation failed"
@@ -379,6 +385,18 @@ class SegmentLogic:
         self.worker_threads = worker_threads
         self.job: Optional[SegmentJob] = None
         self._preload: Any = None
+        # closing the scene (File > Close Scene) stops a running job: its input goes with the scene
+        self._close_observer = scene.AddObserver(scene.StartCloseEvent, self._on_scene_close) \
+            if hasattr(scene, "AddObserver") else None
+
+    def _on_scene_close(self, *unused: Any) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel(grace_s=5.0, block=False)
+
+    def _input_in_scene(self, request: SegmentRequest) -> bool:
+        node = request.input_node
+        return node is not None and node.GetScene() is self.scene and \
+            self.scene.GetNodeByID(node.GetID()) is node
 
     @property
     def catalogue(self):
@@ -415,6 +433,9 @@ class SegmentLogic:
 
     def close(self) -> None:
         """Cancel a running job and stop the worker this logic made."""
+        if self._close_observer is not None:
+            self.scene.RemoveObserver(self._close_observer)
+            self._close_observer = None
         if self.job is not None and self.job.running:
             self.job.cancel(grace_s=1.0, block=True)
         if self._worker is not None and self._owns_worker:

@@ -19,7 +19,8 @@ Existing outputs are never replaced without ``--overwrite`` (checked for every c
 A case that fails (an unreadable or refused image, out of memory) is reported on its own line and leaves no outputs;
 the other cases are still segmented, and the command ends with one line listing the failures and exit code 2 (with
 ``--json-progress``: a ``failed`` event per case and a final ``summary`` event). With a single input its error is
-the command's error.
+the command's error. The hidden temporary files a killed earlier run left beside a case's outputs are removed when
+that case is written.
 With a model of ``k > 1`` input channels, give the images in groups of ``k`` consecutive paths (one case each).
 """
 from __future__ import annotations
@@ -238,7 +239,7 @@ def _segment_case(args, index, name, group, outs, plans, model, card, options, t
 
     from semisupseg.cli.console import Progress
     from semisupseg.data.fingerprint import domain_warnings
-    from semisupseg.fileio import write_text_atomic
+    from semisupseg.fileio import remove_stale_temps, write_text_atomic
     from semisupseg.inference import segment
     from semisupseg.io import check_not_constant, write_segmentation, write_volume
 
@@ -263,6 +264,8 @@ def _segment_case(args, index, name, group, outs, plans, model, card, options, t
             bar.close()
     written = {}
     outdir.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no empty output folder
+    # temporary files of this case's outputs that a killed earlier run left (its writes never reached the rename)
+    remove_stale_temps(outdir, [p.name for p in outs.values()] + [warnings_path(name, outdir).name])
     written["labels"] = write_segmentation(result.labels, outs["labels"], class_names=card.class_names,
                                            label_values=card.label_values, overwrite=args.overwrite)
     if "probabilities" in outs:
