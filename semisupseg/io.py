@@ -1050,6 +1050,8 @@ def read_la_h5(
                 raise InputError(f"HDF5 file has no 'image' dataset (keys: {sorted(handle.keys())})", p)
             for key in ("image", "label") if with_label and "label" in handle else ("image",):
                 dataset = handle[key]  # the declared shape first: a damaged one must not allocate
+                if not isinstance(dataset, h5py.Dataset):
+                    raise InputError(f"'{key}' is a {type(dataset).__name__}, not a dataset (corrupt file?)", p)
                 check_memory(tuple(dataset.shape), 1, int(dataset.dtype.itemsize), p,  # stored x, y, z
                              what=f"voxels in '{key}'")
             raw = np.asarray(handle["image"][()])

@@ -167,6 +167,16 @@ def _with_array(array: np.ndarray, like: sitk.Image, vector: bool = False) -> si
     return out
 
 
+def _huge_h5(path: Path) -> Path:
+    """An LA-format .h5 whose ``image`` dataset declares 20000^3 float32 voxels: chunked and never written, so the
+    file is a few KB (what a damaged or hostile header looks like to the reader)."""
+    import h5py
+
+    with h5py.File(str(path), "w") as f:
+        f.create_dataset("image", shape=(20000, 20000, 20000), dtype="f4", chunks=(16, 16, 16), compression="gzip")
+    return path
+
+
 def _dicom_copy(dst: Path) -> Path:
     shutil.copytree(DICOM, dst)
     return dst
@@ -301,6 +311,14 @@ def build_corpus(root: Path) -> List[Entry]:
     add("nifti_huge_size", "image", nifti_set(SCAN, hdr / "huge.nii.gz", 40, "8h", (3, 30000, 30000, 30000, 1, 1,
                                                                                     1, 1)),
         "memory", "nii.gz", "dim[] claims 2.7e13 voxels")
+    add("mha_ndims_negative", "image", edit_header(mha, hdr / "ndims.mha", "NDims", "-1"), "dimensions", "mha",
+        "NDims = -1 (crashed ITK: SIGSEGV; found by the fuzz)")
+    add("nifti_bitpix_mismatch", "image", nifti_set(nii, hdr / "bitpix.nii", 72, "h", 255), "bitpix", "nii",
+        "bitpix 255 for float32 data (ValueError in the NaN scan; found by the fuzz)")
+    add("nifti_nan_vox_offset", "image", nifti_set(nii, hdr / "vox_offset.nii", 108, "f", float("nan")),
+        "vox_offset", "nii", "vox_offset NaN (ValueError; found by the fuzz)")
+    add("h5_huge_dataset", "image", _huge_h5(hdr / "huge.h5"), "memory", "h5",
+        "an 'image' dataset declared 20000^3 (chunked, never written: a tiny file)")
     add("mha_zero_size", "image", edit_header(mha_raw, hdr / "zero_size.mha", "DimSize", "36 0 40"), "empty",
         "mha", "DimSize with a 0")
     add("nrrd_zero_size", "image", edit_header(nrrd_raw, hdr / "zero_size.nrrd", "sizes", "36 48 0"), "empty",
