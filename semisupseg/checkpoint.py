@@ -632,8 +632,10 @@ def read_model_file(path: PathLike, mmap: bool = False) -> Tuple[ModelCard, Dict
     try:
         card = ModelCard.from_json(meta)
         card.validate()
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise CheckpointError(f"has an unreadable model card: {exc}", path) from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"has an unreadable model card (not JSON: {exc})", path) from None
+    except ValueError as exc:  # wrong types or values, a 5000-digit number
+        raise CheckpointError(f"has an invalid model card: {exc}", path) from None
     except RecursionError:  # json.loads of a card nested thousands deep
         raise CheckpointError("has an unreadable model card: nested too deeply", path) from None
     state = payload.get("state_dict")

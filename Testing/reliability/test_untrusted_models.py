@@ -582,7 +582,7 @@ def test_too_many_classes_and_a_huge_card_are_refused(good, tmp_path):
     ('{"method": "x"}', "lacks"), (b'{"method": "x"}', "no model card"), ({"method": "x"}, "no model card"),
     (None, "no model card"), ('{"spacing_xyz": NaN}', "spacing_xyz"),
     ("[" * 100000 + "]" * 100000, "nested too deeply"),
-    ('{"in_channels": ' + "9" * 5000 + "}", "unreadable model card"),
+    ('{"in_channels": ' + "9" * 5000 + "}", "invalid model card"),
 ])
 def test_card_that_is_not_a_json_object_is_refused(metadata, words, good, tmp_path):
     card = good_card(good)
