@@ -173,12 +173,17 @@ def test_the_guard_records_and_refuses(blocked):
     assert len(kinds) >= 4
 
 
-def test_cli_and_slicer_library_in_process_with_sockets_blocked(blocked, tmp_path, monkeypatch):
+def test_cli_in_process_with_sockets_blocked(blocked, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMISUPSEG_HOME", str(tmp_path / "home"))
     outputs = {name: _cli(argv) for name, argv in _commands(tmp_path).items()}
     assert "hippocampus" in outputs["info"] and "hippocampus" in outputs["models"]
     assert sorted(p.name for p in (tmp_path / "seg").iterdir())  # segment wrote its outputs
     assert (tmp_path / "run" / "last.pt").exists() or (tmp_path / "run" / "best.pt").exists()
+    attempts = [e for e in _read_log(blocked) if e["kind"] != "local"]
+    assert attempts == [], attempts
+
+
+def test_slicer_library_imports_in_process_with_sockets_blocked(blocked):
     _import_slicer_lib()
     import importlib
 
