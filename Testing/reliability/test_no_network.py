@@ -284,3 +284,18 @@ def test_each_command_as_its_own_process_without_network(tmp_path):
     prefix = _isolation(tmp_path)
     log = tmp_path / "attempts.jsonl"
     _check_children(_run_children(tmp_path, log, prefix), log)
+
+
+def test_slicer_library_fresh_imports_in_a_guarded_child(tmp_path):
+    """The in-process import above may find the modules already imported by other tests; here every module is
+    imported for the first time, in a child with the guard installed at start-up."""
+    _import_slicer_lib()  # skips without slicer-core
+    log = tmp_path / "attempts.jsonl"
+    lib = "; ".join(f"import {m}" for m in _slicer_lib_modules())
+    run = subprocess.run([sys.executable, "-c", lib + "; import sys; print(len([m for m in sys.modules "
+                          "if m.startswith('SemiSupSegLib.')]))"], env=_child_env(tmp_path, log),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert int(run.stdout.strip().splitlines()[-1]) == len(_slicer_lib_modules())
+    attempts = [e for e in _read_log(log) if e["kind"] != "local"]
+    assert attempts == [], attempts
