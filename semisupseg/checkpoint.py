@@ -33,8 +33,8 @@ warm worker and the Slicer modules) goes through :func:`safe_torch_load`, and ev
   fields have the wrong JSON type (``class_names`` must be a list of strings, ``label_values`` a list of integers,
   ``spacing_xyz`` three numbers, ``patch_size_xyz`` three integers, ``in_channels`` an integer, ``network`` /
   ``normalization`` / ``training`` objects, ``method`` / ``arch`` strings; ``true``/``false`` is never a number),
-  is **refused**; so are values outside :data:`CARD_LIMITS` (spacing 0.001-1000 mm, patch sides 1-1024 voxels and
-  at most 256^3 voxels, up to 64 input channels, 2-1000 classes, label values 0-65535, ``n_filters`` 1-512), a
+  is **refused**; so are values outside :data:`CARD_LIMITS` (spacing 0.001-1000 mm, patch sides 1-2048 voxels and
+  at most 512^3 voxels, up to 64 input channels, 2-1000 classes, label values 0-65535, ``n_filters`` 1-512), a
   card or payload ``format_version`` newer than :data:`FORMAT_VERSION` (upgrade message). ``normalization``
   options are checked where they are used (``segment`` refuses an unknown option, naming it). **Unknown top-level keys** of the card (a newer minor revision) are **ignored**:
   kept in ``card.extra``, shown by ``semisupseg info``, never interpreted. Unknown keys of ``network`` are refused
@@ -82,8 +82,9 @@ MAX_CARD_BYTES = 4 << 20
 #: sanity limits of a card (checked on save and on load, before any network is built; see the module docstring)
 CARD_LIMITS: Dict[str, Any] = {
     "spacing_mm": (1e-3, 1e3),        # each of spacing_xyz
-    "patch_side": 1024,               # each of patch_size_xyz, voxels
-    "patch_voxels": 256 ** 3,         # product of patch_size_xyz
+    "patch_side": 2048,               # each of patch_size_xyz, voxels
+    "patch_voxels": 512 ** 3,         # product of patch_size_xyz (far beyond any trainable patch: a run's model is
+                                      # never refused at save time)
     "in_channels": 64,
     "classes": 1000,                  # len(class_names), background included
     "label_value": 65535,
