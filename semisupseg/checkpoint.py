@@ -36,8 +36,9 @@ warm worker and the Slicer modules) goes through :func:`safe_torch_load`, and ev
   is **refused**; so are values outside :data:`CARD_LIMITS` (spacing 0.001-1000 mm, patch sides 1-2048 voxels and
   at most 512^3 voxels, up to 64 input channels, 2-1000 classes, label values 0-65535, ``n_filters`` 1-512), a
   card or payload ``format_version`` newer than :data:`FORMAT_VERSION` (upgrade message). ``normalization``
-  options are checked where they are used (``segment`` refuses an unknown option, naming it). **Unknown top-level keys** of the card (a newer minor revision) are **ignored**:
-  kept in ``card.extra``, shown by ``semisupseg info``, never interpreted. Unknown keys of ``network`` are refused
+  options are checked where they are used (``segment`` refuses an unknown option, naming it). **Unknown top-level
+  keys** of the card (a newer minor revision) are **ignored**: kept in ``card.extra``, shown by ``semisupseg
+  info``, never interpreted. Unknown keys of ``network`` are refused
   (the network cannot be built from them). The sidecar ``.json`` is never read by the loaders;
 * **weights** are compared with the network the card describes, built first on PyTorch's ``meta`` device (shapes
   only, no memory), so a card declaring a huge network (``n_filters`` 10^6) allocates nothing; missing, unexpected

@@ -775,8 +775,9 @@ HUGE_CHILD = textwrap.dedent(r"""
 
 def test_huge_declared_sizes_do_not_allocate(good_file, tmp_path):
     """In a child process (its own peak RSS): cards declaring 10^6 filters / channels or a 10^5 patch, tensor
-    headers claiming 4 GB over a 16-byte record, a zip bomb (1 MB unpacking to a 1 GB card). All refused; the peak RSS grows by less than 150 MB (a 10^6-filter
-    V-Net would need terabytes; the 4 GB tensor 4 GB)."""
+    headers claiming 4 GB over a 16-byte record, a zip bomb (1 MB unpacking to a 1 GB card). All refused; the
+    peak RSS grows by less than 150 MB (a 10^6-filter V-Net would need terabytes, the 4 GB tensor 4 GB, the bomb
+    1 GB)."""
     shutil.copy(good_file, tmp_path / "good.pt")
     here = Path(__file__).resolve().parent
     proc = subprocess.run([sys.executable, "-c", HUGE_CHILD, str(tmp_path), str(here), str(here.parent), str(REPO)],
