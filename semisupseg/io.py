@@ -61,6 +61,7 @@ __all__ = [
     "check_finite",
     "check_not_constant",
     "check_scan",
+    "check_header",
     "check_memory",
     "available_memory",
     "SeriesChoiceError",
@@ -569,6 +570,18 @@ def _check_geometry_values(path: Path, spacing: Optional[Sequence[float]], origi
                                  f"{np.round(m, 4).tolist()}", path)
 
 
+def _type_bytes(name: str) -> int:
+    """Bytes per value of a MetaImage ``ElementType`` or NRRD ``type`` name (8 when unknown: the safe side)."""
+    n = name.lower()
+    for bits, nbytes in (("64", 8), ("32", 4), ("16", 2), ("8", 1)):
+        if bits in n:
+            return nbytes
+    for word, nbytes in (("double", 8), ("long", 8), ("char", 1), ("short", 2), ("float", 4), ("int", 4)):
+        if word in n:
+            return nbytes
+    return 8
+
+
 def _check_text_header(path: Path) -> None:
     """Geometry checks on a MetaImage/NRRD header, before ITK reads it (ITK silently reads a NaN origin as 0, takes
     the absolute value of a negative spacing and turns a NaN direction into zeros)."""
@@ -590,8 +603,13 @@ def _check_text_header(path: Path) -> None:
         origin = _numbers(h.get("offset", h.get("origin", h.get("position", ""))))
         direction = _numbers(h.get("transformmatrix", h.get("rotation", h.get("orientation", ""))))
         _check_geometry_values(path, spacing, origin, direction, size)
+        channels = _numbers(h.get("elementnumberofchannels", "1"))
+        check_memory(size, int(channels[0]) if channels and np.isfinite(channels[0]) and channels[0] >= 1 else 1,
+                     _type_bytes(h.get("elementtype", "")), path)
         return
     size = _numbers(h.get("sizes", ""))
+    if size and all(np.isfinite(v) and v >= 0 for v in size):
+        check_memory(size, 1, _type_bytes(h.get("type", "")), path)
     spacing = _numbers(h.get("spacings", ""))
     origin = _numbers(h.get("space origin", ""))
     directions = h.get("space directions", "")
@@ -599,6 +617,20 @@ def _check_text_header(path: Path) -> None:
     # NRRD writes "nan" spacing for axes that have none (e.g. the components of a vector image): not an error
     _check_geometry_values(path, [v for v in spacing if not np.isnan(v)], origin,
                            [x for v in vectors for x in v], size or None)
+
+
+def check_header(path: PathLike) -> None:
+    """The package's own checks of a file's header, before any ITK reader touches it (some damaged headers crash
+    ITK: a MetaImage ``NDims = -1`` is a segmentation fault): MetaImage/NRRD text headers and NIfTI binary headers
+    (sizes, dimensions, spacing, origin, direction, data offset, the memory the voxels need). Raises
+    :class:`InputError` naming the file; other formats pass. Call it before any direct SimpleITK read of a user
+    file (:func:`read_volume` does)."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    _check_text_header(p)
+    if volume_suffix(p) in (".nii", ".nii.gz"):
+        _check_nifti_header(p)
 
 
 def _check_before_read(path: Path) -> None:

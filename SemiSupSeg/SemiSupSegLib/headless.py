@@ -32,6 +32,7 @@ import slicer
 import vtk
 
 from semisupseg.errors import InputError
+from semisupseg.io import check_header
 
 __all__ = ["DEFAULT_LOGICS", "HeadlessSlicer", "build_headless_slicer"]
 
@@ -80,7 +81,8 @@ class HeadlessSlicer:
         ``single_file`` (default: True unless ``path`` is a DICOM slice or a folder) stops the archetype reader from
         reading numbered neighbours as one series. A DICOM folder loads its series from the first file in it.
         Returns a ``vtkMRMLScalarVolumeNode`` (``vtkMRMLLabelMapVolumeNode`` when ``labelmap``) with display nodes.
-        Raises :class:`InputError` naming the file when Slicer cannot read it.
+        Raises :class:`InputError` naming the file when Slicer cannot read it, or when the package's own header checks
+        (:func:`semisupseg.io.check_header`) refuse it before Slicer's reader could crash on it.
         """
         path = Path(path)
         if path.is_dir():
@@ -90,6 +92,7 @@ class HeadlessSlicer:
             archetype, series = files[0], True
         elif path.is_file():
             archetype, series = path, path.suffix.lower() in (".dcm", ".ima", "")
+            check_header(path)  # some damaged headers crash ITK's readers (MetaImage NDims -1: SIGSEGV)
         else:
             raise InputError("no such file", path)
         if single_file is None:

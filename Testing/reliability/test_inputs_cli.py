@@ -161,13 +161,25 @@ def _named_path(entry, root, bad):
     return bad
 
 
-def test_check_data_reports_every_bad_case(corpus, run_cli, tmp_path):
-    for entry in _dataset_entries(corpus):
+#: a few inputs of each kind for the quick runs (``-m "not slow"``); the slow variants take every input
+QUICK = ("nifti_gz_truncated", "mha_nan_direction", "nifti_huge_size", "image_nan_nifti", "image_constant",
+         "label_other_spacing", "label_out_of_range", "dataset_duplicate_case", "dataset_bad_json")
+SWEEP = [pytest.param(False, id="quick"), pytest.param(True, id="all", marks=pytest.mark.slow)]
+
+
+def _chosen(corpus, every):
+    return [e for e in _dataset_entries(corpus) if every or e.name in QUICK]
+
+
+@pytest.mark.parametrize("every", SWEEP)
+def test_check_data_reports_every_bad_case(corpus, run_cli, tmp_path, every):
+    for entry in _chosen(corpus, every):
         root, bad = _materialise(entry, tmp_path / entry.name)
         before = {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-        TALLY["check-data"][0] += 1
+        TALLY["check-data" if every else "check-data (quick)"][0] += 1
         code, out, err = run_cli("check-data", "--labeled", root, "--validation", "0")
-        _assert_refused("check-data", entry, code, out, err, _named_path(entry, root, bad), message_in="stdout")
+        _assert_refused("check-data" if every else "check-data (quick)", entry, code, out, err,
+                        _named_path(entry, root, bad), message_in="stdout")
         assert {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
         # --json: the same problem, machine-readable, naming the file
         code, out, _ = run_cli("check-data", "--labeled", root, "--validation", "0", "--json")
@@ -176,15 +188,17 @@ def test_check_data_reports_every_bad_case(corpus, run_cli, tmp_path):
         assert any(entry.expect.lower() in p["message"].lower() for p in report["problems"]), report["problems"]
 
 
-def test_train_refuses_every_bad_case_before_creating_the_run(corpus, run_cli, tmp_path):
-    for entry in _dataset_entries(corpus):
+@pytest.mark.parametrize("every", SWEEP)
+def test_train_refuses_every_bad_case_before_creating_the_run(corpus, run_cli, tmp_path, every):
+    for entry in _chosen(corpus, every):
         root, bad = _materialise(entry, tmp_path / entry.name)
         before = {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
         run = tmp_path / f"run_{entry.name}"
-        TALLY["train"][0] += 1
+        TALLY["train" if every else "train (quick)"][0] += 1
         code, out, err = run_cli("train", "--method", "supervised", "--labeled", root, "--out", run,
                                  "--iterations", "2", "--no-bar", "--device", "cpu", "--validation", "0")
-        _assert_refused("train", entry, code, out, err, _named_path(entry, root, bad), notes_before=True)
+        _assert_refused("train" if every else "train (quick)", entry, code, out, err, _named_path(entry, root, bad),
+                        notes_before=True)
         assert not run.exists(), f"{entry.name}: run folder created: {list(run.rglob('*'))}"
         assert {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 

@@ -158,7 +158,7 @@ def read_header(path: PathLike, h5_spacing: Sequence[float] = (0.625, 0.625, 0.6
     """``(size_xyz, spacing_xyz)`` of an image file from its header (the voxels are not read; a DICOM folder and
     formats without a header reader are read whole). ``.h5`` (LA release): the ``image`` dataset's shape, stored
     x, y, z, and ``h5_spacing``."""
-    from semisupseg.io import itk_messages, read_image_or_h5, volume_suffix
+    from semisupseg.io import check_header, itk_messages, read_image_or_h5, volume_suffix
 
     p = Path(path)
     if volume_suffix(p) in (".h5", ".hdf5"):
@@ -175,6 +175,7 @@ def read_header(path: PathLike, h5_spacing: Sequence[float] = (0.625, 0.625, 0.6
     if p.is_file():
         import SimpleITK as sitk
 
+        check_header(p)  # a damaged header can crash ITK's reader (SIGSEGV): the package's checks come first
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(p))
         try:
