@@ -13,8 +13,8 @@ Three families of hostile files, fed to every path that reads a model file:
   naming a Python function, a sidecar that says something else, an oversized card) — refused or ignored as
   :mod:`semisupseg.checkpoint` documents;
 * **tensors**: weights that do not fit the declared network (shapes, keys, dtypes, NaN), and declared sizes that
-  would need huge memory (a card with ``n_filters`` 10^6 or a 10^5 patch, a tensor header claiming 4 GB, a 1 MB
-  zip whose deflated pickle unpacks to a 1 GB card) — refused without allocating (peak RSS of a child process).
+  would need huge memory (a card with ``n_filters`` 10^6 or a 10^5 patch, a tensor header claiming 4 GB, a
+  0.3 MB zip whose deflated pickle unpacks to a 300 MB card) — refused without allocating (peak RSS of a child process).
 
 Readers: ``semisupseg.checkpoint`` (read_model_file, read_card, load_model, load_state, load_state_dict_file,
 import/export), the CLI (``segment``, ``info``, ``import-checkpoint``, ``export-checkpoint``, ``models add``,
@@ -546,8 +546,8 @@ OUT_OF_RANGE = [
 
 
 #: readers a bad card meets (one per kind of consumer: library, CLI, catalogue, worker, Slicer)
-CARD_READERS = ("checkpoint.read_model_file", "checkpoint.read_card", "checkpoint.load_model", "cli segment",
-                "cli info", "catalogue.entries", "worker load", "slicer SegmentLogic.start")
+CARD_READERS = ("checkpoint.read_card", "checkpoint.load_model", "cli segment", "cli info", "catalogue.entries",
+                "worker load", "slicer SegmentLogic.start")
 
 
 def _card_with(good: dict, field: str, value) -> dict:
@@ -750,7 +750,7 @@ HUGE_CHILD = textwrap.dedent(r"""
     fakes[key] = t.FakeTensor(t.FakeStorage("huge", 10**9, b"\0" * 16), (1000, 1000, 10, 10, 10))
     files["tensor storage 4 GB"] = t.write_torch_zip(tmp / "storage.pt", {checkpoint.FORMAT_KEY: 1,
         "metadata": good["metadata"], "state_dict": fakes})
-    files["zip bomb 1 GB card"] = t.write_zip_bomb(tmp / "bomb.pt", 10**9)
+    files["zip bomb 300 MB card"] = t.write_zip_bomb(tmp / "bomb.pt", 3 * 10**8)
     base = peak_mb()
     results = {}
     for name, path in files.items():
@@ -775,9 +775,9 @@ HUGE_CHILD = textwrap.dedent(r"""
 
 def test_huge_declared_sizes_do_not_allocate(good_file, tmp_path):
     """In a child process (its own peak RSS): cards declaring 10^6 filters / channels or a 10^5 patch, tensor
-    headers claiming 4 GB over a 16-byte record, a zip bomb (1 MB unpacking to a 1 GB card). All refused; the
-    peak RSS grows by less than 150 MB (a 10^6-filter V-Net would need terabytes, the 4 GB tensor 4 GB, the bomb
-    1 GB)."""
+    headers claiming 4 GB over a 16-byte record, a zip bomb (0.3 MB unpacking to a 300 MB card). All refused;
+    the peak RSS grows by less than 150 MB (a 10^6-filter V-Net would need terabytes, the 4 GB tensor 4 GB, the
+    bomb 300 MB)."""
     shutil.copy(good_file, tmp_path / "good.pt")
     here = Path(__file__).resolve().parent
     proc = subprocess.run([sys.executable, "-c", HUGE_CHILD, str(tmp_path), str(here), str(here.parent), str(REPO)],
@@ -791,7 +791,7 @@ def test_huge_declared_sizes_do_not_allocate(good_file, tmp_path):
     assert "in_channels must be 1-64" in res["card in_channels 10**6"][0]
     assert all(e is not None for e in res["tensor header 4 GB"]), res
     assert res["tensor storage 4 GB"][0] is not None  # load_model reads the data: the record is too short
-    assert all("zip bomb" in e for e in res["zip bomb 1 GB card"]), res
+    assert all("zip bomb" in e for e in res["zip bomb 300 MB card"]), res
     # read_model_file maps the storage (never reads it); the card is fine, the claimed size never allocated
     assert "shape mismatch" in res["n_filters 10**6, limit lifted"][0]
     assert report["peak_mb"] - report["base_mb"] < 150, report
