@@ -499,6 +499,10 @@ def safe_torch_load(path: PathLike, mmap: bool = False) -> Any:
                 f"the file ({detail}); nothing was executed. Model files must hold plain "
                 "tensors: if you trust its source, re-save its state_dict in a trusted Python session "
                 "(torch.save(model.state_dict(), ...)) and import that", path) from None
+        if "Unsupported operand" in text:  # the weights_only unpickler stops at opcodes torch.save never writes
+            raise CheckpointError(
+                f"is not a readable PyTorch checkpoint (a pickle using opcodes the safe loader does not read: "
+                f"{_first_line(text)}); nothing was executed", path) from None
         if kind == "zip":
             raise CheckpointError(f"is a zip archive but not a readable PyTorch checkpoint ({_first_line(text)})",
                                   path) from None
