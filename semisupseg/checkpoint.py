@@ -452,7 +452,7 @@ def _check_zip_expansion(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):  # e.g. "zip file version 17.8"
         return
     size = path.stat().st_size
     if declared > 2 * size + (1 << 20):
