@@ -12,6 +12,10 @@ Usage::
 
 Prints the failures the command reported, its exit code, RSS after file 1, 10, 50 and the last, the growth
 between file 10 and the last, and the peak.
+
+Last result (``--files 100 --bad 2``, shipped hippocampus model, 2 busy CPU cores): exit code 2, 98 segmented and
+written, the truncated NIfTI (case033) and the text file (case066) reported; RSS after file 1: 392.4 MiB, 10: 393.8
+MiB, 50: 394.6 MiB, 100: 394.6 MiB; growth from file 10 to 100: +0.8 MiB; peak (VmHWM) 445.5 MiB; 123 s.
 """
 from __future__ import annotations
 

@@ -25,6 +25,13 @@ Usage::
 
 Prints a table: kills injected per phase, resumes, runs completed, mismatches, half-written files found, temporary
 files left by the kills and remaining after the run.
+
+Last results (2 busy CPU cores, ``nice -n 5``), two runs of 60 planned kills, ``--seed 0`` (before the write
+targets were drawn among a resumed child's openings) and ``--seed 1``: 49 + 49 kills (inside writes: resume.pt 2+3,
+last.pt 4+4, best.pt 2+1, last.json 4+4, best.json 0+0, config.yaml 4+4, data.json 4+4, heartbeat.json 4+4,
+events.jsonl 4+4; random moments: 21+21, of which 5+8 in start-up), 45 + 45 resumes, 12 + 12 runs completed and
+compared bitwise with the uninterrupted run: 0 mismatches, 0 half-written files; 26 + 27 temporary files left by
+kills, 0 remaining after the runs; 3 + 5 cut event lines, each removed by the next run. 989 s + 877 s.
 """
 from __future__ import annotations
 
