@@ -85,10 +85,10 @@ def test_failed_start_then_corrected_start_in_the_same_folder(tmp_path, capsys):
     good = ["--labeled", str(HIPPO), "--split-labeled", "labeled_2", *args]
     assert main(["train", "--no-bar", *good, "--overlay-case", "hippocampus_999"]) == 2
     assert "overlay case 'hippocampus_999' is not a case of this run" in capsys.readouterr().err
-    assert run_status(run) == "failed"
-    assert sorted(p.name for p in run.iterdir()) == ["events.jsonl", HEARTBEAT_FILE]
+    # a refused start leaves no half-made run behind (no heartbeat, no events): the folder it made is gone
+    assert run_status(run) == "empty" and not run.exists()
     assert main(["train", "--no-bar", "--resume", str(run)]) == 2  # nothing to resume: said so
-    assert "nothing to resume" in capsys.readouterr().err
+    assert str(run) in capsys.readouterr().err
     # the corrected command starts in the same folder (no --overwrite needed: the folder holds no run state)
     assert main(["train", "--no-bar", *good]) == 0
     events = read_events(run / "events.jsonl")
