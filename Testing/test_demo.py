@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from semisupseg.cli import main
 from semisupseg.cli import demo
@@ -40,7 +41,6 @@ def home(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-@pytest.mark.slow  # about 60 s on a loaded 2-core machine (15 s of CPU)
 def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home, capsys):
     import SimpleITK as sitk
     import yaml
@@ -48,7 +48,13 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
     from semisupseg.io import read_image, read_volume
 
     out = tmp_path / "demo"
-    assert main(["demo", "--iterations", "2", "--width", "4", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's setting, which the demo's one thread must not replace
+    try:
+        assert main(["demo", "--iterations", "2", "--width", "4", "--out", str(out)]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     captured = capsys.readouterr()
     root = sample_dataset("hippocampus")
     split = load_split(root / "splits.json")
@@ -102,7 +108,7 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
         assert r["validation"] and not used & set(test_ids), m
         cfg = yaml.safe_load((out / m / "run" / "config.yaml").read_text())
         assert cfg["data"]["split_val"] is None and cfg["data"]["validation"] == 1 and cfg["seed"] == 1337
-        assert cfg["iterations"] == 2 and cfg["model"]["n_filters"] == 4
+        assert cfg["iterations"] == 2 and cfg["model"]["n_filters"] == 4 and cfg["num_threads"] == 1
         # the run folder keeps the model used (and the record), not the resume state or a second model file
         assert sorted(p.name for p in (out / m / "run").glob("*.pt")) == ["best.pt"]
     assert roles["mean-teacher"]["labeled"] == roles["supervised"]["labeled"] == split["labeled_2"]
@@ -233,7 +239,8 @@ def test_comparison_means_skip_undefined_distances_and_mark_them(tmp_path):
     (["--compare-with", "mean-teacher"], "--compare-with mean-teacher is the --method itself"),
     (["--method", "mean-tea"], "--method: unknown method 'mean-tea'"),
     (["--compare-with", "nope"], "--compare-with: unknown method 'nope'"),
-    (["--iterations", "0"], "--iterations and --width must be at least 1"),
+    (["--iterations", "0"], "--iterations, --width and --threads must be at least 1"),
+    (["--threads", "0"], "--iterations, --width and --threads must be at least 1"),
 ])
 def test_bad_options_are_refused_before_any_work(tmp_path, home, capsys, argv, says):
     out = tmp_path / "demo"

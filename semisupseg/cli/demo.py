@@ -22,7 +22,10 @@ Layout of ``DIR``: one folder per model (``shipped-<name>/``, ``<method>/``, ``<
 what only a continued training needs). A model without an SDM head gets, for its picture, the signed distance map
 of its predicted labels (``<case>_label_sdm``), said so in the picture's title.
 
-The defaults are sized for a laptop CPU (a few minutes); ``--iterations`` trades time for accuracy. At this budget
+The defaults are sized for a laptop CPU (a few minutes); ``--iterations`` trades time for accuracy. Training and
+segmentation use one CPU thread unless ``--threads`` says otherwise: on a 2-core machine that is busy with other
+work, two threads made the default demo many times slower (they spin waiting for each other), one thread finished
+it in about 3 minutes. At this budget
 the numbers say what a short run on two labeled scans gives, not what the methods reach on a real dataset (see
 ``benchmarks/RESULTS.md`` for that).
 """
@@ -69,6 +72,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                                                           "dataset preset)")
     p.add_argument("--out", default="semisupseg-demo", metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads of training and segmentation (default: %(default)s; more threads are faster "
+                        "on an idle machine but many times slower on a busy one, where they wait for each other)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo in --out")
     p.set_defaults(func=run)
@@ -275,6 +281,7 @@ def train_model(method: str, root: Path, split: dict, preset: dict, iterations: 
              "--out", str(run_dir), "--iterations", str(iterations),
              "--patch-size", *map(str, preset["patch_size"]), "--device", args.device, "--seed", str(args.seed),
              "--set", f"model.n_filters={width}", "--set", f"val_every={every}", "--set", f"save_every={every}",
+             "--set", f"num_threads={args.threads}",
              *_validation_args(split, preset), *(["--overwrite"] if args.overwrite else [])]
     _run_step(f"{method}: train", train, timer, f"{method}: train")
     model = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
@@ -389,8 +396,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--compare-with {compare} is the --method itself; choose another method or 'none'")
     iterations = preset["iterations"] if args.iterations is None else args.iterations
     width = preset["n_filters"] if args.width is None else args.width
-    if iterations < 1 or width < 1:
-        raise InputError("--iterations and --width must be at least 1")
+    if iterations < 1 or width < 1 or args.threads < 1:
+        raise InputError("--iterations, --width and --threads must be at least 1")
     root = sample_dataset(args.dataset)
     split = load_split(root / "splits.json")
     info = read_dataset_json(root / "dataset.json")
@@ -399,6 +406,18 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError("demo output folder is not empty; pass --overwrite to replace it or choose --out", out)
     out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # segmentation and pictures run in this process (training sets its own)
+    try:
+        return _run(args, preset, compare, iterations, width, root, split, classes, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, preset: dict, compare: Optional[str], iterations: int, width: int, root: Path,
+         split: dict, classes: Dict[int, str], out: Path) -> int:
     test_ids = split.get("val") or split["train"][-1:]
     images = [str(_image_of(root, case_id)) for case_id in test_ids]
     labeled = split.get(preset["split_labeled"], [])
