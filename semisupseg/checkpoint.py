@@ -441,24 +441,33 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def _check_zip_expansion(path: Path) -> None:
-    """Refuse a zip whose entries expand to far more than the file holds (compressed entries: a zip bomb).
+def _check_zip_archive(path: Path, verify_crc: bool = True) -> None:
+    """Refuse a zip whose entries expand to far more than the file holds (compressed entries: a zip bomb), and,
+    with ``verify_crc``, one whose records fail their CRC-32 (a damaged file: ``torch.load`` does not check them, so
+    bytes flipped inside the tensor data would load as other weights).
 
     ``torch.save`` stores its records uncompressed, so a real checkpoint's entries add up to about its own size;
-    a deflated ``data.pkl`` of a few MB could otherwise unpack to gigabytes inside ``torch.load``. An archive
-    Python cannot read is left to ``torch.load``'s own error."""
+    a deflated ``data.pkl`` of a few MB could otherwise unpack to gigabytes inside ``torch.load``. The CRC check
+    reads the file once more (a 10 MB model: milliseconds). An archive Python cannot read is left to
+    ``torch.load``'s own error."""
     import zipfile
+    import zlib
 
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):  # e.g. "zip file version 17.8"
+            size = path.stat().st_size
+            if declared > 2 * size + (1 << 20):
+                raise CheckpointError(f"is a zip archive whose entries expand to {declared / 1e6:.1f} MB from "
+                                      f"{size / 1e6:.1f} MB (compressed entries, which torch.save never writes: a "
+                                      "zip bomb?); refused before reading it", path)
+            bad = archive.testzip() if verify_crc else None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,  # e.g. "zip file version 17.8"
+            zlib.error):
         return
-    size = path.stat().st_size
-    if declared > 2 * size + (1 << 20):
-        raise CheckpointError(f"is a zip archive whose entries expand to {declared / 1e6:.1f} MB from "
-                              f"{size / 1e6:.1f} MB (compressed entries, which torch.save never writes: a zip "
-                              "bomb?); refused before reading it", path)
+    if bad is not None:
+        raise CheckpointError(f"is a damaged model file: its record {bad!r} fails its checksum (CRC-32); re-download or re-copy "
+                              "the file", path)
 
 
 def safe_torch_load(path: PathLike, mmap: bool = False) -> Any:
@@ -481,7 +490,7 @@ def safe_torch_load(path: PathLike, mmap: bool = False) -> Any:
         raise CheckpointError("is not a PyTorch checkpoint (neither a torch zip archive nor a pickle; a text, image "
                               "or corrupt file?)", path)
     if kind == "zip":
-        _check_zip_expansion(path)
+        _check_zip_archive(path)
     kwargs: Dict[str, Any] = {"map_location": "cpu", "weights_only": True}
     if mmap and kind == "zip":
         kwargs["mmap"] = True
