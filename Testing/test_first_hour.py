@@ -269,7 +269,7 @@ def test_demo_tests_apart_from_validation_draws_pictures_and_keeps_only_the_mode
     captured = capsys.readouterr()
     split = json.loads((sample_dataset_root() / "splits.json").read_text())
     test_ids = split["val"]
-    run = out / "run"
+    run = out / "mean-teacher" / "run"  # the semi-supervised method's folder (Testing/test_demo.py: the rest)
     roles = json.loads((run / "data.json").read_text())
     used = set(roles["labeled"]) | set(roles["unlabeled"]) | set(roles["validation"])
     assert roles["validation"] and not used & set(test_ids)  # test cases: neither training nor model selection
@@ -278,7 +278,7 @@ def test_demo_tests_apart_from_validation_draws_pictures_and_keeps_only_the_mode
     # the run folder keeps the model used (and the record), not the resume state or a second model file
     assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt"] and not (run / "last.json").exists()
     for case in test_ids:
-        png = sitk.ReadImage(str(out / "previews" / f"{case}.png"))
+        png = sitk.ReadImage(str(out / "mean-teacher" / "previews" / f"{case}.png"))
         assert png.GetNumberOfComponentsPerPixel() == 3 and png.GetSize()[0] > 500
     assert "1 Anterior" in captured.out  # evaluate's table names the classes (from the model card)
     # stderr is not a terminal here: plain progress lines, no carriage-return bars
