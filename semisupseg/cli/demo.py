@@ -24,10 +24,10 @@ of its predicted labels (``<case>_label_sdm``), said so in the picture's title.
 
 The defaults are sized for a laptop CPU (a few minutes); ``--iterations`` trades time for accuracy. Training and
 segmentation use one CPU thread unless ``--threads`` says otherwise: on a 2-core machine that is busy with other
-work, two threads made the default demo many times slower (they spin waiting for each other), one thread finished
-it in about 3 minutes. At this budget
-the numbers say what a short run on two labeled scans gives, not what the methods reach on a real dataset (see
-``benchmarks/RESULTS.md`` for that).
+work, two threads made the default demo many times slower (they spin waiting for each other); with one thread it
+took 2.5 minutes there. At this budget the numbers say what a short run on two labeled scans gives, not what the
+methods reach on a real dataset (see ``benchmarks/RESULTS.md`` for that). The summary at the end lists the folders,
+the table files and the time each part took.
 """
 from __future__ import annotations
 
