@@ -94,3 +94,24 @@ def test_sigterm_cancel_then_sigkill_then_resume_matches_uninterrupted_run(tmp_p
     assert all(torch.equal(ref_state["optimizer"]["state"][i]["momentum_buffer"],
                            state["optimizer"]["state"][i]["momentum_buffer"]) for i in ref_state["optimizer"]["state"])
     assert ref_state["best_metric"] == state["best_metric"]
+
+
+def test_config_pins_every_method_parameter(tmp_path):
+    """config.yaml records the resolved method parameters, not only the overrides: a default changed by a later
+    version does not change a run that is resumed with it."""
+    from dataclasses import fields
+
+    from semisupseg.cli import main
+    from semisupseg.data import sample_dataset
+    from semisupseg.methods.mean_teacher import MeanTeacherParams
+    from semisupseg.training.config import load_config
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "mean-teacher", "--labeled", str(sample_dataset("hippocampus")),
+                 "--split-labeled", "labeled_2", "--out", str(run), "--iterations", "1", "--validation", "0",
+                 "--patch-size", "16", "16", "16", "--set", "model.n_filters=2", "--set", "num_threads=1",
+                 "--set", "method_params.consistency=0.3", "--no-bar"]) == 0
+    saved = load_config(run / "config.yaml").method_params
+    assert set(saved) == {f.name for f in fields(MeanTeacherParams)}
+    assert saved["consistency"] == 0.3 and saved["rampup_period"] == MeanTeacherParams().rampup_period
+    assert MeanTeacherParams(**saved) == MeanTeacherParams(consistency=0.3)

@@ -18,6 +18,7 @@ Run directory layout (``config.out``)::
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import random
@@ -50,6 +51,15 @@ from semisupseg.training.heartbeat import RUN_FILES  # noqa: F401  (files the en
 
 RESUME_FORMAT = "semisupseg-resume"
 RESUME_VERSION = 1
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: method parameters written to YAML/JSON read back equal."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def method_class(name: str):
@@ -248,6 +258,10 @@ class Trainer:
             params = method_cls.make_params(cfg.method_params)
         except (TypeError, ValueError) as exc:
             raise InputError(f"config method_params: {exc}") from None
+        # record every resolved parameter, not only the overrides: config.yaml and the card then pin the run even
+        # if a later version changes a default (a resumed run keeps the values it started with)
+        cfg.method_params = _plain(dataclasses.asdict(params)) if dataclasses.is_dataclass(params) \
+            else dict(cfg.method_params)
         self.method: Method = method_cls(params)
         from semisupseg.nets import build_network
 
