@@ -453,17 +453,24 @@ def _check_zip_archive(path: Path, verify_crc: bool = True) -> None:
     import zipfile
     import zlib
 
+    unreadable = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,  # "zip file version 17.8"
+                  zlib.error)
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
-            size = path.stat().st_size
-            if declared > 2 * size + (1 << 20):
-                raise CheckpointError(f"is a zip archive whose entries expand to {declared / 1e6:.1f} MB from "
-                                      f"{size / 1e6:.1f} MB (compressed entries, which torch.save never writes: a "
-                                      "zip bomb?); refused before reading it", path)
-            bad = archive.testzip() if verify_crc else None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,  # e.g. "zip file version 17.8"
-            zlib.error):
+    except unreadable:
+        return
+    size = path.stat().st_size
+    if declared > 2 * size + (1 << 20):
+        raise CheckpointError(f"is a zip archive whose entries expand to {declared / 1e6:.1f} MB from "
+                              f"{size / 1e6:.1f} MB (compressed entries, which torch.save never writes: a zip "
+                              "bomb?); refused before reading it", path)
+    if not verify_crc:
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except unreadable:
         return
     if bad is not None:
         raise CheckpointError(f"is a damaged model file: its record {bad!r} fails its checksum (CRC-32); re-download or re-copy "
