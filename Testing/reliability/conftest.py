@@ -2,18 +2,55 @@
 
 ``corpus``: the bad-input corpus of :mod:`corpus` (Testing/reliability/corpus.py), written once per test session
 from the real bundled scans. ``tiny_model_file``: a real, untrained, very small V-Net model file (fast inference).
-``run_cli``: ``semisupseg.cli.main`` in-process, returning ``(exit code, stdout, stderr)``.
+``run_cli``: ``semisupseg.cli.main`` in-process, returning ``(exit code, stdout, stderr)``. ``headless``: a new
+headless Slicer scene with its logics (slicer-core; skipped without it, failing when ``CI`` is set); the Slicer
+module folders are put on ``sys.path``.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+REPO = HERE.parents[1]
+for _folder in (HERE, REPO / "SemiSupSeg", REPO / "SemiSupSegTraining"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+
+def require_slicer():
+    """Import slicer-core's ``slicer``: skip without it, fail in CI (as ``Testing/slicer/conftest.py``)."""
+    # slicer-core's package extends its path over every "slicer" folder on sys.path and imports what it finds
+    # there: with Testing/ on sys.path (pytest puts it there) that would be Testing/slicer/test_*.py
+    testing = str(REPO / "Testing")
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != testing]
+    try:
+        import slicer
+
+        slicer.vtkMRMLScene  # noqa: B018
+        return slicer
+    except (ImportError, AttributeError) as exc:
+        message = f"slicer-core is not installed ({exc}); install the test extras: pip install -e '.[test]'"
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the Slicer library tests: " + message, pytrace=False)
+        pytest.skip(message)
+    finally:
+        sys.path[:] = saved
+
+
+@pytest.fixture
+def headless():
+    """A new headless Slicer scene with application logic and module logics."""
+    require_slicer()
+    from SemiSupSegLib.headless import build_headless_slicer
+
+    h = build_headless_slicer()
+    yield h
+    h.scene.Clear(1)
 
 
 @pytest.fixture(scope="session")

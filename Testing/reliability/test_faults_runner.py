@@ -16,30 +16,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-for module_dir in (REPO / "SemiSupSeg", REPO / "SemiSupSegTraining"):
-    if str(module_dir) not in sys.path:
-        sys.path.insert(0, str(module_dir))
+REPO = Path(__file__).resolve().parents[2]  # the Slicer module folders are on sys.path (conftest.py)
 SAMPLE_DATA = REPO / "semisupseg" / "sample_data"
-
-
-def require_slicer():
-    """As ``Testing/slicer/conftest.py``: skip without slicer-core, fail in CI."""
-    # slicer-core's package imports every module of every ``slicer`` folder on sys.path; Testing/ (on sys.path for
-    # pytest) holds the Slicer tests' folder, whose modules import *their* conftest: keep it out of the search
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "Testing"]
-    try:
-        import slicer
-
-        slicer.vtkMRMLScene  # noqa: B018
-    except (ImportError, AttributeError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Slicer library tests: slicer-core is not installed ({exc})", pytrace=False)
-        pytest.skip(f"slicer-core is not installed ({exc})")
-    finally:
-        sys.path[:] = saved
-
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups and /proc")
 
@@ -69,15 +47,6 @@ from semisupseg.cli import main
 sys.exit(main(sys.argv[3:]))
 """
 
-
-@pytest.fixture
-def headless():
-    require_slicer()
-    from SemiSupSegLib.headless import build_headless_slicer
-
-    h = build_headless_slicer()
-    yield h
-    h.scene.Clear(1)
 
 
 def process_tree(pid: int) -> list:

@@ -13,9 +13,7 @@ Skipped without slicer-core (failing instead when ``CI`` is set), like the other
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,40 +21,8 @@ import pytest
 
 from corpus import HIPPO, SCAN, SCAN_LABEL
 
+
 REPO = Path(__file__).resolve().parents[2]
-for module_dir in (REPO / "SemiSupSeg", REPO / "SemiSupSegTraining"):
-    if str(module_dir) not in sys.path:
-        sys.path.insert(0, str(module_dir))
-
-
-def _require_slicer():
-    # slicer-core's package extends its path over every "slicer" folder on sys.path and imports what it finds
-    # there: with Testing/ on sys.path (pytest puts it there) that would be Testing/slicer/test_*.py
-    testing = str(REPO / "Testing")
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != testing]
-    try:
-        import slicer
-
-        slicer.vtkMRMLScene  # noqa: B018
-        return slicer
-    except (ImportError, AttributeError) as exc:
-        message = f"slicer-core is not installed ({exc}); install the test extras: pip install -e '.[test]'"
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the Slicer library tests: " + message, pytrace=False)
-        pytest.skip(message)
-    finally:
-        sys.path[:] = saved
-
-
-@pytest.fixture
-def headless():
-    _require_slicer()
-    from SemiSupSegLib.headless import build_headless_slicer
-
-    h = build_headless_slicer()
-    yield h
-    h.scene.Clear(1)
 
 
 def _scene_state(scene):
