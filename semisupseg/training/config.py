@@ -342,16 +342,28 @@ def config_from_dict(data: Optional[Dict[str, Any]]) -> TrainConfig:
     return _from_dict(TrainConfig, dict(data or {}))
 
 
+def _one_line(exc: Exception) -> str:
+    """A parser's message on one line: YAML's first line and its position (it adds the offending source lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
 def load_config(path: Union[str, Path]) -> TrainConfig:
     """Read a config file (``.yaml``/``.yml`` or ``.json``); missing keys keep their defaults."""
     path = Path(path)
     if not path.is_file():
         raise InputError("config file not found", path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read config: {exc}", path) from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot parse config: {exc}", path) from exc
+        raise InputError(f"cannot parse config: {_one_line(exc)}", path) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
