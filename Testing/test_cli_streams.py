@@ -37,3 +37,18 @@ def test_training_finishes_after_its_output_pipes_close(tmp_path):
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "finished" and events[-1]["iteration"] == 40
     assert (run / "last.pt").exists()
+
+
+def test_debug_environment_shows_the_traceback_behind_an_error_line(tmp_path, monkeypatch, capsys):
+    """A user error is one line; with SEMISUPSEG_DEBUG=1 the same error comes with its traceback (the details)."""
+    from semisupseg.cli import main
+
+    missing = tmp_path / "missing.nii.gz"
+    monkeypatch.delenv("SEMISUPSEG_DEBUG", raising=False)
+    assert main(["info", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    monkeypatch.setenv("SEMISUPSEG_DEBUG", "1")
+    assert main(["info", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("error: ")

@@ -4,14 +4,17 @@ Each command lives in its own module of this package with ``register(subparsers)
 ``func`` to a ``run(args) -> int`` function). Errors the package raises on purpose (:class:`SemiSupSegError`) are
 printed as one line ``error: ...`` with exit code 2 (a list of data problems gets one line per problem), and so are
 the file-system errors of the user's situation (a full disk, a read-only or missing place: :data:`USER_OS_ERRORS`);
-other exceptions are bugs and keep their traceback.
+other exceptions are bugs and keep their traceback. With ``SEMISUPSEG_DEBUG=1`` in the environment an ``error:``
+line is preceded by its traceback (details for a bug report).
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import importlib
+import os
 import sys
+import traceback
 from typing import List, Optional
 
 from semisupseg import __version__
@@ -55,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: set (to anything but 0 or empty) to see the traceback behind an ``error:`` line
+DEBUG_ENV = "SEMISUPSEG_DEBUG"
+
+
+def _details() -> None:
+    """With ``$SEMISUPSEG_DEBUG`` set, print the traceback of the error being handled before its one line (for a bug
+    report); without it a user error stays one line."""
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exc(file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,11 +84,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"cancelled: {exc}", file=sys.stderr)
         return 130
     except SemiSupSegError as exc:
+        _details()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the disk, not the program: a full disk, a read-only or unreadable place
         if exc.errno not in USER_OS_ERRORS:
             raise
+        _details()
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     finally:
