@@ -8,38 +8,20 @@ module folders are put on ``sys.path``.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-for _folder in (HERE, REPO / "SemiSupSeg", REPO / "SemiSupSegTraining"):
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from slicer_guard import MODULE_FOLDERS, require_slicer  # noqa: E402
+
+for _folder in MODULE_FOLDERS:
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
-
-
-def require_slicer():
-    """Import slicer-core's ``slicer``: skip without it, fail in CI (as ``Testing/slicer/conftest.py``)."""
-    # slicer-core's package extends its path over every "slicer" folder on sys.path and imports what it finds
-    # there: with Testing/ on sys.path (pytest puts it there) that would be Testing/slicer/test_*.py
-    testing = str(REPO / "Testing")
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != testing]
-    try:
-        import slicer
-
-        slicer.vtkMRMLScene  # noqa: B018
-        return slicer
-    except (ImportError, AttributeError) as exc:
-        message = f"slicer-core is not installed ({exc}); install the test extras: pip install -e '.[test]'"
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the Slicer library tests: " + message, pytrace=False)
-        pytest.skip(message)
-    finally:
-        sys.path[:] = saved
 
 
 @pytest.fixture

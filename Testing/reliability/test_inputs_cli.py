@@ -10,7 +10,6 @@ reliability table.
 from __future__ import annotations
 
 import json
-import shutil
 from collections import defaultdict
 from pathlib import Path
 

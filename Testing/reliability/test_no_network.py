@@ -30,6 +30,8 @@ from typing import Dict, List
 
 import pytest
 
+from slicer_guard import require_slicer
+
 from semisupseg.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,18 +141,6 @@ def _slicer_lib_modules() -> List[str]:
                   if p.stem != "__init__")
 
 
-def _import_slicer_lib() -> None:
-    """``slicer`` (skip without slicer-core) imported with ``Testing/`` off ``sys.path`` (its ``slicer`` test
-    folder would otherwise join the ``slicer`` package), then ``SemiSupSeg/`` put on the path."""
-    if "slicer" not in sys.modules:
-        saved, testing = list(sys.path), (REPO / "Testing").resolve()
-        sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != testing]
-        try:
-            pytest.importorskip("slicer")
-        finally:
-            sys.path[:] = saved
-    if str(SLICER_MODULE) not in sys.path:
-        sys.path.insert(0, str(SLICER_MODULE))
 
 
 def test_the_guard_records_and_refuses(blocked):
@@ -184,7 +174,7 @@ def test_cli_in_process_with_sockets_blocked(blocked, tmp_path, monkeypatch):
 
 
 def test_slicer_library_imports_in_process_with_sockets_blocked(blocked):
-    _import_slicer_lib()
+    require_slicer()
     import importlib
 
     imported = [importlib.import_module(m).__name__ for m in _slicer_lib_modules()]
@@ -289,7 +279,7 @@ def test_each_command_as_its_own_process_without_network(tmp_path):
 def test_slicer_library_fresh_imports_in_a_guarded_child(tmp_path):
     """The in-process import above may find the modules already imported by other tests; here every module is
     imported for the first time, in a child with the guard installed at start-up."""
-    _import_slicer_lib()  # skips without slicer-core
+    require_slicer()  # skips without slicer-core
     log = tmp_path / "attempts.jsonl"
     lib = "; ".join(f"import {m}" for m in _slicer_lib_modules())
     run = subprocess.run([sys.executable, "-c", lib + "; import sys; print(len([m for m in sys.modules "

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from semisupseg import metrics as M
-from test_properties_geometry import PROPERTY_SETTINGS, grids, masks, shapes_on, spacings
+from test_properties_geometry import PROPERTY_SETTINGS, grids, shapes_on, spacings
 
 
 @st.composite

@@ -40,11 +40,13 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import pytest
+
+from slicer_guard import require_slicer
 import torch
 
 from helpers import tiny_model
 from semisupseg.catalogue import ModelCatalogue
-from semisupseg.checkpoint import (FORMAT_KEY, CheckpointError, export_peer_checkpoint, import_peer_checkpoint,
+from semisupseg.checkpoint import (FORMAT_KEY, export_peer_checkpoint, import_peer_checkpoint,
                                    load_model, load_state, load_state_dict_file, read_card, read_model_file)
 from semisupseg.cli import main as cli_main
 from semisupseg.errors import InputError
@@ -289,27 +291,10 @@ def _worker(request: dict) -> str:
     return event["error"]
 
 
-def import_slicer_lib():
-    """``slicer`` (slicer-core; skip without it) with ``SemiSupSeg/`` on ``sys.path`` for ``SemiSupSegLib``.
-
-    ``slicer/__init__`` extends its package path with every ``slicer`` folder on ``sys.path`` and imports all their
-    modules, so ``Testing/`` (on the path for ``helpers``) must be off the path while it is imported, or
-    ``Testing/slicer``'s test files would be imported as ``slicer.*`` modules."""
-    if "slicer" not in sys.modules:
-        saved = list(sys.path)
-        testing = (REPO / "Testing").resolve()
-        sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != testing]
-        try:
-            pytest.importorskip("slicer")
-        finally:
-            sys.path[:] = saved
-    if str(SLICER_MODULE) not in sys.path:
-        sys.path.insert(0, str(SLICER_MODULE))
-    return sys.modules["slicer"]
 
 
 def _slicer_segment_logic(path: Path, tmp: Path) -> str:
-    slicer = import_slicer_lib()
+    slicer = require_slicer()
     from SemiSupSegLib.segment_logic import SegmentLogic, SegmentRequest
 
     scene = slicer.vtkMRMLScene()
@@ -325,7 +310,7 @@ def _slicer_segment_logic(path: Path, tmp: Path) -> str:
 
 
 def _slicer_model_choices(path: Path, tmp: Path) -> str:
-    import_slicer_lib()
+    require_slicer()
     from SemiSupSegLib.segment_logic import model_choices
 
     shipped = tmp / "shipped_mc"
@@ -337,7 +322,7 @@ def _slicer_model_choices(path: Path, tmp: Path) -> str:
 
 
 def _slicer_run_classes(path: Path, tmp: Path) -> str:
-    import_slicer_lib()
+    require_slicer()
     from SemiSupSegLib.training_logic import run_model_classes
 
     run = tmp / "run_rc"

@@ -1,0 +1,40 @@
+"""Import slicer-core's ``slicer`` for the reliability tests, with the Slicer module folders on ``sys.path``.
+
+slicer-core's ``slicer/__init__`` extends its package path over every ``slicer`` folder on ``sys.path`` and imports
+the modules it finds there: with ``Testing/`` on ``sys.path`` (pytest puts it there for ``helpers``) that would be
+``Testing/slicer``'s test files, so ``Testing/`` is taken off the path while ``slicer`` is imported.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_FOLDERS = (REPO / "SemiSupSeg", REPO / "SemiSupSegTraining")
+
+
+def require_slicer():
+    """``slicer`` (skipped without slicer-core, failing when ``CI`` is set, as ``Testing/slicer/conftest.py``)."""
+    for folder in MODULE_FOLDERS:
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "vtkMRMLScene"):
+        return sys.modules["slicer"]
+    testing = str(REPO / "Testing")
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != testing]
+    try:
+        import slicer
+
+        slicer.vtkMRMLScene  # noqa: B018  (the meta-package imports without slicer-core's modules)
+        return slicer
+    except (ImportError, AttributeError) as exc:
+        message = f"slicer-core is not installed ({exc}); install the test extras: pip install -e '.[test]'"
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the Slicer library tests: " + message, pytrace=False)
+        pytest.skip(message)
+    finally:
+        sys.path[:] = saved
