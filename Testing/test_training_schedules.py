@@ -133,12 +133,13 @@ def test_two_stream_needs_unlabeled_cases():
 
 
 def test_ramp_scaled_to_the_run():
-    """rampup_period 0 (the default) ends the staircase ramp with the run: identical to the releases' period 150 at
-    their 6000 iterations, and at a 1000-iteration budget the weight reaches the amplitude instead of 0.3 %."""
+    """rampup_period 0 ends the staircase ramp with the run: identical to the releases' period 150 (the default) at
+    their 6000 iterations; at a 1000-iteration budget the weight reaches the amplitude instead of 0.3 %."""
     from semisupseg.schedules import ramp_period
 
     for it in (0, 149, 150, 3000, 5999, 6000):
         assert consistency_weight(it, 0.1, "sigmoid", 6000, 0) == consistency_weight(it, 0.1, "sigmoid", 6000, 150)
+        assert consistency_weight(it, 0.1, "sigmoid", 6000) == consistency_weight(it, 0.1, "sigmoid", 6000, 150)
     assert ramp_period(0, 1000, 40) == 25 and ramp_period(150, 1000, 40) == 150 and ramp_period(0, 10, 40) == 1
     assert consistency_weight(999, 0.1, "sigmoid", 1000, 150) < 0.003            # the release's ramp at 1000 it
     assert consistency_weight(999, 0.1, "sigmoid", 1000, 0) == pytest.approx(0.1 * math.exp(-5 * (1 / 40) ** 2))
@@ -147,13 +148,13 @@ def test_ramp_scaled_to_the_run():
         ramp_period(-1, 1000, 40)
 
 
-def test_methods_default_to_the_scaled_ramp():
+def test_methods_default_to_the_releases_ramp():
     from semisupseg.methods.dtc import DTCParams
     from semisupseg.methods.entropy_min import EntropyMinParams
     from semisupseg.methods.mean_teacher import MeanTeacherParams
 
     for cls in (MeanTeacherParams, DTCParams, EntropyMinParams):
-        assert cls().rampup_period == 0
-        assert cls(rampup_period=150).rampup_period == 150
+        assert cls().rampup_period == 150
+        assert cls(rampup_period=0).rampup_period == 0
         with pytest.raises(ValueError):
             cls(rampup_period=-1)

@@ -20,9 +20,8 @@ class DTCParams(MethodParams):
     """DTC hyper-parameters (defaults: the release's LA settings).
 
     ``beta`` 0.3: weight of the SDM regression ``L_LSF`` (``--beta 0.3``). ``consistency`` 1.0 with
-    ``consistency_rampup`` ``"sigmoid"``, ``rampup_period`` 0 = ``t_max / 40`` (the release's 150 at its 6000
-    iterations; set 150 to reproduce it at any budget), ``rampup_length`` 40: ``λ_d(t) = 1.0 ·
-    sigmoid_rampup(t // P, 40)`` (``--consistency 1.0 --consistency_rampup 40``; ``"gaussian"`` selects the
+    ``consistency_rampup`` ``"sigmoid"``, ``rampup_period`` 150 (the release; 0 = ``t_max / 40``, the same at 6000
+    iterations), ``rampup_length`` 40: ``λ_d(t) = 1.0 · sigmoid_rampup(t // P, 40)`` (``--consistency 1.0 --consistency_rampup 40``; ``"gaussian"`` selects the
     paper's ``exp(-5 (1 - t/t_max)^2)`` over the run). ``heaviside_k`` -1500: ``sigmoid(-1500 · SDM)``.
     ``consistency_on``: ``"all"`` (release and paper: labeled and unlabeled) or ``"unlabeled"``.
     ``dice_weight`` 1 / ``ce_weight`` 0: the release's supervised term is Dice only (it computes the BCE but does
@@ -32,7 +31,7 @@ class DTCParams(MethodParams):
     beta: float = 0.3
     consistency: float = 1.0
     consistency_rampup: str = "sigmoid"
-    rampup_period: int = 0  # 0: scaled to the run (schedules.ramp_period); releases: 150
+    rampup_period: int = 150  # the releases; 0: scaled to the run (schedules.ramp_period)
     rampup_length: float = 40.0
     heaviside_k: float = -1500.0
     consistency_on: str = "all"
@@ -56,7 +55,7 @@ class DTC(Method):
         T^-1(z) = sigmoid(k z),  k = -1500 for our sign convention                                         (2)
         L_DTC = mean_{x in labeled ∪ unlabeled} (f_1(x) - T^-1(f_2(x)))^2                                 (3)
         L = Dice(f_1(x_l), y_l) + β · MSE(f_2(x_l), T(y_l)) + λ_d(t) · L_DTC,   β = 0.3                    (4)
-        λ_d(t) = 1.0 · sigmoid_rampup(t // P, 40),  P = t_max / 40 (release: 150)
+        λ_d(t) = 1.0 · sigmoid_rampup(t // P, 40),  P = 150 (0: t_max / 40)
 
     ``f_1`` are the foreground class probabilities of the segmentation head, ``f_2`` the tanh SDM head (one channel
     per foreground class). The model needs the SDM head (``needs_sdm``); both head forms work: the release's binary
@@ -67,7 +66,7 @@ class DTC(Method):
     on the CPU every step (voxel units, inside and outside normalised separately by their maxima, as
     ``compute_sdf``; shared :func:`semisupseg.losses.shape.sdm_targets`); the supervised term is Dice + 0.3 · SDM
     MSE (no cross-entropy); the consistency covers every voxel of every patch; the V-Net is built with dropout
-    (``has_dropout=True`` in the release, hence ``needs_dropout``); weight ramp on ``iter // 150`` (ours: ``iter // (t_max / 40)``, equal at 6000 iterations).
+    (``has_dropout=True`` in the release, hence ``needs_dropout``); weight ramp on ``iter // 150`` (``rampup_period=0``: ``iter // (t_max / 40)``, equal at 6000 iterations).
 
     Deviations: a labeled patch without a foreground class gets an SDM target of +1 everywhere (the shared
     ``geometry`` convention: its Heaviside is background, as the label says) where the release's ``compute_sdf``

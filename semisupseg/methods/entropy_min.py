@@ -19,15 +19,15 @@ class EntropyMinParams(MethodParams):
 
     ``weight`` / ``rampup`` / ``rampup_period`` / ``rampup_length``: ``λ(t) = 0.1 · sigmoid_rampup(t // P, 40)``
     (SSL4MIS ``--consistency 0.1``; its BraTS run ramps over ``200 · 150 = 30000`` iterations = its whole run, so
-    length 40 ramps over the 6000 iterations of the LA runs the same way); ``P`` = ``rampup_period``, 0 (default)
-    = ``t_max / 40``, which ends the ramp with the run at any budget (150 at 6000 iterations). ``normalize``: entropy in base C (divided
+    length 40 ramps over the 6000 iterations of the LA runs the same way); ``P`` = ``rampup_period``, 150 (default);
+    0 = ``t_max / 40`` ends the ramp with the run at any budget (150 at 6000 iterations). ``normalize``: entropy in base C (divided
     by ``ln C``, release) or nats. ``entropy_on``: ``"unlabeled"`` (default, ADVENT's target-domain term) or
     ``"all"`` (the SSL4MIS release applies it to the whole batch). ``ce_weight``/``dice_weight``: ``0.5 (CE + Dice)``.
     """
 
     weight: float = 0.1
     rampup: str = "sigmoid"
-    rampup_period: int = 0  # 0: scaled to the run (schedules.ramp_period); releases: 150
+    rampup_period: int = 150  # the releases; 0: scaled to the run (schedules.ramp_period)
     rampup_length: float = 40.0
     normalize: bool = True
     entropy_on: str = "unlabeled"
@@ -48,7 +48,7 @@ class EntropyMin(Method):
     Objective (ADVENT Sec. 3.1, the direct entropy loss; SSL4MIS ``train_entropy_minimization_3D.py``)::
 
         L = 0.5 (CE + Dice)(f(x_l), y_l) + λ(t) · mean_v [ -Σ_c p_c(v) ln p_c(v) / ln C ],  p = softmax f(x_u)
-        λ(t) = 0.1 · sigmoid_rampup(t // P, 40),  P = t_max / 40 (release: 150)
+        λ(t) = 0.1 · sigmoid_rampup(t // P, 40),  P = 150 (0: t_max / 40)
 
     Release behaviours kept: one forward over the two-stream batch, entropy normalised by ``ln C`` and averaged over
     voxels (``losses.entropy_loss``), weight ramped on ``iter // 150``, gradients flow through the entropy into the

@@ -79,7 +79,7 @@ def ramped_weight(iteration: int, max_iterations: int, amplitude: float, rampup:
                   rampup_period: int, rampup_length: float) -> float:
     """A consistency weight at ``iteration`` (0-based) — see :func:`semisupseg.schedules.consistency_weight`.
 
-    ``"sigmoid"``: ``amplitude · sigmoid_rampup(iteration // rampup_period, rampup_length)`` (releases: period 150; 0 = scaled to the run,
+    ``"sigmoid"``: ``amplitude · sigmoid_rampup(iteration // rampup_period, rampup_length)`` (releases and default: period 150; 0 = scaled to the run,
     length 40, so the ramp ends at iteration 6000 = the LA runs' length); ``"gaussian"``: the papers'
     ``amplitude · exp(-5 (1 - t / t_max)^2)`` over the whole run; ``"constant"``.
     """
@@ -106,10 +106,9 @@ class MeanTeacherParams(MethodParams):
 
     ``consistency`` / ``consistency_rampup`` / ``rampup_period`` / ``rampup_length``: the consistency weight
     ``λ(t) = consistency · sigmoid_rampup(t // P, 40)`` (release ``--consistency 0.1 --consistency_rampup 40``,
-    called with ``iter_num // 150``). ``rampup_period`` ``P``: 0 (default) scales the ramp to the run,
-    ``P = max_iterations / 40`` — the release's 150 at its 6000 iterations; ``rampup_period=150`` reproduces the
-    release at any budget (at 1000 iterations its weight never exceeds 0.003: the consistency does not act; see
-    :func:`semisupseg.schedules.ramp_period`). ``"gaussian"`` selects the papers' ``0.1 · exp(-5 (1 - t/t_max)^2)``.
+    called with ``iter_num // 150``). ``rampup_period`` ``P``: 150 (default, the release); 0 scales the ramp to
+    the run, ``P = max_iterations / 40`` (equal at 6000 iterations; at 1000 iterations the release's weight never
+    exceeds 0.003, the scaled one reaches 0.1 — which measured worse on LA: :func:`semisupseg.schedules.ramp_period`). ``"gaussian"`` selects the papers' ``0.1 · exp(-5 (1 - t/t_max)^2)``.
     The teacher's EMA decay α is the engine's ``ema_decay`` config key (``min(1 - 1/(t+1), α)``, release 0.99).
     ``noise_std`` / ``noise_clip``: teacher input noise ``clamp(N(0, 0.1^2), ±0.2)``.
     ``consistency_on``: ``"unlabeled"`` (release: only the unlabeled patches) or ``"all"`` (the paper's sum over
@@ -119,7 +118,7 @@ class MeanTeacherParams(MethodParams):
 
     consistency: float = 0.1
     consistency_rampup: str = "sigmoid"
-    rampup_period: int = 0  # 0: scaled to the run (schedules.ramp_period); releases: 150
+    rampup_period: int = 150  # the releases; 0: scaled to the run (schedules.ramp_period)
     rampup_length: float = 40.0
     noise_std: float = 0.1
     noise_clip: float = 0.2
@@ -145,7 +144,7 @@ class MeanTeacher(Method):
 
         L = 0.5 (CE + Dice)(student(x_l), y_l)  +  λ(t) · mean (softmax f(x_u; θ) - softmax f(x_u + ξ; θ'))^2
         θ'_t = α θ'_{t-1} + (1 - α) θ_t,  α = min(1 - 1/(t+1), 0.99)          (EMA, done by the engine)
-        ξ = clamp(N(0, 0.1^2), -0.2, 0.2),  λ(t) = 0.1 · sigmoid_rampup(t // P, 40),  P = t_max / 40 (release: 150)
+        ξ = clamp(N(0, 0.1^2), -0.2, 0.2),  λ(t) = 0.1 · sigmoid_rampup(t // P, 40),  P = 150 (0: t_max / 40)
 
     Release behaviours kept. The UA-MT repository has no separate Mean Teacher script; its LA baseline is
     ``train_LA_meanteacher_certainty_unlabel.py`` without the uncertainty mask, and SSL4MIS's

@@ -68,7 +68,7 @@ class SASSNetParams(MethodParams):
     alpha: float = 0.3
     beta: float = 0.001
     beta_rampup: str = "gaussian"
-    rampup_period: int = 0  # 0: scaled to the run (schedules.ramp_period); releases: 150
+    rampup_period: int = 150  # the releases; 0: scaled to the run (schedules.ramp_period)
     rampup_length: float = 40.0
     d_lr: float = 1e-4
     d_beta1: float = 0.9

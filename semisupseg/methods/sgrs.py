@@ -81,7 +81,7 @@ class SGRSParams(MethodParams):
     consistency: float = 1.0
     #: "gaussian" (paper eq. 20), "sigmoid" (release: sigmoid_rampup(it // period, length)) or "constant"
     rampup: str = "gaussian"
-    rampup_period: int = 0  # 0: scaled to the run (schedules.ramp_period); releases: 150
+    rampup_period: int = 150  # the releases; 0: scaled to the run (schedules.ramp_period)
     rampup_length: float = 40.0
     #: clipped Gaussian input noise of the teacher's view and the MixUp inputs (release: 0.1, clip 0.2)
     noise_std: float = 0.1

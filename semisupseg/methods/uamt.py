@@ -80,7 +80,7 @@ class UAMT(MeanTeacher):
         θ'_t = α θ'_{t-1} + (1 - α) θ_t,  α = min(1 - 1/(t+1), 0.99)            (EMA, done by the engine)
         μ_c = (1/T) Σ_t p_t^c,  u = -Σ_c μ_c ln μ_c     (T = 8 noisy dropout passes of the teacher)     (3)
         L_c = Σ_v I(u_v < H) ||f_v - f'_v||^2 / Σ_v I(u_v < H)                                  (4)
-        H(t) = (0.75 + 0.25 · sigmoid_rampup(t, t_max)) · ln 2,   λ(t) = 0.1 · sigmoid_rampup(t // P, 40),  P = t_max / 40 (release: 150)
+        H(t) = (0.75 + 0.25 · sigmoid_rampup(t, t_max)) · ln 2,   λ(t) = 0.1 · sigmoid_rampup(t // P, 40),  P = 150 (0: t_max / 40)
 
     ``f'`` is **one** further noisy teacher pass (not the mean of the T passes), ``f`` the student's probabilities;
     the squared difference in (4) is summed over the classes and the release divides by ``2 Σ mask`` — the mean over
@@ -90,7 +90,7 @@ class UAMT(MeanTeacher):
     Release behaviours kept (``code/train_LA_meanteacher_certainty_unlabel.py``): uncertainty and consistency on the
     unlabeled patches only; the T passes batched as two copies of the unlabeled batch per forward; the teacher in
     train mode (dropout active, batch statistics); the threshold ramp runs over the whole training on the raw
-    iteration count (``sigmoid_rampup(iter_num, max_iterations)``), the weight ramp on ``iter_num // 150`` (ours: ``// (t_max / 40)`` by default, the same at 6000 iterations);
+    iteration count (``sigmoid_rampup(iter_num, max_iterations)``), the weight ramp on ``iter_num // 150`` (``rampup_period=0``: ``// (t_max / 40)``, the same at 6000 iterations);
     the student is built with dropout too (``has_dropout=True``).
 
     Deviations: ``ln C`` replaces ``ln 2`` for C classes (same value for two); the entropy is computed exactly

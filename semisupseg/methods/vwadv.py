@@ -79,7 +79,7 @@ class VWAdvParams(MethodParams):
     consistency: float = 0.001
     #: γ(t) ramp: "gaussian" (0.001·exp(-5(1-t/tmax)^2)), "sigmoid" (release style) or "constant"
     rampup: str = "gaussian"
-    rampup_period: int = 0  # 0: scaled to the run (schedules.ramp_period); releases: 150
+    rampup_period: int = 150  # the releases; 0: scaled to the run (schedules.ramp_period)
     rampup_length: float = 40.0
     #: pseudo-label confidence threshold t
     confidence: float = 0.7
