@@ -17,22 +17,14 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from slicer_guard import MODULE_FOLDERS, require_slicer  # noqa: E402
+from slicer_guard import MODULE_FOLDERS, headless_scene  # noqa: E402
 
 for _folder in MODULE_FOLDERS:
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
 
-@pytest.fixture
-def headless():
-    """A new headless Slicer scene with application logic and module logics."""
-    require_slicer()
-    from SemiSupSegLib.headless import build_headless_slicer
-
-    h = build_headless_slicer()
-    yield h
-    h.scene.Clear(1)
+headless = pytest.fixture(name="headless")(headless_scene)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""Import slicer-core's ``slicer`` for the reliability tests, with the Slicer module folders on ``sys.path``.
+"""Import slicer-core's ``slicer`` for the tests, with the Slicer module folders on ``sys.path``; the ``headless``
+scene fixture of ``Testing/slicer`` and ``Testing/reliability`` (``from slicer_guard import ...``: ``Testing/`` is on
+``sys.path`` under pytest).
 
 slicer-core's ``slicer/__init__`` extends its package path over every ``slicer`` folder on ``sys.path`` and imports
 the modules it finds there: with ``Testing/`` on ``sys.path`` (pytest puts it there for ``helpers``) that would be
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 MODULE_FOLDERS = (REPO / "SemiSupSeg", REPO / "SemiSupSegTraining")
 
 
@@ -38,3 +40,14 @@ def require_slicer():
         pytest.skip(message)
     finally:
         sys.path[:] = saved
+
+
+def headless_scene():
+    """Generator behind the ``headless`` fixtures: a new headless Slicer (scene, application logic, module logics),
+    cleared afterwards."""
+    require_slicer()
+    from SemiSupSegLib.headless import build_headless_slicer
+
+    h = build_headless_slicer()
+    yield h
+    h.scene.Clear(1)
