@@ -260,8 +260,7 @@ class Trainer:
             raise InputError(f"config method_params: {exc}") from None
         # record every resolved parameter, not only the overrides: config.yaml and the card then pin the run even
         # if a later version changes a default (a resumed run keeps the values it started with)
-        cfg.method_params = _plain(dataclasses.asdict(params)) if dataclasses.is_dataclass(params) \
-            else dict(cfg.method_params)
+        cfg.method_params = _plain(dataclasses.asdict(params))  # make_params always returns its Params dataclass
         self.method: Method = method_cls(params)
         from semisupseg.nets import build_network
 
