@@ -204,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
 
     failures: List[Tuple[str, str]] = []  # (case, one line): a bad file does not stop the others
     for index, (name, group, outs) in enumerate(plans):
-        existed = {p for p in list(outs.values()) + [warnings_path(name, outdir)] if p.exists()}
+        case_files = list(outs.values()) + [warnings_path(name, outdir)]
+        existed = {p for p in case_files if p.exists()}
         try:
             _segment_case(args, index, name, group, outs, plans, model, card, options, tta, cancel, emit, outdir)
         except Cancelled:
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             if not isinstance(exc, SemiSupSegError):
                 line = f"{group[0]}: {type(exc).__name__}: {line}"
             failures.append((name, line))
-            for p in list(outs.values()) + [warnings_path(name, outdir)]:  # no half set of outputs for it
+            for p in case_files:  # no half set of outputs for it
                 if p not in existed and p.exists():
                     p.unlink()
             if args.json_progress:
