@@ -14,14 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from slicer_guard import MODULE_FOLDERS, REPO, headless_scene, require_slicer  # noqa: F401  (re-exported)
+from slicer_guard import MODULE_FOLDERS, SAMPLE_DATA, TEST_DATA, headless_scene, require_slicer  # noqa: F401
 
 for module_dir in MODULE_FOLDERS:
     if str(module_dir) not in sys.path:
         sys.path.insert(0, str(module_dir))
-
-TEST_DATA = REPO / "Testing" / "data"
-SAMPLE_DATA = REPO / "semisupseg" / "sample_data"
 
 
 #: a fresh headless Slicer for each test (see the module docstring)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLE_DATA, TEST_DATA
+from slicer_guard import SAMPLE_DATA, TEST_DATA
 
 HIPPO = SAMPLE_DATA / "hippocampus"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLE_DATA, require_slicer
+from slicer_guard import SAMPLE_DATA, require_slicer
 
 require_slicer()
 

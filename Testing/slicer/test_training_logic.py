@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLE_DATA
+from slicer_guard import SAMPLE_DATA
 
 HIPPO = SAMPLE_DATA / "hippocampus"
 TINY = ("model.n_filters=4", "num_threads=1", "amp=off", "save_every=1")
