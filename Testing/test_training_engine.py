@@ -153,3 +153,27 @@ def test_bundled_sample_data_multiclass_through_the_cli(tmp_path):
     val = [e for e in events if e["event"] == "validation"][0]["metrics"]
     assert len(val["cases"]) >= 1 and all(math.isfinite(e["loss"]) for e in events if e["event"] == "iteration")
     assert load_config(tmp_path / "run" / "config.yaml").data.num_classes == 3
+
+
+def test_keep_every_keeps_loadable_copies_at_those_iterations(tmp_path):
+    """``keep_every=3`` over 8 iterations: kept/it000003.pt and it000006.pt, each the model of that iteration (the
+    copy at 6 differs from the one at 3 and from last.pt at 8), with a card; 0 keeps none; negative is refused."""
+    from semisupseg.errors import InputError
+
+    Trainer(_config(tmp_path / "run", keep_every=3), data=_data()).run()
+    kept = sorted(p.name for p in (tmp_path / "run" / "kept").glob("*.pt"))
+    assert kept == ["it000003.pt", "it000006.pt"]
+    w3, w6 = (_weights_of(tmp_path / "run" / "kept" / k) for k in kept)
+    last = _weights_of(tmp_path / "run" / "last.pt")
+    key = next(k for k, v in w3.items() if v.is_floating_point() and v.dim() > 1)
+    assert not torch.equal(w3[key], w6[key]) and not torch.equal(w6[key], last[key])
+    assert (tmp_path / "run" / "kept" / "it000006.json").is_file()
+    Trainer(_config(tmp_path / "off", iterations=4), data=_data()).run()
+    assert not (tmp_path / "off" / "kept").exists()
+    with pytest.raises(InputError, match="keep_every"):
+        _config(tmp_path / "bad", keep_every=-1).validate()
+
+
+def _weights_of(path):
+    model, _ = load_model(path)
+    return model.state_dict()

@@ -151,7 +151,8 @@ class TrainConfig:
       ``keep`` (the teacher's BN statistics are its own, as in the releases where the teacher runs in train mode),
       ``copy`` (copy the student's), ``ema`` (average them like the weights).
     * ``val_every``: validate every N iterations (and at the end); ``save_every``: write the resume state every N
-      iterations (also written at validation, cancellation and the end).
+      iterations (also written at validation, cancellation and the end); ``keep_every``: also keep a copy of the
+      model every N iterations as ``kept/it<NNNNNN>.pt`` (0: none) — for scoring a run at several budgets.
     * ``plan``: what was derived from the data for the settings left unset, and the training-data statistics
       (:func:`semisupseg.data.fingerprint.resolve_plan` fills it; the model card records it).
     * ``overlays``: training snapshots of chosen cases for overlays (:class:`OverlayConfig`).
@@ -175,6 +176,7 @@ class TrainConfig:
     val_blend: str = "gaussian"
     val_batch_size: int = 1
     save_every: int = 100
+    keep_every: int = 0
     log_every: int = 1
     stop_on_nonfinite: bool = True
     ddp_find_unused_parameters: bool = True
@@ -226,6 +228,8 @@ class TrainConfig:
         for key in ("val_every", "save_every", "log_every", "val_batch_size"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.keep_every < 0:
+            raise bad("keep_every", f"must be >= 0 (0: keep none), got {self.keep_every}")
         for key in ("every", "keep"):
             if getattr(self.overlays, key) < 1:
                 raise bad(f"overlays.{key}", f"must be >= 1, got {getattr(self.overlays, key)}")

@@ -12,6 +12,7 @@ Run directory layout (``config.out``)::
     events.jsonl     JSON-lines events (appended across resumes)
     resume.pt        resume state (weights_only): model, optimisers, teacher, method modules, sampler + RNG states
     last.pt/.json    the latest model file (our format) — written at each validation, cancellation and the end
+    kept/itN.pt      copies of the model every ``keep_every`` iterations (when set)
     best.pt/.json    the model with the best validation Dice so far
     heartbeat.json   the training process (pid, host) and its last beat (:mod:`semisupseg.training.heartbeat`)
     overlays/        training snapshots of ``overlays.cases`` (:mod:`semisupseg.training.snapshots`)
@@ -448,6 +449,7 @@ class Trainer:
         from semisupseg.checkpoint import save_model
 
         path = self.run_dir / f"{name}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_model(path, self.model, self._card(extra), overwrite=True)
         self.events.emit("checkpoint", name=name, path=str(path), iteration=self.iteration)
         return path
@@ -673,6 +675,9 @@ class Trainer:
                 elif self.iteration % cfg.save_every == 0:
                     self._phase = "saving"
                     self._save_resume()
+                if cfg.keep_every and self.iteration % cfg.keep_every == 0 and self.dist.is_main:
+                    self._phase = "saving"
+                    self._save_model(f"kept/it{self.iteration:06d}", {})
                 if self.snapshots is not None and (self.iteration % cfg.overlays.every == 0
                                                    or self.iteration == cfg.iterations):
                     self._write_snapshots()
