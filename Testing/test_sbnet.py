@@ -114,6 +114,19 @@ def test_hybrid_weights():
     assert set(hybrid_loss_terms(0.5, None, None, None, one, one)) == {"consistency", "adversarial"}
 
 
+def test_default_keeps_supervision_to_the_end_paper_gamma_by_flag():
+    """γ_max = 1 (the paper) drops the supervised weight to 0 at t_max -- the collapse seen on LA; the default 0.5
+    keeps half of it, and the paper's value stays one parameter away."""
+    _, method = _setup()
+    end = _ctx(2, "sigmoid", iteration=100, max_iterations=100)
+    one = torch.tensor(1.0)
+    terms = hybrid_loss_terms(method.gamma(end), one, one, one, one, one)
+    assert terms["psm"].item() == pytest.approx(0.5) and terms["adversarial"].item() == pytest.approx(0.5)
+    paper = get_method("sbnet")(SBNetParams(gamma_max=1.0, d_ndf=4))
+    assert paper.gamma(end) == pytest.approx(1.0)
+    assert hybrid_loss_terms(paper.gamma(end), one, one, one, one, one)["psm"].item() == pytest.approx(0.0)
+
+
 # --- the network -------------------------------------------------------------------------------------------------
 def test_multilabel_probabilities():
     z = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1, 1)  # p = 0.5, 0.75
@@ -192,7 +205,7 @@ def test_step_finite_terms_and_gamma(num_classes, seg_form):
     result = method.step(net, _batch(num_classes), ctx)
     assert set(result.losses) == {"psm", "sdm", "boundary", "consistency", "adversarial"}
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in result.losses.values())
-    gamma = math.exp(-5 * (1 - 0.3) ** 2)
+    gamma = 0.5 * math.exp(-5 * (1 - 0.3) ** 2)  # default γ_max 0.5
     assert result.logs["gamma"] == pytest.approx(gamma)
     assert result.losses["psm"].item() == pytest.approx((1 - gamma) * result.logs["l_psm"], rel=1e-5)
     assert result.losses["adversarial"].item() == pytest.approx(gamma * result.logs["l_adv"], rel=1e-5)
