@@ -11,7 +11,7 @@ import torch
 
 from semisupseg.checkpoint import (FORMAT_KEY, FORMAT_VERSION, ModelCard, check_weights_only, export_peer_checkpoint,
                                    import_peer_checkpoint, load_model, load_state, load_state_dict_file, make_card, read_card, save_model,
-                                   save_state, sidecar_path)
+                                   save_state, sidecar_path, half_precision_state)
 from semisupseg.cli import main as cli_main
 from semisupseg.errors import CheckpointError, InputError, OutputExistsError
 from semisupseg.nets import VNet, VNetConfig
@@ -86,6 +86,36 @@ def test_round_trip_restores_weights_card_and_outputs(tmp_path):
             load_model(path, device="cuda")
     assert read_card(path).spacing_zyx == (1.25, 1.25, 1.25) and read_card(path).patch_size_zyx == (32, 64, 64)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_half_precision_file_is_half_the_size_and_loads_as_float32(tmp_path):
+    net = _trained_net(num_classes=2, sdm_head=True)
+    card = _card(net)
+    full = save_model(tmp_path / "full.pt", net, card)
+    half = save_model(tmp_path / "half.pt", net, card, half=True)
+    stored = torch.load(half, weights_only=True)["state_dict"]
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    assert all(v.dtype == torch.int64 for k, v in stored.items() if k.endswith("num_batches_tracked"))
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    model, loaded = load_model(half)
+    assert loaded == card and all(p.dtype == torch.float32 for p in model.parameters())
+    for k, v in net.state_dict().items():  # the weights are the float16-rounded originals
+        expected = v.half().float() if v.is_floating_point() else v
+        assert torch.equal(model.state_dict()[k], expected), k
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x)["seg"].argmax(1), model(x)["seg"].argmax(1))
+
+
+def test_half_precision_refuses_weights_beyond_float16_range(tmp_path):
+    net = _trained_net(num_classes=2)
+    with torch.no_grad():
+        next(net.parameters())[0].fill_(1e6)
+    with pytest.raises(CheckpointError, match="beyond float16's range") as info:
+        save_model(tmp_path / "m.pt", net, _card(net), half=True)
+    _assert_names(info, tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.json").exists()
+    assert half_precision_state({"n": torch.tensor(3)})["n"].dtype == torch.int64
 
 
 def test_card_defaults_and_unknown_fields_are_kept(tmp_path):

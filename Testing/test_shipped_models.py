@@ -70,3 +70,24 @@ def test_hippocampus_model_on_the_shared_held_out_split(tmp_path):
     assert {r["case"] for r in rows} == set(cases)
     # the card's figure over all 40 test cases is 0.864 / 0.846; a floor below it, for these 12
     assert np.mean([float(r["dice"]) for r in rows]) > 0.82
+
+
+def test_half_precision_weights_keep_the_shipped_model_labels(tmp_path, capsys):
+    """``ship_model.py --half`` stores float16 weights only if the labels hold: the check itself, on the shipped
+    hippocampus model and the bundled scans (every case and class scored, not a vacuous 1.0)."""
+    import sys
+
+    from semisupseg.checkpoint import load_model
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import ship_model
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"test": ["hippocampus_011", "hippocampus_015"]}))
+    model, card = load_model(MODELS / "hippocampus.pt")
+    worst = ship_model.half_precision_agreement(model, card, SAMPLE, split)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " label " in ln]
+    assert len(lines) == 4  # 2 cases x 2 classes
+    assert 0.999 <= worst <= 1.0

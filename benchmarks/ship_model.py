@@ -9,7 +9,10 @@ Usage::
         Decathlon)" --licence "CC-BY-SA 4.0" --split benchmarks/splits/hippocampus.json \
         --class-names anterior posterior [--overwrite]
 
-The weights are the run's ``last.pt`` unchanged (fp32); the card gains ``training["test"]`` (cases, per-class mean
+The weights are the run's ``last.pt``, fp32 or, with ``--half``, stored as float16 (half the size) when that does not
+change the labels: every ``test`` image of the split is segmented with the fp32 and the float16-rounded weights (plain
+fp32 arithmetic, so only the rounding differs) and the worst label agreement (foreground Dice between the two label
+maps) must reach ``--half-min-agreement`` (0.999); otherwise nothing is written. The card gains ``training["test"]`` (cases, per-class mean
 and median Dice, HD95/ASD in mm) and ``training["data"]`` (dataset, licence, split file and list names).
 """
 from __future__ import annotations
@@ -43,6 +46,35 @@ def test_figures(test_csv: Path, class_names):
     return out
 
 
+def half_precision_agreement(model, card, data_dir: Path, split: Path) -> float:
+    """The worst, over the split's ``test`` images and the foreground classes either map has, Dice between the labels
+    of ``model`` and of a copy with float16-rounded weights (plain fp32 arithmetic for both)."""
+    import copy
+
+    from semisupseg.checkpoint import half_precision_state
+    from semisupseg.data.cases import discover_cases, load_split
+    from semisupseg.inference.segment import SegmentOptions, segment
+    from semisupseg.io import read_image_or_h5
+
+    rounded = copy.deepcopy(model)
+    rounded.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in half_precision_state(model.state_dict()).items()})
+    test = set(load_split(split)["test"])
+    options = SegmentOptions(fast=False, compute_sdm=False, compute_entropy=False, device="cpu")
+    worst = 1.0
+    for case in (c for c in discover_cases(data_dir) if c.case_id in test):
+        image = read_image_or_h5(case.channel_paths[0])
+        a = segment(image, model, card, options).labels.array
+        b = segment(image, rounded, card, options).labels.array
+        for value in card.label_values[1:]:
+            ma, mb = a == value, b == value
+            if ma.any() or mb.any():
+                dice = 2.0 * float((ma & mb).sum()) / float(ma.sum() + mb.sum())
+                worst = min(worst, dice)
+                print(f"  {case.case_id} label {value}: {dice:.5f}", flush=True)
+    return worst
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path)
@@ -52,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", required=True)
     p.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
                    help="foreground class names (when the training data did not name them)")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 if the test labels hold")
+    p.add_argument("--half-min-agreement", type=float, default=0.999)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -68,7 +102,15 @@ def main(argv=None) -> int:
     card.training["test"] = test_figures(args.run / "test.csv", card.class_names)
     card.training["data"] = {"dataset": args.dataset, "licence": args.licence, "split_file": args.split,
                              "labeled_list": data_cfg.get("split_labeled"), "test_list": "test"}
-    out = save_model(REPO / "semisupseg" / "models" / f"{args.name}.pt", model, card, overwrite=args.overwrite)
+    if args.half:
+        worst = half_precision_agreement(model, card, Path(data_cfg["labeled"]), Path(args.split))
+        print(f"float16 weights: worst test-label agreement with fp32 {worst:.5f}")
+        if worst < args.half_min_agreement:
+            print(f"not shipped: below --half-min-agreement {args.half_min_agreement}", file=sys.stderr)
+            return 1
+        card.training["weights_stored_as"] = "float16"
+    out = save_model(REPO / "semisupseg" / "models" / f"{args.name}.pt", model, card, overwrite=args.overwrite,
+                     half=args.half)
     print(out.relative_to(REPO))
     for line in card.summary_lines():
         print(" ", line)

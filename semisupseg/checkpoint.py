@@ -96,7 +96,7 @@ __all__ = [
     "FORMAT_VERSION", "ModelCard", "CheckpointError", "make_card", "save_model", "load_model", "read_card",
     "read_model_file", "save_state", "load_state", "safe_torch_load", "load_state_dict_file", "sidecar_path",
     "check_weights_only", "import_peer_checkpoint", "export_peer_checkpoint", "check_card_dict", "CARD_LIMITS",
-    "MAX_CARD_BYTES",
+    "MAX_CARD_BYTES", "half_precision_state",
 ]
 
 
@@ -588,10 +588,29 @@ def sidecar_path(path: PathLike) -> Path:
     return Path(path).with_suffix(SIDECAR_SUFFIX)
 
 
+def half_precision_state(state: Mapping[str, torch.Tensor], path: Optional[PathLike] = None
+                         ) -> Dict[str, torch.Tensor]:
+    """``state`` with every floating tensor stored as float16 (integer buffers unchanged): half the file size.
+    :func:`load_model` casts the weights back to the network's float32. A weight beyond float16's range (±65504,
+    which would turn into Inf) is a :class:`CheckpointError` naming ``path``."""
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if v.is_floating_point():
+            h = v.to(torch.float16)
+            if not bool(torch.isfinite(h).all()) and bool(torch.isfinite(v).all()):
+                raise CheckpointError(f"cannot store in half precision: {k} has values beyond float16's range "
+                                      f"(max |w| {float(v.abs().max()):.3g})", path)
+            out[k] = h
+        else:
+            out[k] = v
+    return out
+
+
 def save_model(path: PathLike, model: nn.Module, card: ModelCard, overwrite: bool = False,
-               sidecar: bool = True) -> Path:
+               sidecar: bool = True, half: bool = False) -> Path:
     """Write ``model``'s weights and ``card`` to ``path`` (a ``.pt`` file, atomically) and, with ``sidecar``, the
-    card's JSON to ``path.with_suffix(".json")``.
+    card's JSON to ``path.with_suffix(".json")``. ``half``: store the floating weights as float16
+    (:func:`half_precision_state`; for shipped models -- check that the labels do not change).
 
     ``arch``, ``network`` and ``in_channels`` of the card must describe ``model`` (use :func:`make_card`). Refuses to
     replace existing files unless ``overwrite`` (:class:`~semisupseg.errors.OutputExistsError`). Returns the path.
@@ -621,6 +640,8 @@ def save_model(path: PathLike, model: nn.Module, card: ModelCard, overwrite: boo
     for p in ([path, side] if sidecar else [path]):  # both checked before either is written
         check_writable(p, overwrite)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
+    if half:
+        state = half_precision_state(state, path)
     payload = {FORMAT_KEY: int(card.format_version), "metadata": card_json, "state_dict": state}
     _atomic_torch_save(payload, path, overwrite=overwrite)
     if sidecar:
