@@ -12,7 +12,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from SemiSupSegLib import bootstrap, dependencies
 from SemiSupSegLib.parameters import OVERLAY_KINDS, SegmentParameters
 from SemiSupSegLib.segment_logic import (SegmentLogic, SegmentRequest, device_note, gpu_available, model_choices,
-                                         overlay_nodes_of, status_text)
+                                         overlay_nodes_of, recommended_keep_largest, status_text)
 
 TEST_MODEL = os.path.join(os.path.dirname(__file__), "Resources", "Testing", "hippocampus_dtc_tiny.pt")
 
@@ -57,12 +57,17 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshOverlays)
         self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.showOverlay)
         self.ui.opacitySlider.connect("valueChanged(double)", self.showOverlay)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", lambda i: self.logic.segment.warm_up(
-            self.ui.modelComboBox.currentData))  # the worker starts and loads the model before the first click
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.addModelButton.connect("clicked()", self.onAddModel)
         self.ui.segmentButton.connect("clicked()", self.onSegment)
         self.refreshModels()
         self.loadParameters()
+
+    def onModelChanged(self, *unused):
+        name = self.ui.modelComboBox.currentData
+        if not self.loading:  # a newly chosen model brings its card's post-processing
+            self.ui.keepLargestCheckBox.checked = recommended_keep_largest(self.logic.segment.catalogue, name)
+        self.logic.segment.warm_up(name)  # the worker starts and loads the model before the first click
 
     def cleanup(self):
         if hasattr(self, "timer"):

@@ -342,6 +342,27 @@ def test_broken_cards_are_reported(tmp_path):
         load_model(path)
 
 
+def test_card_inference_recommendations_round_trip_and_are_checked(tmp_path):
+    net = _trained_net()
+    card = _card(net, inference={"keep_largest": True})
+    path = save_model(tmp_path / "m.pt", net, card)
+    assert read_card(path).inference == {"keep_largest": True}
+    assert any(line.startswith("inference:") and "keep_largest=True" in line for line in card.summary_lines())
+    assert _card(net).inference == {} and not any(ln.startswith("inference:") for ln in _card(net).summary_lines())
+    d = card.to_dict()
+    d["inference"] = {"keep_largest": "yes"}
+    torch.save(_payload(net, metadata=json.dumps(d)), path)
+    with pytest.raises(CheckpointError, match="inference keep_largest must be bool"):
+        read_card(path)
+    d["inference"] = {"keep_largest": False, "smoothing_mm": 1.5}  # a newer version's option: kept, not used
+    torch.save(_payload(net, metadata=json.dumps(d)), path)
+    assert read_card(path).inference == {"keep_largest": False, "smoothing_mm": 1.5}
+    d["inference"] = [True]
+    torch.save(_payload(net, metadata=json.dumps(d)), path)
+    with pytest.raises(CheckpointError, match="inference must be an object"):
+        read_card(path)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Resume state helpers (used by the training engine)
 # ---------------------------------------------------------------------------------------------------------------------

@@ -464,3 +464,23 @@ def test_papers_layout_reproduces_release_probabilities(shape_xyz, rng):
     assert np.allclose(ours["prob"], ref.transpose(0, 3, 2, 1), atol=1e-5)
     default = sliding_window_inference(WindowMean(), image_xyz.transpose(2, 1, 0), (24, 32, 32), fast=False)
     assert not np.allclose(default["prob"], ours["prob"], atol=1e-3)  # the layout really matters for this model
+
+
+def test_keep_largest_follows_the_card_unless_the_user_says():
+    """``keep_largest=None`` takes the card's recommendation (``card.inference``); an explicit value wins."""
+    shape = (16, 24, 24)
+    image = np.full(shape, -1.0, np.float32)
+    image[2:12, 2:12, 2:12] = 1.0      # the structure: 1000 voxels
+    image[13:15, 20:22, 20:22] = 1.0   # a stray blob: 8 voxels
+    vol = Volume(image, (1.0, 1.0, 1.0))
+    plain, recommends = _card((1.0, 1.0, 1.0), (16, 16, 16)), _card((1.0, 1.0, 1.0), (16, 16, 16))
+    recommends.inference = {"keep_largest": True}
+    model = Pointwise(k=4.0)
+
+    def fg(card, keep):
+        result = segment(vol, model, card, SegmentOptions(fast=False, keep_largest=keep))
+        return int((result.labels.array == 1).sum()), result.info["keep_largest"]
+
+    assert fg(plain, None) == (1008, False)
+    assert fg(recommends, None) == (1000, True)
+    assert fg(recommends, False) == (1008, False) and fg(plain, True) == (1000, True)

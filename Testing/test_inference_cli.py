@@ -23,12 +23,12 @@ def one_thread():
 
 
 def _model_file(tmp_path, num_classes, spacing, patch_xyz, sdm=True, label_values=None, name="model.pt",
-                training=None):
+                training=None, inference=None):
     torch.manual_seed(0)
     model = VNet(VNetConfig(num_classes=num_classes, n_filters=2, sdm_head=sdm)).eval()
     card = make_card(model, method="supervised", spacing_xyz=spacing, patch_size_xyz=patch_xyz,
                      class_names=["background"] + [f"structure{i}" for i in range(1, num_classes)],
-                     label_values=label_values, training=training)
+                     label_values=label_values, training=training, inference=inference)
     return save_model(tmp_path / name, model, card)
 
 
@@ -71,6 +71,19 @@ def test_segment_cli_hippocampus_nifti(tmp_path, hippocampus_dir, capsys):
     assert lines[0]["event"] == "case" and lines[-1]["event"] == "done"
     fractions = [r["fraction"] for r in lines if r["event"] == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+@pytest.mark.parametrize("flag, card_says, used", [
+    ([], None, False), ([], True, True), (["--no-keep-largest"], True, False), (["--keep-largest"], None, True)])
+def test_segment_cli_keep_largest_defaults_to_the_card(tmp_path, capsys, flag, card_says, used):
+    image_path = tmp_path / "scan.nii.gz"
+    write_volume(Volume(np.random.default_rng(0).normal(size=(12, 14, 10)).astype(np.float32)), image_path)
+    inference = None if card_says is None else {"keep_largest": card_says}
+    model = _model_file(tmp_path, 2, (1.0, 1.0, 1.0), (16, 16, 16), sdm=False, inference=inference)
+    assert main(["segment", str(image_path), "--model", str(model), "-o", str(tmp_path / "out"),
+                 "--json-progress"] + flag) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r for r in records if r["event"] == "done"][0]["keep_largest"] is used
 
 
 @pytest.mark.parametrize("augmentation, tta, used, note", [

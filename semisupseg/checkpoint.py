@@ -96,13 +96,17 @@ __all__ = [
     "FORMAT_VERSION", "ModelCard", "CheckpointError", "make_card", "save_model", "load_model", "read_card",
     "read_model_file", "save_state", "load_state", "safe_torch_load", "load_state_dict_file", "sidecar_path",
     "check_weights_only", "import_peer_checkpoint", "export_peer_checkpoint", "check_card_dict", "CARD_LIMITS",
-    "MAX_CARD_BYTES", "half_precision_state",
+    "MAX_CARD_BYTES", "half_precision_state", "INFERENCE_DEFAULTS",
 ]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The model card
 # ----------------------------------------------------------------------------------------------------------------------
+
+#: the inference options a model card may recommend (``ModelCard.inference``) and their value when it does not
+INFERENCE_DEFAULTS: Dict[str, Any] = {"keep_largest": False}
+
 
 @dataclass
 class ModelCard:
@@ -120,6 +124,9 @@ class ModelCard:
     * ``normalization``: the intensity normalisation (``semisupseg.data.preprocess.NormalizationConfig`` as a dict,
       e.g. ``{"kind": "zscore"}``);
     * ``training``: free-form summary (data, labeled/unlabeled cases, iterations, validation Dice, seed, …);
+    * ``inference``: how the model is meant to be used when the user does not say otherwise --
+      ``{"keep_largest": true}`` makes :func:`semisupseg.inference.segment` keep each class's largest connected
+      component by default (keys: :data:`INFERENCE_DEFAULTS`);
     * ``package_version``, ``created`` (ISO 8601 UTC), ``format_version``;
     * ``extra``: fields of a newer minor revision this version does not know (kept, not interpreted).
     """
@@ -134,6 +141,7 @@ class ModelCard:
     patch_size_xyz: Tuple[int, int, int]
     normalization: Dict[str, Any] = field(default_factory=lambda: {"kind": "zscore"})
     training: Dict[str, Any] = field(default_factory=dict)
+    inference: Dict[str, Any] = field(default_factory=dict)
     package_version: str = __version__
     created: str = ""
     format_version: int = FORMAT_VERSION
@@ -150,6 +158,7 @@ class ModelCard:
         self.network = dict(self.network)
         self.normalization = dict(self.normalization)
         self.training = dict(self.training)
+        self.inference = dict(self.inference)
 
     @property
     def num_classes(self) -> int:
@@ -199,6 +208,9 @@ class ModelCard:
         if self.format_version > FORMAT_VERSION:
             raise ValueError(f"the card is format {self.format_version}, written by a newer SemiSupSeg; this is "
                              f"version {__version__} which reads format <= {FORMAT_VERSION}. Upgrade semisupseg")
+        for key, value in self.inference.items():  # keys a newer version added are kept, not interpreted
+            if key in INFERENCE_DEFAULTS and not isinstance(value, type(INFERENCE_DEFAULTS[key])):
+                raise ValueError(f"inference {key} must be {type(INFERENCE_DEFAULTS[key]).__name__}, got {value!r}")
         n_filters = self.network.get("n_filters")
         if n_filters is not None and (not _is_int(n_filters) or not 1 <= n_filters <= CARD_LIMITS["n_filters"]):
             raise ValueError(f"network n_filters must be an integer 1-{CARD_LIMITS['n_filters']}, got {n_filters!r}")
@@ -264,6 +276,9 @@ class ModelCard:
             "patch (x,y,z):    " + " x ".join(str(s) for s in self.patch_size_xyz) + " voxels",
             f"intensity norm.:  {norm}",
         ]
+        if self.inference:
+            lines.append("inference:        " + ", ".join(f"{k}={v}" for k, v in self.inference.items())
+                         + " (the default unless the user says otherwise)")
         if self.training:
             lines.append("training:")
             for k, v in self.training.items():
@@ -300,7 +315,7 @@ def check_card_dict(d: Mapping[str, Any]) -> None:
 
     for key in ("method", "arch", "package_version", "created"):
         need(key, isinstance(d.get(key), str), "a string")
-    for key in ("network", "normalization", "training", "extra"):
+    for key in ("network", "normalization", "training", "inference", "extra"):
         need(key, isinstance(d.get(key), dict), "an object")
     need("class_names", isinstance(d.get("class_names"), list) and all(isinstance(c, str) for c in d["class_names"]),
          "a list of strings")
@@ -359,7 +374,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def make_card(model: nn.Module, *, method: str, spacing_xyz: Sequence[float], patch_size_xyz: Sequence[int],
               class_names: Optional[Sequence[str]] = None, label_values: Optional[Sequence[int]] = None,
               normalization: Optional[Mapping[str, Any]] = None, training: Optional[Mapping[str, Any]] = None,
-              **extra: Any) -> ModelCard:
+              inference: Optional[Mapping[str, Any]] = None, **extra: Any) -> ModelCard:
     """A :class:`ModelCard` for ``model`` with ``arch``, ``network`` and ``in_channels`` taken from the model.
 
     ``class_names`` default to ``background, class1, …``; ``label_values`` to ``0 … C-1``; ``normalization`` to
@@ -378,7 +393,7 @@ def make_card(model: nn.Module, *, method: str, spacing_xyz: Sequence[float], pa
                      label_values=list(label_values), in_channels=int(config["in_channels"]),
                      spacing_xyz=tuple(spacing_xyz), patch_size_xyz=tuple(patch_size_xyz),  # type: ignore[arg-type]
                      normalization=dict(normalization) if normalization is not None else {"kind": "zscore"},
-                     training=dict(training or {}), extra=dict(extra))
+                     training=dict(training or {}), inference=dict(inference or {}), extra=dict(extra))
     card.validate()
     return card
 

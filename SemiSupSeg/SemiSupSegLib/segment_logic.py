@@ -212,6 +212,16 @@ def model_choices(catalogue: Any) -> List[Tuple[str, str, str]]:
     return out
 
 
+def recommended_keep_largest(catalogue: Any, name: str) -> bool:
+    """Whether model ``name``'s card recommends keeping the largest component per class (``card.inference``): the
+    panel sets its checkbox to it when the model is chosen; ``False`` for an unknown or unreadable model."""
+    try:
+        card = catalogue.get(name).card
+    except Exception:  # noqa: BLE001 - an unusable entry already says why in the model list
+        return False
+    return bool(((card.inference if card is not None else None) or {}).get("keep_largest", False))
+
+
 def status_text(message: str, eta_s: Optional[float]) -> str:
     """The line under the progress bar: the step and the time left (``about 12 s left``)."""
     if eta_s is None or eta_s <= 0:

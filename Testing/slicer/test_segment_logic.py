@@ -276,3 +276,17 @@ def test_model_choices_list_the_catalogue(tmp_path, monkeypatch):
     choices = {name: (label, text) for label, name, text in sl.model_choices(catalogue)}
     assert choices["tiny"][1].startswith("model card not readable yet") and "click Segment" in choices["tiny"][1]
     assert choices["gone"][1].startswith("cannot be used: model file not found")
+
+
+def test_a_chosen_model_brings_its_recommended_keep_largest(tmp_path):
+    from semisupseg.checkpoint import load_model, save_model
+
+    model, card = load_model(MODEL)
+    card.inference = {"keep_largest": True}
+    save_model(tmp_path / "kl.pt", model, card)
+    catalogue = ModelCatalogue(home=tmp_path / "home")
+    catalogue.add(MODEL, name="tiny")
+    catalogue.add(tmp_path / "kl.pt", name="tiny-kl")
+    assert sl.recommended_keep_largest(catalogue, "tiny-kl") is True
+    assert sl.recommended_keep_largest(catalogue, "tiny") is False
+    assert sl.recommended_keep_largest(catalogue, "no-such-model") is False

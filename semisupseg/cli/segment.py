@@ -52,8 +52,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="also write the predicted SDM, negative inside (<case>_sdm, same layout; models with an "
                         "SDM head: for other models a warning says so and the other outputs are written)")
     p.add_argument("--entropy", action="store_true", help="also write the voxel entropy (uncertainty)")
-    p.add_argument("--keep-largest", action="store_true",
-                   help="keep only the largest connected component of each class (the papers' post-processing)")
+    p.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest connected component of each class (the papers' post-processing); "
+                        "default: what the model card recommends ('semisupseg info MODEL', 'inference:')")
     p.add_argument("--layout", choices=("default", "papers", "whole"), default="default",
                    help="window layout: default (--overlap, --blend), papers (strides 18,18,4 voxels, uniform "
                         "averaging, as the reference releases' test code) or whole (the padded image as one "
@@ -299,8 +300,10 @@ def _segment_case(args, index, name, group, outs, plans, model, card, options, t
         emit({"event": "done", "case": name, "outputs": {k: str(v) for k, v in written.items()},
               "voxels": counts, "seconds": round(info["total_seconds"], 3), "windows": info["windows"],
               "precision": info["precision"], "tta_axes": "".join("zyx"[a] for a in tta),
-              "layout": info.get("layout"), "warnings": warnings})
+              "layout": info.get("layout"), "keep_largest": info.get("keep_largest"), "warnings": warnings})
     else:
-        print(f"{name}: {info['windows']} windows ({info['precision']}), {info['total_seconds']:.1f} s; "
+        print(f"{name}: {info['windows']} windows ({info['precision']}"
+              + (", largest component per class" if info.get("keep_largest") else "")
+              + f"), {info['total_seconds']:.1f} s; "
               + ", ".join(f"{k} {v} voxels" for k, v in counts.items()) + f" -> {written['labels']}",
               file=sys.stderr)

@@ -42,7 +42,8 @@ class SegmentOptions:
       model's grid; ``()`` none.
     * ``roi``: ``((z0, z1), (y0, y1), (x0, x1))`` voxel bounds in the **input** image (stop exclusive); only that
       box is segmented, the rest is background.
-    * ``keep_largest``: keep the largest connected component of each class (the releases' post-processing).
+    * ``keep_largest``: keep the largest connected component of each class (the releases' post-processing);
+      ``None``: what the model card recommends (``card.inference["keep_largest"]``, else off).
     * ``compute_sdm`` / ``compute_entropy``: also return the SDM (when the model has the head) / voxel entropy;
       ``entropy_base``: logarithm base of the entropy (``e``: nats; ``2``: bits, in [0, 1] for two classes).
     """
@@ -57,7 +58,7 @@ class SegmentOptions:
     fast_min_dice: float = FAST_MIN_DICE
     tta_axes: Tuple[int, ...] = ()
     roi: Optional[Box] = None
-    keep_largest: bool = False
+    keep_largest: Optional[bool] = None
     compute_sdm: bool = True
     compute_entropy: bool = True
     entropy_base: float = math.e
@@ -77,6 +78,13 @@ class SegmentOptions:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resolved_keep_largest(options: SegmentOptions, card) -> bool:
+    """``options.keep_largest``, or when it is ``None`` the model card's recommendation (off by default)."""
+    if options.keep_largest is not None:
+        return bool(options.keep_largest)
+    return bool((getattr(card, "inference", None) or {}).get("keep_largest", False))
 
 
 def trained_flip_axes(card) -> Tuple[int, ...]:
@@ -274,7 +282,8 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
     values = [int(v) for v in card.label_values]
     index = np.argmax(p, axis=0)
     labels = np.asarray(values, dtype=_label_dtype(values))[index]
-    if options.keep_largest:
+    keep_largest = resolved_keep_largest(options, card)
+    if keep_largest:
         progress(0.95, "keeping the largest component per class")
         labels = keep_largest_component(labels, classes=values[1:], background=values[0])
     ent = None
@@ -282,7 +291,7 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
         ent = reference.with_array(np.asarray(voxel_entropy(p, axis=0, base=options.entropy_base), np.float32))
     info = dict(out["info"])
     info.update({"model_grid_zyx": list(on_grid.shape_zyx), "model_spacing_xyz": list(card.spacing_xyz),
-                 "total_seconds": time.perf_counter() - t0})
+                 "keep_largest": keep_largest, "total_seconds": time.perf_counter() - t0})
     progress(1.0, "done")
     return SegmentationResult(
         labels=reference.with_array(labels),
