@@ -3,17 +3,23 @@ test figures the benchmark measured (``test.csv`` of ``benchmarks/heldout.py``) 
 into the card, so ``semisupseg info <name>`` and the Slicer panel show what the model was trained on and how well it
 did on scans it never saw.
 
+``RUN_DIR`` may also be a model file (``semisupseg/models/NAME.pt``): it is re-packaged with new test figures
+(``--test-csv``, required) and options, its weights unchanged.
+
 Usage::
 
     python benchmarks/ship_model.py RUN_DIR --name hippocampus --dataset "Task04_Hippocampus (Medical Segmentation
         Decathlon)" --licence "CC-BY-SA 4.0" --split benchmarks/splits/hippocampus.json \
         --class-names anterior posterior [--overwrite]
 
-The weights are the run's ``last.pt``, fp32 or, with ``--half``, stored as float16 (half the size) when that does not
-change the labels: every ``test`` image of the split is segmented with the fp32 and the float16-rounded weights (plain
-fp32 arithmetic, so only the rounding differs) and the worst label agreement (foreground Dice between the two label
-maps) must reach ``--half-min-agreement`` (0.999); otherwise nothing is written. The card gains ``training["test"]`` (cases, per-class mean
-and median Dice, HD95/ASD in mm) and ``training["data"]`` (dataset, licence, split file and list names).
+The weights are the run's ``last.pt``, fp32 or, with ``--half``, stored as float16 (half the size) when that does
+not change the labels: every ``test`` image of the split is segmented with the fp32 and the float16-rounded weights
+(plain fp32 arithmetic, so only the rounding differs) and the worst label agreement (foreground Dice between the two
+label maps) must reach ``--half-min-agreement`` (0.999); otherwise nothing is written. ``--keep-largest`` makes the
+card recommend the largest-component post-processing (``segment``'s default for the model); pass the test scores
+of the post-processed labels with ``--test-csv`` then. The card gains ``training["test"]`` (cases, per-class mean
+and median Dice, HD95/ASD in mm, whether post-processed) and ``training["data"]`` (dataset, licence, split file and
+list names).
 """
 from __future__ import annotations
 
@@ -84,8 +90,15 @@ def main(argv=None) -> int:
     p.add_argument("--split", required=True)
     p.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
                    help="foreground class names (when the training data did not name them)")
+    p.add_argument("--keep-largest", action="store_true",
+                   help="the card recommends keeping the largest component per class (segment's default for it)")
+    p.add_argument("--test-csv", type=Path, default=None,
+                   help="per-case test scores to put in the card (default RUN/test.csv; with --keep-largest pass "
+                        "the scores of the post-processed labels)")
     p.add_argument("--half", action="store_true", help="store the weights as float16 if the test labels hold")
     p.add_argument("--half-min-agreement", type=float, default=0.999)
+    p.add_argument("--data", type=Path, default=None,
+                   help="the dataset folder (default: the run's config; needed when RUN is a model file)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -93,13 +106,26 @@ def main(argv=None) -> int:
 
     import yaml
 
-    model, card = load_model(args.run / "last.pt")
+    repackage = args.run.suffix == ".pt"  # a model file already shipped: new test figures / options, same weights
+    model, card = load_model(args.run if repackage else args.run / "last.pt")
+    if repackage and args.test_csv is None:
+        p.error("re-packaging a model file needs --test-csv")
     if args.class_names:
         if len(args.class_names) != card.num_classes - 1:
             p.error(f"the model has {card.num_classes - 1} foreground classes")
         card.class_names = [card.class_names[0]] + list(args.class_names)
-    data_cfg = yaml.safe_load((args.run / "config.yaml").read_text()).get("data", {})
-    card.training["test"] = test_figures(args.run / "test.csv", card.class_names)
+    if repackage:
+        data_cfg = {"labeled": args.data, "split_labeled": (card.training.get("data") or {}).get("labeled_list")}
+    else:
+        data_cfg = yaml.safe_load((args.run / "config.yaml").read_text()).get("data", {})
+    if args.data is not None:
+        data_cfg["labeled"] = args.data
+    if args.half and not data_cfg.get("labeled"):
+        p.error("--half needs the dataset folder (--data) to check the test labels")
+    card.training["test"] = test_figures(args.test_csv or args.run / "test.csv", card.class_names)
+    card.training["test"]["keep_largest"] = bool(args.keep_largest)
+    if args.keep_largest:
+        card.inference["keep_largest"] = True
     card.training["data"] = {"dataset": args.dataset, "licence": args.licence, "split_file": args.split,
                              "labeled_list": data_cfg.get("split_labeled"), "test_list": "test"}
     if args.half:
