@@ -154,13 +154,27 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
 
 def test_demo_on_la_uses_the_left_atrium_model_and_skips_the_one_that_does_not_fit(tmp_path, home, capsys):
     out = tmp_path / "la"
+    # an earlier demo's output of another layout, and a file of the user's: --overwrite replaces the first only
+    (out / "old-method" / "previews").mkdir(parents=True)
+    (out / "old-method" / "previews" / "case.png").write_bytes(b"stale")
+    (out / "my-notes.txt").write_text("mine")
+    (out / "demo-files.json").write_text(json.dumps({"files": ["old-method/previews/case.png", "../outside.txt"]}))
+    (tmp_path / "outside.txt").write_text("not the demo's")
     assert main(["demo", "--dataset", "la", "--iterations", "1", "--width", "2", "--compare-with", "none",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--overwrite"]) == 0
     captured = capsys.readouterr()
+    assert not (out / "old-method").exists() and (out / "my-notes.txt").read_text() == "mine"
+    assert (tmp_path / "outside.txt").read_text() == "not the demo's"
+    assert "Removed 1 file(s) of the earlier demo" in captured.out
+    assert "left as they were (1 file(s)): my-notes.txt" in captured.out
+    listed = json.loads((out / "demo-files.json").read_text())["files"]
+    assert "comparison.md" in listed and "mean-teacher/run/last.pt" in listed and "my-notes.txt" not in listed
+    assert all((out / f).is_file() for f in listed)
+    (out / "my-notes.txt").unlink()
     assert "shipped model 'hippocampus' (anterior, posterior) does not segment this dataset's classes " \
            "(left atrium)" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "comparison.md", "mean-teacher",
-                                                     "shipped-left-atrium"]
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "comparison.md", "demo-files.json",
+                                                     "mean-teacher", "shipped-left-atrium"]
     table = _read_csv(out / "comparison.csv")
     test_id = load_split(sample_dataset("la") / "splits.json")["val"][0]
     assert [(r["model"], r["case"], r["class"]) for r in table] == [
@@ -261,3 +275,27 @@ def test_a_non_empty_output_folder_is_kept(tmp_path, home, capsys):
     assert main(["demo", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_earlier_outputs_are_removed_only_when_a_demo_wrote_them(tmp_path):
+    from semisupseg.cli.demo import files_written, read_manifest, snapshot, tidy_earlier_outputs, write_manifest
+
+    out = tmp_path / "out"
+    for rel in ("a/old.nii.gz", "a/kept.nii.gz", "b/c/old.png", "user.txt"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(rel)
+    earlier = ["a/old.nii.gz", "a/kept.nii.gz", "b/c/old.png", "gone.csv", "../x", "/etc/passwd"]
+    (tmp_path / "x").write_text("outside")
+    removed, foreign = tidy_earlier_outputs(out, earlier, written=["a/kept.nii.gz", "new.md"])
+    assert sorted(p.relative_to(out).as_posix() for p in removed) == ["a/old.nii.gz", "b/c/old.png"]
+    assert not (out / "b").exists() and (out / "a" / "kept.nii.gz").exists()  # emptied folders go, not others
+    assert (tmp_path / "x").exists() and [p.name for p in foreign] == ["user.txt"]
+    write_manifest(out, ["a/kept.nii.gz"])
+    assert read_manifest(out) == ["a/kept.nii.gz"]
+    before = snapshot(out)
+    assert sorted(before) == ["a/kept.nii.gz", "user.txt"]  # the manifest itself is not listed
+    (out / "new.md").write_text("new")
+    (out / "user.txt").write_text("user.txt, edited")
+    assert files_written(before, snapshot(out)) == ["new.md", "user.txt"]
+    (out / "demo-files.json").write_text("{not json")
+    assert read_manifest(out) == []  # unreadable: nothing will be removed

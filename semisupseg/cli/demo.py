@@ -28,6 +28,10 @@ work, two threads made the default demo many times slower (they spin waiting for
 took 2.5 minutes there. At this budget the numbers say what a short run on two labeled scans gives, not what the
 methods reach on a real dataset (see ``benchmarks/RESULTS.md`` for that). The summary at the end lists the folders,
 the table files and the time each part took.
+
+``DIR/demo-files.json`` lists every file the demo wrote. With ``--overwrite`` the files of the earlier demo that
+this one did not write again (another ``--method``, an older layout) are removed — only files listed there, never
+anything else — and files in ``DIR`` that no demo wrote are named at the end and left as they are.
 """
 from __future__ import annotations
 
@@ -53,6 +57,8 @@ PRESETS = {
 
 #: files of the comparison table in the output folder
 COMPARISON_MD, COMPARISON_CSV = "comparison.md", "comparison.csv"
+#: the list of files a demo wrote, in the output folder (relative POSIX paths)
+MANIFEST = "demo-files.json"
 COMPARISON_COLUMNS = ("model", "method", "case", "class", "label", "dice", "hd95_mm", "hd95_cases")
 
 
@@ -378,6 +384,71 @@ def write_comparison(out: Path, rows: List[dict], table: str, preamble: List[str
     return [md, write_csv_atomic(out / COMPARISON_CSV, COMPARISON_COLUMNS, rows, overwrite)]
 
 
+# ------------------------------------------------------------------------------------------------ earlier outputs
+def read_manifest(out: Path) -> List[str]:
+    """The files an earlier demo wrote in ``out`` (relative POSIX paths), from its :data:`MANIFEST`; ``[]`` when
+    there is none or it cannot be read (then nothing is removed)."""
+    try:
+        files = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str)]
+
+
+def snapshot(out: Path) -> Dict[str, Tuple[int, int, int]]:
+    """``{relative POSIX path: (inode, mtime ns, size)}`` of every file under ``out`` (the manifest excluded)."""
+    found = {}
+    for p in out.rglob("*"):
+        if p.is_file() and p.name != MANIFEST:
+            st = p.stat()
+            found[p.relative_to(out).as_posix()] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return found
+
+
+def files_written(before: Dict[str, Tuple[int, int, int]], after: Dict[str, Tuple[int, int, int]]) -> List[str]:
+    """The files of ``after`` that are new or changed since ``before`` (two :func:`snapshot` s): those the run
+    wrote (atomic writes replace the inode, so a rewrite is seen even within a timestamp's resolution)."""
+    return sorted(rel for rel, st in after.items() if before.get(rel) != st)
+
+
+def tidy_earlier_outputs(out: Path, earlier: Sequence[str], written: Sequence[str]) -> Tuple[List[Path], List[Path]]:
+    """After a demo with ``--overwrite``: remove the files of ``earlier`` (an earlier demo's manifest) that this
+    run did not write again (``written``), and the folders that leaves empty; never a path outside ``out``.
+
+    Returns ``(removed, foreign)``: the removed files and the files under ``out`` that neither demo wrote (kept)."""
+    root = out.resolve()
+    keep = set(written)
+    removed: List[Path] = []
+    for rel in earlier:
+        if rel in keep:
+            continue
+        path = (out / rel)
+        try:
+            inside = path.resolve().is_relative_to(root) and path.resolve() != root
+        except (OSError, ValueError):
+            inside = False
+        if inside and path.is_file():
+            path.unlink()
+            removed.append(path)
+            parent = path.parent
+            while parent.resolve() != root and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+    known = keep | set(earlier) | {MANIFEST}
+    foreign = sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).as_posix() not in known)
+    return removed, foreign
+
+
+def write_manifest(out: Path, files: Sequence[str]) -> Path:
+    """Record the files this demo wrote (``out/MANIFEST``), atomically."""
+    from semisupseg.fileio import atomic_open
+
+    with atomic_open(out / MANIFEST, "w", True) as fh:
+        json.dump({"written_by": "semisupseg demo", "files": list(files)}, fh, indent=1)
+        fh.write("\n")
+    return out / MANIFEST
+
+
 # ------------------------------------------------------------------------------------------------ the command
 def run(args: argparse.Namespace) -> int:
     from semisupseg.data import load_split, read_dataset_json, sample_dataset
@@ -406,14 +477,25 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError("demo output folder is not empty; pass --overwrite to replace it or choose --out", out)
     out.mkdir(parents=True, exist_ok=True)
+    earlier, before = read_manifest(out), snapshot(out)
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)  # segmentation and pictures run in this process (training sets its own)
     try:
-        return _run(args, preset, compare, iterations, width, root, split, classes, out)
+        code = _run(args, preset, compare, iterations, width, root, split, classes, out)
     finally:
         torch.set_num_threads(threads)
+    written = files_written(before, snapshot(out))
+    removed, foreign = tidy_earlier_outputs(out, earlier, written)
+    write_manifest(out, written)
+    if removed:
+        print(f"Removed {len(removed)} file(s) of the earlier demo in {out} that this one did not write again "
+              f"(listed in its {MANIFEST}).")
+    if foreign:
+        shown = ", ".join(str(p.relative_to(out)) for p in foreign[:8]) + (" ..." if len(foreign) > 8 else "")
+        print(f"Not written by this demo, left as they were ({len(foreign)} file(s)): {shown}")
+    return code
 
 
 def _run(args: argparse.Namespace, preset: dict, compare: Optional[str], iterations: int, width: int, root: Path,
