@@ -57,9 +57,9 @@ PRESETS = {
 
 #: files of the comparison table in the output folder
 COMPARISON_MD, COMPARISON_CSV = "comparison.md", "comparison.csv"
+COMPARISON_COLUMNS = ("model", "method", "case", "class", "label", "dice", "hd95_mm", "hd95_cases")
 #: the list of files a demo wrote, in the output folder (relative POSIX paths)
 MANIFEST = "demo-files.json"
-COMPARISON_COLUMNS = ("model", "method", "case", "class", "label", "dice", "hd95_mm", "hd95_cases")
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -399,9 +399,10 @@ def snapshot(out: Path) -> Dict[str, Tuple[int, int, int]]:
     """``{relative POSIX path: (inode, mtime ns, size)}`` of every file under ``out`` (the manifest excluded)."""
     found = {}
     for p in out.rglob("*"):
-        if p.is_file() and p.name != MANIFEST:
+        rel = p.relative_to(out).as_posix()
+        if rel != MANIFEST and p.is_file():
             st = p.stat()
-            found[p.relative_to(out).as_posix()] = (st.st_ino, st.st_mtime_ns, st.st_size)
+            found[rel] = (st.st_ino, st.st_mtime_ns, st.st_size)
     return found
 
 
@@ -422,9 +423,10 @@ def tidy_earlier_outputs(out: Path, earlier: Sequence[str], written: Sequence[st
     for rel in earlier:
         if rel in keep:
             continue
-        path = (out / rel)
+        path = out / rel
         try:
-            inside = path.resolve().is_relative_to(root) and path.resolve() != root
+            resolved = path.resolve()
+            inside = resolved != root and resolved.is_relative_to(root)
         except (OSError, ValueError):
             inside = False
         if inside and path.is_file():
