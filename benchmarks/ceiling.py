@@ -3,8 +3,8 @@
 For each dtype (bf16, fp32), thread count and square size ``n``, a ``n x n @ n x n`` product is timed ``--repeats``
 times after two warm-up products; the table gives the median and the best rate in GMAC/s (one multiply-accumulate =
 2 floating-point operations: GFLOP/s is twice the GMAC/s column, printed too because vendors and some tools quote
-FLOP/s). Beside it, the core's own peak: cores x clock x MAC per cycle of its vector units (from the CPU family
-when it is one this script knows, else left blank). A 3-D convolution of the V-Net's shape (bf16, channels-last) shows
+FLOP/s). With ``--clock-ghz``, beside it the cores' own peak: threads x clock x MAC per cycle of the vector units
+(for a CPU family this script knows). A 3-D convolution of the V-Net's shape (bf16, channels-last) shows
 what the network's own kernels reach next to the matrix product.
 
     python benchmarks/ceiling.py                 # the table (~2-3 min on 2 cores); run it on a quiet machine
@@ -16,11 +16,16 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from macs import time_matmul  # noqa: E402
 
 #: MAC per cycle per core of the vector units, per (vendor, CPU family): (bf16 with avx512_bf16, fp32 FMA).
 #: AMD family 25 (Zen 4 with avx512_bf16): two 256-bit FMA pipes, a 512-bit instruction split over them; VDPBF16PS
@@ -30,9 +35,10 @@ import torch.nn.functional as F
 MAC_PER_CYCLE = {("AuthenticAMD", 25): (32, 16)}
 
 
-def cpu_identity() -> Tuple[str, Optional[int], Optional[float], str]:
-    """(vendor, family, nominal MHz from /proc/cpuinfo, model name); unknowns as None/''."""
-    vendor, family, mhz, name = "", None, None, platform.processor()
+def cpu_identity() -> Tuple[str, Optional[int], Optional[float], str, List[str]]:
+    """(vendor, family, nominal MHz, model name, feature flags) of the first CPU in /proc/cpuinfo; unknowns as
+    None/''/[]."""
+    vendor, family, mhz, name, flags = "", None, None, platform.processor(), []
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -46,24 +52,11 @@ def cpu_identity() -> Tuple[str, Optional[int], Optional[float], str]:
                     mhz = float(value)
                 elif key == "model name" and value:
                     name = value
+                elif key == "flags" and not flags:
+                    flags = value.split()
     except OSError:
         pass
-    return vendor, family, mhz, name
-
-
-def time_matmul(n: int, dtype: torch.dtype, threads: int, repeats: int) -> List[float]:
-    """Seconds per ``n x n @ n x n`` product, one entry per repeat (after two warm-up products)."""
-    torch.set_num_threads(threads)
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    for _ in range(2):
-        torch.mm(a, b)
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        out.append(time.perf_counter() - t)
-    return out
+    return vendor, family, mhz, name, flags
 
 
 def time_conv3d(threads: int, repeats: int, channels: int = 64, size: Tuple[int, int, int] = (24, 32, 32)
@@ -96,10 +89,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     cores = os.cpu_count() or 1
     threads = args.threads or sorted({1, cores})
-    vendor, family, mhz, name = cpu_identity()
+    vendor, family, mhz, name, flags = cpu_identity()
     ghz = args.clock_ghz
     per_cycle = MAC_PER_CYCLE.get((vendor, family))
-    flags = open("/proc/cpuinfo", encoding="utf-8").read() if os.path.exists("/proc/cpuinfo") else ""
     print(f"CPU: {name or '?'} ({vendor or '?'} family {family}), {cores} cores, /proc/cpuinfo clock "
           f"{mhz or '?'} MHz (nominal), avx512_bf16: {'avx512_bf16' in flags}, "
           f"amx: {'amx_bf16' in flags}; torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}")

@@ -10,7 +10,7 @@ costs about twice its forward (input and weight gradients), less for the first l
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, List
 
 import torch
 from torch import nn
@@ -46,9 +46,9 @@ def conv_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> int:
     return total[0]
 
 
-def gemm_peak(dtype: torch.dtype = torch.bfloat16, threads: int = 2, n: int = 4096, repeats: int = 5) -> float:
-    """Achieved GMAC/s of a square ``n`` x ``n`` matrix product in ``dtype`` on the CPU with ``threads`` threads:
-    the practical ceiling the convolutions (oneDNN GEMM-like kernels) can approach on this machine."""
+def time_matmul(n: int, dtype: torch.dtype, threads: int, repeats: int) -> List[float]:
+    """Seconds per ``n x n @ n x n`` product in ``dtype`` on the CPU with ``threads`` threads, one entry per repeat
+    (after two warm-up products); the caller's thread setting is restored."""
     import time
 
     before = torch.get_num_threads()
@@ -58,9 +58,18 @@ def gemm_peak(dtype: torch.dtype = torch.bfloat16, threads: int = 2, n: int = 40
         b = torch.randn(n, n).to(dtype)
         for _ in range(2):
             a @ b
-        t = time.perf_counter()
+        out = []
         for _ in range(repeats):
+            t = time.perf_counter()
             a @ b
-        return n ** 3 * repeats / (time.perf_counter() - t) / 1e9
+            out.append(time.perf_counter() - t)
+        return out
     finally:
         torch.set_num_threads(before)
+
+
+def gemm_peak(dtype: torch.dtype = torch.bfloat16, threads: int = 2, n: int = 4096, repeats: int = 5) -> float:
+    """Achieved GMAC/s of a square ``n`` x ``n`` matrix product in ``dtype`` on the CPU with ``threads`` threads:
+    the practical ceiling the convolutions (oneDNN GEMM-like kernels) can approach on this machine
+    (``benchmarks/ceiling.py`` measures it over sizes and threads, next to a convolution)."""
+    return n ** 3 * repeats / sum(time_matmul(n, dtype, threads, repeats)) / 1e9
