@@ -27,6 +27,7 @@ Usage::
     python benchmarks/heldout.py --dataset hippocampus --methods supervised --labeled 20 \\
         --augment papers dihedral none --seeds 1 2 3 --iterations 2000 --out-dir runs/heldout --parallel 2
     python benchmarks/heldout.py --dataset hippocampus ... --table-only     # just print the table
+    python benchmarks/heldout.py --dataset hippocampus ... --keep-largest   # re-scored after the largest-component step
 """
 from __future__ import annotations
 
@@ -89,18 +90,24 @@ def run_name(method: str, labeled: int, augment: str, seed: int) -> str:
     return f"{method}_l{labeled}_{augment}_s{seed}"
 
 
-def archive_path(out_dir: Path, dataset: str, name: str) -> Path:
+def scores_suffix(keep_largest: bool) -> str:
+    """The file-name suffix of the per-case scores: ``""`` for the raw network output, ``"_keep-largest"`` for the
+    output after the largest-component step (``segment --keep-largest``)."""
+    return "_keep-largest" if keep_largest else ""
+
+
+def archive_path(out_dir: Path, dataset: str, name: str, keep_largest: bool = False) -> Path:
     """Where the per-case scores of run ``name`` are kept in the repository:
-    ``benchmarks/results/<out-dir name>/<dataset>/<run name>.csv``."""
-    return ARCHIVE_DIR / Path(out_dir).name / dataset / f"{name}.csv"
+    ``benchmarks/results/<out-dir name>/<dataset>/<run name>[_keep-largest].csv``."""
+    return ARCHIVE_DIR / Path(out_dir).name / dataset / f"{name}{scores_suffix(keep_largest)}.csv"
 
 
-def scores_file(out_dir: Path, dataset: str, name: str) -> Optional[Path]:
-    """The run folder's ``test.csv`` if it is there, else the archived copy, else ``None``."""
-    run_csv = Path(out_dir) / dataset / name / "test.csv"
+def scores_file(out_dir: Path, dataset: str, name: str, keep_largest: bool = False) -> Optional[Path]:
+    """The run folder's ``test[_keep-largest].csv`` if it is there, else the archived copy, else ``None``."""
+    run_csv = Path(out_dir) / dataset / name / f"test{scores_suffix(keep_largest)}.csv"
     if run_csv.exists():
         return run_csv
-    archived = archive_path(out_dir, dataset, name)
+    archived = archive_path(out_dir, dataset, name, keep_largest)
     return archived if archived.exists() else None
 
 
@@ -134,11 +141,15 @@ def do_run(args, dataset: str, data_dir: Path, method: str, labeled: int, augmen
     labeled_key = labeled_key or f"labeled_{labeled}"
     run_dir = Path(run_dir) if run_dir else Path(args.out_dir) / dataset / run_name(method, labeled, augment, seed)
     name = run_dir.name
-    test_csv = run_dir / "test.csv"
-    archived = archive_path(run_dir.parent.parent, dataset, name)
+    keep_largest = getattr(args, "keep_largest", False)
+    test_csv = run_dir / f"test{scores_suffix(keep_largest)}.csv"
+    archived = archive_path(run_dir.parent.parent, dataset, name, keep_largest)
     official = Path(split_file) == split_path(dataset)
     if official and not test_csv.exists() and archived.exists():
         return {"run": name, "status": "scored earlier (archived)", "seconds": 0.0}
+    if keep_largest and not _finished(run_dir) and not _resumable(run_dir):
+        return {"run": name, "status": "no model to re-score (train it first, without --keep-largest)",
+                "seconds": 0.0}
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "benchmark.log"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -164,8 +175,8 @@ def do_run(args, dataset: str, data_dir: Path, method: str, labeled: int, augmen
         split = json.loads(Path(split_file).read_text())
         images = [str(data_dir / "imagesTr" / f"{c}.nii.gz") for c in split["test"]]
         pred = run_dir / "test_pred"
-        rc = _call(py + ["segment", *images, "--model", str(run_dir / "last.pt"), "-o", str(pred), "--overwrite"],
-                   log, env)
+        rc = _call(py + ["segment", *images, "--model", str(run_dir / "last.pt"), "-o", str(pred), "--overwrite",
+                         "--keep-largest" if keep_largest else "--no-keep-largest"], log, env)
         if rc != 0:
             return {"run": name, "status": f"segment failed ({rc})", "seconds": time.time() - t0}
         labels = [str(v) for v in DATASETS[dataset][2]]
@@ -224,7 +235,8 @@ def table(args, dataset: str) -> str:
         for n in args.labeled:
             for aug in args.augment:
                 for seed in args.seeds:
-                    found = scores_file(Path(args.out_dir), dataset, run_name(method, n, aug, seed))
+                    found = scores_file(Path(args.out_dir), dataset, run_name(method, n, aug, seed),
+                                        args.keep_largest)
                     if found is not None:
                         groups.setdefault((method, n, aug), {})[seed] = read_scores(found)
     lines = [f"| method | labeled | augment | seeds | " + " | ".join(f"Dice {c} (mean ± sd over seeds)" for c in names)
@@ -273,6 +285,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--compare", choices=("method", "augment"), default="method",
                    help="reference of the paired differences: supervised (method) or --reference-augment")
     p.add_argument("--reference-augment", default="papers")
+    p.add_argument("--keep-largest", action="store_true",
+                   help="score the output after the largest-component step (the releases' test-time\n"
+                        "post-processing): finished runs are only re-segmented; scores go to test_keep-largest.csv")
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args(argv)
     data_dir = args.data or DATASETS[args.dataset][0]
