@@ -91,6 +91,10 @@ def test_half_precision_weights_keep_the_shipped_model_labels(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if " label " in ln]
     assert len(lines) == 4  # 2 cases x 2 classes
     assert 0.999 <= worst <= 1.0
+    # a split without test images (a model trained on every case) proves nothing: refused, not a vacuous 1.0
+    split.write_text(json.dumps({"test": []}))
+    with pytest.raises(ValueError, match="empty test list proves nothing"):
+        ship_model.half_precision_agreement(model, card, SAMPLE, split)
 
 
 # ------------------------------------------------------------------------------------------------ left atrium

@@ -20,6 +20,13 @@ card recommend the largest-component post-processing (``segment``'s default for 
 of the post-processed labels with ``--test-csv`` then. The card gains ``training["test"]`` (cases, per-class mean
 and median Dice, HD95/ASD in mm, whether post-processed) and ``training["data"]`` (dataset, licence, split file and
 list names).
+
+A model trained on every case (the papers' protocol: no case of the dataset left unseen) has no held-out scans of
+its own: its figures are a twin's, trained with the same recipe on the benchmark split with the test scans held out.
+``--split`` then names the model's own training split (its ``test`` list empty), ``--test-split`` the split whose
+``test`` list the figures (``--test-csv``, the twin's scores) and the float16 check are on, and ``--test-note``
+says whose figures they are; ``--own-test-csv`` adds this model's own scores on those scans (not a held-out figure
+when it saw their images unlabeled: the note must say so).
 """
 from __future__ import annotations
 
@@ -67,7 +74,7 @@ def half_precision_agreement(model, card, data_dir: Path, split: Path) -> float:
                              for k, v in half_precision_state(model.state_dict()).items()})
     test = set(load_split(split)["test"])
     options = SegmentOptions(fast=False, compute_sdm=False, compute_entropy=False, device="cpu")
-    worst = 1.0
+    worst, compared = 1.0, 0
     for case in (c for c in discover_cases(data_dir) if c.case_id in test):
         image = read_image_or_h5(case.channel_paths[0])
         a = segment(image, model, card, options).labels.array
@@ -76,8 +83,11 @@ def half_precision_agreement(model, card, data_dir: Path, split: Path) -> float:
             ma, mb = a == value, b == value
             if ma.any() or mb.any():
                 dice = 2.0 * float((ma & mb).sum()) / float(ma.sum() + mb.sum())
-                worst = min(worst, dice)
+                worst, compared = min(worst, dice), compared + 1
                 print(f"  {case.case_id} label {value}: {dice:.5f}", flush=True)
+    if not compared:
+        raise ValueError(f"{split}: no test image of {data_dir} with a foreground label to compare the float16 "
+                         "weights on (an empty test list proves nothing; pass --test-split)")
     return worst
 
 
@@ -95,6 +105,12 @@ def main(argv=None) -> int:
     p.add_argument("--test-csv", type=Path, default=None,
                    help="per-case test scores to put in the card (default RUN/test.csv; with --keep-largest pass "
                         "the scores of the post-processed labels)")
+    p.add_argument("--test-split", default=None,
+                   help="split file whose test list --test-csv scores (default: --split); for a model trained on "
+                        "every case, the benchmark split its twin held the test scans out of")
+    p.add_argument("--test-note", default=None, help="whose figures the test figures are (stored in the card)")
+    p.add_argument("--own-test-csv", type=Path, default=None,
+                   help="this model's own scores on the test split's scans when the figures are a twin's")
     p.add_argument("--half", action="store_true", help="store the weights as float16 if the test labels hold")
     p.add_argument("--half-min-agreement", type=float, default=0.999)
     p.add_argument("--data", type=Path, default=None,
@@ -124,12 +140,21 @@ def main(argv=None) -> int:
         p.error("--half needs the dataset folder (--data) to check the test labels")
     card.training["test"] = test_figures(args.test_csv or args.run / "test.csv", card.class_names)
     card.training["test"]["keep_largest"] = bool(args.keep_largest)
+    test_split = args.test_split or args.split
+    if args.test_note:
+        card.training["test"]["note"] = args.test_note
+    if args.own_test_csv:
+        if not args.test_note:
+            p.error("--own-test-csv needs --test-note (say whose figures the card's test figures are)")
+        card.training["test"]["this_model"] = test_figures(args.own_test_csv, card.class_names)
     if args.keep_largest:
         card.inference["keep_largest"] = True
     card.training["data"] = {"dataset": args.dataset, "licence": args.licence, "split_file": args.split,
                              "labeled_list": data_cfg.get("split_labeled"), "test_list": "test"}
+    if test_split != args.split:
+        card.training["data"]["test_split_file"] = test_split
     if args.half:
-        worst = half_precision_agreement(model, card, Path(data_cfg["labeled"]), Path(args.split))
+        worst = half_precision_agreement(model, card, Path(data_cfg["labeled"]), Path(test_split))
         print(f"float16 weights: worst test-label agreement with fp32 {worst:.5f}")
         if worst < args.half_min_agreement:
             print(f"not shipped: below --half-min-agreement {args.half_min_agreement}", file=sys.stderr)
