@@ -12,7 +12,7 @@ Run directory layout (``config.out``)::
     events.jsonl     JSON-lines events (appended across resumes)
     resume.pt        resume state (weights_only): model, optimisers, teacher, method modules, sampler + RNG states
     last.pt/.json    the latest model file (our format) — written at each validation, cancellation and the end
-    kept/itN.pt      copies of the model every ``keep_every`` iterations (when set)
+    kept/itNNNNNN.pt copies of the model every ``keep_every`` iterations (when set; it001000.pt, ...)
     best.pt/.json    the model with the best validation Dice so far
     heartbeat.json   the training process (pid, host) and its last beat (:mod:`semisupseg.training.heartbeat`)
     overlays/        training snapshots of ``overlays.cases`` (:mod:`semisupseg.training.snapshots`)
