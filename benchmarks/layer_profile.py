@@ -3,11 +3,11 @@
 The inference fast path's model (eval mode, batch norm folded into the convolutions, channels_last_3d, bf16 autocast
 — :func:`semisupseg.inference.sliding_window._fast_model`) runs one batch of windows ``--repeats`` times; every leaf
 module is timed with forward hooks (``perf_counter`` before and after: each hook pair brackets exactly that module's
-kernel calls, the hooks' own cost is ~10 µs a layer). The table groups the layers by kind and level (the encoder and
+kernel calls). The table groups the layers by kind and level (the encoder and
 decoder level of the feature map, 1 = full resolution) and gives per group: share of the forward, milliseconds,
-GMAC (convolutions: :mod:`macs`) and achieved GMAC/s, beside ``--ceiling`` (the machine's bf16 conv3d rate of
-``ceiling.py``; 238 GMAC/s on 2 cores, 121 on one, measured 2026-12-03). "between layers" is the forward's time
-outside every leaf module (the skip additions, layout conversions, the heads' softmax/tanh).
+GMAC (convolutions: :func:`macs.module_macs`) and achieved GMAC/s, beside ``--ceiling`` (the machine's bf16
+conv3d rate of ``ceiling.py``; 238 GMAC/s on 2 cores, 121 on one, measured 2026-12-03). "between layers" is the
+forward's time outside every leaf module (the skip additions, layout conversions, the heads' softmax/tanh).
 
     python benchmarks/layer_profile.py                         # LA window 112x112x80, batch 2, n_filters 16
     python benchmarks/layer_profile.py --threads 1 --ceiling 121
@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from macs import module_macs  # noqa: E402
 from semisupseg.inference.sliding_window import _fast_model  # noqa: E402
 from semisupseg.nets.vnet import VNet  # noqa: E402
 from semisupseg.runtime import autocast, to_channels_last  # noqa: E402
@@ -43,16 +44,6 @@ LEVEL = {"block_one": 1, "block_one_dw": 1, "block_two": 2, "block_two_dw": 2, "
          "block_four": 4, "block_four_dw": 4, "block_five": 5, "block_five_up": 5, "block_six": 4, "block_six_up": 4,
          "block_seven": 3, "block_seven_up": 3, "block_eight": 2, "block_eight_up": 2, "block_nine": 1,
          "out_conv": 1, "out_conv2": 1, "dropout": 1}
-
-
-def layer_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
-    """Multiply-accumulates of one convolution call (0 for other layers); same counting as :mod:`macs`."""
-    if isinstance(module, nn.ConvTranspose3d):
-        return inp.numel() // inp.shape[1] * module.in_channels * module.out_channels * 8 // module.groups
-    if isinstance(module, nn.Conv3d):
-        k = module.kernel_size[0] * module.kernel_size[1] * module.kernel_size[2]
-        return out.numel() * module.in_channels // module.groups * k
-    return 0
 
 
 def group_of(name: str, module: nn.Module) -> str:
@@ -78,6 +69,7 @@ def profile(model: nn.Module, x: torch.Tensor, repeats: int, train: bool) -> Tup
     times: Dict[str, List[float]] = {}
     macs: Dict[str, int] = {}
     starts: Dict[str, float] = {}
+    record_macs = [True]  # MACs are counted in the first (warm-up) forward only
     handles = []
     for name, m in model.named_modules():
         if list(m.children()):
@@ -91,10 +83,9 @@ def profile(model: nn.Module, x: torch.Tensor, repeats: int, train: bool) -> Tup
             dt = time.perf_counter() - starts[key]
             times.setdefault(group, [0.0])[-1] += dt
             if record_macs[0]:
-                macs[group] = macs.get(group, 0) + layer_macs(mod, args[0], out)
+                macs[group] = macs.get(group, 0) + module_macs(mod, args[0], out)
 
         handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    record_macs = [True]
     forward_s, step_s = [], []
     try:
         for r in range(repeats + 1):

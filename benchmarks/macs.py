@@ -16,20 +16,24 @@ import torch
 from torch import nn
 
 
+def module_macs(module: nn.Module, inp: torch.Tensor, output: torch.Tensor) -> int:
+    """Multiply-accumulates of one call of ``module`` (``Conv3d``, ``ConvTranspose3d`` or ``Linear``; 0 for any other
+    layer) on input ``inp`` giving ``output``."""
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    if not isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+        return 0
+    k = math.prod(module.kernel_size)
+    if isinstance(module, nn.ConvTranspose3d):
+        return inp.numel() * module.out_channels * k // module.groups
+    return output.numel() * (module.in_channels // module.groups) * k
+
+
 def conv_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> int:
     total = [0]
 
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        if isinstance(module, nn.Linear):
-            total[0] += output.numel() * module.in_features
-            return
-        k = math.prod(module.kernel_size)
-        per = module.in_channels // module.groups * k
-        if isinstance(module, nn.ConvTranspose3d):
-            x = args[0]
-            total[0] += x.numel() * module.out_channels * k // module.groups
-        else:
-            total[0] += output.numel() * per
+        total[0] += module_macs(module, args[0], output)
 
     import copy
 

@@ -117,6 +117,8 @@ def main(argv=None) -> int:
                    help="the dataset folder (default: the run's config; needed when RUN is a model file)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
+    if args.own_test_csv and not args.test_note:
+        p.error("--own-test-csv needs --test-note (say whose figures the card's test figures are)")
     sys.path.insert(0, str(REPO))
     from semisupseg.checkpoint import load_model, save_model
 
@@ -144,8 +146,6 @@ def main(argv=None) -> int:
     if args.test_note:
         card.training["test"]["note"] = args.test_note
     if args.own_test_csv:
-        if not args.test_note:
-            p.error("--own-test-csv needs --test-note (say whose figures the card's test figures are)")
         card.training["test"]["this_model"] = test_figures(args.own_test_csv, card.class_names)
     if args.keep_largest:
         card.inference["keep_largest"] = True
