@@ -83,11 +83,14 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
             assert set(np.unique(label.array).tolist()) <= set(classes)
             entropy = read_volume(folder / "segmentations" / f"{case}_entropy.nii.gz")
             assert np.all(np.asarray(entropy.array) >= 0)
-            sdm_name = f"{case}_sdm.nii.gz" if name.startswith("shipped") else f"{case}_label_sdm.nii.gz"
-            sdm = np.asarray(read_volume(folder / "segmentations" / sdm_name, allow_channels=True).array)
+            sdm = np.asarray(read_volume(folder / "segmentations" / f"{case}_sdm.nii.gz", allow_channels=True).array)
             assert sdm.shape[-3:] == image.shape_zyx and np.isfinite(sdm).all()
-            if not name.startswith("shipped") and np.any(label.array):  # the labels' own SDM: negative inside
-                assert np.all(sdm[np.asarray(label.array) != 0] <= 0) and sdm.max() > 0
+            assert sdm.min() >= -1 and sdm.max() <= 1
+            if not name.startswith("shipped"):  # the segmentation's own SDM, per class: <= 0 inside, > 0 outside
+                per_class = sdm.reshape((-1,) + image.shape_zyx)
+                for channel, value in zip(per_class, sorted(v for v in classes if v != 0)):
+                    inside = np.asarray(label.array) == value
+                    assert np.all(channel[inside] <= 0) and np.all(channel[~inside] > 0)
             # one picture per case: a decodable, non-blank RGB PNG
             png = sitk.ReadImage(str(folder / "previews" / f"{case}.png"))
             rgb = sitk.GetArrayFromImage(png)

@@ -6,9 +6,11 @@ import argparse
 import json
 import re
 
+import numpy as np
 import pytest
 
 from semisupseg.cli import build_parser, main
+from semisupseg.io import read_volume
 
 
 def _subparsers(parser: argparse.ArgumentParser):
@@ -132,15 +134,22 @@ def _sample_image(name: str, case: int = 0):
     return sorted((sample_dataset(name) / "imagesTr").glob("*.nii.gz"))[case]
 
 
-def test_sdm_on_a_model_without_the_head_warns_and_goes_on(hip_model, tmp_path, capsys):
+def test_sdm_on_a_model_without_the_head_is_the_segmentations(hip_model, tmp_path, capsys):
     img = _sample_image("hippocampus", 4)
     out = tmp_path / "seg"
     assert main(["segment", str(img), "--model", str(hip_model), "-o", str(out), "--sdm", "--entropy"]) == 0
     err = capsys.readouterr().err
-    assert "no SDM head" in err and "--sdm is ignored" in err
+    assert "no SDM head" in err and "signed distance map of its predicted segmentation" in err
     case = img.name[:-len(".nii.gz")]
     assert (out / f"{case}_label.nii.gz").exists() and (out / f"{case}_entropy.nii.gz").exists()
-    assert not (out / f"{case}_sdm.nii.gz").exists()
+    label = np.asarray(read_volume(out / f"{case}_label.nii.gz").array)
+    sdm = np.asarray(read_volume(out / f"{case}_sdm.nii.gz", allow_channels=True).array)
+    assert sdm.shape == (2,) + label.shape  # one channel per foreground class, on the scan's grid
+    for c in (1, 2):
+        if (label == c).any():
+            assert np.all(sdm[c - 1][label == c] <= 0) and np.all(sdm[c - 1][label != c] > 0)
+        else:  # an absent class: +1 everywhere (outside, as far as can be)
+            assert np.all(sdm[c - 1] == 1)
     assert not (out / f"{case}_warnings.txt").exists()  # a hippocampus scan is what the model knows
     assert "warning: " + case not in err
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from semisupseg.errors import Cancelled, InputError
 from semisupseg.inference import (
-    PAPERS_STRIDE_ZYX, SegmentOptions, clear_fast_path_cache, importance_map, keep_largest_component,
-    label_agreement, segment, sliding_window_inference, window_positions,
+    PAPERS_STRIDE_ZYX, SDM_FROM_HEAD, SDM_FROM_LABELS, SegmentOptions, clear_fast_path_cache, importance_map,
+    keep_largest_component, label_agreement, segment, segmentation_sdm, sliding_window_inference, window_positions,
 )
 from semisupseg.nets import VNet, VNetConfig
 from semisupseg.progress import CancelToken
@@ -321,6 +321,41 @@ def test_segment_resampling_round_trip_keeps_geometry_and_shape():
                                                                compute_entropy=False))
     assert kept.sdm is None and kept.entropy is None
     assert np.array_equal(kept.labels.array, keep_largest_component(result.labels.array, [7]))
+
+
+class Headless(Pointwise):
+    """:class:`Pointwise` without its SDM head (the network contract of ``supervised``, ``sgrs``...)."""
+
+    def forward(self, x):
+        return {"seg": super().forward(x)["seg"]}
+
+
+def test_segment_sdm_of_a_headless_network_is_its_segmentations_in_mm():
+    """A network without an SDM head still gives an SDM: the normalised signed distance of its own labels (seed
+    paper eq. 1), measured in mm on an anisotropic grid; a network with the head gives the head's."""
+    spacing = (0.7, 0.8, 1.6)  # x, y, z mm
+    shape = (20, 40, 45)
+    d = _sphere(shape, spacing, 8.0, (15.0, 16.0, 15.0))
+    vol = Volume((8.0 - d).astype(np.float32), spacing)
+    card = _card((1.0, 1.0, 1.0), (16, 16, 16), label_values=[0, 7], sdm=False)
+    res = segment(vol, Headless(k=2.0), card, SegmentOptions(fast=False))
+    assert res.sdm_source == SDM_FROM_LABELS and res.info["sdm_source"] == SDM_FROM_LABELS
+    assert res.sdm.same_geometry(vol, tol=1e-9) and res.sdm.array.shape == (1,) + shape
+    inside = res.labels.array == 7
+    assert np.array_equal(res.sdm.array, segmentation_sdm(res.labels.array, [0, 7], vol.spacing_zyx))
+    assert np.all(res.sdm.array[0][inside] <= 0) and np.all(res.sdm.array[0][~inside] > 0)
+    assert res.sdm.array.min() == -1 and res.sdm.array.max() == 1
+    # distances in mm: outside, the map is (distance to the sphere) / (its largest value), whatever the axis
+    outside = ~inside & (d > 10.0)
+    ratio = res.sdm.array[0][outside] / (d[outside] - 8.0)
+    assert ratio.std() / ratio.mean() < 0.1
+    no_sdm = segment(vol, Headless(k=2.0), card, SegmentOptions(fast=False, compute_sdm=False))
+    assert no_sdm.sdm is None and no_sdm.sdm_source is None
+    with_head = segment(vol, Pointwise(k=2.0), _card((1.0, 1.0, 1.0), (16, 16, 16), label_values=[0, 7]),
+                        SegmentOptions(fast=False))
+    assert with_head.sdm_source == SDM_FROM_HEAD
+    assert not np.array_equal(with_head.sdm.array, segmentation_sdm(with_head.labels.array, [0, 7],
+                                                                     vol.spacing_zyx))
 
 
 def test_segment_normalises_and_checks_channels(rng):

@@ -134,10 +134,11 @@ def test_segment_cli_errors(tmp_path, capsys):
     write_volume(Volume(np.random.default_rng(0).normal(size=(12, 20, 18)).astype(np.float32),
                         spacing=(0.9, 1.1, 1.3), origin=(4, 5, 6)), img)
     out = tmp_path / "o"
-    assert main(["segment", str(img), "--model", str(model), "-o", str(out), "--sdm"]) == 0  # warns, goes on
+    assert main(["segment", str(img), "--model", str(model), "-o", str(out), "--sdm"]) == 0  # the labels' SDM
     assert "no SDM head" in capsys.readouterr().err
-    assert (out / "a_label.nii.gz").exists() and not (out / "a_sdm.nii.gz").exists()
+    assert (out / "a_label.nii.gz").exists() and (out / "a_sdm.nii.gz").exists()
     (out / "a_label.nii.gz").unlink()
+    (out / "a_sdm.nii.gz").unlink()
     assert main(["segment", str(tmp_path / "missing.nii.gz"), "--model", str(model), "-o", str(out)]) == 2
     assert main(["segment", str(img), str(img), "--model", str(model), "-o", str(out)]) == 2  # same case twice
     stop = tmp_path / "stop"

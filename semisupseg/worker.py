@@ -20,7 +20,9 @@ optional ``id`` (any JSON value, echoed in every event of that request); they ar
     DICOM folder, LA ``.h5`` at ``h5_spacing``, default 0.625 mm);
   - ``"outputs"``: any of ``labels`` (always written), ``probabilities``, ``sdm``, ``entropy`` (default
     ``["labels"]``); probabilities and SDM are the **foreground** classes as ``semisupseg segment`` writes them
-    (``(Z, Y, X)`` for a binary model, else ``(C-1, Z, Y, X)``, component ``i`` = class ``i + 1``);
+    (``(Z, Y, X)`` for a binary model, else ``(C-1, Z, Y, X)``, component ``i`` = class ``i + 1``); the SDM is the
+    network's SDM head, or the SDM of the predicted segmentation for a model without one (the result's
+    ``info["sdm_source"]`` says which);
   - ``"format"``: ``"npy"`` (default, the fastest: raw arrays ``<output>.npy`` whose geometry is the input's, given
     in the result) or a volume suffix (``.nrrd``, ``.nii.gz``, ``.nii``, ``.mha``, ``.seg.nrrd`` for the labels);
   - ``"options"``: fields of :class:`semisupseg.inference.SegmentOptions` (``tta_axes`` z, y, x numbering;
@@ -302,8 +304,6 @@ class Worker:
         volume = self._read_input(request)
         t_read = time.perf_counter()
         model, card, cached = self.model(str(request["model"]))
-        if "sdm" in outputs and not card.network.get("sdm_head", False):
-            raise InputError("the SDM was asked for but this model has no SDM head", request["model"])
         t_model = time.perf_counter()
         options = self._options(request, outputs)
         cancel = CancelToken(request.get("stop_file"))

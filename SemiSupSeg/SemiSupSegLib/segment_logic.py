@@ -38,6 +38,9 @@ OVERLAY_ATTRIBUTE = "SemiSupSeg.OverlayKey"
 SOURCE_ATTRIBUTE = "SemiSupSeg.Source"
 #: worker output names of the overlay kinds (``results.show_overlay`` kinds → worker ``outputs``)
 WORKER_OUTPUT = {"sdm": "sdm", "entropy": "entropy", "probability": "probabilities"}
+#: ``info["sdm_source"]`` of an SDM computed from the segmentation (``semisupseg.inference.SDM_FROM_LABELS``; the
+#: value is repeated here so this module imports without torch)
+SDM_FROM_LABELS = "predicted segmentation"
 
 ProgressCallback = Callable[[Optional[float], str, Optional[float]], None]
 LogCallback = Callable[[str], None]
@@ -138,9 +141,8 @@ def worker_options(request: SegmentRequest, card: Any, roi_box: Optional[Sequenc
     from semisupseg.inference import tta_axes_for_model
 
     notes: List[str] = []
-    has_sdm = bool(card.network.get("sdm_head", False))
-    if "sdm" in request.overlays and not has_sdm:
-        notes.append("this model has no SDM head: no SDM overlay")
+    if "sdm" in request.overlays and not card.network.get("sdm_head", False):
+        notes.append("this model has no SDM head: the SDM overlay is the signed distance map of its segmentation")
     tta: Tuple[int, ...] = ()
     if request.quality == "accurate":
         tta, _ = tta_axes_for_model(card, None)
@@ -149,7 +151,7 @@ def worker_options(request: SegmentRequest, card: Any, roi_box: Optional[Sequenc
             notes.append(f"the model was trained without flips (augmentation {aug!r}): 'accurate' is the same as "
                          "'default' for it")
     options: Dict[str, Any] = {"device": request.device, "keep_largest": bool(request.keep_largest),
-                               "compute_sdm": has_sdm and "sdm" in request.overlays,
+                               "compute_sdm": "sdm" in request.overlays,
                                "compute_entropy": "entropy" in request.overlays, "tta_axes": list(tta)}
     if roi_box is not None:
         z0, z1, y0, y1, x0, x1 = (int(v) for v in roi_box)
@@ -158,10 +160,9 @@ def worker_options(request: SegmentRequest, card: Any, roi_box: Optional[Sequenc
 
 
 def worker_outputs(request: SegmentRequest, card: Any) -> List[str]:
-    """The worker ``outputs`` for ``request``: labels always, then the overlays the model can give."""
-    has_sdm = bool(card.network.get("sdm_head", False))
-    kinds = [k for k in request.overlays if k != "sdm" or has_sdm]
-    return ["labels"] + [WORKER_OUTPUT[k] for k in kinds]
+    """The worker ``outputs`` for ``request``: labels always, then the overlays (every model gives an SDM: its
+    head's, else its segmentation's)."""
+    return ["labels"] + [WORKER_OUTPUT[k] for k in request.overlays]
 
 
 def card_colors(card: Any) -> Optional[List[Tuple[float, float, float]]]:
@@ -230,9 +231,14 @@ def status_text(message: str, eta_s: Optional[float]) -> str:
     return f"{message} (about {left} left)" if message else f"about {left} left"
 
 
-def overlay_name(input_name: str, key: str) -> str:
+def overlay_name(input_name: str, key: str, sdm_source: Optional[str] = None) -> str:
+    """``"<input> SDM <class>"``, ``"<input> entropy"``...; an SDM computed from the segmentation (``sdm_source``
+    ``"predicted segmentation"``, the worker's ``info["sdm_source"]`` for a network without an SDM head) is named
+    ``"<input> SDM of segmentation <class>"``, so it is not mistaken for a network's prediction."""
     kind, _, cls = key.partition(":")
     label = {"sdm": "SDM", "entropy": "entropy", "probability": "probability"}[kind]
+    if kind == "sdm" and sdm_source == SDM_FROM_LABELS:
+        label = "SDM of segmentation"
     return f"{input_name} {label}" + (f" {cls}" if cls else "")
 
 
@@ -512,14 +518,15 @@ class SegmentLogic:
             segmentation_node=request.output_segmentation, name=f"{input_name} segmentation",
             closed_surface=bool(request.show_3d), subject_hierarchy_parent_of=input_node)
         overlays: Dict[str, Any] = {}
+        result = handle.result or {}
+        sdm_source = (result.get("info") or {}).get("sdm_source")
         for key, kind, volume in overlay_volumes(volumes, card):
             node = find_overlay_node(self.scene, input_node, key)
-            node = results.show_overlay(self.scene, volume, kind, overlay_name(input_name, key), node=node,
-                                        reference_node=input_node)
+            node = results.show_overlay(self.scene, volume, kind, overlay_name(input_name, key, sdm_source),
+                                        node=node, reference_node=input_node)
             node.SetAttribute(OVERLAY_ATTRIBUTE, key)
             node.SetAttribute(SOURCE_ATTRIBUTE, input_node.GetID())
             overlays[key] = node
-        result = handle.result or {}
         return SegmentOutcome(segmentation_node=seg_node, overlay_nodes=overlays,
                               voxels={str(k): int(v) for k, v in (result.get("voxels") or {}).items()},
                               timings={str(k): float(v) for k, v in (result.get("timings") or {}).items()},

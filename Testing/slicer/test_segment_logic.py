@@ -232,6 +232,46 @@ def test_a_failing_run_reports_and_leaves_the_scene(headless, logic):
     assert _scene_state(headless.scene) == state
 
 
+@pytest.fixture(scope="module")
+def headless_model(tmp_path_factory):
+    """The bundled test model without its SDM head (its segmentation head's weights kept): a network like
+    ``supervised``'s or ``sgrs``'s."""
+    import dataclasses
+
+    from semisupseg.checkpoint import load_model, make_card, save_model
+    from semisupseg.nets import VNet, VNetConfig
+
+    model, card = load_model(MODEL)
+    net = {k: v for k, v in card.network.items() if k in {f.name for f in dataclasses.fields(VNetConfig)}}
+    plain = VNet(VNetConfig(**dict(net, sdm_head=False))).eval()
+    state = {k.replace("out_conv2.", "out_conv."): v for k, v in model.state_dict().items()
+             if not k.startswith("out_conv.")}
+    plain.load_state_dict(state)
+    new = make_card(plain, method="supervised", spacing_xyz=card.spacing_xyz, patch_size_xyz=card.patch_size_xyz,
+                    class_names=card.class_names, normalization=card.normalization, training=card.training)
+    return save_model(tmp_path_factory.mktemp("plain") / "plain.pt", plain, new)
+
+
+def test_a_model_without_sdm_head_shows_its_segmentations_sdm(headless, logic, headless_model):
+    from SemiSupSegLib.scene import volume_from_node
+
+    from semisupseg.inference import SDM_FROM_LABELS, segmentation_sdm
+
+    assert sl.SDM_FROM_LABELS == SDM_FROM_LABELS  # the module's copy of the constant (it imports without torch)
+    scan = headless.load_volume(SCAN)
+    outcome = logic.segment(SegmentRequest(scan, str(headless_model), overlays=("sdm", "entropy")), timeout=300)
+    assert any("no SDM head" in n and "segmentation" in n for n in outcome.notes)
+    card = read_card(headless_model)
+    labels = labels_from_segmentation(headless.scene, headless.logic("Segmentations"), outcome.segmentation_node,
+                                      scan)
+    assert sorted(outcome.overlay_nodes) == sorted(["entropy"] + [f"sdm:{c}" for c in card.class_names[1:]])
+    expected = segmentation_sdm(labels.array, card.label_values, labels.spacing_zyx)
+    for i, cls in enumerate(card.class_names[1:]):
+        node = outcome.overlay_nodes[f"sdm:{cls}"]
+        assert node.GetName() == f"{scan.GetName()} SDM of segmentation {cls}"
+        np.testing.assert_allclose(volume_from_node(node).array, expected[i], atol=1e-6)
+
+
 def test_worker_options_and_notes():
     card = read_card(MODEL)
     request = SegmentRequest(object(), "m", quality="accurate", keep_largest=True, overlays=("sdm",))
@@ -260,6 +300,9 @@ def test_small_helpers():
     assert status_text("window 3/12", 600) == "window 3/12 (about 10 min left)"
     assert status_text("loading", None) == "loading"
     assert sl.overlay_name("scan", "sdm:anterior") == "scan SDM anterior"
+    assert sl.overlay_name("scan", "sdm:anterior", "SDM head") == "scan SDM anterior"
+    assert sl.overlay_name("scan", "sdm:anterior", sl.SDM_FROM_LABELS) == "scan SDM of segmentation anterior"
+    assert sl.overlay_name("scan", "entropy", sl.SDM_FROM_LABELS) == "scan entropy"
 
 
 def test_model_choices_list_the_catalogue(tmp_path, monkeypatch):

@@ -19,8 +19,8 @@ no part in training nor in model selection.
 Layout of ``DIR``: one folder per model (``shipped-<name>/``, ``<method>/``, ``<compare-with>/``) holding
 ``segmentations/`` (``<case>_label``, ``_sdm``, ``_entropy``), ``metrics.csv`` (every ``evaluate`` metric) and
 ``previews/<case>.png``; the trained ones also ``run/`` (the model used and the run's record: config, events; not
-what only a continued training needs). A model without an SDM head gets, for its picture, the signed distance map
-of its predicted labels (``<case>_label_sdm``), said so in the picture's title.
+what only a continued training needs). A model without an SDM head writes, as ``<case>_sdm``, the signed distance
+map of its predicted segmentation (``segment --sdm`` does that), said so in the picture's title.
 
 The defaults are sized for a laptop CPU (a few minutes); ``--iterations`` trades time for accuracy. Training and
 segmentation use one CPU thread unless ``--threads`` says otherwise: on a 2-core machine that is busy with other
@@ -203,22 +203,6 @@ class ModelResult:
         return self.folder / "metrics.csv"
 
 
-def _label_sdm(label_path: Path, label_values: Sequence[int], out: Path, overwrite: bool) -> Path:
-    """Signed distance map (mm-aware, negative inside) of a predicted label file: per foreground class, then the
-    nearest structure's (their minimum), written on the label's grid."""
-    import numpy as np
-
-    from semisupseg.geometry import signed_distance_map
-    from semisupseg.io import read_volume, write_volume
-
-    lab = read_volume(label_path)
-    spacing_zyx = tuple(float(s) for s in reversed(lab.spacing))
-    arr = np.asarray(lab.array)
-    maps = [signed_distance_map(arr == v, spacing_zyx) for v in label_values if v != 0]
-    return write_volume(lab.with_array(np.min(np.stack(maps), axis=0).astype(np.float32)), out,
-                        overwrite=overwrite)
-
-
 def segment_score_picture(result: ModelResult, part: str, root: Path, test_ids: List[str], images: List[str],
                           classes: Dict[int, str], args: argparse.Namespace, timer: Timer) -> None:
     """``segment`` the test scans with ``result.model``, ``evaluate`` them, ``preview`` one picture per scan."""
@@ -226,25 +210,17 @@ def segment_score_picture(result: ModelResult, part: str, root: Path, test_ids: 
 
     over = ["--overwrite"] if args.overwrite else []
     has_sdm = bool(read_card(result.model).network.get("sdm_head"))
-    segment = ["segment", *images, "--model", str(result.model), "-o", str(result.seg_dir), "--entropy",
-               "--device", args.device, *(["--sdm"] if has_sdm else []), *over]
+    segment = ["segment", *images, "--model", str(result.model), "-o", str(result.seg_dir), "--entropy", "--sdm",
+               "--device", args.device, *over]
     _run_step(f"{result.name}: segment the test scans", segment,
               timer, f"{result.name}: segment")
     labels = [str(v) for v in sorted(classes) if v != 0]
     evaluate = ["evaluate", str(result.seg_dir), str(root / "labelsTr"), "--cases", *test_ids, "--labels", *labels,
                 "-o", str(result.metrics), "--model", str(result.model), "--quiet", *over]
     _run_step(f"{result.name}: evaluate against the reference labels", evaluate, timer, f"{result.name}: evaluate")
-    if not has_sdm:
-        _note(f"{result.name}: the network has no SDM head; its pictures show the signed distance map of its "
-              f"predicted labels (<case>_label_sdm.nii.gz) instead")
-        wall, cpu = time.perf_counter(), time.process_time()
-        for case_id in test_ids:
-            _label_sdm(result.seg_dir / f"{case_id}_label.nii.gz", sorted(classes),
-                       result.seg_dir / f"{case_id}_label_sdm.nii.gz", args.overwrite)
-        timer.add(f"{result.name}: pictures", time.perf_counter() - wall, time.process_time() - cpu)
     for case_id, image in zip(test_ids, images):
         png = result.folder / "previews" / f"{case_id}.png"
-        sdm = result.seg_dir / f"{case_id}_{'sdm' if has_sdm else 'label_sdm'}.nii.gz"
+        sdm = result.seg_dir / f"{case_id}_sdm.nii.gz"
         what = "SDM" if has_sdm else "SDM of the labels"
         preview = ["preview", image, "--label", str(result.seg_dir / f"{case_id}_label.nii.gz"),
                    "--sdm", str(sdm), "--entropy", str(result.seg_dir / f"{case_id}_entropy.nii.gz"),

@@ -8,8 +8,8 @@ the folder name ``<ID>``), in the input image's exact geometry, format by ``--ou
 * ``--prob``: ``<case>_prob<suffix>``, the probabilities of the **foreground** classes (the background is
   ``1 - sum``): a scalar volume for a binary model, else a multi-component (vector) image whose component ``i`` is
   class ``i + 1`` of the card;
-* ``--sdm``: ``<case>_sdm<suffix>``, the predicted signed distance map (negative inside, in [-1, 1]), same
-  component layout (only for models with an SDM head);
+* ``--sdm``: ``<case>_sdm<suffix>``, the signed distance map (negative inside, in [-1, 1]), same component layout:
+  the network's SDM head, or for a model without one the SDM of the predicted segmentation (a note says so);
 * ``--entropy``: ``<case>_entropy<suffix>``, the voxel entropy of the class probabilities (nats);
 * ``<case>_warnings.txt``, only when the scan lies far outside what the model was trained on (physical extent many
   times the training scans, voxel size or intensities far off; also printed, one line) or ``--layout whole`` fell
@@ -49,8 +49,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="also write the foreground class probabilities (<case>_prob: a scalar volume for a binary "
                         "model, else a vector image, component i = class i+1; background = 1 - sum)")
     p.add_argument("--sdm", action="store_true",
-                   help="also write the predicted SDM, negative inside (<case>_sdm, same layout; models with an "
-                        "SDM head: for other models a warning says so and the other outputs are written)")
+                   help="also write the SDM, negative inside (<case>_sdm, same layout): the network's SDM head, or "
+                        "for a model without one the SDM of the predicted segmentation (a note says so)")
     p.add_argument("--entropy", action="store_true", help="also write the voxel entropy (uncertainty)")
     p.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest connected component of each class (the papers' post-processing); "
@@ -161,11 +161,9 @@ def run(args: argparse.Namespace) -> int:
 
     model_path = resolve_model(args.model)
     model, card = load_model(model_path, device="cpu")
-    has_sdm = bool(card.network.get("sdm_head", False))
-    if args.sdm and not has_sdm:  # the other outputs are still worth having
-        print(f"warning: {model_path}: this model has no SDM head ({card.method}); --sdm is ignored",
-              file=sys.stderr)
-        args.sdm = False
+    if args.sdm and not card.network.get("sdm_head", False):
+        print(f"note: {model_path}: this model has no SDM head ({card.method}); <case>_sdm is the signed distance "
+              f"map of its predicted segmentation", file=sys.stderr)
     tta: tuple = ()
     if args.tta is not None:
         requested = None if not args.tta else [AXIS_INDEX_ZYX[a] for a in args.tta]

@@ -55,3 +55,26 @@ def keep_largest_component(
             continue
         out[mask & ~largest_component(mask, connectivity)] = background
     return out
+
+
+#: where an SDM comes from (``SegmentationResult.sdm_source``, overlay names, snapshot metadata)
+SDM_FROM_HEAD = "SDM head"
+SDM_FROM_LABELS = "predicted segmentation"
+
+
+def segmentation_sdm(labels: np.ndarray, label_values: Sequence[int],
+                     spacing_zyx: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Signed distance map of a label map, one channel per foreground class: ``(C-1, Z, Y, X)`` float32.
+
+    ``labels``: ``(Z, Y, X)`` with the values ``label_values`` (background first); ``spacing_zyx``: voxel size in mm,
+    **z, y, x** order, so distances follow the anatomy on anisotropic grids. Same normalisation as the SDM heads'
+    regression target (seed paper eq. 1, :func:`semisupseg.geometry.class_sdm`): in [-1, 1], negative inside, 0 on
+    the boundary; a class that is absent is +1 everywhere. The SDM overlay of a network without an SDM head.
+    """
+    from semisupseg.geometry import class_sdm
+
+    labels = np.asarray(labels)
+    index = np.zeros(labels.shape, dtype=np.int16)
+    for i, v in enumerate(label_values[1:], start=1):
+        index[labels == v] = i
+    return np.asarray(class_sdm(index, len(label_values), spacing=spacing_zyx), dtype=np.float32)

@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from semisupseg.errors import InputError, OutOfMemoryError, is_out_of_memory, out_of_memory_detail
-from semisupseg.inference.postprocess import keep_largest_component
+from semisupseg.inference.postprocess import SDM_FROM_HEAD, SDM_FROM_LABELS, keep_largest_component, segmentation_sdm
 from semisupseg.inference.sliding_window import (BLENDS, FAST_MIN_DICE, LAYOUTS, Box,
                                                  sliding_window_inference)
 from semisupseg.progress import CancelToken, ProgressCallback, scaled
@@ -44,7 +44,9 @@ class SegmentOptions:
       box is segmented, the rest is background.
     * ``keep_largest``: keep the largest connected component of each class (the releases' post-processing);
       ``None``: what the model card recommends (``card.inference["keep_largest"]``, else off).
-    * ``compute_sdm`` / ``compute_entropy``: also return the SDM (when the model has the head) / voxel entropy;
+    * ``compute_sdm`` / ``compute_entropy``: also return the SDM / voxel entropy. The SDM is the network's SDM head
+      when it has one, else the signed distance map of the predicted segmentation (same normalisation, seed paper
+      eq. 1: [-1, 1], negative inside; ``SegmentationResult.sdm_source`` says which);
       ``entropy_base``: logarithm base of the entropy (``e``: nats; ``2``: bits, in [0, 1] for two classes).
     """
 
@@ -121,7 +123,9 @@ class SegmentationResult:
 
     * ``labels``: ``(Z, Y, X)`` label map with the card's ``label_values`` (uint8 when they fit);
     * ``probabilities``: ``(C, Z, Y, X)`` float32 class probabilities (class order of the card, background first);
-    * ``sdm``: ``(C-1, Z, Y, X)`` float32 signed distance prediction in [-1, 1] (negative inside), or ``None``;
+    * ``sdm``: ``(C-1, Z, Y, X)`` float32 signed distance map in [-1, 1] (negative inside), or ``None``;
+    * ``sdm_source``: ``"SDM head"`` (the network's prediction) or ``"predicted segmentation"`` (the distance map of
+      ``labels``, for a network without the head), ``None`` without an SDM;
     * ``entropy``: ``(Z, Y, X)`` float32 voxel entropy of the probabilities (base ``SegmentOptions.entropy_base``),
       or ``None``;
     * ``info``: windows, precision used, timings.
@@ -132,6 +136,7 @@ class SegmentationResult:
     sdm: Optional[Volume] = None
     entropy: Optional[Volume] = None
     info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    sdm_source: Optional[str] = None
 
 
 def _label_dtype(values: Sequence[int]) -> np.dtype:
@@ -286,12 +291,17 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
     if keep_largest:
         progress(0.95, "keeping the largest component per class")
         labels = keep_largest_component(labels, classes=values[1:], background=values[0])
+    sdm_source = None if sdm_vol is None else SDM_FROM_HEAD
+    if options.compute_sdm and sdm_vol is None:
+        progress(0.96, "signed distance map of the segmentation")
+        sdm_vol = reference.with_array(segmentation_sdm(labels, values, reference.spacing_zyx))
+        sdm_source = SDM_FROM_LABELS
     ent = None
     if options.compute_entropy:
         ent = reference.with_array(np.asarray(voxel_entropy(p, axis=0, base=options.entropy_base), np.float32))
     info = dict(out["info"])
     info.update({"model_grid_zyx": list(on_grid.shape_zyx), "model_spacing_xyz": list(card.spacing_xyz),
-                 "keep_largest": keep_largest, "total_seconds": time.perf_counter() - t0})
+                 "keep_largest": keep_largest, "sdm_source": sdm_source, "total_seconds": time.perf_counter() - t0})
     progress(1.0, "done")
     return SegmentationResult(
         labels=reference.with_array(labels),
@@ -299,4 +309,5 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
         sdm=sdm_vol,
         entropy=ent,
         info=info,
+        sdm_source=sdm_source,
     )

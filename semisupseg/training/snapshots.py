@@ -226,7 +226,7 @@ class SnapshotWriter:
     def _write_case(self, case: _Case, iteration: int, model, card, method, ctx, device: str, fast: bool,
                     model_name: str, cancel) -> Tuple[Path, List[Dict[str, Any]]]:
         from semisupseg.data.preprocess import resample_like
-        from semisupseg.geometry import REGION_NAMES, class_sdm
+        from semisupseg.geometry import REGION_NAMES
         from semisupseg.io import write_volume
 
         ref = _reference(case.image)
@@ -235,11 +235,7 @@ class SnapshotWriter:
         entries: List[Tuple[Dict[str, Any], Volume]] = [
             ({"kind": "segmentation", "file": "segmentation.nii.gz", "class_names": self.classes.names,
               "label_values": self.classes.label_values}, result.labels)]
-        if result.sdm is not None:
-            sdm, source = result.sdm.array, "SDM head"
-        else:
-            idx = self.classes.to_indices(result.labels.array)
-            sdm, source = np.asarray(class_sdm(idx, n, spacing=case.image.spacing_zyx)), "predicted segmentation"
+        sdm, source = result.sdm.array, result.sdm_source  # the head's, else the segmentation's (segment() decides)
         for c in range(1, n):
             entries.append((dict(self._class_info(c), kind="sdm", file=f"sdm_c{c}.nii.gz", source=source),
                             ref.with_array(np.asarray(sdm[c - 1], dtype=np.float32))))
