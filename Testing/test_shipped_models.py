@@ -122,8 +122,9 @@ def test_left_atrium_model_card_and_the_bundled_sample_scans(tmp_path):
         for suffix in ("label", "sdm", "entropy"):
             assert read_volume(pred / f"{c}_{suffix}.nii.gz").same_geometry(image, tol=1e-5)
     dice = [float(r["dice"]) for r in _dice_rows(pred, LA_SAMPLE / "labelsTr", [1], tmp_path)]
-    # measured 2026-12-03: 0.979, 0.976 (training scans: a sanity floor only)
-    assert len(dice) == len(cases) and min(dice) > 0.95
+    # measured 2026-12-03 (the sgrs model): 0.961, 0.948 (training scans: a sanity floor only; the sassnet model
+    # before it fitted them closer, 0.979 / 0.976, and did worse on the held-out scans)
+    assert len(dice) == len(cases) and min(dice) > 0.93
 
 
 @pytest.mark.slow
@@ -149,8 +150,8 @@ def test_left_atrium_model_on_full_resolution_h5_and_nrrd(tmp_path):
         assert np.array_equal(seg_h5.array, seg_nrrd.array)
         a, b = seg_h5.array == 1, label.array == 1
         dices.append(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()))
-    # measured 2026-12-03: 0.858, 0.788, 0.915 (the same scans at 1.25 mm: 0.864, 0.797, 0.919)
-    assert min(dices) > 0.75 and np.mean(dices) > 0.83
+    # measured 2026-12-03: 0.876, 0.785, 0.933 (the same scans at 1.25 mm: 0.881, 0.792, 0.937)
+    assert min(dices) > 0.75 and np.mean(dices) > 0.84
 
 
 @pytest.mark.slow
@@ -165,7 +166,8 @@ def test_left_atrium_model_on_the_shared_held_out_split(tmp_path):
     rows = _dice_rows(pred, SHARED_LA / "labelsTr", [1], tmp_path)
     assert {r["case"] for r in rows} == set(cases)
     dice = [float(r["dice"]) for r in rows]
-    # measured 2026-12-03: mean 0.8896, median 0.898, min 0.821 (0.882 without the largest-component step)
-    assert np.mean(dice) > 0.88 and min(dice) > 0.80
+    # measured 2026-12-03: mean 0.9063, median 0.905, min 0.871 (0.9062 without the largest-component step);
+    # the target is 0.89
+    assert np.mean(dice) > 0.89 and min(dice) > 0.85
     card = read_card(MODELS / "left-atrium.pt")
     assert np.mean(dice) == pytest.approx(card.training["test"]["per_class"]["left atrium"]["dice_mean"], abs=2e-3)
