@@ -61,9 +61,12 @@ def test_a_batch_memory_stays_flat(batch):
     _, _, res = batch
     rss = res["rss_mb"]
     assert len(rss) == 19
-    # loose bound: 19 different crops; a leak of one case's arrays (~0.5 MiB each) or of a model copy per case
-    # (~9 MiB) would pass 15 MiB over these 14 files
-    assert rss[-1] - rss[4] < 15.0, rss
+    # The resident size after each case swings by ~25 MiB with the crop's size and what the allocator keeps (seen
+    # 397-422 MiB within one flat batch), so two single readings cannot be compared; the floor can: the least of
+    # the last five against the least of cases 3-7. A model copy kept per case (~9 MiB) adds ~100 MiB over the
+    # 12 cases between them; a leak of one case's arrays (~0.5 MiB) is below this test's resolution (the 100-file
+    # benchmarks/batch_memory.py is the place for that).
+    assert min(rss[-5:]) - min(rss[2:7]) < 15.0, rss
     assert res["peak_mb"] < 1024, res["peak_mb"]
 
 
