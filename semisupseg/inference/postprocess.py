@@ -71,10 +71,9 @@ def segmentation_sdm(labels: np.ndarray, label_values: Sequence[int],
     regression target (seed paper eq. 1, :func:`semisupseg.geometry.class_sdm`): in [-1, 1], negative inside, 0 on
     the boundary; a class that is absent is +1 everywhere. The SDM overlay of a network without an SDM head.
     """
+    from semisupseg.data.cases import ClassInfo
     from semisupseg.geometry import class_sdm
 
-    labels = np.asarray(labels)
-    index = np.zeros(labels.shape, dtype=np.int16)
-    for i, v in enumerate(label_values[1:], start=1):
-        index[labels == v] = i
-    return np.asarray(class_sdm(index, len(label_values), spacing=spacing_zyx), dtype=np.float32)
+    values = [int(v) for v in label_values]
+    index = ClassInfo([str(v) for v in values], values).to_indices(np.asarray(labels))  # names are not used here
+    return np.asarray(class_sdm(index, len(values), spacing=spacing_zyx), dtype=np.float32)

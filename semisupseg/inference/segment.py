@@ -124,11 +124,11 @@ class SegmentationResult:
     * ``labels``: ``(Z, Y, X)`` label map with the card's ``label_values`` (uint8 when they fit);
     * ``probabilities``: ``(C, Z, Y, X)`` float32 class probabilities (class order of the card, background first);
     * ``sdm``: ``(C-1, Z, Y, X)`` float32 signed distance map in [-1, 1] (negative inside), or ``None``;
-    * ``sdm_source``: ``"SDM head"`` (the network's prediction) or ``"predicted segmentation"`` (the distance map of
-      ``labels``, for a network without the head), ``None`` without an SDM;
     * ``entropy``: ``(Z, Y, X)`` float32 voxel entropy of the probabilities (base ``SegmentOptions.entropy_base``),
       or ``None``;
-    * ``info``: windows, precision used, timings.
+    * ``info``: windows, precision used, timings, ``sdm_source``;
+    * ``sdm_source`` (read from ``info``): ``"SDM head"`` (the network's prediction) or ``"predicted segmentation"``
+      (the distance map of ``labels``, for a network without the head), ``None`` without an SDM.
     """
 
     labels: Volume
@@ -136,7 +136,10 @@ class SegmentationResult:
     sdm: Optional[Volume] = None
     entropy: Optional[Volume] = None
     info: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    sdm_source: Optional[str] = None
+
+    @property
+    def sdm_source(self) -> Optional[str]:
+        return self.info.get("sdm_source")
 
 
 def _label_dtype(values: Sequence[int]) -> np.dtype:
@@ -309,5 +312,4 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
         sdm=sdm_vol,
         entropy=ent,
         info=info,
-        sdm_source=sdm_source,
     )
