@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,12 +62,14 @@ def test_a_batch_memory_stays_flat(batch):
     _, _, res = batch
     rss = res["rss_mb"]
     assert len(rss) == 19
-    # The resident size after each case swings by ~25 MiB with the crop's size and what the allocator keeps (seen
-    # 397-422 MiB within one flat batch), so two single readings cannot be compared; the floor can: the least of
-    # the last five against the least of cases 3-7. A model copy kept per case (~9 MiB) adds ~100 MiB over the
-    # 12 cases between them; a leak of one case's arrays (~0.5 MiB) is below this test's resolution (the 100-file
-    # benchmarks/batch_memory.py is the place for that).
-    assert min(rss[-5:]) - min(rss[2:7]) < 15.0, rss
+    # The resident size after each case jumps between allocator levels ~15-25 MiB apart with the crop's size and what
+    # the allocator keeps (seen 397-422 and 509-526 MiB within flat batches; a CI run had cases 3-7 mostly low and the
+    # last five all high), so neither two readings nor two floors can be compared. The least-squares trend over
+    # cases 3-19 can: a jump of h MiB between the halves tilts it by at most ~0.09 h per case (< 2.5 MiB/case for
+    # h = 25), while a model copy kept per case (~9 MiB) gives ~9 MiB/case. A leak of one case's arrays (~0.5
+    # MiB/case) is below this test's resolution (the 100-file benchmarks/batch_memory.py is the place for that).
+    trend = float(np.polyfit(np.arange(len(rss) - 2), np.asarray(rss[2:], dtype=float), 1)[0])
+    assert trend < 4.0, (trend, rss)
     assert res["peak_mb"] < 1024, res["peak_mb"]
 
 
