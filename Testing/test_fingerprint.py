@@ -140,6 +140,7 @@ def test_trained_model_card_records_the_plan_and_the_data_statistics(tmp_path, c
                  "--no-bar"]) == 0
     err = capsys.readouterr().err
     assert "data.patch_size:" in err and "(from the data)" in err
+    assert "never reaches a step" in err  # 1 iteration of the papers' step schedule: the learning rate is said
     card = read_card(run / "last.pt")
     assert card.patch_size_xyz == (32, 48, 32)
     assert card.training["plan"]["from_data"]["data.patch_size"] == [32, 48, 32]

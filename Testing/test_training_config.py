@@ -79,3 +79,19 @@ def test_save_and_reload_round_trip(tmp_path, suffix):
     again = load_config(path)
     assert again.to_dict() == cfg.to_dict()
     assert not list(tmp_path.glob(".tmp-*"))  # atomic write leaves no temp file
+
+
+def test_schedule_note_says_when_the_learning_rate_never_decays():
+    from semisupseg.training.config import schedule_note
+
+    cfg = TrainConfig(iterations=2500)  # steps 0..2499: the first x0.1 would come at step 2500
+    note = schedule_note(cfg)
+    assert note.startswith("note:") and "2500" in note and "0.01 to the end" in note and "poly" in note
+    cfg.iterations = 2501  # step 2500 runs at 0.001
+    assert schedule_note(cfg) is None
+    cfg.iterations, cfg.optim.step_size = 2000, 1500
+    assert schedule_note(cfg) is None
+    cfg.optim.step_size, cfg.optim.schedule = 2500, "poly"
+    assert schedule_note(cfg) is None
+    cfg.optim.schedule, cfg.optim.gamma = "step", 1.0  # a 'step' that never changes the rate is no surprise
+    assert schedule_note(cfg) is None

@@ -225,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.errors import InputError
     from semisupseg.progress import CancelToken
     from semisupseg.training import Events, TrainConfig, Trainer, apply_overrides, load_config
+    from semisupseg.training.config import schedule_note
 
     resume = args.resume is not None
     run_dir = args.resume if isinstance(args.resume, str) else args.out
@@ -277,6 +278,9 @@ def run(args: argparse.Namespace) -> int:
         for line in describe_plan(plan):
             if "(from the data" in line:
                 print(line, file=sys.stderr)
+        note = schedule_note(cfg)
+        if note:
+            print(note, file=sys.stderr)
     stream = None
     events_path = None
     if args.events == "-":

@@ -244,6 +244,23 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------------------------
 # dict <-> dataclass with type checks
 # --------------------------------------------------------------------------------------------------------------
+def schedule_note(config: "TrainConfig") -> Optional[str]:
+    """One line when the learning rate never decays within the run, else ``None``.
+
+    The papers' ``step`` schedule (x ``gamma`` every ``step_size`` = 2500 iterations) was written for 6000-iteration
+    runs; a run of ``iterations <= step_size`` (steps 0 .. iterations-1) trains at ``optim.lr`` to its end. Whether
+    that costs accuracy depends on the data (benchmarks/RESULTS.md, hippocampus schedule section), so it is said, not
+    changed.
+    """
+    o = config.optim
+    if o.schedule != "step" or o.gamma == 1 or config.iterations > o.step_size:
+        return None
+    return (f"note: optim.schedule=step lowers the learning rate x{o.gamma:g} every {o.step_size} iterations (the "
+            f"papers' schedule, written for 6000); this run of {config.iterations} never reaches a step and trains at "
+            f"{o.lr:g} to the end; --set optim.schedule=poly decays it within the run, --set optim.step_size=N "
+            f"steps earlier")
+
+
 def _hints(cls: type) -> Dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -441,4 +458,4 @@ def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "OverlayConfig", "config_from_dict",
-           "load_config", "save_config", "apply_overrides", "parse_override", "set_value"]
+           "load_config", "save_config", "apply_overrides", "parse_override", "schedule_note", "set_value"]
