@@ -224,8 +224,7 @@ def _undo_start(run_dir: Path, before) -> None:
 def run(args: argparse.Namespace) -> int:
     from semisupseg.errors import InputError
     from semisupseg.progress import CancelToken
-    from semisupseg.training import Events, TrainConfig, Trainer, apply_overrides, load_config
-    from semisupseg.training.config import schedule_note
+    from semisupseg.training import Events, TrainConfig, Trainer, apply_overrides, load_config, schedule_note
 
     resume = args.resume is not None
     run_dir = args.resume if isinstance(args.resume, str) else args.out

@@ -25,6 +25,7 @@ import yaml
 from semisupseg.data.augment import augmentation_name
 from semisupseg.errors import InputError
 from semisupseg.fileio import write_text_atomic
+from semisupseg.schedules import step_decay_lr
 
 AMP_MODES = ("auto", "bf16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
@@ -241,19 +242,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# dict <-> dataclass with type checks
-# --------------------------------------------------------------------------------------------------------------
-def schedule_note(config: "TrainConfig") -> Optional[str]:
+def schedule_note(config: TrainConfig) -> Optional[str]:
     """One line when the learning rate never decays within the run, else ``None``.
 
     The papers' ``step`` schedule (x ``gamma`` every ``step_size`` = 2500 iterations) was written for 6000-iteration
     runs; a run of ``iterations <= step_size`` (steps 0 .. iterations-1) trains at ``optim.lr`` to its end. Whether
     that costs accuracy depends on the data (benchmarks/RESULTS.md, hippocampus schedule section), so it is said, not
-    changed.
+    changed. The rate of the last step is the schedule's own (:func:`semisupseg.schedules.step_decay_lr`, as the
+    engine's), so the note cannot disagree with what the run does; a ``gamma`` of 1 never decays by choice: no note.
     """
     o = config.optim
-    if o.schedule != "step" or o.gamma == 1 or config.iterations > o.step_size:
+    if o.schedule != "step" or o.gamma == 1 or step_decay_lr(o.lr, config.iterations - 1, o.step_size, o.gamma) != o.lr:
         return None
     return (f"note: optim.schedule=step lowers the learning rate x{o.gamma:g} every {o.step_size} iterations (the "
             f"papers' schedule, written for 6000); this run of {config.iterations} never reaches a step and trains at "
@@ -261,6 +260,9 @@ def schedule_note(config: "TrainConfig") -> Optional[str]:
             f"steps earlier")
 
 
+# --------------------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+# --------------------------------------------------------------------------------------------------------------
 def _hints(cls: type) -> Dict[str, Any]:
     return typing.get_type_hints(cls)
 
