@@ -41,6 +41,9 @@ def _config(out, method="supervised", iterations=8, **kw):
     return cfg
 
 
+_base_config = _config
+
+
 def _weights(path):
     return load_state(path)["model"]
 
@@ -74,10 +77,18 @@ def test_supervised_run_writes_a_complete_run_dir(tmp_path):
         Trainer(_config(tmp_path / "run"), data=_data())._prepare_run_dir()
 
 
-def test_deterministic_runs_and_exact_resume_after_cancel(tmp_path):
+@pytest.mark.parametrize("perturb", ["none", "both"])
+def test_deterministic_runs_and_exact_resume_after_cancel(tmp_path, perturb):
     """Same config twice: identical losses and weights. A run cancelled (stop file) at iteration 3 and resumed
-    reaches the uninterrupted run's final weights exactly (mean-teacher: EMA teacher, noise generator)."""
+    reaches the uninterrupted run's final weights exactly (mean-teacher: EMA teacher, noise generator; with the
+    orientation-preserving perturbations, whose draws come from the resumable samplers)."""
     method = "mean-teacher"
+
+    def _config(out, method):
+        cfg = _base_config(out, method)
+        cfg.data.perturb = perturb
+        return cfg
+
     a = Trainer(_config(tmp_path / "a", method), data=_data()).run()
     b = Trainer(_config(tmp_path / "b", method), data=_data()).run()
     assert a.losses == b.losses
@@ -105,6 +116,7 @@ def test_deterministic_runs_and_exact_resume_after_cancel(tmp_path):
     assert all(torch.equal(wa[k], wd[k]) for k in wa)
     ta, td = (load_state(tmp_path / x / "resume.pt")["teacher"] for x in ("a", "c"))
     assert all(torch.equal(ta[k], td[k]) for k in ta)
+    assert load_model(tmp_path / "a" / "last.pt")[1].training["perturb"] == perturb  # the card says how it trained
 
 
 def test_nonfinite_loss_fails_with_event(tmp_path):

@@ -40,8 +40,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 #: field kinds: scalar editors and comma-separated lists
 KINDS = ("bool", "int", "float", "str", "choice", "ints", "floats", "strs")
 #: the generic engine settings shown in the Advanced section (``TrainConfig`` keys; the main settings are elsewhere)
-ENGINE_KEYS = ("val_every", "save_every", "ema_decay", "amp", "num_threads", "data.augment", "data.foreground_prob",
-               "model.n_filters", "optim.name", "optim.schedule", "optim.momentum", "optim.weight_decay",
+ENGINE_KEYS = ("val_every", "save_every", "ema_decay", "amp", "num_threads", "data.augment", "data.perturb",
+               "data.foreground_prob", "model.n_filters", "optim.name", "optim.schedule", "optim.momentum", "optim.weight_decay",
                "optim.step_size", "optim.gamma", "optim.grad_clip", "overlays.keep")
 _PROBE = "\x00not-a-choice"
 #: what the config's docstrings do not say about some of :data:`ENGINE_KEYS`
@@ -404,11 +404,13 @@ def engine_fields(keys: Sequence[str] = ENGINE_KEYS) -> List[FormField]:
     """Generic engine settings of :class:`semisupseg.training.TrainConfig` (dotted ``keys``), with the choices the
     config accepts."""
     from semisupseg.data.augment import AUGMENTATIONS
+    from semisupseg.data.perturb import PERTURBATIONS
     from semisupseg.training import config as config_module
 
     choices = {"amp": config_module.AMP_MODES, "channels_last": config_module.CHANNELS_LAST_MODES,
                "ema_buffers": config_module.EMA_BUFFER_MODES, "optim.name": config_module.OPTIMIZERS,
-               "optim.schedule": config_module.LR_SCHEDULES, "data.augment": AUGMENTATIONS}
+               "optim.schedule": config_module.LR_SCHEDULES, "data.augment": AUGMENTATIONS,
+               "data.perturb": PERTURBATIONS}
     by_key: Dict[str, FormField] = {}
     for prefix, cls in (("", config_module.TrainConfig), ("data.", config_module.DataConfig),
                         ("model.", config_module.ModelConfig), ("optim.", config_module.OptimConfig),

@@ -5,7 +5,9 @@ A :class:`PatchSampler` holds preprocessed cases in memory and returns random pa
 1. case order: a random permutation of the cases, consumed one case per patch and redrawn when used up (what the
    reference ``TwoStreamBatchSampler`` does for both streams);
 2. spatial augmentation by a policy of :mod:`semisupseg.data.augment` (``"none"``, ``"dihedral"``: any of the 8
-   in-plane symmetries, ``"papers"``: the releases' ``RandomRotFlip``, reflections only);
+   in-plane symmetries, ``"papers"``: the releases' ``RandomRotFlip``, reflections only), after the optional
+   orientation-preserving perturbation of :mod:`semisupseg.data.perturb` (small rotations and zooms resampled
+   from the case about the crop's centre, intensity changes);
 3. crop: uniformly random position (the papers' ``RandomCrop``), or — with probability ``foreground_prob`` on
    labeled cases — centred on a random foreground voxel (a foreground class drawn uniformly among those present,
    then a voxel of it), clamped to the volume.
@@ -28,6 +30,7 @@ import numpy as np
 
 from semisupseg.data.augment import augmentation_name, draw_rot_flip, rot_flip, rotates
 from semisupseg.data.cases import LoadedCase
+from semisupseg.data.perturb import perturb_patch, perturbation_name
 from semisupseg.data.preprocess import pad_to_size
 from semisupseg.errors import InputError
 
@@ -73,7 +76,10 @@ class PatchSampler:
     patch size in voxels, **z, y, x**. ``seed``: the generator's seed. ``augment``: the spatial augmentation
     policy (a name of :data:`semisupseg.data.augment.AUGMENTATIONS`; ``True``/``False`` = ``"papers"``/``"none"``).
     ``foreground_prob``: probability of a foreground-centred crop (labeled cases only). ``use_labels=False``
-    makes an unlabeled stream (labels, if any, are dropped at construction).
+    makes an unlabeled stream (labels, if any, are dropped at construction). ``perturb``: an orientation-preserving
+    perturbation policy of :mod:`semisupseg.data.perturb` (``"none"``, ``"intensity"``, ``"spatial"``,
+    ``"both"``), applied to the crop before the symmetry of ``augment``; ``"none"`` draws nothing, so runs made
+    before it existed resume identically.
 
     :meth:`sample` returns ``(image (C, z, y, x) float32, label (z, y, x) int64 or None)``; :meth:`sample_batch`
     stacks ``n`` of them.
@@ -87,6 +93,7 @@ class PatchSampler:
         augment: Union[str, bool] = "none",
         foreground_prob: float = 0.0,
         use_labels: bool = True,
+        perturb: str = "none",
     ):
         if len(cases) == 0:
             raise InputError("PatchSampler needs at least one case")
@@ -97,6 +104,7 @@ class PatchSampler:
             raise InputError(f"foreground_prob must be in [0, 1], got {foreground_prob}")
         try:
             self.augment = augmentation_name(augment)
+            self.perturb = perturbation_name(perturb)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         self.foreground_prob = float(foreground_prob)
@@ -189,9 +197,13 @@ class PatchSampler:
         size = (pz, px, py) if k % 2 else (pz, py, px)
         z0, y0, x0 = self._start(i, size)
         sl = (slice(z0, z0 + size[0]), slice(y0, y0 + size[1]), slice(x0, x0 + size[2]))
-        image = rot_flip(self.images[i][(slice(None),) + sl], k, axis)
+        image = self.images[i][(slice(None),) + sl]
         label = self.labels[i]
-        lab = None if label is None else rot_flip(label[sl], k, axis).astype(np.int64)
+        lab = None if label is None else label[sl]
+        if self.perturb != "none":
+            image, lab = perturb_patch(self.images[i], label, (z0, y0, x0), size, self.rng, self.perturb, image, lab)
+        image = rot_flip(image, k, axis)
+        lab = None if lab is None else rot_flip(lab, k, axis).astype(np.int64)
         return image, lab
 
     def sample_batch(self, n: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:

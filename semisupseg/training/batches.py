@@ -80,11 +80,11 @@ class IndexStream:
 
 
 def _default_sampler_factory(cases: Sequence[Tuple[np.ndarray, Optional[np.ndarray]]], patch_size_zyx, seed: int,
-                             augment, foreground_prob: float, use_labels: bool = True):
+                             augment, foreground_prob: float, use_labels: bool = True, perturb: str = "none"):
     from semisupseg.data.sampling import PatchSampler
 
     return PatchSampler(cases, patch_size_zyx, seed=seed, augment=augment, foreground_prob=foreground_prob,
-                        use_labels=use_labels)
+                        use_labels=use_labels, perturb=perturb)
 
 
 def _accepts_index(factory: Callable) -> bool:
@@ -123,21 +123,23 @@ class _SlotSampler:
     """
 
     def __init__(self, cases, patch_size_zyx, seed: int, augment, foreground_prob: float, factory,
-                 use_labels: bool):
+                 use_labels: bool, perturb: str = "none"):
         self.cases, self.patch, self.seed = cases, tuple(patch_size_zyx), int(seed)
         self.augment, self.foreground_prob, self.factory = augment, foreground_prob, factory
         self.use_labels = use_labels
+        # only a perturbing run passes the keyword: factories written before it existed keep working
+        self.extra = {} if perturb == "none" else {"perturb": perturb}
         self.shared = None
         self.per_case: Dict[int, Any] = {}
         if _accepts_index(factory):
-            self.shared = factory(cases, self.patch, self.seed, augment, foreground_prob, use_labels)
+            self.shared = factory(cases, self.patch, self.seed, augment, foreground_prob, use_labels, **self.extra)
         self._pending: Dict[int, Any] = {}
 
     def _case_sampler(self, index: int):
         s = self.per_case.get(index)
         if s is None:
             s = self.factory([self.cases[index]], self.patch, derive_seed(self.seed, index), self.augment,
-                             self.foreground_prob, self.use_labels)
+                             self.foreground_prob, self.use_labels, **self.extra)
             if index in self._pending:
                 s.load_state_dict(self._pending.pop(index))
             self.per_case[index] = s
@@ -171,7 +173,8 @@ class TwoStreamBatcher:
 
     ``labeled``: cases as ``(image (C, Z, Y, X) float32, label (Z, Y, X) int64)``; ``unlabeled``: ``(image, None)``.
     ``patch_size_zyx`` voxels. ``sampler_factory(cases, patch_size_zyx, seed, augment, foreground_prob,
-    use_labels)`` builds a patch sampler (default: :class:`semisupseg.data.sampling.PatchSampler`).
+    use_labels)`` builds a patch sampler (default: :class:`semisupseg.data.sampling.PatchSampler`); with a
+    ``perturb`` policy other than ``"none"`` (:mod:`semisupseg.data.perturb`) it is also given ``perturb=``.
 
     :meth:`next` → ``(image (b, C, Z, Y, X) float32, label (l, Z, Y, X) int64)`` numpy arrays of this shard.
     :meth:`state_dict` is JSON-able (stored in the resume file) and covers every slot of the **global** batch only
@@ -182,7 +185,7 @@ class TwoStreamBatcher:
                  unlabeled: Sequence[Tuple[np.ndarray, Optional[np.ndarray]]],
                  labeled_bs: int, unlabeled_bs: int, patch_size_zyx: Sequence[int], seed: int,
                  rank: int = 0, world_size: int = 1, augment="none", foreground_prob: float = 0.0,
-                 sampler_factory: Optional[Callable] = None):
+                 sampler_factory: Optional[Callable] = None, perturb: str = "none"):
         if labeled_bs < 1:
             raise InputError("the labeled batch size must be >= 1")
         if not labeled:
@@ -210,9 +213,11 @@ class TwoStreamBatcher:
         self.labeled_slots = list(range(rank * lpr, (rank + 1) * lpr))
         self.unlabeled_slots = list(range(rank * upr, (rank + 1) * upr))
         self.labeled_samplers = {s: _SlotSampler(labeled, patch_size_zyx, derive_seed(seed, LABELED, s), augment,
-                                                 foreground_prob, factory, True) for s in self.labeled_slots}
+                                                 foreground_prob, factory, True, perturb)
+                                 for s in self.labeled_slots}
         self.unlabeled_samplers = {s: _SlotSampler(unlabeled, patch_size_zyx, derive_seed(seed, UNLABELED, s),
-                                                   augment, 0.0, factory, False) for s in self.unlabeled_slots}
+                                                   augment, 0.0, factory, False, perturb)
+                                   for s in self.unlabeled_slots}
 
     @property
     def local_labeled_bs(self) -> int:

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from semisupseg.data.augment import augmentation_name
+from semisupseg.data.perturb import perturbation_name
 from semisupseg.errors import InputError
 from semisupseg.fileio import write_text_atomic
 from semisupseg.schedules import step_decay_lr
@@ -58,6 +59,9 @@ class DataConfig:
       network trains on scans in the orientation it segments them in), ``"dihedral"`` (any of the 8 in-plane
       90-degree rotations / flips) or ``"papers"`` (the releases' ``RandomRotFlip``, which shows only reflections —
       kept to reproduce the papers' tables; ``true``/``false`` of older configs mean ``papers``/``none``).
+    * ``perturb``: orientation-preserving perturbation of each patch (:mod:`semisupseg.data.perturb`): ``"none"``
+      (default), ``"intensity"`` (noise, brightness, contrast, gamma), ``"spatial"`` (rotations of <= 15 degrees,
+      zooms 0.85-1.25, on 30 % of the patches) or ``"both"``.
     * ``class_names`` / ``label_values``: the classes (else ``dataset.json``, else the values in the labels);
       ``num_classes`` (background included) must match them; ``None`` takes it from the data.
     """
@@ -81,6 +85,7 @@ class DataConfig:
     patch_size: Optional[List[int]] = None
     normalization: Dict[str, Any] = field(default_factory=dict)
     augment: Union[bool, str] = "none"
+    perturb: str = "none"
     foreground_prob: float = 0.0
 
     @property
@@ -224,6 +229,10 @@ class TrainConfig:
             self.data.augment = augmentation_name(self.data.augment)
         except ValueError as exc:
             raise bad("data.augment", str(exc)) from None
+        try:
+            self.data.perturb = perturbation_name(self.data.perturb)
+        except ValueError as exc:
+            raise bad("data.perturb", str(exc)) from None
         if isinstance(self.data.validation, int) and self.data.validation < 0:
             raise bad("data.validation", f"must be >= 0 or a list of case ids, got {self.data.validation}")
         for key in ("val_every", "save_every", "log_every", "val_batch_size"):

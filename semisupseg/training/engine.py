@@ -292,7 +292,7 @@ class Trainer:
             [c.pair for c in self.data.labeled], [c.pair for c in self.data.unlabeled],
             cfg.labeled_batch_size, unlabeled_bs, cfg.data.patch_size_zyx, seed,
             rank=self.dist.rank, world_size=self.dist.world_size, augment=cfg.data.augment,
-            foreground_prob=cfg.data.foreground_prob)
+            foreground_prob=cfg.data.foreground_prob, perturb=cfg.data.perturb)
         self.seg_form = self.net_config["seg_form"]
         self.snapshots = self._snapshot_writer()
 
@@ -432,6 +432,7 @@ class Trainer:
             "method_params": dict(cfg.method_params), "iterations": self.iteration,
             "max_iterations": cfg.iterations, "batch_size": cfg.batch_size,
             "labeled_batch_size": cfg.labeled_batch_size, "seed": cfg.seed, "augmentation": cfg.data.augment,
+            "perturb": cfg.data.perturb,
             "labeled_cases": len(data.labeled), "unlabeled_cases": len(data.unlabeled),
             "validation_cases": [c.case_id for c in data.validation],
             "best_val_dice": self.best_metric, "best_iteration": self.best_iteration,
