@@ -54,7 +54,7 @@ def test_hippocampus_model_on_bundled_scans_it_never_saw(tmp_path):
             assert read_volume(pred / f"{c}_{suffix}.nii.gz").same_geometry(image, tol=1e-5)
     rows = _dice_rows(pred, SAMPLE / "labelsTr", [1, 2], tmp_path)
     dice = [float(r["dice"]) for r in rows]
-    # measured 2026-12-02: 0.886 / 0.901 and 0.836 / 0.807
+    # measured 2026-12-03 (the model trained with data.perturb=both): 0.883 / 0.893 and 0.841 / 0.822
     assert len(dice) == 2 * len(cases) and min(dice) > 0.75 and np.mean(dice) > 0.80
 
 
@@ -68,7 +68,7 @@ def test_hippocampus_model_on_the_shared_held_out_split(tmp_path):
                  "hippocampus", "-o", str(pred)]) == 0
     rows = _dice_rows(pred, SHARED_HIPPO / "labelsTr", [1, 2], tmp_path)
     assert {r["case"] for r in rows} == set(cases)
-    # the card's figure over all 40 test cases is 0.864 / 0.846; a floor below it, for these 12
+    # the card's figure over all 40 test cases is 0.872 / 0.859 (these 12: 0.870 mean); a floor below it
     assert np.mean([float(r["dice"]) for r in rows]) > 0.82
 
 
