@@ -11,7 +11,7 @@ from semisupseg.data.perturb import (MAX_ROTATION_DEG, SCALE_RANGE, SPATIAL_PROB
                                      perturbation_name, resample_patch)
 from semisupseg.data.sampling import PatchSampler
 from semisupseg.errors import InputError
-from semisupseg.training import TrainConfig
+from semisupseg.training import TrainConfig, load_config, load_run_config, save_config
 from semisupseg.training.batches import TwoStreamBatcher
 
 
@@ -126,7 +126,6 @@ def test_policy_names_config_errors_and_the_batcher_keeps_old_factories_working(
     cfg.data.perturb = "elastic"
     with pytest.raises(Exception, match="data.perturb"):
         cfg.validate()
-    assert TrainConfig().data.perturb == "none"
 
     calls = []
 
@@ -142,3 +141,19 @@ def test_policy_names_config_errors_and_the_batcher_keeps_old_factories_working(
     q = TwoStreamBatcher([(image[None], label)], [(image[None], None)], 2, 2, (16, 24, 24), seed=0)
     draws = [(p.next(), q.next()) for _ in range(10)]
     assert any(not np.array_equal(x[0], y[0]) for x, y in draws)  # the policy reaches the patches
+
+
+def test_default_is_both_and_a_run_saved_before_the_option_resumes_without_it(tmp_path):
+    assert TrainConfig().data.perturb == "both"
+    import yaml
+
+    path = save_config(TrainConfig(method="supervised"), tmp_path / "config.yaml")
+    assert load_run_config(path).data.perturb == "both"  # saved with the key: kept
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["perturb"] = "spatial"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_run_config(path).data.perturb == "spatial"
+    del raw["data"]["perturb"]  # what a run saved before data.perturb existed holds
+    path.write_text(yaml.safe_dump(raw))
+    assert load_run_config(path).data.perturb == "none"  # it trained on unperturbed patches and resumes so
+    assert load_config(path).data.perturb == "both"  # a user's config without the key: today's default

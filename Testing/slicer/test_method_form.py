@@ -112,7 +112,7 @@ def test_engine_fields_carry_the_configs_choices_and_apply():
     assert list(fields) == list(ENGINE_KEYS)
     assert fields["amp"].choices == AMP_MODES and fields["optim.schedule"].choices == LR_SCHEDULES
     assert fields["data.augment"].choices == AUGMENTATIONS and fields["data.augment"].default == "none"
-    assert fields["data.perturb"].choices == PERTURBATIONS and fields["data.perturb"].default == "none"
+    assert fields["data.perturb"].choices == PERTURBATIONS and fields["data.perturb"].default == "both"
     assert fields["num_threads"].optional and fields["optim.grad_clip"].optional
     assert all(f.doc for f in fields.values()), [k for k, f in fields.items() if not f.doc]
     values = parse_values(fields.values(), {"amp": "off", "model.n_filters": "8", "optim.grad_clip": "12",

@@ -224,7 +224,8 @@ def _undo_start(run_dir: Path, before) -> None:
 def run(args: argparse.Namespace) -> int:
     from semisupseg.errors import InputError
     from semisupseg.progress import CancelToken
-    from semisupseg.training import Events, TrainConfig, Trainer, apply_overrides, load_config, schedule_note
+    from semisupseg.training import (Events, TrainConfig, Trainer, apply_overrides, load_config, load_run_config,
+                                     schedule_note)
 
     resume = args.resume is not None
     run_dir = args.resume if isinstance(args.resume, str) else args.out
@@ -235,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if resume and saved.exists():
-        cfg = load_config(saved)
+        cfg = load_run_config(saved)
         if args.config:
             raise InputError("--config cannot change a run being resumed; use --set key=value for small changes")
     elif resume:

@@ -33,11 +33,17 @@ def augmentation_name(value: Union[str, bool, None]) -> str:
     (``True`` = ``"papers"``, ``False``/``None`` = ``"none"``). Raises ``ValueError`` for anything else."""
     if value is True:
         return "papers"
+    return policy_name(value, AUGMENTATIONS, "augmentation")
+
+
+def policy_name(value, names: Tuple[str, ...], what: str) -> str:
+    """``value`` as one of ``names`` (case and surrounding spaces ignored; ``None``/``False`` = ``"none"``);
+    ``ValueError`` naming ``what`` and the choices otherwise."""
     if value is False or value is None:
         return "none"
     name = str(value).strip().lower()
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}; got {value!r}")
+    if name not in names:
+        raise ValueError(f"{what} must be one of {', '.join(names)}; got {value!r}")
     return name
 
 

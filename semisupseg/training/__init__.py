@@ -11,12 +11,12 @@ Typical use::
 from __future__ import annotations
 
 from semisupseg.training.config import (DataConfig, ModelConfig, OptimConfig, TrainConfig, apply_overrides,
-                                        config_from_dict, load_config, parse_override, save_config, schedule_note,
-                                        set_value)
+                                        config_from_dict, load_config, load_run_config, parse_override, save_config,
+                                        schedule_note, set_value)
 from semisupseg.training.data import CaseArrays, TrainData
 from semisupseg.training.engine import Trainer, TrainResult, learning_rate, network_config
 from semisupseg.training.events import Events, read_events
 
-__all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "load_config", "save_config",
-           "apply_overrides", "config_from_dict", "parse_override", "schedule_note", "set_value", "CaseArrays",
+__all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "load_config", "load_run_config",
+           "save_config", "apply_overrides", "config_from_dict", "parse_override", "schedule_note", "set_value", "CaseArrays",
            "TrainData", "Trainer", "TrainResult", "Events", "read_events", "learning_rate", "network_config"]

@@ -59,9 +59,11 @@ class DataConfig:
       network trains on scans in the orientation it segments them in), ``"dihedral"`` (any of the 8 in-plane
       90-degree rotations / flips) or ``"papers"`` (the releases' ``RandomRotFlip``, which shows only reflections —
       kept to reproduce the papers' tables; ``true``/``false`` of older configs mean ``papers``/``none``).
-    * ``perturb``: orientation-preserving perturbation of each patch (:mod:`semisupseg.data.perturb`): ``"none"``
-      (default), ``"intensity"`` (noise, brightness, contrast, gamma), ``"spatial"`` (rotations of <= 15 degrees,
-      zooms 0.85-1.25, on 30 % of the patches) or ``"both"``.
+    * ``perturb``: orientation-preserving perturbation of each patch (:mod:`semisupseg.data.perturb`): ``"both"``
+      (default since 2026-12-03: rotations of <= 15 degrees and zooms 0.85-1.25 on 30 % of the patches, and noise,
+      brightness, contrast, gamma; held out +0.012 Dice on the hippocampus with 20 labels, +0.005 on LA with 16),
+      ``"spatial"``, ``"intensity"`` or ``"none"`` (what every run before that date trained with, and the papers;
+      a run saved without this key resumes with ``"none"``: :func:`load_run_config`).
     * ``class_names`` / ``label_values``: the classes (else ``dataset.json``, else the values in the labels);
       ``num_classes`` (background included) must match them; ``None`` takes it from the data.
     """
@@ -85,7 +87,7 @@ class DataConfig:
     patch_size: Optional[List[int]] = None
     normalization: Dict[str, Any] = field(default_factory=dict)
     augment: Union[bool, str] = "none"
-    perturb: str = "none"
+    perturb: str = "both"
     foreground_prob: float = 0.0
 
     @property
@@ -457,6 +459,23 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
     return config
 
 
+#: keys a run's saved config lacks when it was written before they existed, with the value that run trained with
+#: (its config.yaml had no such key: the behaviour of the time, not today's default)
+_BEFORE_THEY_EXISTED = {("data", "perturb"): "none"}
+
+
+def load_run_config(path: Union[str, Path]) -> TrainConfig:
+    """A run's saved ``config.yaml`` (what ``--resume`` reads): like :func:`load_config`, but a key that did not
+    exist when the run was saved takes the value the run trained with, not today's default — so a run saved before
+    ``data.perturb`` existed resumes with ``"none"`` and draws exactly the patches it would have drawn."""
+    config = load_config(path)
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    for (section, key), value in _BEFORE_THEY_EXISTED.items():
+        if key not in (raw.get(section) or {}):
+            setattr(getattr(config, section), key, value)
+    return config
+
+
 def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
     """Write the resolved config as YAML (or JSON for a ``.json`` path) atomically; returns the path."""
     path = Path(path)
@@ -469,4 +488,4 @@ def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "OverlayConfig", "config_from_dict",
-           "load_config", "save_config", "apply_overrides", "parse_override", "schedule_note", "set_value"]
+           "load_config", "load_run_config", "save_config", "apply_overrides", "parse_override", "schedule_note", "set_value"]
