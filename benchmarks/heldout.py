@@ -28,6 +28,10 @@ Usage::
         --augment papers dihedral none --seeds 1 2 3 --iterations 2000 --out-dir runs/heldout --parallel 2
     python benchmarks/heldout.py --dataset hippocampus ... --table-only     # just print the table
     python benchmarks/heldout.py --dataset hippocampus ... --keep-largest   # re-scored after the largest-component step
+
+Run folders are named by method, labeled count, augmentation and seed only: runs that differ in a ``--set`` value
+(``data.perturb=none`` against the default ``both``, ``model.n_filters``, ...) need an ``--out-dir`` each, or a
+finished run of the other recipe would be taken for theirs.
 """
 from __future__ import annotations
 
