@@ -41,9 +41,6 @@ def _config(out, method="supervised", iterations=8, **kw):
     return cfg
 
 
-_base_config = _config
-
-
 def _weights(path):
     return load_state(path)["model"]
 
@@ -84,13 +81,13 @@ def test_deterministic_runs_and_exact_resume_after_cancel(tmp_path, perturb):
     orientation-preserving perturbations, whose draws come from the resumable samplers)."""
     method = "mean-teacher"
 
-    def _config(out, method):
-        cfg = _base_config(out, method)
+    def config(out):
+        cfg = _config(out, method)
         cfg.data.perturb = perturb
         return cfg
 
-    a = Trainer(_config(tmp_path / "a", method), data=_data()).run()
-    b = Trainer(_config(tmp_path / "b", method), data=_data()).run()
+    a = Trainer(config(tmp_path / "a"), data=_data()).run()
+    b = Trainer(config(tmp_path / "b"), data=_data()).run()
     assert a.losses == b.losses
     wa, wb = _weights(tmp_path / "a" / "resume.pt"), _weights(tmp_path / "b" / "resume.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -103,13 +100,13 @@ def test_deterministic_runs_and_exact_resume_after_cancel(tmp_path, perturb):
 
     from semisupseg.progress import CancelToken
 
-    c = Trainer(_config(tmp_path / "c", method), data=_data(), events=Events(listeners=[stopper]),
+    c = Trainer(config(tmp_path / "c"), data=_data(), events=Events(listeners=[stopper]),
                 cancel=CancelToken(stop_file=stop)).run()
     assert c.status == "cancelled" and c.iteration == 3
     assert [e["event"] for e in read_events(tmp_path / "c" / "events.jsonl")][-1] == "cancelled"
     assert load_state(tmp_path / "c" / "resume.pt")["iteration"] == 3 and (tmp_path / "c" / "last.pt").exists()
     stop.unlink()
-    d = Trainer(_config(tmp_path / "c", method), data=_data(), resume=True).run()
+    d = Trainer(config(tmp_path / "c"), data=_data(), resume=True).run()
     assert d.status == "finished" and d.iteration == 8
     assert c.losses + d.losses == a.losses
     wd = _weights(tmp_path / "c" / "resume.pt")

@@ -41,8 +41,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 KINDS = ("bool", "int", "float", "str", "choice", "ints", "floats", "strs")
 #: the generic engine settings shown in the Advanced section (``TrainConfig`` keys; the main settings are elsewhere)
 ENGINE_KEYS = ("val_every", "save_every", "ema_decay", "amp", "num_threads", "data.augment", "data.perturb",
-               "data.foreground_prob", "model.n_filters", "optim.name", "optim.schedule", "optim.momentum", "optim.weight_decay",
-               "optim.step_size", "optim.gamma", "optim.grad_clip", "overlays.keep")
+               "data.foreground_prob", "model.n_filters", "optim.name", "optim.schedule", "optim.momentum",
+               "optim.weight_decay", "optim.step_size", "optim.gamma", "optim.grad_clip", "overlays.keep")
 _PROBE = "\x00not-a-choice"
 #: what the config's docstrings do not say about some of :data:`ENGINE_KEYS`
 _ENGINE_NOTES = {

@@ -135,7 +135,7 @@ def perturb_patch(volume_image: np.ndarray, volume_label: Optional[np.ndarray], 
         matrix = draw_spatial(rng)
         if matrix is not None:
             centre = [s + (n - 1) / 2.0 for s, n in zip(start_zyx, patch_size_zyx)]
-            image = resample_patch(volume_image, matrix, centre, patch_size_zyx, order=1).astype(np.float32)
+            image = resample_patch(volume_image, matrix, centre, patch_size_zyx, order=1)
             if volume_label is not None:
                 label = resample_patch(volume_label, matrix, centre, patch_size_zyx, order=0)
     if has_intensity(policy):

@@ -18,5 +18,6 @@ from semisupseg.training.engine import Trainer, TrainResult, learning_rate, netw
 from semisupseg.training.events import Events, read_events
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "load_config", "load_run_config",
-           "save_config", "apply_overrides", "config_from_dict", "parse_override", "schedule_note", "set_value", "CaseArrays",
-           "TrainData", "Trainer", "TrainResult", "Events", "read_events", "learning_rate", "network_config"]
+           "save_config", "apply_overrides", "config_from_dict", "parse_override", "schedule_note", "set_value",
+           "CaseArrays", "TrainData", "Trainer", "TrainResult", "Events", "read_events", "learning_rate",
+           "network_config"]

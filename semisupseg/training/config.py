@@ -387,6 +387,11 @@ def _one_line(exc: Exception) -> str:
 
 def load_config(path: Union[str, Path]) -> TrainConfig:
     """Read a config file (``.yaml``/``.yml`` or ``.json``); missing keys keep their defaults."""
+    return _config_from_file(path, _read_config_dict(path))
+
+
+def _read_config_dict(path: Union[str, Path]) -> Dict[str, Any]:
+    """The mapping a config file holds (an empty file: ``{}``); one clear ``InputError`` naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise InputError("config file not found", path)
@@ -402,10 +407,14 @@ def load_config(path: Union[str, Path]) -> TrainConfig:
         data = {}
     if not isinstance(data, dict):
         raise InputError("config must be a mapping of keys to values", path)
+    return data
+
+
+def _config_from_file(path: Union[str, Path], data: Dict[str, Any]) -> TrainConfig:
     try:
         return config_from_dict(data)
     except InputError as exc:
-        raise InputError(str(exc), path) from exc
+        raise InputError(str(exc), Path(path)) from exc
 
 
 def parse_override(text: str) -> Tuple[str, Any]:
@@ -468,12 +477,14 @@ def load_run_config(path: Union[str, Path]) -> TrainConfig:
     """A run's saved ``config.yaml`` (what ``--resume`` reads): like :func:`load_config`, but a key that did not
     exist when the run was saved takes the value the run trained with, not today's default — so a run saved before
     ``data.perturb`` existed resumes with ``"none"`` and draws exactly the patches it would have drawn."""
-    config = load_config(path)
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    data = _read_config_dict(path)
     for (section, key), value in _BEFORE_THEY_EXISTED.items():
-        if key not in (raw.get(section) or {}):
-            setattr(getattr(config, section), key, value)
-    return config
+        part = data.get(section)
+        if isinstance(part, dict) and key not in part:
+            data[section] = {**part, key: value}
+        elif part is None:
+            data[section] = {key: value}
+    return _config_from_file(path, data)
 
 
 def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
@@ -488,4 +499,5 @@ def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "OverlayConfig", "config_from_dict",
-           "load_config", "load_run_config", "save_config", "apply_overrides", "parse_override", "schedule_note", "set_value"]
+           "load_config", "load_run_config", "save_config", "apply_overrides", "parse_override", "schedule_note",
+           "set_value"]
