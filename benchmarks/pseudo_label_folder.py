@@ -37,12 +37,16 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=None, help="dataset folder (default: the shared copy)")
     ap.add_argument("--teacher", required=True, help="model file or catalogue name that labels the unlabeled cases")
     ap.add_argument("--labeled-key", required=True, help="split list whose cases keep their own labels")
+    ap.add_argument("--split", type=Path, default=None,
+                    help="split JSON with train, test and --labeled-key lists (default: benchmarks/splits/<dataset>.json)")
     ap.add_argument("--out", type=Path, required=True, help="new folder (refused if it exists)")
     args = ap.parse_args(argv)
     data = args.data or DATASETS[args.dataset][0]
-    split = json.loads((SPLIT_DIR / f"{args.dataset}.json").read_text())
+    split = json.loads((args.split or SPLIT_DIR / f"{args.dataset}.json").read_text())
     if args.out.exists():
         sys.exit(f"error: {args.out}: exists; choose a new folder")
+    if args.labeled_key not in split:
+        sys.exit(f"error: {args.split or args.dataset}: the split has no {args.labeled_key!r} list")
     real = set(split[args.labeled_key]) | set(split["test"])
     pseudo = [c for c in split["train"] if c not in real]
     images, labels = args.out / "imagesTr", args.out / "labelsTr"

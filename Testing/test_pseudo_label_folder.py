@@ -1,0 +1,64 @@
+"""``benchmarks/pseudo_label_folder.py`` (the self-training check of RESULTS.md): the folder it builds keeps the
+chosen and test cases' own labels, gives the other training cases the teacher's, and never overwrites a folder."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus"
+CASES = sorted(p.name[: -len(".nii.gz")] for p in (SAMPLE / "imagesTr").glob("*.nii.gz"))
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "pseudo_label_folder.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=str(REPO))
+
+
+def _array(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_own_labels_kept_and_teacher_labels_written(tmp_path):
+    train, test = CASES[:3], CASES[3:4]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": train, "test": test, "labeled_1": train[:1]}))
+    out = tmp_path / "pseudo"
+    res = _run("--dataset", "hippocampus", "--data", SAMPLE, "--split", split, "--teacher", "hippocampus",
+               "--labeled-key", "labeled_1", "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == sorted(f"{c}.nii.gz" for c in train + test)
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == sorted(f"{c}.nii.gz" for c in train + test)
+    for case in train[:1] + test:  # their own label maps, untouched
+        assert (out / "labelsTr" / f"{case}.nii.gz").resolve() == (SAMPLE / "labelsTr" / f"{case}.nii.gz").resolve()
+    teacher_out = tmp_path / "teacher"
+    subprocess.run([sys.executable, "-m", "semisupseg", "segment", "--model", "hippocampus", "--output",
+                    str(teacher_out)] + [str(SAMPLE / "imagesTr" / f"{c}.nii.gz") for c in train[1:]],
+                   check=True, capture_output=True, cwd=str(REPO))
+    for case in train[1:]:  # the teacher's labels, on the image's grid
+        mine = out / "labelsTr" / f"{case}.nii.gz"
+        assert not mine.is_symlink()
+        np.testing.assert_array_equal(_array(mine), _array(teacher_out / f"{case}_label.nii.gz"))
+        assert _array(mine).shape == _array(SAMPLE / "imagesTr" / f"{case}.nii.gz").shape
+        assert set(np.unique(_array(mine))) <= {0, 1, 2}
+    record = json.loads((out / "pseudo_labels.json").read_text())
+    assert record["teacher_labels"] == train[1:] and sorted(record["own_labels"]) == sorted(train[:1] + test)
+    assert not [p for p in out.iterdir() if p.name.startswith("tmp")]  # the teacher's scratch folder is gone
+
+
+def test_refuses_an_existing_folder_and_an_unknown_list(tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": CASES[:2], "test": CASES[2:3], "labeled_1": CASES[:1]}))
+    out = tmp_path / "pseudo"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = _run("--dataset", "hippocampus", "--data", SAMPLE, "--split", split, "--teacher", "hippocampus",
+               "--labeled-key", "labeled_1", "--out", out)
+    assert res.returncode != 0 and "exists" in res.stderr and (out / "keep.txt").read_text() == "mine"
+    res = _run("--dataset", "hippocampus", "--data", SAMPLE, "--split", split, "--teacher", "hippocampus",
+               "--labeled-key", "labeled_9", "--out", tmp_path / "new")
+    assert res.returncode != 0 and "labeled_9" in res.stderr and not (tmp_path / "new").exists()
