@@ -1,12 +1,12 @@
 """``benchmarks/pseudo_label_folder.py`` (the self-training check of RESULTS.md): the folder it builds keeps the
-chosen and test cases' own labels, gives the other training cases the teacher's, and never overwrites a folder."""
+chosen and test cases' own labels, gives the other training cases the teacher's, and never overwrites a folder;
+a split without the lists it needs is one line."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,11 +40,11 @@ def test_own_labels_kept_and_teacher_labels_written(tmp_path):
                     str(teacher_out)] + [str(SAMPLE / "imagesTr" / f"{c}.nii.gz") for c in train[1:]],
                    check=True, capture_output=True, cwd=str(REPO))
     for case in train[1:]:  # the teacher's labels, on the image's grid
-        mine = out / "labelsTr" / f"{case}.nii.gz"
-        assert not mine.is_symlink()
-        np.testing.assert_array_equal(_array(mine), _array(teacher_out / f"{case}_label.nii.gz"))
-        assert _array(mine).shape == _array(SAMPLE / "imagesTr" / f"{case}.nii.gz").shape
-        assert set(np.unique(_array(mine))) <= {0, 1, 2}
+        assert not (out / "labelsTr" / f"{case}.nii.gz").is_symlink()
+        mine = _array(out / "labelsTr" / f"{case}.nii.gz")
+        np.testing.assert_array_equal(mine, _array(teacher_out / f"{case}_label.nii.gz"))
+        assert mine.shape == _array(SAMPLE / "imagesTr" / f"{case}.nii.gz").shape
+        assert set(np.unique(mine)) <= {0, 1, 2}
     record = json.loads((out / "pseudo_labels.json").read_text())
     assert record["teacher_labels"] == train[1:] and sorted(record["own_labels"]) == sorted(train[:1] + test)
     assert not [p for p in out.iterdir() if p.name.startswith("tmp")]  # the teacher's scratch folder is gone
@@ -62,3 +62,8 @@ def test_refuses_an_existing_folder_and_an_unknown_list(tmp_path):
     res = _run("--dataset", "hippocampus", "--data", SAMPLE, "--split", split, "--teacher", "hippocampus",
                "--labeled-key", "labeled_9", "--out", tmp_path / "new")
     assert res.returncode != 0 and "labeled_9" in res.stderr and not (tmp_path / "new").exists()
+    split.write_text(json.dumps({"train": CASES[:2], "labeled_1": CASES[:1]}))
+    res = _run("--dataset", "hippocampus", "--data", SAMPLE, "--split", split, "--teacher", "hippocampus",
+               "--labeled-key", "labeled_1", "--out", tmp_path / "new")
+    assert res.returncode != 0 and "'test'" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "new").exists()

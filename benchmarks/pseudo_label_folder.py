@@ -26,7 +26,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout import DATASETS, SPLIT_DIR  # noqa: E402
+from heldout import DATASETS, split_path  # noqa: E402
+
+from semisupseg.data.cases import load_split  # noqa: E402
+from semisupseg.errors import InputError  # noqa: E402
 
 SUFFIX = ".nii.gz"
 
@@ -38,15 +41,21 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", required=True, help="model file or catalogue name that labels the unlabeled cases")
     ap.add_argument("--labeled-key", required=True, help="split list whose cases keep their own labels")
     ap.add_argument("--split", type=Path, default=None,
-                    help="split JSON with train, test and --labeled-key lists (default: benchmarks/splits/<dataset>.json)")
+                    help="split JSON with train, test and --labeled-key lists "
+                         "(default: benchmarks/splits/<dataset>.json)")
     ap.add_argument("--out", type=Path, required=True, help="new folder (refused if it exists)")
     args = ap.parse_args(argv)
     data = args.data or DATASETS[args.dataset][0]
-    split = json.loads((args.split or SPLIT_DIR / f"{args.dataset}.json").read_text())
+    split_file = args.split or split_path(args.dataset)
+    try:
+        split = load_split(split_file)
+    except InputError as exc:
+        sys.exit(f"error: {exc}")
     if args.out.exists():
         sys.exit(f"error: {args.out}: exists; choose a new folder")
-    if args.labeled_key not in split:
-        sys.exit(f"error: {args.split or args.dataset}: the split has no {args.labeled_key!r} list")
+    missing = [key for key in ("train", "test", args.labeled_key) if key not in split]
+    if missing:
+        sys.exit(f"error: {split_file}: the split has no {', '.join(map(repr, missing))} list")
     real = set(split[args.labeled_key]) | set(split["test"])
     pseudo = [c for c in split["train"] if c not in real]
     images, labels = args.out / "imagesTr", args.out / "labelsTr"
