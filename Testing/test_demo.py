@@ -71,6 +71,14 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
     for command in ("segment", "evaluate", "preview"):
         assert f"$ semisupseg {command} " in err
     assert "\r" not in err and "iteration 2/2" in err  # plain progress lines in a log
+    # the trainings ran as child processes, side by side when there are two cores; lines carry the method's name
+    from semisupseg.cli.side_by_side import usable_cores
+
+    how = "at the same time" if usable_cores() >= 2 else "one after the other"
+    assert f"training mean-teacher and supervised {how}, 1 thread(s) each" in err
+    for m in models[1:]:
+        assert f"[{m}] finished at iteration 2/2" in err and re.search(rf"^-- trained: .*\b{m} in \d+s", err, re.M)
+        assert f"started {m} at iteration 0/2" in (out / m / "train.log").read_text()  # the child's own log
     assert "shipped-hippocampus: dtc" in err and "labels never read" in err
 
     for name in models:
@@ -152,6 +160,7 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
         assert f"{out / m}/" in tail
     assert f"{out / 'comparison.md'}, {out / 'comparison.csv'}" in tail
     assert re.search(r"^  total +\S+ \(CPU \S+\)$", tail, re.M)
+    assert re.search(r"^  train mean-teacher \+ supervised( \(side by side\))? +\S+ \(CPU \S+\)$", tail, re.M)
     assert "1 Anterior" in printed  # evaluate's table names the classes
 
 
@@ -278,6 +287,15 @@ def test_a_non_empty_output_folder_is_kept(tmp_path, home, capsys):
     assert main(["demo", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_trainings_run_side_by_side_when_there_is_a_core_for_each():
+    assert demo.training_jobs(2, threads=1, cores=2, one_at_a_time=False) == 2
+    assert demo.training_jobs(2, threads=1, cores=8, one_at_a_time=False) == 2
+    assert demo.training_jobs(2, threads=2, cores=2, one_at_a_time=False) == 1
+    assert demo.training_jobs(2, threads=1, cores=1, one_at_a_time=False) == 1
+    assert demo.training_jobs(2, threads=1, cores=2, one_at_a_time=True) == 1
+    assert demo.training_jobs(1, threads=1, cores=4, one_at_a_time=False) == 1
 
 
 def test_earlier_outputs_are_removed_only_when_a_demo_wrote_them(tmp_path):

@@ -19,13 +19,15 @@ no part in training nor in model selection.
 Layout of ``DIR``: one folder per model (``shipped-<name>/``, ``<method>/``, ``<compare-with>/``) holding
 ``segmentations/`` (``<case>_label``, ``_sdm``, ``_entropy``), ``metrics.csv`` (every ``evaluate`` metric) and
 ``previews/<case>.png``; the trained ones also ``run/`` (the model used and the run's record: config, events; not
-what only a continued training needs). A model without an SDM head writes, as ``<case>_sdm``, the signed distance
+what only a continued training needs) and ``train.log``. A model without an SDM head writes, as ``<case>_sdm``, the signed distance
 map of its predicted segmentation (``segment --sdm`` does that), said so in the picture's title.
 
 The defaults are sized for a laptop CPU (a few minutes); ``--iterations`` trades time for accuracy. Training and
 segmentation use one CPU thread unless ``--threads`` says otherwise: on a 2-core machine that is busy with other
-work, two threads made the default demo many times slower (they spin waiting for each other); with one thread it
-took 2.5 minutes there. At this budget the numbers say what a short run on two labeled scans gives, not what the
+work, two threads made the default demo many times slower (they spin waiting for each other). The two trainings run
+at the same time, each in its own ``semisupseg train`` process (``<method>/train.log`` keeps its output; its
+progress lines are printed with the method's name in front), when the machine has ``--threads`` cores for each —
+the wall clock is then the longer training's, not their sum; ``--one-at-a-time`` runs them one after the other. At this budget the numbers say what a short run on two labeled scans gives, not what the
 methods reach on a real dataset (see ``benchmarks/RESULTS.md`` for that). The summary at the end lists the folders,
 the table files and the time each part took.
 
@@ -81,6 +83,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="CPU threads of training and segmentation (default: %(default)s; more threads are faster "
                         "on an idle machine but many times slower on a busy one, where they wait for each other)")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="train the two methods one after the other (default: at the same time, one process each, "
+                        "when the machine has --threads cores for each)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo in --out")
     p.set_defaults(func=run)
@@ -89,7 +94,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 # ------------------------------------------------------------------------------------------------ steps and timing
 @dataclass
 class Timer:
-    """Wall-clock and CPU seconds (this process, all threads) per part of the demo, in the order first seen."""
+    """Wall-clock and CPU seconds (of this process or its children, all threads) per part of the demo, in the
+    order first seen."""
 
     wall: Dict[str, float] = field(default_factory=dict)
     cpu: Dict[str, float] = field(default_factory=dict)
@@ -253,21 +259,61 @@ def _tidy_run(run_dir: Path, model: Path) -> List[Path]:
     return removed
 
 
-def train_model(method: str, root: Path, split: dict, preset: dict, iterations: int, width: int, out: Path,
-                args: argparse.Namespace, timer: Timer) -> ModelResult:
-    """``semisupseg train`` ``method`` into ``out/<method>/run``; returns its result (best model, else last)."""
-    folder = out / method
-    run_dir = folder / "run"
+def train_argv(method: str, root: Path, split: dict, preset: dict, iterations: int, width: int, run_dir: Path,
+               args: argparse.Namespace) -> List[str]:
+    """The ``semisupseg train`` arguments of ``method`` into ``run_dir``: the same data, budget, seed, width and
+    validation case for every method."""
     every = str(min(preset["val_every"], iterations))
-    train = ["train", "--method", method, "--labeled", str(root), "--split-labeled", preset["split_labeled"],
-             "--out", str(run_dir), "--iterations", str(iterations),
-             "--patch-size", *map(str, preset["patch_size"]), "--device", args.device, "--seed", str(args.seed),
-             "--set", f"model.n_filters={width}", "--set", f"val_every={every}", "--set", f"save_every={every}",
-             "--set", f"num_threads={args.threads}",
-             *_validation_args(split, preset), *(["--overwrite"] if args.overwrite else [])]
-    _run_step(f"{method}: train", train, timer, f"{method}: train")
-    model = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-    return ModelResult(name=method, method=method, folder=folder, model=model)
+    return ["train", "--method", method, "--labeled", str(root), "--split-labeled", preset["split_labeled"],
+            "--out", str(run_dir), "--iterations", str(iterations),
+            "--patch-size", *map(str, preset["patch_size"]), "--device", args.device, "--seed", str(args.seed),
+            "--set", f"model.n_filters={width}", "--set", f"val_every={every}", "--set", f"save_every={every}",
+            "--set", f"num_threads={args.threads}",
+            *_validation_args(split, preset), *(["--overwrite"] if args.overwrite else [])]
+
+
+def training_jobs(n_methods: int, threads: int, cores: int, one_at_a_time: bool) -> int:
+    """How many trainings run at the same time: as many as the machine has ``threads`` cores for (at least one),
+    all of them at most; one with ``one_at_a_time``."""
+    return 1 if one_at_a_time else max(1, min(n_methods, cores // max(1, threads)))
+
+
+def train_models(methods: List[str], root: Path, split: dict, preset: dict, iterations: int, width: int, out: Path,
+                 args: argparse.Namespace, timer: Timer) -> List[ModelResult]:
+    """``semisupseg train`` each method into ``out/<method>/run``, side by side when the machine has the cores
+    (:mod:`semisupseg.cli.side_by_side`: one child process per method, its log in ``out/<method>/train.log``);
+    returns their results (best model, else last)."""
+    from semisupseg.cli.side_by_side import ChildRun, run_side_by_side, usable_cores
+
+    runs = []
+    for method in methods:
+        argv = train_argv(method, root, split, preset, iterations, width, out / method / "run", args)
+        print(f"\n== {method}: train\n$ semisupseg {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr,
+              flush=True)
+        runs.append(ChildRun(name=method, argv=argv, log=out / method / "train.log"))
+    jobs = training_jobs(len(methods), args.threads, usable_cores(), args.one_at_a_time)
+    how = "at the same time" if jobs > 1 else "one after the other"
+    _note(f"training {' and '.join(methods)} {how}, {args.threads} thread(s) each; their logs: "
+          f"{', '.join(str(r.log) for r in runs)}")
+    wall, cpu = time.perf_counter(), _children_cpu()
+    run_side_by_side(runs, jobs)
+    part = f"train {' + '.join(methods)}" + (" (side by side)" if jobs > 1 and len(methods) > 1 else "")
+    timer.add(part, time.perf_counter() - wall, _children_cpu() - cpu)
+    _note("trained: " + ", ".join(f"{r.name} in {_duration(r.seconds)}" for r in runs))
+    results = []
+    for method in methods:
+        run_dir = out / method / "run"
+        model = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
+        results.append(ModelResult(name=method, method=method, folder=out / method, model=model))
+    return results
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's ended (waited-for) children."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------------------------------------------ comparison
@@ -512,13 +558,12 @@ def _run(args: argparse.Namespace, preset: dict, compare: Optional[str], iterati
             results.append(result)
 
     # 2-3. the semi-supervised method and the comparison, trained the same way
-    trained = []
-    for method in [args.method] + ([compare] if compare else []):
-        result = train_model(method, root, split, preset, iterations, width, out, args, timer)
-        segment_score_picture(result, method, root, test_ids, images, classes, args, timer)
+    trained = train_models([args.method] + ([compare] if compare else []), root, split, preset, iterations, width,
+                           out, args, timer)
+    for result in trained:
+        segment_score_picture(result, result.method, root, test_ids, images, classes, args, timer)
         _tidy_run(result.folder / "run", result.model)
         results.append(result)
-        trained.append(result)
     roles = json.loads((trained[0].folder / "run" / "data.json").read_text(encoding="utf-8"))
     preamble.append(f"- Trained ({', '.join(r.method for r in trained)}): the same {len(labeled)} labeled cases "
                     f"({', '.join(roles.get('labeled', labeled))}), {iterations} iterations, seed {args.seed}, "
@@ -541,7 +586,8 @@ def _run(args: argparse.Namespace, preset: dict, compare: Optional[str], iterati
         print(f"  {r.folder}/  {r.name}: model {r.model}, segmentations/, metrics.csv, previews/ "
               f"({len(r.pictures)} pictures)")
     print(f"  {written[0]}, {written[1]}: the comparison table")
-    print("Time per part (wall clock; CPU = this process's CPU time, all threads):")
+    print("Time per part (wall clock; CPU = the CPU time of this process, or of the training processes, all "
+          "threads):")
     print("\n".join(timer.lines()), flush=True)
     return 0
 
