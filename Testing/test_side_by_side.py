@@ -9,6 +9,7 @@ import os
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,28 @@ time.sleep(120)
 def test_a_training_child_prints_its_events_on_stdout():
     assert child_command(["train", "--out", "x"])[-4:] == ["--out", "x", "--events", "-"]
     assert child_command(["segment", "a.nii.gz"])[1:] == ["-m", "semisupseg", "segment", "a.nii.gz"]
+
+
+def test_sigterm_to_the_parent_stops_the_children_too(tmp_path):
+    import subprocess
+
+    pid_file = tmp_path / "pid"
+    parent = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_side_by_side import python
+        from semisupseg.cli.side_by_side import ChildRun, run_side_by_side
+        child = "open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+        try:
+            run_side_by_side([ChildRun("a", [child], __import__("pathlib").Path({str(tmp_path / 'a.log')!r}))],
+                             jobs=1, grace_s=5.0, command=python)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.terminate()
+    assert proc.wait(timeout=30) == 130
+    assert _wait_gone(int(pid_file.read_text()))

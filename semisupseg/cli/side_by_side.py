@@ -9,7 +9,7 @@ per run. Everything else a child writes (its own log lines, warnings, a tracebac
 
 At most ``jobs`` children run at a time (``jobs=1``: one after the other). When one fails, the others are stopped
 and :class:`~semisupseg.errors.SemiSupSegError` names it, its exit code and its log (whose last lines are printed).
-On Ctrl-C (or any error in the parent) every child gets SIGTERM — a training run then saves its state and ends as
+On Ctrl-C, SIGTERM or any error in the parent, every child gets SIGTERM — a training run then saves its state and ends as
 ``cancelled`` — and whatever is still alive after ``grace_s`` seconds is killed with its whole process group.
 """
 from __future__ import annotations
@@ -156,6 +156,7 @@ def run_side_by_side(runs: Sequence[ChildRun], jobs: int, stream: IO[str] = sys.
     ended with exit code 0, else raises :class:`SemiSupSegError` (see the module's text). ``command`` turns a run's
     ``argv`` into the child's command line (:func:`child_command`; tests give their own)."""
     jobs = max(1, int(jobs))
+    previous = _sigterm_interrupts()
     lines: "queue.Queue" = queue.Queue()
     waiting = list(runs)
     running: List[ChildRun] = []
@@ -190,6 +191,20 @@ def run_side_by_side(runs: Sequence[ChildRun], jobs: int, stream: IO[str] = sys.
     finally:
         for run in runs:
             _close_log(run)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _sigterm_interrupts():
+    """While the children run, SIGTERM to this process acts like Ctrl-C (the children are stopped, not orphaned).
+    Returns the handler to restore (``None`` outside the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _close_log(run: ChildRun) -> None:
