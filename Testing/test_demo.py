@@ -45,6 +45,7 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
     import SimpleITK as sitk
     import yaml
 
+    from semisupseg.checkpoint import read_card
     from semisupseg.io import read_image, read_volume
 
     out = tmp_path / "demo"
@@ -67,10 +68,14 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
     err = captured.err
     trains = [line for line in err.splitlines() if line.startswith("$ semisupseg train")]
     assert len(trains) == 2 and "--method mean-teacher" in trains[0] and "--method supervised" in trains[1]
-    assert trains[0].replace("mean-teacher", "M") == trains[1].replace("supervised", "M")
+    # the same command but for the method and mean-teacher's ramp (supervised has no unlabeled term to ramp)
+    assert trains[0].replace("mean-teacher", "M").replace(" --set method_params.rampup_period=0", "") == \
+        trains[1].replace("supervised", "M")
+    assert "--set method_params.rampup_period=0" in trains[0]
     for command in ("segment", "evaluate", "preview"):
         assert f"$ semisupseg {command} " in err
-    assert "\r" not in err and "iteration 2/2" in err  # plain progress lines in a log
+    assert "\r" not in err, err[max(0, err.index("\r") - 300):err.index("\r") + 100]
+    assert "iteration 2/2" in err  # plain progress lines in a log
     # the trainings ran as child processes, side by side when there are two cores; lines carry the method's name
     from semisupseg.cli.side_by_side import usable_cores
 
@@ -120,6 +125,10 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
         cfg = yaml.safe_load((out / m / "run" / "config.yaml").read_text())
         assert cfg["data"]["split_val"] is None and cfg["data"]["validation"] == 1 and cfg["seed"] == 1337
         assert cfg["iterations"] == 2 and cfg["model"]["n_filters"] == 4 and cfg["num_threads"] == 1
+        # the short-budget recipe: one V-Net without dropout for both, 2 + 1 patches, the ramp scaled to the run
+        assert cfg["model"]["extra"] == {"dropout": False} and cfg["batch_size"] == 3
+        assert cfg["method_params"].get("rampup_period", "none") == (0 if m == "mean-teacher" else "none")
+        assert read_card(out / m / "run" / "best.pt").network["dropout"] is False
         # the run folder keeps the model used (and the record), not the resume state or a second model file
         assert sorted(p.name for p in (out / m / "run").glob("*.pt")) == ["best.pt"]
     assert roles["mean-teacher"]["labeled"] == roles["supervised"]["labeled"] == split["labeled_2"]

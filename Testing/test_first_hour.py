@@ -274,7 +274,8 @@ def test_demo_tests_apart_from_validation_draws_pictures_and_keeps_only_the_mode
     import yaml
 
     out = tmp_path / "demo"
-    assert main(["demo", "--iterations", "2", "--out", str(out)]) == 0
+    assert main(["demo", "--iterations", "2", "--width", "4", "--compare-with", "none", "--no-shipped",
+                 "--out", str(out)]) == 0
     captured = capsys.readouterr()
     split = json.loads((sample_dataset_root() / "splits.json").read_text())
     test_ids = split["val"]

@@ -149,13 +149,15 @@ def log_tail(path: Path, n: int = LOG_TAIL_LINES) -> List[str]:
         return []
 
 
-def run_side_by_side(runs: Sequence[ChildRun], jobs: int, stream: IO[str] = sys.stderr,
+def run_side_by_side(runs: Sequence[ChildRun], jobs: int, stream: Optional[IO[str]] = None,
                      interval_s: float = LINE_INTERVAL_S, grace_s: float = 30.0,
                      command: Callable[[Sequence[str]], List[str]] = child_command) -> None:
     """Run every command of ``runs``, at most ``jobs`` at a time, in order of the list; returns when all have
-    ended with exit code 0, else raises :class:`SemiSupSegError` (see the module's text). ``command`` turns a run's
-    ``argv`` into the child's command line (:func:`child_command`; tests give their own)."""
+    ended with exit code 0, else raises :class:`SemiSupSegError` (see the module's text). Lines go to ``stream``
+    (default: ``sys.stderr``). ``command`` turns a run's ``argv`` into the child's command line
+    (:func:`child_command`; tests give their own)."""
     jobs = max(1, int(jobs))
+    stream = sys.stderr if stream is None else stream  # looked up now: the caller may have replaced sys.stderr
     previous = _sigterm_interrupts()
     lines: "queue.Queue" = queue.Queue()
     waiting = list(runs)
