@@ -8,7 +8,10 @@ orientation, normalisation, resampling, window layout, label values) shows up he
 
 Measured when it was written (2026-12-02, 400 iterations, seed 7): default recipe (augment none) training Dice 0.967,
 segment Dice 0.970 on the same two cases; the same test with ``data.augment=papers`` fails: training 0.928, segment
-0.849 (gap 0.079 > 0.05).
+0.849 (gap 0.079 > 0.05). Re-measured 2026-12-04 with the default patch perturbation (``data.perturb=both``) and two
+threads (a 2-core AVX2 CPU, 90-100 s): default training 0.945, segment 0.957 (gap -0.012); ``data.augment=papers``
+training 0.900, segment 0.851 (gap 0.049) — which passed the old 0.05 limit, hence 0.03 (at one thread and 200
+iterations the default's gap was -0.026; papers did not even fit, 0.719).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ ITERATIONS = 400
 #: CPU threads of the training (the suite runs one test at a time: the CI machine's two cores)
 THREADS = 2
 #: segmenting the training cases may lose at most this much Dice against the training Dice
-MAX_GAP = 0.05
+MAX_GAP = 0.03
 
 
 @pytest.mark.slow
