@@ -19,26 +19,27 @@ no part in training nor in model selection.
 Layout of ``DIR``: one folder per model (``shipped-<name>/``, ``<method>/``, ``<compare-with>/``) holding
 ``segmentations/`` (``<case>_label``, ``_sdm``, ``_entropy``), ``metrics.csv`` (every ``evaluate`` metric) and
 ``previews/<case>.png``; the trained ones also ``run/`` (the model used and the run's record: config, events; not
-what only a continued training needs) and ``train.log``. A model without an SDM head writes, as ``<case>_sdm``, the signed distance
-map of its predicted segmentation (``segment --sdm`` does that), said so in the picture's title.
+what only a continued training needs) and ``train.log``. A model without an SDM head writes, as ``<case>_sdm``, the
+signed distance map of its predicted segmentation (``segment --sdm`` does that), said so in the picture's title.
 
 The defaults are sized for a laptop CPU (a few minutes); ``--iterations`` trades time for accuracy. Training and
 segmentation use one CPU thread unless ``--threads`` says otherwise: on a 2-core machine that is busy with other
 work, two threads made the default demo many times slower (they spin waiting for each other). The two trainings run
 at the same time, each in its own ``semisupseg train`` process (``<method>/train.log`` keeps its output; its
-progress lines are printed with the method's name in front), when the machine has ``--threads`` cores for each —
-the wall clock is then the longer training's, not their sum; ``--one-at-a-time`` runs them one after the other. At this budget the numbers say what a short run on two labeled scans gives, not what the
-methods reach on a real dataset (see ``benchmarks/RESULTS.md`` for that).
+progress lines are printed with the method's name in front), when the machine has ``--threads`` cores for each — the
+wall clock is then the longer training's, not their sum; ``--one-at-a-time`` runs them one after the other. At this
+budget the numbers say what a short run on two labeled scans gives, not what the methods reach on a real dataset
+(see ``benchmarks/RESULTS.md`` for that).
 
 The releases' recipes are written for 6000 iterations; in the demo's few hundred they hide what the demo is about.
-Their consistency ramp leaves the unlabeled term at a negligible weight (0.0007 of the full one at iteration 300,
-so mean-teacher was supervised training with extra cost), and the dropout V-Net of mean-teacher, DTC and SASSNet
-learnt several times slower than supervised's (mean-teacher at width 12: Dice 0 on the validation scan after 200
+Their consistency ramp leaves the unlabeled term at a negligible weight (0.0007 of the full one at iteration 300, so
+mean-teacher was supervised training with extra cost), and the dropout V-Net of mean-teacher, DTC and SASSNet learnt
+far slower than supervised's (mean-teacher at width 12: Dice 0 on the validation scan after 200
 iterations, supervised 0.86). So every method of the demo trains the same V-Net without dropout, with 2 labeled + 1
-unlabeled patch per step (the unlabeled pool is a single scan) and, where it has one, its unlabeled term ramped
-over the run (``--set model.extra={dropout: false} --set batch_size=3 --set method_params.rampup_period=0``, shown in
-the printed commands; ``semisupseg train`` without them is the releases' recipe). The summary at the end lists the folders,
-the table files and the time each part took.
+unlabeled patch per step (the unlabeled pool is a single scan) and, where it has one, its unlabeled term ramped over
+the run (``--set model.extra={dropout: false} --set batch_size=3 --set method_params.rampup_period=0``, shown in the
+printed commands; ``semisupseg train`` without them is the releases' recipe). The summary at the end lists the
+folders, the table files and the time each part took.
 
 ``DIR/demo-files.json`` lists every file the demo wrote. With ``--overwrite`` the files of the earlier demo that
 this one did not write again (another ``--method``, an older layout) are removed — only files listed there, never
@@ -322,9 +323,9 @@ def train_models(methods: List[str], root: Path, split: dict, preset: dict, iter
               flush=True)
         runs.append(ChildRun(name=method, argv=argv, log=out / method / "train.log"))
     jobs = training_jobs(len(methods), args.threads, usable_cores(), args.one_at_a_time)
-    how = "at the same time" if jobs > 1 else "one after the other"
-    _note(f"training {' and '.join(methods)} {how}, {args.threads} thread(s) each; their logs: "
-          f"{', '.join(str(r.log) for r in runs)}")
+    how = "" if len(methods) == 1 else " at the same time" if jobs > 1 else " one after the other"
+    _note(f"training {' and '.join(methods)}{how}, {args.threads} thread(s) each; "
+          f"{'their logs' if len(runs) > 1 else 'its log'}: {', '.join(str(r.log) for r in runs)}")
     wall, cpu = time.perf_counter(), _children_cpu()
     run_side_by_side(runs, jobs)
     part = f"train {' + '.join(methods)}" + (" (side by side)" if jobs > 1 and len(methods) > 1 else "")
