@@ -9,8 +9,9 @@ per run. Everything else a child writes (its own log lines, warnings, a tracebac
 
 At most ``jobs`` children run at a time (``jobs=1``: one after the other). When one fails, the others are stopped
 and :class:`~semisupseg.errors.SemiSupSegError` names it, its exit code and its log (whose last lines are printed).
-On Ctrl-C, SIGTERM or any error in the parent, every child gets SIGTERM — a training run then saves its state and ends as
-``cancelled`` — and whatever is still alive after ``grace_s`` seconds is killed with its whole process group.
+On Ctrl-C, SIGTERM or any error in the parent, every child gets SIGTERM — a training run then saves its state and
+ends as ``cancelled`` — and whatever is still alive after ``grace_s`` seconds is killed with its whole process
+group.
 """
 from __future__ import annotations
 
