@@ -15,7 +15,6 @@ Writes ``OUT/model<i>/`` (segment outputs), ``OUT/labels_model<i>/``, ``OUT/labe
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 from typing import List, Sequence
@@ -36,12 +35,14 @@ def labels_from_probabilities(fg: np.ndarray, label_values: Sequence[int]) -> np
 
 
 def mean_dice(csv_path: Path) -> dict:
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    out = {}
-    for label in sorted({r["label"] for r in rows}):
-        out[label] = float(np.mean([float(r["dice"]) for r in rows if r["label"] == label]))
-    out["all"] = float(np.mean([float(r["dice"]) for r in rows]))
+    """Mean Dice per label (keys: the label values as text) and over all case-label pairs (``"all"``) of a
+    per-case score file (read with the held-out benchmark's :func:`heldout.read_scores`)."""
+    from heldout import read_scores
+
+    scores = read_scores(csv_path)
+    out = {str(label): float(np.mean([s["dice"] for (_, v), s in scores.items() if v == label]))
+           for label in sorted({v for _, v in scores})}
+    out["all"] = float(np.mean([s["dice"] for s in scores.values()]))
     return out
 
 

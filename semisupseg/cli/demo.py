@@ -135,11 +135,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def _print_command(title: str, argv: List[str]) -> None:
+    """The demo's heading of a step and the ``semisupseg`` command it runs, on stderr."""
+    print(f"\n== {title}\n$ semisupseg {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr, flush=True)
+
+
 def _run_step(title: str, argv: List[str], timer: Timer, part: str) -> None:
     from semisupseg.cli import main
     from semisupseg.errors import SemiSupSegError
 
-    print(f"\n== {title}\n$ semisupseg {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr, flush=True)
+    _print_command(title, argv)
     wall, cpu = time.perf_counter(), time.process_time()
     code = main(argv)
     timer.add(part, time.perf_counter() - wall, time.process_time() - cpu)
@@ -319,8 +324,7 @@ def train_models(methods: List[str], root: Path, split: dict, preset: dict, iter
     runs = []
     for method in methods:
         argv = train_argv(method, root, split, preset, iterations, width, out / method / "run", args)
-        print(f"\n== {method}: train\n$ semisupseg {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr,
-              flush=True)
+        _print_command(f"{method}: train", argv)
         runs.append(ChildRun(name=method, argv=argv, log=out / method / "train.log"))
     jobs = training_jobs(len(methods), args.threads, usable_cores(), args.one_at_a_time)
     how = "" if len(methods) == 1 else " at the same time" if jobs > 1 else " one after the other"

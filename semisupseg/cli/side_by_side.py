@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence
 
 from semisupseg.errors import SemiSupSegError
-from semisupseg.progress import LINE_INTERVAL_S, write_line
+from semisupseg.progress import LINE_INTERVAL_S, LineTimer, write_line
 
 #: lines of a failed child's log shown with the error
 LOG_TAIL_LINES = 15
@@ -49,7 +49,7 @@ class ChildRun:
     _proc: Optional[subprocess.Popen] = field(default=None, repr=False)
     _start: float = field(default=0.0, repr=False)
     _log_fh: Optional[IO[str]] = field(default=None, repr=False)
-    _last_line: float = field(default=float("-inf"), repr=False)
+    _lines: Optional[LineTimer] = field(default=None, repr=False)
 
 
 def usable_cores() -> int:
@@ -120,7 +120,7 @@ def _stop_all(runs: Sequence[ChildRun], grace_s: float) -> None:
             pass
 
 
-def _handle_line(run: ChildRun, line: str, stream: IO[str], interval_s: float) -> None:
+def _handle_line(run: ChildRun, line: str, stream: IO[str]) -> None:
     from semisupseg.training.events import progress_line
 
     try:
@@ -134,11 +134,11 @@ def _handle_line(run: ChildRun, line: str, stream: IO[str], interval_s: float) -
         return
     kind = record.get("event")
     now = time.monotonic()
-    if kind not in _ALWAYS and now - run._last_line < interval_s:
+    if kind not in _ALWAYS and not run._lines.due(now):
         return
     text = progress_line(record)
     if text:
-        run._last_line = now
+        run._lines.last = now
         write_line(stream, f"[{run.name}] {text}")
 
 
@@ -168,6 +168,7 @@ def run_side_by_side(runs: Sequence[ChildRun], jobs: int, stream: Optional[IO[st
         while waiting or running or open_pipes:
             while waiting and len(running) < jobs:
                 run = waiting.pop(0)
+                run._lines = LineTimer(interval_s, first_at_once=True)
                 _start(run, lines, command)
                 running.append(run)
                 open_pipes += 1
@@ -176,7 +177,7 @@ def run_side_by_side(runs: Sequence[ChildRun], jobs: int, stream: Optional[IO[st
             except queue.Empty:
                 continue
             if line is not None:
-                _handle_line(run, line, stream, interval_s)
+                _handle_line(run, line, stream)
                 continue
             open_pipes -= 1  # the child's stdout closed: it has ended (or closed it, then it ends soon)
             run.returncode = run._proc.wait()
