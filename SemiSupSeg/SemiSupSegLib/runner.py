@@ -13,10 +13,10 @@ parse them into a queue and the owner (a GUI timer, or a blocking :meth:`Process
   models loaded, so that a click on *Segment* costs little more than the inference; :class:`WorkerRequest` is one
   request to it.
 
-Process trees: on POSIX a child starts in its own session (so its process group holds it and everything it spawns)
-and is killed with ``killpg(SIGKILL)``; on Windows it starts with ``CREATE_NEW_PROCESS_GROUP`` and is killed with
-``taskkill /F /T`` (falling back to ``Popen.kill``) — that branch is written for Windows but is not exercised by the
-test suite, which runs on Linux.
+Process trees (:mod:`semisupseg.processes`, shared with the demo): on POSIX a child starts in its own session (so its
+process group holds it and everything it spawns) and is killed with ``killpg(SIGKILL)``; on Windows it starts with
+``CREATE_NEW_PROCESS_GROUP`` and is killed with ``taskkill /F /T`` (falling back to ``Popen.kill``) — that branch is
+written for Windows but is not exercised by the test suite, which runs on Linux.
 
 Thread safety: each runner, client and request belongs to one *owner* thread (the GUI thread in Slicer). Its
 methods (``start``, ``poll``, ``wait``, ``cancel``, ``submit``...) must be called from that thread, and the
@@ -24,7 +24,8 @@ callbacks ``on_event`` / ``on_log`` run in it, from inside ``poll``/``wait``. Th
 put them into thread-safe queues (the client's reader also routes events to their request under a lock); they never
 call back into user code.
 
-Qt-free: this module imports only the standard library at import time (``semisupseg`` lazily, for volumes).
+Qt-free: this module imports only the standard library at import time (``semisupseg`` lazily: its process-tree
+helpers and volumes).
 """
 from __future__ import annotations
 
@@ -115,39 +116,19 @@ def child_environment(env: Optional[Mapping[str, str]] = None) -> Dict[str, str]
 
 
 def _popen(command: List[str], cwd: Optional[PathLike], env: Dict[str, str], stdin: Any) -> subprocess.Popen:
-    kwargs: Dict[str, Any] = {}
-    if _POSIX:
-        kwargs["start_new_session"] = True  # own session and process group: the whole tree can be killed
-    else:  # pragma: no cover - Windows
-        kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) | getattr(
-            subprocess, "CREATE_NO_WINDOW", 0)
+    from semisupseg.processes import group_popen_kwargs  # own process group: the whole tree can be killed
+
     return subprocess.Popen(command, cwd=None if cwd is None else str(cwd), env=env, stdin=stdin,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                            errors="replace", bufsize=1, **kwargs)
+                            errors="replace", bufsize=1, **group_popen_kwargs(no_window=True))
 
 
 def kill_process_tree(proc: subprocess.Popen) -> None:
-    """Kill ``proc`` and every process it started (it must have been started by this module: own process group).
+    """Kill ``proc`` and every process it started (it must have been started by this module: own process group);
+    :func:`semisupseg.processes.kill_process_tree`, shared with the demo's side-by-side trainings."""
+    from semisupseg.processes import kill_process_tree as kill
 
-    POSIX: ``SIGKILL`` to the process group (also after the leader exited: strays holding our pipes go too).
-    Windows: ``taskkill /F /T /PID``, else ``Popen.kill``.
-    """
-    if _POSIX:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    elif proc.poll() is None:  # pragma: no cover - Windows
-        try:
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, timeout=30,
-                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
-        except (OSError, subprocess.SubprocessError):
-            pass
-    if proc.poll() is None:  # the leader itself, whatever the group kill did
-        try:
-            proc.kill()
-        except OSError:
-            pass
+    kill(proc)
 
 
 def _reader(stream: Any, q: "queue.Queue", name: str, parse_json: bool) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence
 
 from semisupseg.errors import SemiSupSegError
+from semisupseg.processes import group_popen_kwargs, signal_process_tree
 from semisupseg.progress import LINE_INTERVAL_S, LineTimer, write_line
 
 #: lines of a failed child's log shown with the error
@@ -77,35 +78,19 @@ def _start(run: ChildRun, lines: "queue.Queue", command: Callable[[Sequence[str]
     run.log.parent.mkdir(parents=True, exist_ok=True)
     run._log_fh = open(run.log, "w", encoding="utf-8")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    kwargs = {"start_new_session": True} if os.name == "posix" else \
-        {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
     run._proc = subprocess.Popen(command(run.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=run._log_fh, text=True, encoding="utf-8", errors="replace", env=env,
-                                 **kwargs)
+                                 **group_popen_kwargs())
     run._start = time.monotonic()
     threading.Thread(target=_read_stdout, args=(run, lines), daemon=True, name=f"read-{run.name}").start()
 
 
-def _signal_tree(run: ChildRun, sig: int) -> None:
-    proc = run._proc
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        if os.name == "posix":
-            os.killpg(proc.pid, sig)
-        elif sig == signal.SIGTERM:
-            proc.terminate()
-        else:
-            proc.kill()
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-
-
 def _stop_all(runs: Sequence[ChildRun], grace_s: float) -> None:
-    """SIGTERM to every live child, then SIGKILL to the process groups still alive after ``grace_s`` seconds."""
+    """SIGTERM to every live child, then, after at most ``grace_s`` seconds, SIGKILL to their process groups (what a
+    child left behind goes too)."""
     live = [r for r in runs if r._proc is not None and r._proc.poll() is None]
     for r in live:
-        _signal_tree(r, signal.SIGTERM)
+        signal_process_tree(r._proc, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for r in live:
         try:
@@ -113,7 +98,7 @@ def _stop_all(runs: Sequence[ChildRun], grace_s: float) -> None:
         except subprocess.TimeoutExpired:
             pass
     for r in live:
-        _signal_tree(r, signal.SIGKILL)
+        signal_process_tree(r._proc, signal.SIGKILL)
         try:
             r._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,99 @@
+"""Process trees (:mod:`semisupseg.processes`): a child started with :func:`group_popen_kwargs` and a grandchild it
+spawned both receive a SIGTERM sent to the tree; SIGKILL ends a tree whose members ignore SIGTERM, and also a stray
+grandchild after its parent has already exited."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from semisupseg.processes import group_popen_kwargs, kill_process_tree, signal_process_tree
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX here")
+
+#: a child that starts a grandchild (both handling SIGTERM per ``IGNORE``), prints both pids, then sleeps or exits
+TREE = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    ignore = sys.argv[1] == "ignore"
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN) if %r else None; time.sleep(120)"
+    if ignore:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    g = subprocess.Popen([sys.executable, "-c", code % ignore])
+    print(os.getpid(), g.pid, flush=True)
+    time.sleep(0.5)  # the grandchild has set its handler
+    if sys.argv[2] == "stay":
+        time.sleep(120)
+""")
+
+
+def _start(ignore: bool, stay: bool):
+    proc = subprocess.Popen([sys.executable, "-c", TREE, "ignore" if ignore else "obey", "stay" if stay else "exit"],
+                            stdout=subprocess.PIPE, text=True, **group_popen_kwargs())
+    child, grandchild = (int(v) for v in proc.stdout.readline().split())
+    time.sleep(0.7)
+    return proc, child, grandchild
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie counts as gone
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    kill_process_tree(proc)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+
+
+def test_sigterm_reaches_the_child_and_the_grandchild():
+    proc, child, grandchild = _start(ignore=False, stay=True)
+    try:
+        assert child == proc.pid and os.getpgid(grandchild) == proc.pid != os.getpgid(0)
+        signal_process_tree(proc, signal.SIGTERM)
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+        assert _gone(grandchild)
+    finally:
+        _reap(proc)
+
+
+def test_kill_ends_a_tree_that_ignores_sigterm():
+    proc, _, grandchild = _start(ignore=True, stay=True)
+    try:
+        signal_process_tree(proc, signal.SIGTERM)
+        time.sleep(0.3)
+        assert proc.poll() is None and _alive(grandchild)  # ignored, as asked
+        kill_process_tree(proc)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert _gone(grandchild)
+    finally:
+        _reap(proc)
+
+
+def test_kill_after_the_leader_exited_still_ends_its_stray():
+    proc, _, grandchild = _start(ignore=True, stay=False)
+    try:
+        assert proc.wait(timeout=10) == 0 and _alive(grandchild)
+        signal_process_tree(proc, signal.SIGTERM)  # the leader is gone: nothing is sent
+        assert _alive(grandchild)
+        kill_process_tree(proc)
+        assert _gone(grandchild)
+    finally:
+        _reap(proc)

@@ -1,0 +1,74 @@
+"""Child processes whose whole tree can be stopped: how they are started and how they are signalled.
+
+Used by the demo's side-by-side trainings (:mod:`semisupseg.cli.side_by_side`) and by the Slicer modules' background
+runner (``SemiSupSeg/SemiSupSegLib/runner.py``), so both stop a child and everything it spawned the same way.
+
+* POSIX: the child starts in its own session (:func:`group_popen_kwargs`), so its process group holds it and all it
+  starts; :func:`signal_process_tree` sends a signal to that group (``SIGTERM`` asks a training run to save its state
+  and end as ``cancelled``; ``SIGKILL`` ends everything, also strays left behind after the leader exited).
+* Windows: the child starts with ``CREATE_NEW_PROCESS_GROUP``; ``SIGTERM`` becomes ``Popen.terminate`` and a kill is
+  ``taskkill /F /T /PID`` (falling back to ``Popen.kill``). Written for Windows, not exercised by the test suite.
+
+Standard library only: the Slicer modules import it before torch is known to be installed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Any, Dict
+
+_POSIX = os.name == "posix"
+
+
+def group_popen_kwargs(no_window: bool = False) -> Dict[str, Any]:
+    """``subprocess.Popen`` keyword arguments that start the child in its own process group (POSIX: its own
+    session). ``no_window``: on Windows, also no console window (the Slicer modules' children)."""
+    if _POSIX:
+        return {"start_new_session": True}
+    flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)  # pragma: no cover - Windows
+    if no_window:  # pragma: no cover - Windows
+        flags |= getattr(subprocess, "CREATE_NO_WINDOW", 0)
+    return {"creationflags": flags}  # pragma: no cover - Windows
+
+
+def signal_process_tree(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` (``signal.SIGTERM`` or ``signal.SIGKILL``) to ``proc``'s process group, started with
+    :func:`group_popen_kwargs`. ``SIGTERM`` goes only to a live leader; ``SIGKILL`` goes to the group even after the
+    leader exited (children still holding its pipes go too), and then to the leader itself."""
+    if sig != signal.SIGKILL:
+        if proc.poll() is not None:
+            return
+        try:
+            if _POSIX:
+                os.killpg(proc.pid, sig)
+            else:  # pragma: no cover - Windows
+                proc.terminate()
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+        return
+    if _POSIX:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+    elif proc.poll() is None:  # pragma: no cover - Windows
+        try:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, timeout=30,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if proc.poll() is None:  # the leader itself, whatever the group kill did
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+def kill_process_tree(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and every process it started (``SIGKILL`` to its process group, see
+    :func:`signal_process_tree`)."""
+    signal_process_tree(proc, signal.SIGKILL)
+
+
+__all__ = ["group_popen_kwargs", "signal_process_tree", "kill_process_tree"]
