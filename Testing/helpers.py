@@ -4,7 +4,8 @@ every test below it, through ``Testing/conftest.py``).
 * :func:`tiny_model`: a real (untrained) V-Net model file with its card, small enough to run in a fraction of a
   second;
 * :func:`train_child` and :func:`wait_for_iteration`: ``semisupseg train`` in a child process of this Python, and
-  waiting until its events log reaches an iteration.
+  waiting until its events log reaches an iteration;
+* :func:`alive` and :func:`gone`: whether a process lives, and waiting until some have ended (process-tree tests).
 """
 from __future__ import annotations
 
@@ -55,3 +56,29 @@ def wait_for_iteration(proc: subprocess.Popen, events: Path, at_least: int, time
                 return seen
         time.sleep(0.05)
     raise AssertionError(f"the run ended or stalled before iteration {at_least}: {proc.communicate()}")
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as dead); /proc where present, else ``kill(pid, 0)``."""
+    stat = Path(f"/proc/{pid}/stat")
+    if Path("/proc/self/stat").exists():
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def gone(pids, timeout: float = 10.0) -> bool:
+    """Wait up to ``timeout`` seconds until none of ``pids`` is alive; whether they all ended."""
+    end = time.monotonic() + timeout
+    while any(alive(p) for p in pids):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from helpers import alive, gone
 from semisupseg.processes import group_popen_kwargs, kill_process_tree, signal_process_tree
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX here")
@@ -39,24 +40,6 @@ def _start(ignore: bool, stay: bool):
     return proc, child, grandchild
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:  # a zombie counts as gone
-        return fh.read().split(")")[-1].split()[0] != "Z"
-
-
-def _gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _reap(proc: subprocess.Popen) -> None:
     kill_process_tree(proc)
     proc.wait(timeout=10)
@@ -69,7 +52,7 @@ def test_sigterm_reaches_the_child_and_the_grandchild():
         assert child == proc.pid and os.getpgid(grandchild) == proc.pid != os.getpgid(0)
         signal_process_tree(proc, signal.SIGTERM)
         assert proc.wait(timeout=10) == -signal.SIGTERM
-        assert _gone(grandchild)
+        assert gone([grandchild])
     finally:
         _reap(proc)
 
@@ -79,10 +62,10 @@ def test_kill_ends_a_tree_that_ignores_sigterm():
     try:
         signal_process_tree(proc, signal.SIGTERM)
         time.sleep(0.3)
-        assert proc.poll() is None and _alive(grandchild)  # ignored, as asked
+        assert proc.poll() is None and alive(grandchild)  # ignored, as asked
         kill_process_tree(proc)
         assert proc.wait(timeout=10) == -signal.SIGKILL
-        assert _gone(grandchild)
+        assert gone([grandchild])
     finally:
         _reap(proc)
 
@@ -90,10 +73,10 @@ def test_kill_ends_a_tree_that_ignores_sigterm():
 def test_kill_after_the_leader_exited_still_ends_its_stray():
     proc, _, grandchild = _start(ignore=True, stay=False)
     try:
-        assert proc.wait(timeout=10) == 0 and _alive(grandchild)
+        assert proc.wait(timeout=10) == 0 and alive(grandchild)
         signal_process_tree(proc, signal.SIGTERM)  # the leader is gone: nothing is sent
-        assert _alive(grandchild)
+        assert alive(grandchild)
         kill_process_tree(proc)
-        assert _gone(grandchild)
+        assert gone([grandchild])
     finally:
         _reap(proc)

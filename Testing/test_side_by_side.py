@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import gone
 from semisupseg.cli.side_by_side import ChildRun, child_command, run_side_by_side
 from semisupseg.errors import SemiSupSegError
 
@@ -29,25 +30,6 @@ SCRIPT = textwrap.dedent("""
 
 def python(argv):
     return [sys.executable, "-c", SCRIPT, *argv]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (ended, not yet reaped by its parent) counts as gone
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split(")")[-1].split()[0] != "Z"
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_runs_overlap_and_their_events_become_prefixed_lines(tmp_path):
@@ -120,7 +102,7 @@ sys.exit(3)
     assert str(err.value) == f"b ended with exit code 3; its log: {tmp_path / 'b.log'}"
     assert "[b] Traceback: something broke" in out.getvalue()  # the failed run's last log lines
     for pid in json.loads(pids.read_text()):
-        assert _wait_gone(pid), pid
+        assert gone([pid]), pid
 
 
 def test_ctrl_c_in_the_parent_stops_every_child(tmp_path):
@@ -137,7 +119,7 @@ time.sleep(120)
 """], tmp_path / "a.log")
     with pytest.raises(KeyboardInterrupt):
         run_side_by_side([a], jobs=1, stream=Interrupting(), grace_s=5.0, command=python)
-    assert _wait_gone(int(pid_file.read_text()))
+    assert gone([int(pid_file.read_text())])
 
 
 def test_a_training_child_prints_its_events_on_stdout():
@@ -167,4 +149,4 @@ def test_sigterm_to_the_parent_stops_the_children_too(tmp_path):
         time.sleep(0.05)
     proc.terminate()
     assert proc.wait(timeout=30) == 130
-    assert _wait_gone(int(pid_file.read_text()))
+    assert gone([int(pid_file.read_text())])

@@ -18,7 +18,7 @@ from SemiSupSegLib.runner import (ProcessRunner, ProgressTracker, WorkerClient, 
 from semisupseg.inference import SegmentOptions, segment
 from semisupseg.io import read_image, read_volume
 
-from helpers import tiny_model
+from helpers import alive, gone, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 LA_SAMPLE = REPO / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
@@ -52,31 +52,6 @@ print("plain text on stdout", flush=True)
 sys.stderr.write("Traceback (most recent call last):\n  File 'x', line 1\nValueError: bad thing happened\n")
 sys.exit(3)
 """
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie counts as dead); /proc where present, else ``kill(pid, 0)``."""
-    stat = Path(f"/proc/{pid}/stat")
-    if Path("/proc/self/stat").exists():
-        try:
-            state = stat.read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        return state not in ("Z", "X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def gone(pids, timeout=10.0) -> bool:
-    end = time.monotonic() + timeout
-    while any(alive(p) for p in pids):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------------
