@@ -3,6 +3,7 @@ spawned both receive a SIGTERM sent to the tree; SIGKILL ends a tree whose membe
 grandchild after its parent has already exited."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,51 +33,44 @@ TREE = textwrap.dedent("""
 """)
 
 
-def _start(ignore: bool, stay: bool):
+@contextlib.contextmanager
+def _tree(ignore: bool, stay: bool):
+    """A child (own process group) with a grandchild: ``(proc, child pid, grandchild pid)``; the tree is killed and
+    reaped on leaving."""
     proc = subprocess.Popen([sys.executable, "-c", TREE, "ignore" if ignore else "obey", "stay" if stay else "exit"],
                             stdout=subprocess.PIPE, text=True, **group_popen_kwargs())
-    child, grandchild = (int(v) for v in proc.stdout.readline().split())
-    time.sleep(0.7)
-    return proc, child, grandchild
-
-
-def _reap(proc: subprocess.Popen) -> None:
-    kill_process_tree(proc)
-    proc.wait(timeout=10)
-    proc.stdout.close()
+    try:
+        child, grandchild = (int(v) for v in proc.stdout.readline().split())
+        time.sleep(0.7)
+        yield proc, child, grandchild
+    finally:
+        kill_process_tree(proc)
+        proc.wait(timeout=10)
+        proc.stdout.close()
 
 
 def test_sigterm_reaches_the_child_and_the_grandchild():
-    proc, child, grandchild = _start(ignore=False, stay=True)
-    try:
+    with _tree(ignore=False, stay=True) as (proc, child, grandchild):
         assert child == proc.pid and os.getpgid(grandchild) == proc.pid != os.getpgid(0)
         signal_process_tree(proc, signal.SIGTERM)
         assert proc.wait(timeout=10) == -signal.SIGTERM
         assert gone([grandchild])
-    finally:
-        _reap(proc)
 
 
 def test_kill_ends_a_tree_that_ignores_sigterm():
-    proc, _, grandchild = _start(ignore=True, stay=True)
-    try:
+    with _tree(ignore=True, stay=True) as (proc, _, grandchild):
         signal_process_tree(proc, signal.SIGTERM)
         time.sleep(0.3)
         assert proc.poll() is None and alive(grandchild)  # ignored, as asked
         kill_process_tree(proc)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         assert gone([grandchild])
-    finally:
-        _reap(proc)
 
 
 def test_kill_after_the_leader_exited_still_ends_its_stray():
-    proc, _, grandchild = _start(ignore=True, stay=False)
-    try:
+    with _tree(ignore=True, stay=False) as (proc, _, grandchild):
         assert proc.wait(timeout=10) == 0 and alive(grandchild)
         signal_process_tree(proc, signal.SIGTERM)  # the leader is gone: nothing is sent
         assert alive(grandchild)
         kill_process_tree(proc)
         assert gone([grandchild])
-    finally:
-        _reap(proc)
