@@ -111,10 +111,13 @@ def main(argv: List[str] = None) -> int:
     for view, matrix in views:
         folder = data / "imagesTr" if view == "identity" else out / "views" / view
         if view != "identity" and not folder.exists():
-            folder.mkdir(parents=True)
+            part = folder.with_name(folder.name + ".part")  # renamed when whole: a re-run never takes half a view
+            part.mkdir(parents=True, exist_ok=True)
             for case in test:
                 image = read_image(data / "imagesTr" / f"{case}.nii.gz")
-                write_volume(image.with_array(rotate_array(image.array, matrix)), folder / f"{case}.nii.gz")
+                write_volume(image.with_array(rotate_array(image.array, matrix)), part / f"{case}.nii.gz",
+                             overwrite=True)
+            part.rename(folder)
         images = [str(folder / f"{c}.nii.gz") for c in test]
         for i, model in enumerate(args.models):
             target = out / (f"model{i}" if view == "identity" else f"model{i}_{view}")
