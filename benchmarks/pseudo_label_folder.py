@@ -13,7 +13,10 @@ score them; training reads ``train`` (``--labeled 160`` = the split's ``labeled_
         --out-dir runs/selftrain --threads 1
 
 (``benchmarks/RESULTS.md``, 2026-12-03: with the shipped ``hippocampus`` model as teacher the student lands at the
-teacher's level, not above it.) Links keep the folder small; a platform without them needs copies instead.
+teacher's level, not above it.) ``--teacher A B C`` makes the teacher an ensemble (knowledge distillation into
+one student): each model writes its class probabilities (``segment --prob``), their mean is turned into labels
+(``ensemble.py``'s argmax) and the largest-component step follows when every teacher's card recommends it. Links
+keep the folder small; a platform without them needs copies instead.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heldout import DATASETS, split_path  # noqa: E402
@@ -34,11 +38,60 @@ from semisupseg.errors import InputError  # noqa: E402
 SUFFIX = ".nii.gz"
 
 
+def teacher_labels(teachers: List[str], images: List[Path], tmp: Path, labels: Path,
+                   keep_largest: bool = False) -> int:
+    """Write ``labels/<case>.nii.gz`` for every image (``<case>.nii.gz``): the label map of ``segment --model`` for
+    one teacher (with the step its card recommends), the argmax of the mean class probabilities for several (then
+    the largest-component step if every teacher's card recommends it, or ``keep_largest``). Returns the first
+    failing exit code or 0."""
+    cases = [p.name[: -len(SUFFIX)] for p in images]
+    if len(teachers) == 1:
+        step = ["--keep-largest"] if keep_largest else []
+        code = subprocess.call([sys.executable, "-m", "semisupseg", "segment", "--model", teachers[0], *step,
+                                "--output", str(tmp)] + [str(p) for p in images])
+        if code:
+            return code
+        for case in cases:
+            os.replace(tmp / f"{case}_label{SUFFIX}", labels / f"{case}{SUFFIX}")
+        return 0
+    import numpy as np
+
+    from ensemble import labels_from_probabilities
+    from semisupseg.catalogue import resolve_model
+    from semisupseg.checkpoint import read_card
+    from semisupseg.inference import keep_largest_component
+    from semisupseg.io import read_image, read_volume, write_volume
+
+    cards = [read_card(resolve_model(t)) for t in teachers]
+    values = [int(v) for v in cards[0].label_values]
+    if any([int(v) for v in c.label_values] != values for c in cards):
+        sys.exit(f"error: the teachers {', '.join(teachers)} do not share their label values")
+    keep_largest = keep_largest or all((c.inference or {}).get("keep_largest", False) for c in cards)
+    for i, teacher in enumerate(teachers):
+        code = subprocess.call([sys.executable, "-m", "semisupseg", "segment", "--model", teacher, "--prob",
+                                "--no-keep-largest", "--output", str(tmp / f"teacher{i}")] + [str(p) for p in images])
+        if code:
+            return code
+    for case, image_path in zip(cases, images):
+        probs = [np.asarray(read_volume(tmp / f"teacher{i}" / f"{case}_prob{SUFFIX}", allow_channels=True).array,
+                            dtype=np.float32) for i in range(len(teachers))]
+        label = labels_from_probabilities(np.mean(probs, axis=0), values)
+        if keep_largest:
+            label = keep_largest_component(label)
+        write_volume(read_image(image_path).with_array(label.astype(np.uint8)), labels / f"{case}{SUFFIX}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), required=True)
     ap.add_argument("--data", type=Path, default=None, help="dataset folder (default: the shared copy)")
-    ap.add_argument("--teacher", required=True, help="model file or catalogue name that labels the unlabeled cases")
+    ap.add_argument("--teacher", nargs="+", required=True,
+                    help="model file or catalogue name that labels the unlabeled cases; several: their "
+                         "probability-averaging ensemble")
+    ap.add_argument("--keep-largest", action="store_true",
+                    help="the largest-component step on the teacher's labels even where no card recommends it "
+                         "(training run files carry no recommendation)")
     ap.add_argument("--labeled-key", required=True, help="split list whose cases keep their own labels")
     ap.add_argument("--split", type=Path, default=None,
                     help="split JSON with train, test and --labeled-key lists "
@@ -66,14 +119,13 @@ def main(argv=None) -> int:
         if case in real:
             os.symlink((data / "labelsTr" / f"{case}{SUFFIX}").resolve(), labels / f"{case}{SUFFIX}")
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
-        code = subprocess.call([sys.executable, "-m", "semisupseg", "segment", "--model", args.teacher,
-                                "--output", tmp] + [str(images / f"{c}{SUFFIX}") for c in pseudo])
+        code = teacher_labels(args.teacher, [images / f"{c}{SUFFIX}" for c in pseudo], Path(tmp), labels,
+                              args.keep_largest)
         if code:
             return code
-        for case in pseudo:
-            os.replace(Path(tmp) / f"{case}_label{SUFFIX}", labels / f"{case}{SUFFIX}")
     (args.out / "pseudo_labels.json").write_text(json.dumps(
-        {"teacher": args.teacher, "own_labels": sorted(real), "teacher_labels": pseudo}, indent=1) + "\n")
+        {"teacher": args.teacher[0] if len(args.teacher) == 1 else args.teacher, "own_labels": sorted(real),
+         "teacher_labels": pseudo}, indent=1) + "\n")
     print(f"{args.out}: {len(split[args.labeled_key])} training cases with their own labels, {len(pseudo)} with the "
           f"teacher's, {len(split['test'])} test cases (not for training)")
     return 0
