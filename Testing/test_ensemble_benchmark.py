@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from ensemble import labels_from_probabilities  # noqa: E402
+from ensemble import labels_from_probabilities, shared_label_values  # noqa: E402
 
 
 def test_argmax_with_the_background_and_the_label_values():
@@ -18,6 +19,15 @@ def test_argmax_with_the_background_and_the_label_values():
     fg[1, 0, 0] = [0.2, 0.3, 0.5, 0.10]   # class 2 -> background 0.7, 0.1, 0.2, 0.45
     assert labels_from_probabilities(fg, [0, 1, 2]).tolist() == [[[0, 1, 2, 0]]]
     assert labels_from_probabilities(fg, [0, 5, 9]).tolist() == [[[0, 5, 9, 0]]]
+
+
+def test_models_must_share_their_label_values():
+    from types import SimpleNamespace as Card
+
+    assert shared_label_values([Card(label_values=[0, 1, 2]), Card(label_values=["0", "1", "2"])], ["a", "b"]) \
+        == [0, 1, 2]
+    with pytest.raises(SystemExit, match=r"^error: a.pt, b.pt: the models do not share their label values$"):
+        shared_label_values([Card(label_values=[0, 1, 2]), Card(label_values=[0, 1])], ["a.pt", "b.pt"])
 
 
 def test_one_foreground_class_given_as_a_scalar_volume():

@@ -42,6 +42,15 @@ def labels_from_probabilities(fg: np.ndarray, label_values: Sequence[int]) -> np
     return np.asarray(label_values)[np.argmax(probs, axis=0)]
 
 
+def shared_label_values(cards: Sequence, names: Sequence[str]) -> List[int]:
+    """The label values (background first) that every model card in ``cards`` declares; one line naming the
+    models (``names``) and exit when they differ, as an ensemble of them would mix classes."""
+    values = [int(v) for v in cards[0].label_values]
+    if any([int(v) for v in c.label_values] != values for c in cards):
+        raise SystemExit(f"error: {', '.join(map(str, names))}: the models do not share their label values")
+    return values
+
+
 def rotation_views(degrees: float) -> List[tuple]:
     """``(name, 3x3 rotation matrix in z, y, x voxel coordinates)``: the identity, then +/- ``degrees`` about the z,
     y and x axes (the identity alone for 0)."""
@@ -103,9 +112,7 @@ def main(argv: List[str] = None) -> int:
     data, out = Path(args.data), Path(args.out)
     test = load_split(split_path(args.dataset))["test"]
     cards = [read_card(m) for m in args.models]
-    values = [int(v) for v in cards[0].label_values]
-    if any([int(v) for v in c.label_values] != values for c in cards):
-        raise SystemExit("the models do not share their label values")
+    values = shared_label_values(cards, args.models)
     fg_values = [str(v) for v in values if v != 0]
     views = rotation_views(args.rotations)
     for view, matrix in views:

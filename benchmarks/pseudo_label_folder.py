@@ -56,16 +56,14 @@ def teacher_labels(teachers: List[str], images: List[Path], tmp: Path, labels: P
         return 0
     import numpy as np
 
-    from ensemble import labels_from_probabilities
+    from ensemble import labels_from_probabilities, shared_label_values
     from semisupseg.catalogue import resolve_model
     from semisupseg.checkpoint import read_card
     from semisupseg.inference import keep_largest_component
     from semisupseg.io import read_image, read_volume, write_volume
 
     cards = [read_card(resolve_model(t)) for t in teachers]
-    values = [int(v) for v in cards[0].label_values]
-    if any([int(v) for v in c.label_values] != values for c in cards):
-        sys.exit(f"error: the teachers {', '.join(teachers)} do not share their label values")
+    values = shared_label_values(cards, teachers)
     keep_largest = keep_largest or all((c.inference or {}).get("keep_largest", False) for c in cards)
     for i, teacher in enumerate(teachers):
         code = subprocess.call([sys.executable, "-m", "semisupseg", "segment", "--model", teacher, "--prob",
