@@ -12,7 +12,7 @@ from semisupseg.errors import InputError, OutputExistsError
 from semisupseg.geometry import signed_distance_map
 from semisupseg.io import read_image, read_label, write_volume
 from semisupseg.preview import (CLASS_COLORS, OVERLAY_KINDS, PANEL, _FONT, class_names_for, colormap,
-                                draw_text, render_preview, slice_centre, text_size)
+                                draw_text, render_preview, slice_centre, text_size, wrap_text)
 
 HIP = sample_dataset("hippocampus")
 CASE = "hippocampus_023"
@@ -50,6 +50,33 @@ def test_picture_has_outlines_per_class_a_map_row_a_colour_bar_and_a_legend(case
     legend = rgb[-40:]
     assert _count(legend, CLASS_COLORS[0]) > 20 and _count(legend, CLASS_COLORS[1]) > 20
     assert _count(legend, (235, 235, 235)) > 100  # its text
+
+
+def test_wrap_text_fills_lines_up_to_the_width_and_cuts_only_overlong_words():
+    width = text_size("x" * 10)[1]  # exactly 10 characters
+    assert wrap_text("", width) == [] and wrap_text("abc", width) == ["abc"]
+    assert wrap_text("aaaa bbbb cc dddddd", width) == ["aaaa bbbb", "cc dddddd"]
+    assert wrap_text("aaaaaaaaaa b", width) == ["aaaaaaaaaa", "b"]  # a full line, then the next word
+    assert wrap_text("x" * 23, width) == ["x" * 10, "x" * 10, "xxx"]
+    assert all(text_size(line)[1] <= width for line in wrap_text("a much longer title: outline, SDM", width))
+
+
+def test_a_long_title_wraps_instead_of_running_off_the_picture(case):
+    """The demo's titles (case, model, what the rows show) are wider than the picture: every character is drawn,
+    on more lines, and the picture grows by those lines."""
+    image, label, sdm = case
+    short = render_preview(image, label, {"sdm": sdm}, title=CASE)
+    title = f"{CASE}, shipped-hippocampus: outline, SDM of the labels, entropy and a few more words to wrap"
+    long = render_preview(image, label, {"sdm": sdm}, title=title)
+    lines = wrap_text(title, long.shape[1] - 20)
+    assert len(lines) >= 2 and " ".join(lines) == title
+    th = text_size("A")[0]
+    assert long.shape[0] == short.shape[0] + (len(lines) - 1) * (th + 4) and long.shape[1] == short.shape[1]
+    text = np.all(long == np.asarray((235, 235, 235), dtype=np.uint8), axis=-1)
+    head = text[: 10 + len(lines) * (th + 4)]
+    rows_with_text = np.flatnonzero(head.any(axis=1))
+    assert rows_with_text.max() > 10 + th  # the second line is drawn
+    assert not head[:, long.shape[1] - 10:].any()  # nothing in the right margin: no character cut off
 
 
 def test_slices_go_through_the_object(case):

@@ -109,6 +109,20 @@ def draw_text(canvas: np.ndarray, y: int, x: int, text: str, color=_TEXT, scale:
     return x
 
 
+def wrap_text(text: str, width: int, scale: int = TEXT_SCALE) -> List[str]:
+    """``text`` broken at spaces into lines that :func:`draw_text` fits in ``width`` pixels (a word longer than a
+    line is cut into pieces); ``[]`` for an empty text."""
+    per_line = max(1, (width // scale + 1) // 6)  # n characters take (6 n - 1) * scale pixels (text_size)
+    pieces = [w[i:i + per_line] for w in text.split() for i in range(0, len(w), per_line)]
+    lines: List[str] = []
+    for piece in pieces:
+        if lines and len(lines[-1]) + 1 + len(piece) <= per_line:
+            lines[-1] += " " + piece
+        else:
+            lines.append(piece)
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------- colour maps
 _MAPS = {
     # perceptual maps as piecewise-linear control points (viridis, inferno) and a diverging blue-white-red
@@ -239,18 +253,20 @@ def render_preview(image: Volume, label: Optional[Volume] = None, overlays: Opti
     gap, bar_w = 10, 16
     caption_h = th + 6
     row_h = PANEL + caption_h
-    legend_w = 0
     bar_text = max((text_size(f"{v:.3g}")[1] for k, m in maps.items() for v in overlay_range(m.array, k)),
                    default=0)
     right = (gap + bar_w + 6 + max(bar_text, text_size("-0.00")[1])) if maps else 0
     width = gap + 3 * (PANEL + gap) + right
     legend_lines = [f"{v} {(class_names or {}).get(v, f'class {v}')}" for v in values]
     legend_h = (th + 8) if legend_lines else 0
-    height = gap + th + gap + len(rows_spec) * (row_h + gap) + legend_h + gap
+    title_lines = wrap_text(title, width - 2 * gap) or [""]
+    title_h = len(title_lines) * (th + 4) - 4
+    height = gap + title_h + gap + len(rows_spec) * (row_h + gap) + legend_h + gap
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     canvas[:] = _BACKGROUND
-    draw_text(canvas, gap, gap, title)
-    top = gap + th + gap
+    for i, line in enumerate(title_lines):
+        draw_text(canvas, gap + i * (th + 4), gap, line)
+    top = gap + title_h + gap
     for kind, vol in rows_spec:
         for col, (name, index, sp) in enumerate(views):
             flip = col > 0  # coronal / sagittal: superior up
