@@ -299,3 +299,43 @@ def test_infer_config_rejects_inconsistent_heads():
         infer_vnet_config(sd)
     with pytest.raises(LayoutError, match="block_one"):
         infer_vnet_config({"conv.weight": torch.zeros(1)})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Width cap (max_filters)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_width_cap_sets_stage_widths_and_sheds_deep_weights():
+    plain = VNet(VNetConfig(n_filters=4, num_classes=3))
+    capped = VNet(VNetConfig(n_filters=4, num_classes=3, max_filters=16))
+    assert plain.config.widths == (4, 8, 16, 32, 64) and capped.config.widths == (4, 8, 16, 16, 16)
+    assert capped.block_five.conv[0].weight.shape[:2] == (16, 16)
+    assert capped.block_five_up.conv[0].weight.shape[:2] == (16, 16)  # ConvTranspose3d: (in, out, ...)
+    assert capped.block_one.conv[0].weight.shape == plain.block_one.conv[0].weight.shape
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(capped) < 0.3 * count(plain)
+    # the shipped hippocampus candidate: n16 capped at 64 has about a fifth of n16's weights
+    assert VNetConfig(n_filters=16, max_filters=64).widths == (16, 32, 64, 64, 64)
+    feats = capped.eval()(torch.randn(1, 1, 16, 16, 16), features=True)
+    assert [f.shape[1] for f in feats["encoder"]] == [4, 8, 16, 16, 16]
+    assert [f.shape[1] for f in feats["decoder"]] == [16, 16, 8, 4]
+    assert feats["seg"].shape == (1, 3, 16, 16, 16)
+
+
+def test_width_cap_round_trips_and_is_absent_from_uncapped_metadata():
+    assert "max_filters" not in VNetConfig(n_filters=4).to_dict()  # the releases' network: metadata unchanged
+    cfg = VNetConfig(n_filters=4, max_filters=24, sdm_head=True)
+    assert cfg.to_dict()["max_filters"] == 24
+    net = build_network("vnet", cfg.to_dict())
+    assert net.config == cfg and net.config.widths == (4, 8, 16, 24, 24)
+    inferred = infer_vnet_config(net.state_dict())
+    assert inferred.max_filters == 24 and inferred.n_filters == 4 and inferred.sdm_head
+    assert infer_vnet_config(VNet(VNetConfig(n_filters=4)).state_dict()).max_filters is None
+    # a cap at or above 16n is the releases' widths
+    assert VNetConfig(n_filters=4, max_filters=64).widths == (4, 8, 16, 32, 64)
+
+
+@pytest.mark.parametrize("cap", [3, 0, 8.0, True])
+def test_width_cap_below_first_width_or_not_an_integer_is_rejected(cap):
+    with pytest.raises(ValueError, match="max_filters"):
+        VNetConfig(n_filters=4, max_filters=cap)

@@ -175,7 +175,7 @@ class VoxelAdversarial(Method):
         if n_filters is None:
             raise ValueError("vwadv needs a V-Net (model.config.n_filters and forward(features=True))")
         self.num_classes = int(num_classes)
-        channels = vnet_stage_channels(n_filters, p.feature_stages)
+        channels = vnet_stage_channels(n_filters, p.feature_stages, getattr(config, "max_filters", None))
         self.fusion = MultiScaleVoxelFeatures(channels, p.fusion_width)
         self.projector = MLPHead(p.fusion_width, p.proj_hidden, p.proj_dim)
         self.predictor = MLPHead(p.proj_dim, p.proj_hidden, p.proj_dim)

@@ -1,6 +1,6 @@
 """The 3D V-Net of the reference papers (UA-MT, SASSNet, DTC, SGRS-Net releases).
 
-Widths n, 2n, 4n, 8n, 16n; encoder stage depths 1, 2, 3, 3, 3; decoder depths 3, 3, 2, 1; 2x2x2 strided convolutions
+Widths n, 2n, 4n, 8n, 16n (optionally capped at ``max_filters``); encoder stage depths 1, 2, 3, 3, 3; decoder depths 3, 3, 2, 1; 2x2x2 strided convolutions
 down, transposed convolutions up, additive skip connections. Module names equal those of the public releases, so their
 ``state_dict`` loads without renaming:
 
@@ -36,6 +36,10 @@ class VNetConfig:
     ``num_classes`` counts the background: 2 for a binary task. ``seg_form`` ``"softmax"`` has ``num_classes`` output
     channels; ``"sigmoid"`` (the SASSNet/DTC binary form) has one foreground-logit channel and needs ``num_classes == 2``.
     ``sdm_head`` adds a tanh head with one channel per foreground class (``num_classes - 1``).
+    ``max_filters`` caps the stage widths: stage ``k`` (1-5) has ``min(n_filters * 2^(k-1), max_filters)`` channels.
+    ``None`` (the default) is the releases' network, widths n..16n. A cap keeps the full-resolution width and sheds
+    most weights from the 1/8 and 1/16 stages (n_filters 16 capped at 64: 1.95 M weights instead of 9.45 M, about 4 %
+    fewer operations), as nnU-Net caps its 3D feature maps; checkpoints record it, the releases' never have one.
     """
 
     in_channels: int = 1
@@ -46,8 +50,13 @@ class VNetConfig:
     normalization: str = "batchnorm"
     dropout: bool = False
     dropout_p: float = 0.5
+    max_filters: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.max_filters is not None and (isinstance(self.max_filters, bool) or not isinstance(self.max_filters, int)
+                                             or self.max_filters < self.n_filters):
+            raise ValueError(f"max_filters must be an integer >= n_filters ({self.n_filters}) or None, "
+                             f"got {self.max_filters!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.seg_form not in SEG_FORMS:
@@ -58,6 +67,13 @@ class VNetConfig:
             raise ValueError("seg_form 'sigmoid' is the binary form: num_classes must be 2")
 
     @property
+    def widths(self) -> Tuple[int, int, int, int, int]:
+        """Channels of encoder stages 1-5 (scales 1 .. 1/16); the decoder mirrors stages 4-1."""
+        cap = self.max_filters
+        return tuple(self.n_filters * 2 ** k if cap is None else min(self.n_filters * 2 ** k, cap)
+                     for k in range(5))  # type: ignore[return-value]
+
+    @property
     def seg_channels(self) -> int:
         return 1 if self.seg_form == "sigmoid" else self.num_classes
 
@@ -66,7 +82,10 @@ class VNetConfig:
         return self.num_classes - 1 if self.sdm_head else 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["max_filters"] is None:  # the releases' network: metadata as before the option existed
+            del d["max_filters"]
+        return d
 
 
 def group_norm_groups(channels: int) -> int:
@@ -150,8 +169,8 @@ class VNet(nn.Module):
     * ``"seg"``: segmentation logits ``(B, seg_channels, Z, Y, X)`` (use :meth:`probabilities` for ``(B, C, ...)``);
     * ``"sdm"``: ``tanh`` signed-distance prediction ``(B, C - 1, Z, Y, X)`` in [-1, 1] (only with ``sdm_head``);
     * with ``features=True`` also ``"encoder"``: ``[x1, x2, x3, x4, x5]`` (scales 1, 1/2, 1/4, 1/8, 1/16; widths
-      n..16n; ``x5`` after dropout) and ``"decoder"``: ``[x6, x7, x8, x9]`` (block outputs at scales 1/8, 1/4, 1/2, 1;
-      widths 8n, 4n, 2n, n; ``x9`` after dropout, as fed to the heads).
+      ``config.widths``, n..16n without a cap; ``x5`` after dropout) and ``"decoder"``: ``[x6, x7, x8, x9]`` (block outputs at scales 1/8, 1/4, 1/2, 1;
+      widths of stages 4, 3, 2, 1; ``x9`` after dropout, as fed to the heads).
     """
 
     def __init__(self, config: Optional[VNetConfig] = None, **kwargs):
@@ -161,24 +180,25 @@ class VNet(nn.Module):
         elif kwargs:
             raise TypeError("pass either a VNetConfig or keyword arguments, not both")
         self.config = config
-        n, norm = config.n_filters, config.normalization
-        self.block_one = ConvBlock(1, config.in_channels, n, norm)
-        self.block_one_dw = DownsamplingConvBlock(n, 2 * n, norm)
-        self.block_two = ConvBlock(2, 2 * n, 2 * n, norm)
-        self.block_two_dw = DownsamplingConvBlock(2 * n, 4 * n, norm)
-        self.block_three = ConvBlock(3, 4 * n, 4 * n, norm)
-        self.block_three_dw = DownsamplingConvBlock(4 * n, 8 * n, norm)
-        self.block_four = ConvBlock(3, 8 * n, 8 * n, norm)
-        self.block_four_dw = DownsamplingConvBlock(8 * n, 16 * n, norm)
-        self.block_five = ConvBlock(3, 16 * n, 16 * n, norm)
-        self.block_five_up = UpsamplingDeconvBlock(16 * n, 8 * n, norm)
-        self.block_six = ConvBlock(3, 8 * n, 8 * n, norm)
-        self.block_six_up = UpsamplingDeconvBlock(8 * n, 4 * n, norm)
-        self.block_seven = ConvBlock(3, 4 * n, 4 * n, norm)
-        self.block_seven_up = UpsamplingDeconvBlock(4 * n, 2 * n, norm)
-        self.block_eight = ConvBlock(2, 2 * n, 2 * n, norm)
-        self.block_eight_up = UpsamplingDeconvBlock(2 * n, n, norm)
-        self.block_nine = ConvBlock(1, n, n, norm)
+        (w1, w2, w3, w4, w5), norm = config.widths, config.normalization
+        n = w1
+        self.block_one = ConvBlock(1, config.in_channels, w1, norm)
+        self.block_one_dw = DownsamplingConvBlock(w1, w2, norm)
+        self.block_two = ConvBlock(2, w2, w2, norm)
+        self.block_two_dw = DownsamplingConvBlock(w2, w3, norm)
+        self.block_three = ConvBlock(3, w3, w3, norm)
+        self.block_three_dw = DownsamplingConvBlock(w3, w4, norm)
+        self.block_four = ConvBlock(3, w4, w4, norm)
+        self.block_four_dw = DownsamplingConvBlock(w4, w5, norm)
+        self.block_five = ConvBlock(3, w5, w5, norm)
+        self.block_five_up = UpsamplingDeconvBlock(w5, w4, norm)
+        self.block_six = ConvBlock(3, w4, w4, norm)
+        self.block_six_up = UpsamplingDeconvBlock(w4, w3, norm)
+        self.block_seven = ConvBlock(3, w3, w3, norm)
+        self.block_seven_up = UpsamplingDeconvBlock(w3, w2, norm)
+        self.block_eight = ConvBlock(2, w2, w2, norm)
+        self.block_eight_up = UpsamplingDeconvBlock(w2, w1, norm)
+        self.block_nine = ConvBlock(1, w1, w1, norm)
         if config.sdm_head:
             self.out_conv = nn.Conv3d(n, config.sdm_channels, 1)  # SDM head (tanh), release layout
             self.out_conv2 = nn.Conv3d(n, config.seg_channels, 1)  # segmentation head
@@ -383,7 +403,8 @@ def to_layout(state_dict: Mapping[str, torch.Tensor], layout: str, decoder: str 
 def infer_vnet_config(state_dict: Mapping[str, torch.Tensor]) -> VNetConfig:
     """Read a :class:`VNetConfig` off a state_dict in our key layout (e.g. the output of :func:`map_state_dict`).
 
-    ``in_channels`` and ``n_filters`` come from the first convolution; the normalisation from ``block_two``'s layers
+    ``in_channels`` and ``n_filters`` come from the first convolution, a width cap (``max_filters``) from
+    ``block_five``'s when it is narrower than 16 x ``n_filters``; the normalisation from ``block_two``'s layers
     (``running_mean`` → batch norm; affine weights without running statistics → group norm; a parameter-free layer
     between the two convolutions, i.e. the second convolution at index 3 instead of 2 → instance norm (the releases'
     ``InstanceNorm3d`` is not affine); no layer in between → none); the heads from ``out_conv``/``out_conv2``: one
@@ -398,6 +419,12 @@ def infer_vnet_config(state_dict: Mapping[str, torch.Tensor]) -> VNetConfig:
     if first.ndim != 5:
         raise LayoutError(f"block_one.conv.0.weight has shape {tuple(first.shape)}, expected a 3D convolution")
     n_filters, in_channels = int(first.shape[0]), int(first.shape[1])
+    max_filters = None
+    bottom = state_dict.get("block_five.conv.0.weight")
+    if bottom is not None and bottom.ndim == 5 and int(bottom.shape[0]) != 16 * n_filters:
+        max_filters = int(bottom.shape[0])
+        if max_filters < n_filters:
+            raise LayoutError(f"block_five has {max_filters} channels, fewer than the first block's {n_filters}")
     if "block_two.conv.1.running_mean" in state_dict:
         normalization = "batchnorm"
     elif "block_two.conv.1.weight" in state_dict and state_dict["block_two.conv.1.weight"].ndim == 1:
@@ -423,4 +450,4 @@ def infer_vnet_config(state_dict: Mapping[str, torch.Tensor]) -> VNetConfig:
             raise LayoutError(f"the SDM head has {sdm_channels} channels but the segmentation head implies "
                               f"{num_classes} classes (expected {num_classes - 1} SDM channels)")
     return VNetConfig(in_channels=in_channels, num_classes=num_classes, seg_form=seg_form, sdm_head=sdm_head,
-                      n_filters=n_filters, normalization=normalization, dropout=False)
+                      n_filters=n_filters, normalization=normalization, dropout=False, max_filters=max_filters)

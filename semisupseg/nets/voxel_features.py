@@ -20,7 +20,7 @@ Coordinates are ``(b, z, y, x)`` voxel indices at the mask (input) resolution; t
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -144,12 +144,14 @@ class MLPHead(nn.Module):
         return self.net(x.float())
 
 
-def vnet_stage_channels(n_filters: int, stages: Sequence[int]) -> Tuple[int, ...]:
-    """Widths of the V-Net encoder stages ``stages`` (1-based: stage ``k`` has ``n · 2^(k-1)`` channels)."""
+def vnet_stage_channels(n_filters: int, stages: Sequence[int], max_filters: Optional[int] = None) -> Tuple[int, ...]:
+    """Widths of the V-Net encoder stages ``stages`` (1-based: stage ``k`` has ``n · 2^(k-1)`` channels, at most
+    ``max_filters`` when the network caps its widths)."""
     for s in stages:
         if not 1 <= int(s) <= 5:
             raise ValueError(f"V-Net encoder stages are 1..5, got {s}")
-    return tuple(int(n_filters) * 2 ** (int(s) - 1) for s in stages)
+    widths = (int(n_filters) * 2 ** (int(s) - 1) for s in stages)
+    return tuple(w if max_filters is None else min(w, int(max_filters)) for w in widths)
 
 
 __all__ = ["sample_trilinear", "MultiScaleVoxelFeatures", "VoxelDiscriminator", "MLPHead", "vnet_stage_channels"]

@@ -103,11 +103,13 @@ class ModelConfig:
     """The student network (built with :func:`semisupseg.nets.build_network` for the method's architecture).
 
     ``seg_form`` ``None`` uses the method's preference (``softmax`` unless the method sets ``seg_form``); the SDM head
-    and dropout follow the method's ``needs_sdm`` / ``needs_dropout``. ``extra`` is passed on to the network config
+    and dropout follow the method's ``needs_sdm`` / ``needs_dropout``. ``max_filters`` caps the V-Net's stage widths
+    (``None``: the releases' n..16n; see :class:`semisupseg.nets.vnet.VNetConfig`). ``extra`` is passed on to the network config
     (for architectures with more options).
     """
 
     n_filters: int = 16
+    max_filters: Optional[int] = None
     normalization: str = "batchnorm"
     seg_form: Optional[str] = None
     dropout_p: float = 0.5

@@ -102,6 +102,8 @@ def network_config(cfg: TrainConfig, method_cls) -> Dict[str, Any]:
            "sdm_head": bool(method_cls.needs_sdm), "n_filters": cfg.model.n_filters,
            "normalization": cfg.model.normalization, "dropout": bool(method_cls.needs_dropout),
            "dropout_p": cfg.model.dropout_p}
+    if cfg.model.max_filters is not None:  # only then: other architectures' configs have no such field
+        net["max_filters"] = cfg.model.max_filters
     net.update(cfg.model.extra)
     return net
 
