@@ -211,9 +211,14 @@ class ModelCard:
         for key, value in self.inference.items():  # keys a newer version added are kept, not interpreted
             if key in INFERENCE_DEFAULTS and not isinstance(value, type(INFERENCE_DEFAULTS[key])):
                 raise ValueError(f"inference {key} must be {type(INFERENCE_DEFAULTS[key]).__name__}, got {value!r}")
-        n_filters = self.network.get("n_filters")
-        if n_filters is not None and (not _is_int(n_filters) or not 1 <= n_filters <= CARD_LIMITS["n_filters"]):
-            raise ValueError(f"network n_filters must be an integer 1-{CARD_LIMITS['n_filters']}, got {n_filters!r}")
+        members = self.network.get("members")  # an ensemble: each member's width is checked the same way
+        configs = [m.get("config") if isinstance(m, dict) else None for m in members] \
+            if isinstance(members, list) else [self.network]
+        for config in configs:
+            n_filters = config.get("n_filters") if isinstance(config, dict) else None
+            if n_filters is not None and (not _is_int(n_filters) or not 1 <= n_filters <= CARD_LIMITS["n_filters"]):
+                raise ValueError(f"network n_filters must be an integer 1-{CARD_LIMITS['n_filters']}, "
+                                 f"got {n_filters!r}")
         net_classes = self.network.get("num_classes")
         if net_classes is not None and int(net_classes) != self.num_classes:
             raise ValueError(f"the network has {net_classes} classes but the card names {self.num_classes}")
@@ -329,10 +334,29 @@ def check_card_dict(d: Mapping[str, Any]) -> None:
          and all(_is_int(v) for v in d["patch_size_xyz"]), "3 integers (voxels, x y z)")
     network = d.get("network")
     if isinstance(network, dict):
-        for k, v in network.items():
-            if not (v is None or isinstance(v, (str, bool, int, float))):
-                raise ValueError(f"network {k} must be a number, string or boolean, got {type(v).__name__} "
-                                 f"{_short(v)}")
+        _check_network_dict(network, "network", members_allowed=True)
+
+
+#: most members an ensemble card may list (semisupseg.nets.ensemble.MAX_MEMBERS)
+_MAX_CARD_MEMBERS = 8
+
+
+def _check_network_dict(network: Mapping[str, Any], where: str, members_allowed: bool) -> None:
+    """A network config of a card: scalar values only, except an ensemble's ``members`` (a list of
+    ``{"arch": name, "config": {scalars}}``, one level deep)."""
+    for k, v in network.items():
+        if k == "members" and members_allowed and isinstance(v, list):
+            if len(v) > _MAX_CARD_MEMBERS:
+                raise ValueError(f"{where} members lists {len(v)} networks, more than {_MAX_CARD_MEMBERS}")
+            for i, m in enumerate(v):
+                if (not isinstance(m, dict) or set(m) != {"arch", "config"} or not isinstance(m["arch"], str)
+                        or not isinstance(m["config"], dict)):
+                    raise ValueError(f"{where} members[{i}] must be {{'arch': name, 'config': {{...}}}}, got "
+                                     f"{_short(m)}")
+                _check_network_dict(m["config"], f"{where} members[{i}] config", members_allowed=False)
+        elif not (v is None or isinstance(v, (str, bool, int, float))):
+            raise ValueError(f"{where} {k} must be a number, string or boolean, got {type(v).__name__} "
+                             f"{_short(v)}")
 
 
 def _short(v: Any, n: int = 80) -> str:
@@ -639,6 +663,7 @@ def save_model(path: PathLike, model: nn.Module, card: ModelCard, overwrite: boo
     try:
         card.validate()
         card_json = card.to_json()
+        check_card_dict(json.loads(card_json))  # what load_model checks first: never write a file it refuses
     except ValueError as exc:
         raise CheckpointError(f"invalid model card: {exc}", path) from None
     try:

@@ -24,7 +24,7 @@ from semisupseg.errors import Cancelled, SemiSupSegError
 
 #: command modules in the order ``--help`` lists them
 COMMAND_MODULES = ("train", "segment", "evaluate", "info", "import_checkpoint", "export_checkpoint", "methods",
-                   "demo", "models", "worker", "preview", "plot_run", "check_data", "rank")
+                   "demo", "models", "ensemble", "worker", "preview", "plot_run", "check_data", "rank")
 
 
 #: errors of the file system that are the user's situation, not a bug: one line, no traceback

@@ -36,13 +36,31 @@ def aligned(rows: List[Tuple[str, str]], indent: str = "") -> List[str]:
     return [f"{indent}{(k + ':').ljust(width)}{v}" for k, v in rows]
 
 
+def _network_text(network: dict) -> str:
+    """``k=v, ...`` of a network config; an ensemble's members are counted by their (identical) configs."""
+    members = network.get("members")
+    if not isinstance(members, list):
+        return ", ".join(f"{k}={v}" for k, v in network.items())
+    groups: List[Tuple[str, int]] = []
+    for m in members:
+        text = f"{m.get('arch')} " + ", ".join(f"{k}={v}" for k, v in (m.get("config") or {}).items())
+        for i, (t, n) in enumerate(groups):
+            if t == text:
+                groups[i] = (t, n + 1)
+                break
+        else:
+            groups.append((text, 1))
+    parts = [f"{n} x {t}" if n > 1 else t for t, n in groups]
+    return f"mean probabilities of {len(members)} members: " + "; ".join(parts)
+
+
 def card_lines(card: Any, path=None, size_mb: float = None, n_params: int = None) -> List[str]:
     """The card as aligned lines for people: the model, then the training summary (the settings derived from the
     data and the training data's statistics in short)."""
     rows: List[Tuple[str, str]] = []
     if path is not None:
         rows.append(("model file", f"{path} ({size_mb:.1f} MB, {n_params:,} parameters)"))
-    net = ", ".join(f"{k}={v}" for k, v in card.network.items())
+    net = _network_text(card.network)
     rows += [("method", card.method), ("network", f"{card.arch} ({net})"),
              ("classes", ", ".join(f"{v}={n}" for n, v in zip(card.class_names, card.label_values))),
              ("input channels", str(card.in_channels)), ("spacing (x,y,z)", _xyz(card.spacing_xyz, "mm")),

@@ -13,10 +13,12 @@ from typing import Any, Dict, Tuple, Type
 
 from torch import nn
 
+from semisupseg.nets.ensemble import EnsembleConfig, EnsembleNet
 from semisupseg.nets.vnet import VNet, VNetConfig, seg_probabilities, softmax_logits
 
 #: arch name → (network class, config class)
-_ARCHS: Dict[str, Tuple[Type[nn.Module], type]] = {"vnet": (VNet, VNetConfig)}
+_ARCHS: Dict[str, Tuple[Type[nn.Module], type]] = {"vnet": (VNet, VNetConfig),
+                                                   "ensemble": (EnsembleNet, EnsembleConfig)}
 
 
 def register_network(arch: str, network_cls: Type[nn.Module], config_cls: type) -> None:
@@ -46,5 +48,5 @@ def network_arch(model: nn.Module) -> str:
     raise KeyError(f"{type(model).__name__} is not a registered network")
 
 
-__all__ = ["VNet", "VNetConfig", "seg_probabilities", "softmax_logits", "register_network", "build_network",
+__all__ = ["VNet", "VNetConfig", "EnsembleNet", "EnsembleConfig", "seg_probabilities", "softmax_logits", "register_network", "build_network",
            "network_arch"]
