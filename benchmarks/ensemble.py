@@ -14,7 +14,7 @@ then each model with its views, and the ensemble averages every model's views.
 Usage::
 
     python benchmarks/ensemble.py --dataset hippocampus --data DIR --models A.pt B.pt --out DIR [--keep-largest]
-        [--rotations 10]
+        [--rotations 10] [--split-key confirm]
 
 Writes ``OUT/model<i>/`` (segment outputs; ``OUT/model<i>_<view>/`` and the turned images ``OUT/views/<view>/``
 with rotations), ``OUT/labels_<name>/`` and ``OUT/test_<name>.csv`` for ``model<i>``, ``model<i>_tta`` and
@@ -101,6 +101,8 @@ def main(argv: List[str] = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="split name under benchmarks/splits (its 'test' list)")
+    p.add_argument("--split-key", default="test",
+                   help="the split's list of cases to score (default test; hippocampus also has 'confirm')")
     p.add_argument("--data", required=True, help="dataset folder (imagesTr/labelsTr)")
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--out", required=True)
@@ -110,7 +112,10 @@ def main(argv: List[str] = None) -> int:
     args = p.parse_args(argv)
 
     data, out = Path(args.data), Path(args.out)
-    test = load_split(split_path(args.dataset))["test"]
+    split = load_split(split_path(args.dataset))
+    if args.split_key not in split:
+        p.error(f"{split_path(args.dataset)} has no list {args.split_key!r} (it has {', '.join(sorted(split))})")
+    test = split[args.split_key]
     cards = [read_card(m) for m in args.models]
     values = shared_label_values(cards, args.models)
     fg_values = [str(v) for v in values if v != 0]
