@@ -333,3 +333,36 @@ def test_a_chosen_model_brings_its_recommended_keep_largest(tmp_path):
     assert sl.recommended_keep_largest(catalogue, "tiny-kl") is True
     assert sl.recommended_keep_largest(catalogue, "tiny") is False
     assert sl.recommended_keep_largest(catalogue, "no-such-model") is False
+
+
+def test_an_ensemble_model_file_segments_in_the_scene_like_the_command_line(headless, logic, tmp_path):
+    """An ensemble file (``semisupseg ensemble``) is one more model to the panel: labels equal to the command line's
+    on the same file, the members' mean SDM shown as the network's SDM."""
+    import torch
+
+    from semisupseg.checkpoint import load_model, save_model
+    from semisupseg.ensembles import combine_models
+
+    model, card = load_model(MODEL)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a second member that differs from the first
+        for p in model.parameters():
+            p.add_(0.05 * p.std() * torch.randn_like(p))
+    other = save_model(tmp_path / "other.pt", model, card)
+    ensemble = save_model(tmp_path / "ensemble.pt", *combine_models([MODEL, other]))
+    out = tmp_path / "cli"
+    result = subprocess.run([sys.executable, "-m", "semisupseg", "segment", str(SCAN), "--model", str(ensemble),
+                             "-o", str(out), "--sdm"], capture_output=True, text=True, cwd=str(REPO), timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    scan = headless.load_volume(SCAN)
+    outcome = logic.segment(SegmentRequest(scan, str(ensemble), overlays=("sdm",)), timeout=300)
+    exported = labels_from_segmentation(headless.scene, headless.logic("Segmentations"), outcome.segmentation_node,
+                                        scan)
+    reference = read_volume(out / "hippocampus_023_label.nii.gz")
+    np.testing.assert_array_equal(exported.array, reference.array)
+    assert not any("no SDM head" in n for n in outcome.notes)  # both members have SDM heads: theirs is shown
+    assert sorted(outcome.overlay_nodes) == sorted(f"sdm:{c}" for c in card.class_names[1:])
+    truth = read_volume(LABEL).array
+    for value in card.label_values[1:]:
+        assert dice(exported.array == value, truth == value) > 0.5
