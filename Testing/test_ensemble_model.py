@@ -195,3 +195,10 @@ def test_cli_ensemble_then_segment_and_info(tmp_path, capsys):
                     str(image))
     assert cli_main(["segment", str(image), "--model", str(out), "-o", str(tmp_path / "pred")]) == 0
     assert (tmp_path / "pred" / "img_label.nii.gz").exists()
+
+
+def test_the_card_check_and_the_network_allow_the_same_number_of_members():
+    from semisupseg.checkpoint import _MAX_CARD_MEMBERS
+    from semisupseg.nets.ensemble import MAX_MEMBERS
+
+    assert _MAX_CARD_MEMBERS == MAX_MEMBERS
