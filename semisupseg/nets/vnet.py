@@ -38,8 +38,8 @@ class VNetConfig:
     ``sdm_head`` adds a tanh head with one channel per foreground class (``num_classes - 1``).
     ``max_filters`` caps the stage widths: stage ``k`` (1-5) has ``min(n_filters * 2^(k-1), max_filters)`` channels.
     ``None`` (the default) is the releases' network, widths n..16n. A cap keeps the full-resolution width and sheds
-    most weights from the 1/8 and 1/16 stages (n_filters 16 capped at 64: 1.95 M weights instead of 9.45 M, about 4 %
-    fewer operations), as nnU-Net caps its 3D feature maps; checkpoints record it, the releases' never have one.
+    most weights from the 1/8 and 1/16 stages (n_filters 16 capped at 64: 1.95 M weights instead of 9.45 M, 13 % fewer
+    multiply-adds), as nnU-Net caps its 3D feature maps; checkpoints record it, the releases' never have one.
     """
 
     in_channels: int = 1
