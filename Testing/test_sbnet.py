@@ -252,3 +252,16 @@ def test_model_file_round_trip_and_sliding_window_inference(tmp_path):
     out = sliding_window_inference(loaded, torch.randn(1, 20, 18, 17), (16, 16, 16), overlap=0.5)
     assert out["prob"].shape == (3, 20, 18, 17) and out["sdm"].shape == (2, 20, 18, 17)
     assert abs(float(out["prob"].sum(0).mean()) - 1.0) < 1e-4
+
+
+def test_width_cap_reaches_the_backbone_and_the_branch_heads():
+    capped = SBNet(SBNetConfig(num_classes=3, n_filters=4, max_filters=8))
+    assert capped.backbone.config.widths == (4, 8, 8, 8, 8)
+    assert [h.in_channels for h in capped.psm_heads] == [8, 8, 4]
+    plain = SBNet(SBNetConfig(num_classes=3, n_filters=4))
+    assert [h.in_channels for h in plain.psm_heads] == [16, 8, 4]
+    assert sum(p.numel() for p in capped.parameters()) < sum(p.numel() for p in plain.parameters())
+    out = capped.eval()(torch.randn(1, 1, 16, 16, 16))
+    assert out["seg"].shape[1] == 3 and out["sdm"].shape[1] == 2
+    rebuilt = build_network("sbnet", capped.config.to_dict())
+    rebuilt.load_state_dict(capped.state_dict())  # the cap is part of the stored architecture

@@ -103,10 +103,11 @@ class SBNet(nn.Module):
         n, k = config.n_filters, config.fg_channels
         backbone = VNet(VNetConfig(in_channels=config.in_channels, num_classes=2, n_filters=n,
                                    normalization=config.normalization, dropout=config.dropout,
-                                   dropout_p=config.dropout_p))
+                                   dropout_p=config.dropout_p, max_filters=config.max_filters))
         del backbone.out_conv  # the backbone's own head is replaced by the branches below (no unused parameters)
         self.backbone = backbone
-        self.psm_heads = nn.ModuleList([nn.Conv3d(4 * n, k, 1), nn.Conv3d(2 * n, k, 1), nn.Conv3d(n, k, 1)])
+        w = config.widths  # decoder outputs at 1/4, 1/2, 1 have the widths of encoder stages 3, 2, 1
+        self.psm_heads = nn.ModuleList([nn.Conv3d(w[2], k, 1), nn.Conv3d(w[1], k, 1), nn.Conv3d(w[0], k, 1)])
         self.psm_scales = (4, 2, 1)
         self.fuse4 = nn.Conv3d(3 * k, k, 1)
         self.sdm_conv = nn.Conv3d(n, k, 1)
