@@ -202,3 +202,13 @@ def test_the_card_check_and_the_network_allow_the_same_number_of_members():
     from semisupseg.nets.ensemble import MAX_MEMBERS
 
     assert _MAX_CARD_MEMBERS == MAX_MEMBERS
+
+
+def test_export_of_an_ensemble_names_the_file_and_says_what_to_do(tmp_path):
+    from semisupseg.checkpoint import export_peer_checkpoint
+
+    a = _save(tmp_path, "m1", _net(1))
+    ens = save_model(tmp_path / "e.pt", *combine_models([a, a]))
+    with pytest.raises(CheckpointError, match="member files") as info:
+        export_peer_checkpoint(ens, tmp_path / "e.pth", "uamt")
+    assert info.value.path == ens and not (tmp_path / "e.pth").exists()

@@ -894,7 +894,8 @@ def export_peer_checkpoint(model_path: PathLike, dst: PathLike, layout: str, *, 
     model_path, dst = Path(model_path), Path(dst)
     card, state = read_model_file(model_path)
     if card.arch != "vnet":
-        raise CheckpointError(f"is a {card.arch!r} network; only 'vnet' models have a peer release layout",
+        raise CheckpointError(f"holds network {card.arch!r}; only 'vnet' models have a peer release layout"
+                              + (" (export the ensemble's member files instead)" if card.arch == "ensemble" else ""),
                               model_path)
     try:
         peer = to_layout(state, layout, decoder=decoder)
