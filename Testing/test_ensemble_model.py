@@ -198,10 +198,14 @@ def test_cli_ensemble_then_segment_and_info(tmp_path, capsys):
 
 
 def test_the_card_check_and_the_network_allow_the_same_number_of_members():
-    from semisupseg.checkpoint import _MAX_CARD_MEMBERS
+    from semisupseg.checkpoint import check_card_dict
     from semisupseg.nets.ensemble import MAX_MEMBERS
 
-    assert _MAX_CARD_MEMBERS == MAX_MEMBERS
+    member = {"arch": "vnet", "config": {"n_filters": 2}}
+    base = {"network": {"members": [member] * MAX_MEMBERS}}
+    check_card_dict(base)  # as many as the network allows: accepted
+    with pytest.raises(ValueError, match=f"more than {MAX_MEMBERS}"):
+        check_card_dict({"network": {"members": [member] * (MAX_MEMBERS + 1)}})
 
 
 def test_export_of_an_ensemble_names_the_file_and_says_what_to_do(tmp_path):

@@ -337,17 +337,15 @@ def check_card_dict(d: Mapping[str, Any]) -> None:
         _check_network_dict(network, "network", members_allowed=True)
 
 
-#: most members an ensemble card may list (semisupseg.nets.ensemble.MAX_MEMBERS)
-_MAX_CARD_MEMBERS = 8
-
-
 def _check_network_dict(network: Mapping[str, Any], where: str, members_allowed: bool) -> None:
     """A network config of a card: scalar values only, except an ensemble's ``members`` (a list of
-    ``{"arch": name, "config": {scalars}}``, one level deep)."""
+    ``{"arch": name, "config": {scalars}}``, one level deep, at most the ensemble network's ``MAX_MEMBERS``)."""
+    from semisupseg.nets.ensemble import MAX_MEMBERS
+
     for k, v in network.items():
         if k == "members" and members_allowed and isinstance(v, list):
-            if len(v) > _MAX_CARD_MEMBERS:
-                raise ValueError(f"{where} members lists {len(v)} networks, more than {_MAX_CARD_MEMBERS}")
+            if len(v) > MAX_MEMBERS:
+                raise ValueError(f"{where} members lists {len(v)} networks, more than {MAX_MEMBERS}")
             for i, m in enumerate(v):
                 if (not isinstance(m, dict) or set(m) != {"arch", "config"} or not isinstance(m["arch"], str)
                         or not isinstance(m["config"], dict)):

@@ -9,10 +9,9 @@ normalisation and window (patch) size. Anything else differing is a :class:`Chec
 The card: ``method`` is the members' method when they share one, else ``"ensemble"``; ``training`` takes the
 members' common values of :data:`COMMON_TRAINING_KEYS` (augmentation ``"none"`` when their flips differ, so no flip
 TTA is used by default that some member never trained on), the first member's data description and statistics (for
-``segment``'s domain warnings), and each member's summary (``training["members"]``: file name, method, network, seed, iterations, labeled and unlabeled
-case counts, its own test figures, ...) and
-the first member's data description; ``inference`` recommends the largest-component step when every member's card
-does.
+``segment``'s domain warnings), and each member's summary (``training["members"]``: file name, method, network,
+seed, iterations, labeled and unlabeled case counts, its own test figures, ...); ``inference`` recommends the
+largest-component step when every member's card does.
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ def _member_summary(path: Path, card: ModelCard) -> Dict[str, Any]:
     summary: Dict[str, Any] = {"file": path.name, "method": card.method, "arch": card.arch,
                                "network": dict(card.network)}
     for key in MEMBER_SUMMARY_KEYS:
-        if key in card.training and key not in summary:
+        if key in card.training:
             summary[key] = card.training[key]
     return summary
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -41,16 +41,11 @@ def _network_text(network: dict) -> str:
     members = network.get("members")
     if not isinstance(members, list):
         return ", ".join(f"{k}={v}" for k, v in network.items())
-    groups: List[Tuple[str, int]] = []
+    counts: Dict[str, int] = {}  # member description -> how many, in the members' order
     for m in members:
         text = f"{m.get('arch')} " + ", ".join(f"{k}={v}" for k, v in (m.get("config") or {}).items())
-        for i, (t, n) in enumerate(groups):
-            if t == text:
-                groups[i] = (t, n + 1)
-                break
-        else:
-            groups.append((text, 1))
-    parts = [f"{n} x {t}" if n > 1 else t for t, n in groups]
+        counts[text] = counts.get(text, 0) + 1
+    parts = [f"{n} x {t}" if n > 1 else t for t, n in counts.items()]
     return f"mean probabilities of {len(members)} members: " + "; ".join(parts)
 
 

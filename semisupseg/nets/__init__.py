@@ -48,5 +48,5 @@ def network_arch(model: nn.Module) -> str:
     raise KeyError(f"{type(model).__name__} is not a registered network")
 
 
-__all__ = ["VNet", "VNetConfig", "EnsembleNet", "EnsembleConfig", "seg_probabilities", "softmax_logits", "register_network", "build_network",
-           "network_arch"]
+__all__ = ["VNet", "VNetConfig", "EnsembleNet", "EnsembleConfig", "seg_probabilities", "softmax_logits",
+           "register_network", "build_network", "network_arch"]

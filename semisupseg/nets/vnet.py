@@ -1,7 +1,7 @@
 """The 3D V-Net of the reference papers (UA-MT, SASSNet, DTC, SGRS-Net releases).
 
-Widths n, 2n, 4n, 8n, 16n (optionally capped at ``max_filters``); encoder stage depths 1, 2, 3, 3, 3; decoder depths 3, 3, 2, 1; 2x2x2 strided convolutions
-down, transposed convolutions up, additive skip connections. Module names equal those of the public releases, so their
+Widths n, 2n, 4n, 8n, 16n (optionally capped at ``max_filters``); encoder stage depths 1, 2, 3, 3, 3; decoder depths
+3, 3, 2, 1; 2x2x2 strided convolutions down, transposed convolutions up, additive skip connections. Module names equal those of the public releases, so their
 ``state_dict`` loads without renaming:
 
 * plain V-Net (UA-MT ``vnet.py``): ``out_conv`` is the segmentation head;
@@ -169,8 +169,8 @@ class VNet(nn.Module):
     * ``"seg"``: segmentation logits ``(B, seg_channels, Z, Y, X)`` (use :meth:`probabilities` for ``(B, C, ...)``);
     * ``"sdm"``: ``tanh`` signed-distance prediction ``(B, C - 1, Z, Y, X)`` in [-1, 1] (only with ``sdm_head``);
     * with ``features=True`` also ``"encoder"``: ``[x1, x2, x3, x4, x5]`` (scales 1, 1/2, 1/4, 1/8, 1/16; widths
-      ``config.widths``, n..16n without a cap; ``x5`` after dropout) and ``"decoder"``: ``[x6, x7, x8, x9]`` (block outputs at scales 1/8, 1/4, 1/2, 1;
-      widths of stages 4, 3, 2, 1; ``x9`` after dropout, as fed to the heads).
+      ``config.widths``, n..16n without a cap; ``x5`` after dropout) and ``"decoder"``: ``[x6, x7, x8, x9]`` (block
+      outputs at scales 1/8, 1/4, 1/2, 1; widths of stages 4, 3, 2, 1; ``x9`` after dropout, as fed to the heads).
     """
 
     def __init__(self, config: Optional[VNetConfig] = None, **kwargs):
@@ -181,7 +181,6 @@ class VNet(nn.Module):
             raise TypeError("pass either a VNetConfig or keyword arguments, not both")
         self.config = config
         (w1, w2, w3, w4, w5), norm = config.widths, config.normalization
-        n = w1
         self.block_one = ConvBlock(1, config.in_channels, w1, norm)
         self.block_one_dw = DownsamplingConvBlock(w1, w2, norm)
         self.block_two = ConvBlock(2, w2, w2, norm)
@@ -200,10 +199,10 @@ class VNet(nn.Module):
         self.block_eight_up = UpsamplingDeconvBlock(w2, w1, norm)
         self.block_nine = ConvBlock(1, w1, w1, norm)
         if config.sdm_head:
-            self.out_conv = nn.Conv3d(n, config.sdm_channels, 1)  # SDM head (tanh), release layout
-            self.out_conv2 = nn.Conv3d(n, config.seg_channels, 1)  # segmentation head
+            self.out_conv = nn.Conv3d(w1, config.sdm_channels, 1)  # SDM head (tanh), release layout
+            self.out_conv2 = nn.Conv3d(w1, config.seg_channels, 1)  # segmentation head
         else:
-            self.out_conv = nn.Conv3d(n, config.seg_channels, 1)  # segmentation head
+            self.out_conv = nn.Conv3d(w1, config.seg_channels, 1)  # segmentation head
         self.dropout = nn.Dropout3d(p=config.dropout_p, inplace=False)
 
     @property

@@ -147,11 +147,13 @@ class MLPHead(nn.Module):
 def vnet_stage_channels(n_filters: int, stages: Sequence[int], max_filters: Optional[int] = None) -> Tuple[int, ...]:
     """Widths of the V-Net encoder stages ``stages`` (1-based: stage ``k`` has ``n · 2^(k-1)`` channels, at most
     ``max_filters`` when the network caps its widths)."""
+    from semisupseg.nets.vnet import VNetConfig
+
     for s in stages:
         if not 1 <= int(s) <= 5:
             raise ValueError(f"V-Net encoder stages are 1..5, got {s}")
-    widths = (int(n_filters) * 2 ** (int(s) - 1) for s in stages)
-    return tuple(w if max_filters is None else min(w, int(max_filters)) for w in widths)
+    widths = VNetConfig(n_filters=int(n_filters), max_filters=max_filters).widths
+    return tuple(widths[int(s) - 1] for s in stages)
 
 
 __all__ = ["sample_trilinear", "MultiScaleVoxelFeatures", "VoxelDiscriminator", "MLPHead", "vnet_stage_channels"]
