@@ -208,11 +208,55 @@ def test_the_card_check_and_the_network_allow_the_same_number_of_members():
         check_card_dict({"network": {"members": [member] * (MAX_MEMBERS + 1)}})
 
 
-def test_export_of_an_ensemble_names_the_file_and_says_what_to_do(tmp_path):
+def test_export_of_an_ensemble_asks_which_member_and_refuses_a_wrong_one(tmp_path):
     from semisupseg.checkpoint import export_peer_checkpoint
 
     a = _save(tmp_path, "m1", _net(1))
-    ens = save_model(tmp_path / "e.pt", *combine_models([a, a]))
-    with pytest.raises(CheckpointError, match="member files") as info:
+    b = _save(tmp_path, "m2", _net(2))
+    ens = save_model(tmp_path / "e.pt", *combine_models([a, b]))
+    with pytest.raises(CheckpointError, match=r"ensemble of 2 networks; pick the one to export with --member 1\.\.2") \
+            as info:
         export_peer_checkpoint(ens, tmp_path / "e.pth", "uamt")
-    assert info.value.path == ens and not (tmp_path / "e.pth").exists()
+    assert info.value.path == ens
+    for bad in (0, 3):
+        with pytest.raises(CheckpointError, match=f"member {bad} is not in 1..2"):
+            export_peer_checkpoint(ens, tmp_path / "e.pth", "uamt", member=bad)
+    with pytest.raises(CheckpointError, match="not an ensemble: there is no member 1") as info:
+        export_peer_checkpoint(a, tmp_path / "a.pth", "uamt", member=1)
+    assert info.value.path == a
+    assert not list(tmp_path.glob("*.pth"))  # nothing written by a refusal
+
+
+def test_an_exported_member_is_that_member_file_in_the_peer_layout(tmp_path, capsys):
+    from semisupseg.checkpoint import export_peer_checkpoint
+
+    a = _save(tmp_path, "m1", _net(1))
+    b = _save(tmp_path, "m2", _net(2, max_filters=8))  # members may differ in width
+    ens = save_model(tmp_path / "e.pt", *combine_models([a, b]))
+    for k, member_file in ((1, a), (2, b)):
+        direct, _ = export_peer_checkpoint(member_file, tmp_path / f"direct{k}.pth", "uamt")
+        dst, side = export_peer_checkpoint(ens, tmp_path / f"member{k}.pth", "uamt", member=k)
+        want, got = torch.load(direct, weights_only=True), torch.load(dst, weights_only=True)
+        assert list(got) == list(want)
+        assert all(torch.equal(got[key], want[key]) for key in want)
+        card = json.loads(side.read_text())
+        assert card["arch"] == "vnet" and card["network"] == read_card(member_file).network
+        assert card["training"]["seed"] == k and card["training"]["member_of"] == {"file": "e.pt", "member": k,
+                                                                                   "of": 2}
+        assert "members" not in card["training"] and "ensemble_of" not in card["training"]
+        assert card["exported"]["member"] == k
+    assert cli_main(["export-checkpoint", str(ens), "-o", str(tmp_path / "cli1.pth"), "--layout", "uamt",
+                     "--member", "1"]) == 0
+    assert "member 1 of" in capsys.readouterr().out
+    cli, want = torch.load(tmp_path / "cli1.pth", weights_only=True), torch.load(tmp_path / "direct1.pth",
+                                                                                  weights_only=True)
+    assert all(torch.equal(cli[key], want[key]) for key in want)
+    # the exported member reads back through import-checkpoint as the same network (width cap inferred)
+    assert cli_main(["import-checkpoint", str(tmp_path / "member2.pth"), "-o", str(tmp_path / "back.pt"),
+                     "--layout", "uamt", "--spacing", "1", "--classes", "background", "anterior", "posterior",
+                     "--patch-size", "16", "16", "16"]) == 0
+    back, _ = load_model(tmp_path / "back.pt")
+    original, _ = load_model(b)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(back(x)["seg"], original(x)["seg"])

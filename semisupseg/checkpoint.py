@@ -874,8 +874,37 @@ def import_peer_checkpoint(src: PathLike, layout: str, spacing_xyz: Sequence[flo
     return model, card
 
 
+#: training-summary keys an exported ensemble member keeps from the ensemble's card (the data it came from)
+_DATA_KEYS = ("plan", "data_statistics", "data")
+
+
+def _ensemble_member(card: ModelCard, state: Dict[str, torch.Tensor], member: Optional[int],
+                     path: Path) -> Tuple[ModelCard, Dict[str, torch.Tensor]]:
+    """``(card, state_dict)`` of member ``member`` (1-based) of an ensemble file: its weights without the
+    ``members.<k>.`` prefix and a card with its network and its own training summary."""
+    members = card.network.get("members") or []
+    n = len(members)
+    if member is None:
+        raise CheckpointError(f"is an ensemble of {n} networks; pick the one to export with --member 1..{n}", path)
+    if isinstance(member, bool) or not isinstance(member, int) or not 1 <= member <= n:
+        raise CheckpointError(f"is an ensemble of {n} networks; member {member!r} is not in 1..{n}", path)
+    spec = members[member - 1]
+    prefix = f"members.{member - 1}."
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise CheckpointError(f"has no weights for member {member} (no '{prefix}' keys)", path)
+    summaries = card.training.get("members")
+    summary = summaries[member - 1] if isinstance(summaries, list) and len(summaries) == n else {}
+    training = {k: v for k, v in summary.items() if k not in ("arch", "network", "method")}
+    training.update({k: card.training[k] for k in _DATA_KEYS if k in card.training})
+    training["member_of"] = {"file": path.name, "member": member, "of": n}
+    out = ModelCard.from_dict({**card.to_dict(), "method": summary.get("method", card.method), "arch": spec["arch"],
+                               "network": dict(spec["config"]), "training": training})
+    return out, sub
+
+
 def export_peer_checkpoint(model_path: PathLike, dst: PathLike, layout: str, *, decoder: str = "decoder1",
-                           overwrite: bool = False) -> Tuple[Path, Path]:
+                           overwrite: bool = False, member: Optional[int] = None) -> Tuple[Path, Path]:
     """Write the weights of a SemiSupSeg V-Net model file as a raw ``state_dict`` in a peer release's key layout
     (the inverse of :func:`import_peer_checkpoint`), so the releases' own test scripts can load it with
     ``net.load_state_dict(torch.load(dst))``. The card goes beside it as ``dst`` with ``.json`` (the raw format has
@@ -884,16 +913,21 @@ def export_peer_checkpoint(model_path: PathLike, dst: PathLike, layout: str, *, 
     ``layout``: ``"sassnet"`` (SASSNet/DTC: needs an SDM head), ``"uamt"`` (plain V-Net, no SDM head) or
     ``"mcnet"`` (MC-Net/SGRS-Net ``encoder.`` / ``<decoder>.`` split; the releases' other decoders are not in the
     file, so load it there with ``strict=False`` or combine it with their own). Only the ``vnet`` architecture has a
-    peer layout. Refuses to replace existing files unless ``overwrite``; returns ``(dst, card path)``. Every problem
-    is a :class:`CheckpointError` naming the file.
+    peer layout. An ensemble file (``semisupseg ensemble``) has one per member: ``member`` (1-based) picks it, and
+    the card beside it describes that member (its network and training summary; the ensemble's test figures are not
+    the member's, so they are left out). Refuses to replace existing files unless ``overwrite``; returns ``(dst, card
+    path)``. Every problem is a :class:`CheckpointError` naming the file.
     """
     from semisupseg.nets.vnet import LayoutError, to_layout
 
     model_path, dst = Path(model_path), Path(dst)
     card, state = read_model_file(model_path)
+    if card.arch == "ensemble":
+        card, state = _ensemble_member(card, state, member, model_path)
+    elif member is not None:
+        raise CheckpointError(f"holds one network, not an ensemble: there is no member {member} to pick", model_path)
     if card.arch != "vnet":
-        raise CheckpointError(f"holds network {card.arch!r}; only 'vnet' models have a peer release layout"
-                              + (" (export the ensemble's member files instead)" if card.arch == "ensemble" else ""),
+        raise CheckpointError(f"holds network {card.arch!r}; only 'vnet' models have a peer release layout",
                               model_path)
     try:
         peer = to_layout(state, layout, decoder=decoder)
@@ -909,6 +943,8 @@ def export_peer_checkpoint(model_path: PathLike, dst: PathLike, layout: str, *, 
     _atomic_torch_save(peer, dst, overwrite=overwrite)  # the file's own CPU tensors, renamed
     exported = card.to_dict()
     exported["exported"] = {"layout": layout, "from": model_path.name, "sha256": _sha256(model_path)}
+    if member is not None:
+        exported["exported"]["member"] = member
     if layout == "mcnet":
         exported["exported"]["decoder"] = decoder
     write_text_atomic(json.dumps(exported, indent=2) + "\n", side, overwrite=overwrite)

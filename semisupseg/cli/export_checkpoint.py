@@ -16,10 +16,13 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "SDM head), 'uamt' plain V-Net, 'mcnet' MC-Net/SGRS-Net encoder./decoder1. split (only one "
                     "decoder is written: load it there with strict=False). The model card (spacing, classes, "
                     "normalisation, which the releases hard-code) is written beside it as .json.")
-    p.add_argument("model", metavar="MODEL.pt", help="SemiSupSeg model file (a 'vnet' network)")
+    p.add_argument("model", metavar="MODEL.pt", help="SemiSupSeg model file (a 'vnet' network, or an ensemble of them "
+                                                     "with --member)")
     p.add_argument("-o", "--output", required=True, metavar="PEER.pth", help="state_dict file to write")
     p.add_argument("--layout", required=True, choices=LAYOUTS, help="which release's key layout to write")
     p.add_argument("--decoder", default="decoder1", help="mcnet layout: the decoder's key prefix (default %(default)s)")
+    p.add_argument("--member", type=int, default=None, metavar="K",
+                   help="an ensemble file: export its K-th network (1-based; 'semisupseg info' lists them)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
 
@@ -28,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.checkpoint import export_peer_checkpoint
 
     dst, side = export_peer_checkpoint(args.model, args.output, args.layout, decoder=args.decoder,
-                                       overwrite=args.overwrite)
-    print(f"wrote {dst} ({args.layout} layout) and its card {side.name}")
+                                       overwrite=args.overwrite, member=args.member)
+    which = f"member {args.member} of {args.model}, " if args.member is not None else ""
+    print(f"wrote {dst} ({which}{args.layout} layout) and its card {side.name}")
     return 0
