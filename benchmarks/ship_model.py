@@ -111,6 +111,9 @@ def main(argv=None) -> int:
     p.add_argument("--test-note", default=None, help="whose figures the test figures are (stored in the card)")
     p.add_argument("--own-test-csv", type=Path, default=None,
                    help="this model's own scores on the test split's scans when the figures are a twin's")
+    p.add_argument("--labeled-list", default=None, metavar="NAME",
+                   help="the split's list of labeled cases (default: the run's data.split_labeled; needed for a "
+                        "model file, e.g. an ensemble, whose card does not name it)")
     p.add_argument("--half", action="store_true", help="store the weights as float16 if the test labels hold")
     p.add_argument("--half-min-agreement", type=float, default=0.999)
     p.add_argument("--data", type=Path, default=None,
@@ -138,6 +141,8 @@ def main(argv=None) -> int:
         data_cfg = yaml.safe_load((args.run / "config.yaml").read_text()).get("data", {})
     if args.data is not None:
         data_cfg["labeled"] = args.data
+    if args.labeled_list is not None:
+        data_cfg["split_labeled"] = args.labeled_list
     if args.half and not data_cfg.get("labeled"):
         p.error("--half needs the dataset folder (--data) to check the test labels")
     card.training["test"] = test_figures(args.test_csv or args.run / "test.csv", card.class_names)
