@@ -3,6 +3,7 @@ segmented with, refused with a clear line when the members do not fit together."
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -187,7 +188,12 @@ def test_cli_ensemble_then_segment_and_info(tmp_path, capsys):
     assert cli_main(["ensemble", *map(str, paths[:2]), "-o", str(out)]) == 2  # never overwrites by default
     assert "exists" in capsys.readouterr().err
     assert cli_main(["info", str(out)]) == 0
-    assert "mean probabilities of 3 members: 3 x vnet" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "mean probabilities of 3 members: 3 x vnet" in said
+    for i in (1, 2, 3):  # one line per member (files differ: named), not a JSON dump of the summaries
+        assert re.search(rf"^  member {i}: +sgrs, seed {i}, 3000 iterations, 20 labeled \+ 120 unlabeled, from m{i}\.pt$",
+                         said, re.M)
+    assert '"members"' not in said and "\n  members:" not in said
     image = tmp_path / "img.nii.gz"
     import SimpleITK as sitk
 

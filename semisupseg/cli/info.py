@@ -49,6 +49,21 @@ def _network_text(network: dict) -> str:
     return f"mean probabilities of {len(members)} members: " + "; ".join(parts)
 
 
+def _member_text(summary: Any, with_file: bool = True) -> str:
+    """One ensemble member's training summary in a line: method, seed, iterations, cases, source file."""
+    if not isinstance(summary, dict):
+        return _value(summary)
+    parts = [str(summary.get("method", "?"))]
+    for key, label in (("seed", "seed {}"), ("iterations", "{} iterations")):
+        if key in summary:
+            parts.append(label.format(_value(summary[key])))
+    if "labeled_cases" in summary:
+        parts.append(f"{summary['labeled_cases']} labeled + {summary.get('unlabeled_cases', 0)} unlabeled")
+    if with_file and "file" in summary:
+        parts.append(f"from {summary['file']}")
+    return ", ".join(parts)
+
+
 def card_lines(card: Any, path=None, size_mb: float = None, n_params: int = None) -> List[str]:
     """The card as aligned lines for people: the model, then the training summary (the settings derived from the
     data and the training data's statistics in short)."""
@@ -70,7 +85,11 @@ def card_lines(card: Any, path=None, size_mb: float = None, n_params: int = None
     if training:
         plan = training.pop("plan", None) or {}
         stats = training.pop("data_statistics", None) or {}
+        members = training.pop("members", None)
         trows = [(k, _value(v)) for k, v in training.items()]
+        if isinstance(members, list):  # an ensemble: one line per member instead of a JSON dump
+            same_file = len({m.get("file") if isinstance(m, dict) else None for m in members}) == 1  # e.g. last.pt
+            trows += [(f"member {i}", _member_text(m, with_file=not same_file)) for i, m in enumerate(members, 1)]
         for key, value in (plan.get("from_data") or {}).items():
             trows.append((key, f"{_value(value)} (from the data)"))
         if stats:
