@@ -84,8 +84,11 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
     for m in models[1:]:
         assert f"[{m}] finished at iteration 2/2" in err and re.search(rf"^-- trained: .*\b{m} in \d+s", err, re.M)
         assert f"started {m} at iteration 0/2" in (out / m / "train.log").read_text()  # the child's own log
-    shipped_method = read_card(REPO / "semisupseg" / "models" / "hippocampus.pt").method
-    assert f"shipped-hippocampus: {shipped_method}, trained on 20 labeled + 140 unlabeled" in err
+    shipped = read_card(REPO / "semisupseg" / "models" / "hippocampus.pt")
+    members = shipped.training.get("ensemble_of")
+    said = f"{shipped.method}, {members} networks averaged, each" if members else shipped.method
+    assert (f"shipped-hippocampus: {said} trained on {shipped.training['labeled_cases']} labeled + "
+            f"{shipped.training['unlabeled_cases']} unlabeled") in err
     assert "labels never read" in err
 
     for name in models:
@@ -240,9 +243,14 @@ def test_what_the_shipped_models_training_did_with_the_sample_cases():
     roles = demo.shipped_data_roles(card, ids)
     for case in ids:  # the split file says the same, read independently
         expected = ("labeled" if case in split[data["labeled_list"]] else
-                    "unlabeled" if case in split["train"] else "test" if case in split["test"] else "unused")
+                    "unlabeled" if case in split[data.get("train_list", "train")] else
+                    "test" if case in split["test"] else "unused")
         assert roles[case] == expected
     assert roles["hippocampus_023"] == "unlabeled" and roles["hippocampus_011"] == "test"
+    # a case of the split's 'train' left out of the model's unlabeled pool is unused, not unlabeled
+    card.training["data"] = {**data, "train_list": "train_no_confirm"}
+    confirm = sorted(set(split["confirm"]) & set(ids))
+    assert confirm and all(demo.shipped_data_roles(card, ids)[c] == "unused" for c in confirm)
     card.training = {}
     assert set(demo.shipped_data_roles(card, ids).values()) == {"unknown"}
 

@@ -114,6 +114,9 @@ def main(argv=None) -> int:
     p.add_argument("--labeled-list", default=None, metavar="NAME",
                    help="the split's list of labeled cases (default: the run's data.split_labeled; needed for a "
                         "model file, e.g. an ensemble, whose card does not name it)")
+    p.add_argument("--train-list", default=None, metavar="NAME",
+                   help="the split's list the labeled and unlabeled training cases came from (default: the run's "
+                        "data.split_all, else 'train')")
     p.add_argument("--half", action="store_true", help="store the weights as float16 if the test labels hold")
     p.add_argument("--half-min-agreement", type=float, default=0.999)
     p.add_argument("--data", type=Path, default=None,
@@ -156,6 +159,9 @@ def main(argv=None) -> int:
         card.inference["keep_largest"] = True
     card.training["data"] = {"dataset": args.dataset, "licence": args.licence, "split_file": args.split,
                              "labeled_list": data_cfg.get("split_labeled"), "test_list": "test"}
+    train_list = args.train_list or data_cfg.get("split_all")
+    if train_list and train_list != "train":
+        card.training["data"]["train_list"] = train_list
     if test_split != args.split:
         card.training["data"]["test_split_file"] = test_split
     if args.half:

@@ -189,7 +189,8 @@ def fitting_shipped_models(classes: Dict[int, str], in_channels: int = 1) -> Tup
 
 def shipped_data_roles(card, case_ids: Sequence[str]) -> Dict[str, str]:
     """What a shipped model's training did with each case, from its card's split record (``training.data``:
-    ``split_file`` relative to the source tree, ``labeled_list``, ``test_list``): ``labeled`` (trained on its
+    ``split_file`` relative to the source tree, ``labeled_list``, ``train_list`` (the list its labeled and unlabeled
+    cases came from, training's ``data.split_all``; default ``train``), ``test_list``): ``labeled`` (trained on its
     label), ``unlabeled`` (its image was in the unlabeled pool, its label never read), ``test`` (its held-out test
     list), ``unused``; ``unknown`` when the card or the split file does not say (e.g. an installed package without
     the benchmark splits)."""
@@ -206,7 +207,7 @@ def shipped_data_roles(card, case_ids: Sequence[str]) -> Dict[str, str]:
     except (OSError, ValueError):
         return unknown
     labeled = set(split.get(labeled_key) or [])
-    train = set(split.get("train") or []) | labeled
+    train = set(split.get(data.get("train_list") or "train") or []) | labeled
     test = set(split.get(data.get("test_list") or "test") or [])
     return {c: "labeled" if c in labeled else "unlabeled" if c in train else "test" if c in test else "unused"
             for c in case_ids}
@@ -584,7 +585,9 @@ def _run(args: argparse.Namespace, preset: dict, compare: Optional[str], iterati
                     "unknown": "not recorded in its card"}
             where = "; ".join(f"{c}: {said[r]}" for c, r in roles.items())
             training = entry.card.training or {}
-            text = (f"{result.name}: {entry.card.method}, trained on {training.get('labeled_cases', '?')} labeled + "
+            members = training.get("ensemble_of")
+            method = f"{entry.card.method}, {members} networks averaged, each" if members else entry.card.method
+            text = (f"{result.name}: {method} trained on {training.get('labeled_cases', '?')} labeled + "
                     f"{training.get('unlabeled_cases', '?')} unlabeled cases for {training.get('iterations', '?')} "
                     f"iterations; the test scans are {where}")
             _note(text)
