@@ -84,11 +84,11 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
     for m in models[1:]:
         assert f"[{m}] finished at iteration 2/2" in err and re.search(rf"^-- trained: .*\b{m} in \d+s", err, re.M)
         assert f"started {m} at iteration 0/2" in (out / m / "train.log").read_text()  # the child's own log
-    shipped = read_card(REPO / "semisupseg" / "models" / "hippocampus.pt")
-    members = shipped.training.get("ensemble_of")
-    said = f"{shipped.method}, {members} networks averaged, each" if members else shipped.method
-    assert (f"shipped-hippocampus: {said} trained on {shipped.training['labeled_cases']} labeled + "
-            f"{shipped.training['unlabeled_cases']} unlabeled") in err
+    card = read_card(REPO / "semisupseg" / "models" / "hippocampus.pt")
+    members = card.training.get("ensemble_of")
+    said = f"{card.method}, {members} networks averaged, each" if members else card.method
+    assert (f"shipped-hippocampus: {said} trained on {card.training['labeled_cases']} labeled + "
+            f"{card.training['unlabeled_cases']} unlabeled") in err
     assert "labels never read" in err
 
     for name in models:
@@ -143,7 +143,7 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
     # the comparison: per model, case and class the evaluate numbers, and their means
     table = _read_csv(out / "comparison.csv")
     assert [r["model"] for r in table][::len(table) // 3] == models
-    assert {r["method"] for r in table} == {shipped_method, "mean-teacher", "supervised"}
+    assert {r["method"] for r in table} == {card.method, "mean-teacher", "supervised"}
     for m in models:
         scores = {(r["case"], int(r["label"])): r for r in _read_csv(out / m / "metrics.csv")}
         mine = [r for r in table if r["model"] == m]
