@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy.stats import spearmanr
 
 from semisupseg.checkpoint import load_model
+from semisupseg.errors import InputError
 from semisupseg.cli import main
 from semisupseg.data import sample_dataset
 from semisupseg.geometry import REGION_AGREE, boundary_ring
@@ -129,3 +129,82 @@ def test_order_and_spearman():
     y = [1.0, 2.0, 0.5, 3.0, 4.0]
     assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
     assert math.isnan(spearman([1, 2], [3, 4])) and math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+# ------------------------------------------------------------------------------------- ensembles: member disagreement
+def test_mutual_information_is_the_entropy_the_members_disagreement_adds():
+    from semisupseg.geometry import entropy, mutual_information
+
+    a = np.array([[0.9, 0.5, 1.0], [0.1, 0.5, 0.0]], np.float32)  # (C=2, 3 voxels)
+    assert np.allclose(mutual_information([a, a, a]), 0.0, atol=1e-7)  # members that agree: nothing to learn
+    b = np.array([[0.1, 0.5, 0.0], [0.9, 0.5, 1.0]], np.float32)
+    mi = mutual_information([a, b], base=2)
+    # by hand: H(mean) - mean H, in bits; the mean is (0.5, 0.5) everywhere (1 bit)
+    h = lambda p: -sum(x * math.log2(x) for x in p if x > 0)  # noqa: E731
+    assert mi == pytest.approx([1 - h([0.9, 0.1]), 0.0, 1.0], abs=1e-6)
+    assert np.allclose(mutual_information([a, b]), mi * math.log(2), atol=1e-6)  # nats
+    assert np.all(mi <= entropy((a + b) / 2, axis=0, base=2) + 1e-7)
+    with pytest.raises(ValueError, match="2 or more"):
+        mutual_information([a])
+    with pytest.raises(ValueError, match="differ in shape"):
+        mutual_information([a, a[:, :2]])
+
+
+@pytest.fixture(scope="module")
+def ensemble_path(model_path) -> Path:
+    """The ranking model and a copy with perturbed weights, joined as one ensemble file."""
+    import torch
+
+    from semisupseg.checkpoint import save_model
+    from semisupseg.ensembles import combine_models
+
+    model, card = load_model(model_path)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * p.std() * torch.randn_like(p))
+    other = save_model(model_path.parent / "perturbed.pt", model, card)
+    return save_model(model_path.parent / "ensemble.pt", *combine_models([model_path, other]))
+
+
+def test_member_disagreement_is_the_members_mutual_information_on_object_and_band(model_path, ensemble_path):
+    from semisupseg.geometry import mutual_information
+
+    model, card = load_model(ensemble_path)
+    image = read_image(HIPPO / "imagesTr" / "hippocampus_015.nii.gz")
+    out = score_volume(image, model, card, ("boundary_entropy", "member_disagreement"), device="cpu", fast=False)
+    options = SegmentOptions(device="cpu", fast=False)
+    probs = [segment(image, m, card, options).probabilities.array for m in model.members]
+    ens = segment(image, model, card, options)
+    obj = ens.labels.array != 0
+    region = obj | boundary_ring(obj, whole_voxels=int(np.prod(card.patch_size_zyx))).outer
+    want = float(mutual_information(probs, base=3)[region].mean())
+    assert out["scores"]["member_disagreement"] == pytest.approx(want, rel=1e-5) and want > 0
+    assert out["scores"]["member_disagreement"] < out["scores"]["boundary_entropy"]  # a part of the entropy
+    # two copies of one network never disagree
+    from semisupseg.ensembles import combine_models
+
+    same, same_card = combine_models([model_path, model_path])
+    assert score_volume(image, same, same_card, ("member_disagreement",), device="cpu",
+                        fast=False)["scores"]["member_disagreement"] == pytest.approx(0.0, abs=1e-6)
+    # one network has no members to disagree
+    single, single_card = load_model(model_path)
+    with pytest.raises(InputError, match="needs an ensemble model file"):
+        score_volume(image, single, single_card, ("member_disagreement",), device="cpu", fast=False)
+
+
+def test_rank_cli_member_disagreement(model_path, ensemble_path, tmp_path, capsys):
+    out = tmp_path / "ranking.csv"
+    image = str(HIPPO / "imagesTr" / "hippocampus_015.nii.gz")
+    assert main(["rank", "--model", str(ensemble_path), image, str(HIPPO / "imagesTr" / "hippocampus_017.nii.gz"),
+                 "-o", str(out), "--measure", "all", "--device", "cpu", "--no-fast"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0])[:6] == ["rank", "case", "score", "boundary_entropy", "member_disagreement",
+                                 "region_fraction"]
+    assert all(0 < float(r["member_disagreement"]) < float(r["boundary_entropy"]) for r in rows)
+    capsys.readouterr()
+    code = main(["rank", "--model", str(model_path), image, "-o", str(tmp_path / "single.csv"),
+                 "--measure", "member_disagreement"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs an ensemble model file" in err and str(model_path) in err
+    assert not (tmp_path / "single.csv").exists()

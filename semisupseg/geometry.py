@@ -285,6 +285,26 @@ def entropy(prob: ArrayLike, axis: int = 1, base: Optional[float] = math.e) -> A
     return (-terms.sum(axis=axis) * scale).astype(p.dtype)
 
 
+def mutual_information(member_probs: Sequence[np.ndarray], axis: int = 0,
+                       base: Optional[float] = math.e) -> np.ndarray:
+    """Voxel mutual information between the class and the ensemble member, ``H(mean_k p_k) - mean_k H(p_k)``
+    (BALD, Houlsby et al. 2011, with an ensemble's members as the samples of the posterior as in Beluch et al.,
+    CVPR 2018): the part of the ensemble's entropy that comes from its members disagreeing, not from each member
+    being unsure (>= 0; 0 when all members give the same probabilities; at most ``log_base K`` for K members).
+
+    ``member_probs``: K >= 2 arrays of class probabilities of the same shape, classes on ``axis`` (0 for
+    ``(C, Z, Y, X)``). ``base`` as in :func:`entropy` (``C`` normalises the entropies to [0, 1]).
+    """
+    if len(member_probs) < 2:
+        raise ValueError(f"mutual information needs 2 or more members' probabilities, got {len(member_probs)}")
+    stacked = [np.asarray(p, dtype=np.float32) for p in member_probs]
+    if any(p.shape != stacked[0].shape for p in stacked[1:]):
+        raise ValueError(f"member probabilities differ in shape: {sorted({p.shape for p in stacked})}")
+    mean_entropy = sum(entropy(p, axis=axis, base=base) for p in stacked) / len(stacked)
+    mi = entropy(sum(stacked) / len(stacked), axis=axis, base=base) - mean_entropy
+    return np.maximum(mi, 0.0).astype(np.float32)  # >= 0 by Jensen; clip float rounding
+
+
 def sgrs_regions(prob_a: ArrayLike, prob_b: ArrayLike, tau: float = SGRS_TAU, base: Optional[float] = 10,
                  axis: int = 1, valid: Optional[ArrayLike] = None) -> ArrayLike:
     """SGRS-Net's partition of voxels from the predictions of the original and the mixed view.

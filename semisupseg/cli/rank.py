@@ -9,8 +9,11 @@ score). Measures (``--measure``):
   region_fraction   share of the object and its band outside SGRS-Net's confident-agreement region Omega, i.e.
                     uncertain (Delta) or confidently disagreeing (Theta) between the scan and its MixUp view;
                     about 3x the cost
+  member_disagreement  an ensemble model file only: mean mutual information between class and member over the
+                    object and its band (BALD), in [0, 1]: where the members disagree, which more labels settle;
+                    about 2x the cost
 
-``--measure all`` computes both (ranked by the default). Scans where nothing is predicted come first. The CSV has
+``--measure all`` computes every measure the model has (ranked by the default). Scans where nothing is predicted come first. The CSV has
 ``rank, case, score``, one column per measure, ``empty``, ``object_voxels``, ``band_voxels``, ``image``; with
 ``--labels DIR`` (labels held back, named like the images) also each scan's true ``dice``, and the Spearman
 correlation of each measure with 1 - Dice is printed — how well the ranking finds the worst segmentations.
@@ -34,9 +37,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--model", "-m", required=True,
                    help="model file (.pt) or the name of a catalogued model ('semisupseg models' lists them)")
     p.add_argument("-o", "--output", required=True, metavar="CSV", help="ranking CSV to write")
-    p.add_argument("--measure", choices=("boundary_entropy", "region_fraction", "all"), default="boundary_entropy",
-                   help="uncertainty measure to rank by (default boundary_entropy; 'all' computes both and ranks "
-                        "by the default)")
+    p.add_argument("--measure", choices=("boundary_entropy", "region_fraction", "member_disagreement", "all"),
+                   default="boundary_entropy",
+                   help="uncertainty measure to rank by (default boundary_entropy; member_disagreement needs an "
+                        "ensemble model; 'all' computes every measure the model has and ranks by the default)")
     p.add_argument("--labels", metavar="DIR", help="held-back labels (named like the images): report each scan's "
                                                    "Dice and how each measure correlates with the error")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -73,6 +77,7 @@ def _cases(inputs: List[str]):
 def run(args: argparse.Namespace) -> int:
     from semisupseg.catalogue import resolve_model
     from semisupseg.checkpoint import load_model
+    from semisupseg.errors import InputError
     from semisupseg.fileio import check_writable, write_text_atomic
     from semisupseg.io import list_volume_files, strip_suffix
     from semisupseg.ranking import DEFAULT_MEASURE, MEASURES, rank_cases, ranking_csv, spearman
@@ -82,9 +87,14 @@ def run(args: argparse.Namespace) -> int:
     labels = None
     if args.labels:
         labels = {strip_suffix(p): p for p in list_volume_files(args.labels)}
-    model, card = load_model(resolve_model(args.model), device="cpu")
+    path = resolve_model(args.model)
+    model, card = load_model(path, device="cpu")
+    ensemble = len(getattr(model, "members", None) or []) >= 2
+    if args.measure == "member_disagreement" and not ensemble:
+        raise InputError(f"--measure member_disagreement needs an ensemble model file (semisupseg ensemble A.pt "
+                         f"B.pt ...); this one holds one {card.arch!r} network", path)
     measure = DEFAULT_MEASURE if args.measure == "all" else args.measure
-    also = MEASURES if args.measure == "all" else ()
+    also = [m for m in MEASURES if ensemble or m != "member_disagreement"] if args.measure == "all" else ()
 
     def report(row) -> None:
         extra = f", dice {row.dice:.4f}" if row.dice is not None else ""
