@@ -42,8 +42,9 @@ Dice 0.878 ± 0.028; 2026-12-04) the Spearman correlations are 0.398 (``boundary
 (``region_fraction``) and 0.295 (``member_disagreement``); the ten scans each ranks first have mean Dice 0.857,
 0.862 and 0.869 against 0.885, 0.884 and 0.881 for the rest. The members' disagreement alone finds the worst scans
 less well than the entropy of their averaged prediction here: where this ensemble errs, its members tend to err
-alike (the error the 20 labels leave), so ``boundary_entropy`` stays the default for ensembles too. Reproduce: ``semisupseg rank --model best.pt <the 40 test images> -o ranking.csv
---measure all --labels Task04_Hippocampus/labelsTr``. Scans where the model predicts no object at all are listed
+alike (the error the 20 labels leave), so ``boundary_entropy`` stays the default for ensembles too. Reproduce:
+``semisupseg rank --model best.pt <the 40 test images> -o ranking.csv --measure all --labels
+Task04_Hippocampus/labelsTr``. Scans where the model predicts no object at all are listed
 first (``empty``): either the model fails on them or they lack the structure — a person should look.
 """
 from __future__ import annotations

@@ -13,8 +13,9 @@ score). Measures (``--measure``):
                     object and its band (BALD), in [0, 1]: where the members disagree, which more labels settle;
                     about 2x the cost
 
-``--measure all`` computes every measure the model has (ranked by the default). Scans where nothing is predicted come first. The CSV has
-``rank, case, score``, one column per measure, ``empty``, ``object_voxels``, ``band_voxels``, ``image``; with
+``--measure all`` computes every measure the model has (ranked by the default). Scans where nothing is predicted
+come first. The CSV has ``rank, case, score``, one column per measure, ``empty``, ``object_voxels``,
+``band_voxels``, ``image``; with
 ``--labels DIR`` (labels held back, named like the images) also each scan's true ``dice``, and the Spearman
 correlation of each measure with 1 - Dice is printed — how well the ranking finds the worst segmentations.
 Inputs: image files, folders of images (an imagesTr/ or imagesTs/ inside is used), LA <id>/mri_norm2.h5 folders.
