@@ -194,6 +194,11 @@ def test_cli_ensemble_then_segment_and_info(tmp_path, capsys):
         assert re.search(rf"^  member {i}: +sgrs, seed {i}, 3000 iterations, 20 labeled \+ 120 unlabeled, from m{i}\.pt$",
                          said, re.M)
     assert '"members"' not in said and "\n  members:" not in said
+    lines = read_card(out).summary_lines()  # what `semisupseg models` and the Slicer model selector show
+    assert [ln.split(":", 1)[0].strip() for ln in lines if ln.strip().startswith("member ")] == \
+        ["member 1", "member 2", "member 3"]
+    assert not any('"members"' in ln or ln.strip().startswith("members:") for ln in lines)
+    assert any("mean probabilities of 3 members: 3 x vnet" in ln for ln in lines)
     image = tmp_path / "img.nii.gz"
     import SimpleITK as sitk
 

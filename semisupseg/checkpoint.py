@@ -268,8 +268,9 @@ class ModelCard:
         return cls.from_dict(d)
 
     def summary_lines(self) -> List[str]:
-        """Human-readable lines (``semisupseg info``)."""
-        net = ", ".join(f"{k}={v}" for k, v in self.network.items())
+        """Human-readable lines (``semisupseg models``, the Slicer model selector): an ensemble's members are
+        summarised (:func:`network_text`, :func:`member_lines`), not dumped as JSON."""
+        net = network_text(self.network)
         classes = ", ".join(f"{v}={n}" for n, v in zip(self.class_names, self.label_values))
         norm = ", ".join(f"{k}={v}" for k, v in self.normalization.items()) or "none"
         lines = [
@@ -286,17 +287,58 @@ class ModelCard:
                          + " (the default unless the user says otherwise)")
         if self.training:
             lines.append("training:")
-            for k, v in self.training.items():
+            training = dict(self.training)
+            members = training.pop("members", None)
+            for k, v in training.items():
                 if isinstance(v, float):
                     v = f"{v:.4g}"
                 elif isinstance(v, (dict, list)):
                     v = json.dumps(v)
                 lines.append(f"  {k + ':':<16}{v}")
+            lines += [f"  {k + ':':<16}{v}" for k, v in member_lines(members)]
         lines += [f"package version:  {self.package_version}", f"created:          {self.created}",
                   f"format version:   {self.format_version}"]
         for k, v in self.extra.items():
             lines.append(f"{k + ':':<18}{json.dumps(v)}")
         return lines
+
+
+def network_text(network: Mapping[str, Any]) -> str:
+    """``k=v, ...`` of a network config; an ensemble's members are counted by their configs
+    (``mean probabilities of 5 members: 5 x vnet n_filters=8, ...``)."""
+    members = network.get("members")
+    if not isinstance(members, list):
+        return ", ".join(f"{k}={v}" for k, v in network.items())
+    counts: Dict[str, int] = {}  # member description -> how many, in the members' order
+    for m in members:
+        text = f"{m.get('arch')} " + ", ".join(f"{k}={v}" for k, v in (m.get("config") or {}).items())
+        counts[text] = counts.get(text, 0) + 1
+    parts = [f"{n} x {t}" if n > 1 else t for t, n in counts.items()]
+    return f"mean probabilities of {len(members)} members: " + "; ".join(parts)
+
+
+def member_lines(members: Any) -> List[Tuple[str, str]]:
+    """``[("member 1", "sgrs, seed 1, 3000 iterations, 20 labeled + 120 unlabeled"), ...]`` from an ensemble card's
+    ``training["members"]`` (the source file is named when the members' file names differ); ``[]`` otherwise."""
+    if not isinstance(members, list):
+        return []
+    named = len({m.get("file") if isinstance(m, dict) else None for m in members}) > 1  # all "last.pt": unnamed
+    out = []
+    for i, m in enumerate(members, 1):
+        if not isinstance(m, dict):
+            out.append((f"member {i}", json.dumps(m)))
+            continue
+        parts = [str(m.get("method", "?"))]
+        if "seed" in m:
+            parts.append(f"seed {m['seed']}")
+        if "iterations" in m:
+            parts.append(f"{m['iterations']} iterations")
+        if "labeled_cases" in m:
+            parts.append(f"{m['labeled_cases']} labeled + {m.get('unlabeled_cases', 0)} unlabeled")
+        if named and "file" in m:
+            parts.append(f"from {m['file']}")
+        out.append((f"member {i}", ", ".join(parts)))
+    return out
 
 
 def _is_int(v: Any) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -36,41 +36,15 @@ def aligned(rows: List[Tuple[str, str]], indent: str = "") -> List[str]:
     return [f"{indent}{(k + ':').ljust(width)}{v}" for k, v in rows]
 
 
-def _network_text(network: dict) -> str:
-    """``k=v, ...`` of a network config; an ensemble's members are counted by their (identical) configs."""
-    members = network.get("members")
-    if not isinstance(members, list):
-        return ", ".join(f"{k}={v}" for k, v in network.items())
-    counts: Dict[str, int] = {}  # member description -> how many, in the members' order
-    for m in members:
-        text = f"{m.get('arch')} " + ", ".join(f"{k}={v}" for k, v in (m.get("config") or {}).items())
-        counts[text] = counts.get(text, 0) + 1
-    parts = [f"{n} x {t}" if n > 1 else t for t, n in counts.items()]
-    return f"mean probabilities of {len(members)} members: " + "; ".join(parts)
-
-
-def _member_text(summary: Any, with_file: bool = True) -> str:
-    """One ensemble member's training summary in a line: method, seed, iterations, cases, source file."""
-    if not isinstance(summary, dict):
-        return _value(summary)
-    parts = [str(summary.get("method", "?"))]
-    for key, label in (("seed", "seed {}"), ("iterations", "{} iterations")):
-        if key in summary:
-            parts.append(label.format(_value(summary[key])))
-    if "labeled_cases" in summary:
-        parts.append(f"{summary['labeled_cases']} labeled + {summary.get('unlabeled_cases', 0)} unlabeled")
-    if with_file and "file" in summary:
-        parts.append(f"from {summary['file']}")
-    return ", ".join(parts)
-
-
 def card_lines(card: Any, path=None, size_mb: float = None, n_params: int = None) -> List[str]:
     """The card as aligned lines for people: the model, then the training summary (the settings derived from the
     data and the training data's statistics in short)."""
+    from semisupseg.checkpoint import member_lines, network_text
+
     rows: List[Tuple[str, str]] = []
     if path is not None:
         rows.append(("model file", f"{path} ({size_mb:.1f} MB, {n_params:,} parameters)"))
-    net = _network_text(card.network)
+    net = network_text(card.network)
     rows += [("method", card.method), ("network", f"{card.arch} ({net})"),
              ("classes", ", ".join(f"{v}={n}" for n, v in zip(card.class_names, card.label_values))),
              ("input channels", str(card.in_channels)), ("spacing (x,y,z)", _xyz(card.spacing_xyz, "mm")),
@@ -87,9 +61,7 @@ def card_lines(card: Any, path=None, size_mb: float = None, n_params: int = None
         stats = training.pop("data_statistics", None) or {}
         members = training.pop("members", None)
         trows = [(k, _value(v)) for k, v in training.items()]
-        if isinstance(members, list):  # an ensemble: one line per member instead of a JSON dump
-            same_file = len({m.get("file") if isinstance(m, dict) else None for m in members}) == 1  # e.g. last.pt
-            trows += [(f"member {i}", _member_text(m, with_file=not same_file)) for i, m in enumerate(members, 1)]
+        trows += member_lines(members)  # an ensemble: one line per member instead of a JSON dump
         for key, value in (plan.get("from_data") or {}).items():
             trows.append((key, f"{_value(value)} (from the data)"))
         if stats:
