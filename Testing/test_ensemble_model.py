@@ -271,3 +271,11 @@ def test_an_exported_member_is_that_member_file_in_the_peer_layout(tmp_path, cap
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.equal(back(x)["seg"], original(x)["seg"])
+
+
+def test_cli_ensemble_of_different_methods_names_them(tmp_path, capsys):
+    a = _save(tmp_path, "m1", _net(1))
+    b = _save(tmp_path, "m2", _net(2), method="supervised")
+    assert cli_main(["ensemble", str(a), str(b), "-o", str(tmp_path / "mix.pt")]) == 0
+    assert "2 sgrs + supervised models, mean of their probabilities" in capsys.readouterr().out
+    assert read_card(tmp_path / "mix.pt").method == "ensemble"

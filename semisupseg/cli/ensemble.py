@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     out = save_model(args.output, net, card, overwrite=args.overwrite, half=args.half)
     size_mb = out.stat().st_size / 1e6
     n_params = sum(p.numel() for p in net.parameters())
+    methods = sorted({m.get("method", "?") for m in card.training.get("members", [])}) or [card.method]
     print(f"wrote {out} ({size_mb:.1f} MB, {n_params:,} parameters{', float16 weights' if args.half else ''}): "
-          f"{len(paths)} {card.method} models, mean of their probabilities")
+          f"{len(paths)} {' + '.join(methods)} models, mean of their probabilities")
     return 0
