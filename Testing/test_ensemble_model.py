@@ -279,3 +279,16 @@ def test_cli_ensemble_of_different_methods_names_them(tmp_path, capsys):
     assert cli_main(["ensemble", str(a), str(b), "-o", str(tmp_path / "mix.pt")]) == 0
     assert "2 sgrs + supervised models, mean of their probabilities" in capsys.readouterr().out
     assert read_card(tmp_path / "mix.pt").method == "ensemble"
+
+
+def test_members_read_from_training_runs_are_recorded_with_their_run_folder(tmp_path):
+    runs = []
+    for i, rel in ((1, "sgrs_s1/last.pt"), (2, "sgrs_s2/best.pt"), (3, "sgrs_s3/kept/it003000.pt")):
+        (tmp_path / rel).parent.mkdir(parents=True)
+        net = _net(i)
+        runs.append(save_model(tmp_path / rel, net, make_card(net, method="sgrs", spacing_xyz=(1.0, 1.0, 1.0),
+                                                               patch_size_xyz=(16, 16, 16),
+                                                               training={"seed": i})))
+    _, card = combine_models(runs)
+    assert [m["file"] for m in card.training["members"]] == ["sgrs_s1/last.pt", "sgrs_s2/best.pt",
+                                                             "sgrs_s3/kept/it003000.pt"]

@@ -38,8 +38,21 @@ COMMON_TRAINING_KEYS = ("augmentation", "perturb", "labeled_cases", "unlabeled_c
 __all__ = ["combine_models", "SHARED_FIELDS"]
 
 
+#: file names a training run writes (``RUN/last.pt``, ``RUN/best.pt``; ``RUN/kept/itNNNNNN.pt``): a member read from
+#: one is recorded with its run folder, which is what tells such members apart
+_RUN_FILES = ("last.pt", "best.pt")
+
+
+def _member_file(path: Path) -> str:
+    if path.name in _RUN_FILES:
+        return f"{path.parent.name}/{path.name}"
+    if path.parent.name == "kept":
+        return f"{path.parent.parent.name}/kept/{path.name}"
+    return path.name
+
+
 def _member_summary(path: Path, card: ModelCard) -> Dict[str, Any]:
-    summary: Dict[str, Any] = {"file": path.name, "method": card.method, "arch": card.arch,
+    summary: Dict[str, Any] = {"file": _member_file(path), "method": card.method, "arch": card.arch,
                                "network": dict(card.network)}
     for key in MEMBER_SUMMARY_KEYS:
         if key in card.training:
