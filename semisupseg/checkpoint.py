@@ -916,8 +916,9 @@ def import_peer_checkpoint(src: PathLike, layout: str, spacing_xyz: Sequence[flo
     return model, card
 
 
-#: training-summary keys an exported ensemble member keeps from the ensemble's card (the data it came from)
-_DATA_KEYS = ("plan", "data_statistics", "data")
+#: training-summary keys describing the data: an ensemble's card takes them from its first member
+#: (:func:`semisupseg.ensembles.combine_models`) and an exported member keeps them from the ensemble's card
+DATA_KEYS = ("plan", "data_statistics", "data")
 
 
 def _ensemble_member(card: ModelCard, state: Dict[str, torch.Tensor], member: Optional[int],
@@ -938,7 +939,7 @@ def _ensemble_member(card: ModelCard, state: Dict[str, torch.Tensor], member: Op
     summaries = card.training.get("members")
     summary = summaries[member - 1] if isinstance(summaries, list) and len(summaries) == n else {}
     training = {k: v for k, v in summary.items() if k not in ("arch", "network", "method")}
-    training.update({k: card.training[k] for k in _DATA_KEYS if k in card.training})
+    training.update({k: card.training[k] for k in DATA_KEYS if k in card.training})
     training["member_of"] = {"file": path.name, "member": member, "of": n}
     out = ModelCard.from_dict({**card.to_dict(), "method": summary.get("method", card.method), "arch": spec["arch"],
                                "network": dict(spec["config"]), "training": training})

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from torch import nn
 
-from semisupseg.checkpoint import CheckpointError, ModelCard, load_model, make_card
+from semisupseg.checkpoint import DATA_KEYS, CheckpointError, ModelCard, load_model, make_card
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -96,7 +96,7 @@ def combine_models(paths: Sequence[PathLike]) -> Tuple[nn.Module, ModelCard]:
             training[key] = values[0]
     if "augmentation" not in training:  # differing flips: no flip TTA (a flip one member never saw would mislead)
         training["augmentation"] = "none"
-    for key in ("plan", "data_statistics", "data"):  # the first member's, for the domain checks and the data's origin
+    for key in DATA_KEYS:  # the first member's, for the domain checks and the data's origin
         if key in first.training:
             training[key] = first.training[key]
     training["ensemble_of"] = len(loaded)

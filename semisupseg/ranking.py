@@ -159,6 +159,16 @@ def score_volume(volume: Union[Volume, Sequence[Volume]], model, card, measures:
             "empty": empty}
 
 
+def _members(model) -> list:
+    """An ensemble network's members (``[]`` for one network)."""
+    return list(getattr(model, "members", None) or [])
+
+
+def model_measures(model) -> List[str]:
+    """The measures of :data:`MEASURES` this model has: ``member_disagreement`` needs an ensemble."""
+    return [m for m in MEASURES if m != "member_disagreement" or len(_members(model)) >= 2]
+
+
 def _member_disagreement(volume, model, card, region: np.ndarray, device: str, fast: bool,
                          cancel: Optional[CancelToken]) -> float:
     """Mean normalised mutual information between class and member over ``region`` (each member segments the scan
@@ -166,7 +176,7 @@ def _member_disagreement(volume, model, card, region: np.ndarray, device: str, f
     from semisupseg.geometry import mutual_information
     from semisupseg.inference import SegmentOptions, segment
 
-    members = list(getattr(model, "members", None) or [])
+    members = _members(model)
     if len(members) < 2:
         raise InputError(f"member_disagreement needs an ensemble model file (semisupseg ensemble A.pt B.pt ...); "
                          f"this model is one {card.arch!r} network")
@@ -260,5 +270,5 @@ def read_ranking_csv(path: PathLike) -> List[Dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-__all__ = ["CaseScore", "DEFAULT_MEASURE", "MEASURES", "mean_dice", "object_band", "order", "rank_cases",
-           "ranking_csv", "read_ranking_csv", "score_volume", "spearman"]
+__all__ = ["CaseScore", "DEFAULT_MEASURE", "MEASURES", "mean_dice", "model_measures", "object_band", "order",
+           "rank_cases", "ranking_csv", "read_ranking_csv", "score_volume", "spearman"]

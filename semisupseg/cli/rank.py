@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.errors import InputError
     from semisupseg.fileio import check_writable, write_text_atomic
     from semisupseg.io import list_volume_files, strip_suffix
-    from semisupseg.ranking import DEFAULT_MEASURE, MEASURES, rank_cases, ranking_csv, spearman
+    from semisupseg.ranking import DEFAULT_MEASURE, model_measures, rank_cases, ranking_csv, spearman
 
     out = check_writable(Path(args.output), args.overwrite)
     cases = _cases(args.inputs)
@@ -90,12 +90,12 @@ def run(args: argparse.Namespace) -> int:
         labels = {strip_suffix(p): p for p in list_volume_files(args.labels)}
     path = resolve_model(args.model)
     model, card = load_model(path, device="cpu")
-    ensemble = len(getattr(model, "members", None) or []) >= 2
-    if args.measure == "member_disagreement" and not ensemble:
-        raise InputError(f"--measure member_disagreement needs an ensemble model file (semisupseg ensemble A.pt "
+    available = model_measures(model)
+    if args.measure not in available + ["all"]:  # member_disagreement of one network
+        raise InputError(f"--measure {args.measure} needs an ensemble model file (semisupseg ensemble A.pt "
                          f"B.pt ...); this one holds one {card.arch!r} network", path)
     measure = DEFAULT_MEASURE if args.measure == "all" else args.measure
-    also = [m for m in MEASURES if ensemble or m != "member_disagreement"] if args.measure == "all" else ()
+    also = available if args.measure == "all" else ()
 
     def report(row) -> None:
         extra = f", dice {row.dice:.4f}" if row.dice is not None else ""
