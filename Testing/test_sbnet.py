@@ -265,3 +265,12 @@ def test_width_cap_reaches_the_backbone_and_the_branch_heads():
     assert out["seg"].shape[1] == 3 and out["sdm"].shape[1] == 2
     rebuilt = build_network("sbnet", capped.config.to_dict())
     rebuilt.load_state_dict(capped.state_dict())  # the cap is part of the stored architecture
+
+
+def test_residual_stages_and_encoder_depths_reach_the_backbone():
+    net = SBNet(SBNetConfig(num_classes=3, n_filters=4, max_filters=8, residual=True, encoder_depths=(2, 2, 3, 3, 3)))
+    assert net.backbone.config.residual and net.backbone.config.depths == (2, 2, 3, 3, 3)
+    assert net.backbone.block_two.residual and "backbone.block_one.conv.3.weight" in net.state_dict()
+    rebuilt = build_network("sbnet", net.config.to_dict())
+    rebuilt.load_state_dict(net.state_dict())
+    assert rebuilt.backbone.block_two.residual

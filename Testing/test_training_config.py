@@ -95,3 +95,15 @@ def test_schedule_note_says_when_the_learning_rate_never_decays():
     assert schedule_note(cfg) is None
     cfg.optim.schedule, cfg.optim.gamma = "step", 1.0  # a 'step' that never changes the rate is no surprise
     assert schedule_note(cfg) is None
+
+
+def test_residual_and_encoder_depths_overrides_reach_the_network_config():
+    from semisupseg.methods import get_method
+    from semisupseg.training.engine import network_config
+
+    cfg = apply_overrides(TrainConfig(), ["model.residual=true", "model.encoder_depths=[2,3,3,3,3]",
+                                          "model.max_filters=48"])
+    net = network_config(cfg, get_method("sgrs"))
+    assert net["residual"] is True and net["encoder_depths"] == [2, 3, 3, 3, 3] and net["max_filters"] == 48
+    plain = network_config(TrainConfig(), get_method("sgrs"))
+    assert "residual" not in plain and "encoder_depths" not in plain  # the releases' network: metadata unchanged

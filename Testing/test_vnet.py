@@ -339,3 +339,63 @@ def test_width_cap_round_trips_and_is_absent_from_uncapped_metadata():
 def test_width_cap_below_first_width_or_not_an_integer_is_rejected(cap):
     with pytest.raises(ValueError, match="max_filters"):
         VNetConfig(n_filters=4, max_filters=cap)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Residual stages and encoder depths (the original V-Net's residual stages; a deeper encoder)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_residual_block_adds_its_input_before_the_last_relu():
+    from semisupseg.nets.vnet import ConvBlock
+
+    torch.manual_seed(0)
+    plain = ConvBlock(2, 4, 4, "none").eval()
+    res = ConvBlock(2, 4, 4, "none", residual=True).eval()
+    res.load_state_dict(plain.state_dict())  # the same keys: the last ReLU has no parameters
+    x = torch.randn(1, 4, 6, 6, 6)
+    pre = plain.conv[:-1](x)  # both convolutions, without the last ReLU
+    assert torch.allclose(res(x), torch.relu(pre + x), atol=1e-6)
+    assert torch.allclose(plain(x), torch.relu(pre), atol=1e-6) and not torch.allclose(res(x), plain(x))
+    one = ConvBlock(1, 1, 4, "none", residual=True).eval()  # one input channel: broadcast, as in the paper
+    x1 = torch.randn(1, 1, 6, 6, 6)
+    assert one.residual and torch.allclose(one(x1), torch.relu(one.conv(x1) + x1), atol=1e-6)
+    assert not ConvBlock(1, 3, 4, "none", residual=True).residual  # 3 -> 4 channels: no identity, stays plain
+
+
+def test_residual_and_depths_build_train_and_round_trip_through_a_model_file(tmp_path):
+    from semisupseg.checkpoint import load_model, make_card, save_model
+
+    plain = VNet(VNetConfig(n_filters=4, num_classes=3, max_filters=16, sdm_head=True))
+    cfg = VNetConfig(n_filters=4, num_classes=3, max_filters=16, sdm_head=True, residual=True,
+                     encoder_depths=(2, 3, 3, 3, 3))
+    net = VNet(cfg)
+    # residual alone keeps the keys; deeper stages add convolutions (block_one 2 deep, block_two 3 deep)
+    assert set(VNet(VNetConfig(n_filters=4, num_classes=3, max_filters=16, sdm_head=True,
+                               residual=True)).state_dict()) == set(plain.state_dict())
+    extra = set(net.state_dict()) - set(plain.state_dict())
+    assert {k.split(".")[0] for k in extra} == {"block_one", "block_two"} and "block_two.conv.6.weight" in extra
+    d = cfg.to_dict()
+    assert d["residual"] is True and d["encoder_depths"] == [2, 3, 3, 3, 3]
+    assert "residual" not in plain.config.to_dict() and "encoder_depths" not in plain.config.to_dict()
+    assert build_network("vnet", d).config == cfg  # a JSON list becomes the tuple again
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randn(2, 1, 16, 16, 16)
+    out = net(x)
+    (out["seg"].mean() + out["sdm"].mean()).backward()
+    assert all(p.grad is not None for p in net.parameters())
+    opt.step()
+    card = make_card(net, method="supervised", spacing_xyz=(1, 1, 1), patch_size_xyz=(16, 16, 16),
+                     class_names=["background", "a", "b"])
+    path = save_model(tmp_path / "m.pt", net, card)
+    loaded, loaded_card = load_model(path)
+    assert loaded.config == cfg and loaded_card.network["encoder_depths"] == [2, 3, 3, 3, 3]
+    net.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["seg"], net(x)["seg"])
+
+
+@pytest.mark.parametrize("kwargs", [{"encoder_depths": (1, 2, 3, 3)}, {"encoder_depths": (0, 2, 3, 3, 3)},
+                                    {"encoder_depths": (1, 2, 3, 3, 3.0)}, {"residual": "yes"}])
+def test_bad_depths_or_residual_flag_are_rejected(kwargs):
+    with pytest.raises(ValueError, match="encoder_depths|residual"):
+        VNetConfig(n_filters=4, **kwargs)

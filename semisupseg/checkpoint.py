@@ -380,7 +380,7 @@ def check_card_dict(d: Mapping[str, Any]) -> None:
 
 
 def _check_network_dict(network: Mapping[str, Any], where: str, members_allowed: bool) -> None:
-    """A network config of a card: scalar values only, except an ensemble's ``members`` (a list of
+    """A network config of a card: scalar values or short lists of numbers only, except an ensemble's ``members`` (a list of
     ``{"arch": name, "config": {scalars}}``, one level deep, at most the ensemble network's ``MAX_MEMBERS``)."""
     from semisupseg.nets.ensemble import MAX_MEMBERS
 
@@ -394,9 +394,13 @@ def _check_network_dict(network: Mapping[str, Any], where: str, members_allowed:
                     raise ValueError(f"{where} members[{i}] must be {{'arch': name, 'config': {{...}}}}, got "
                                      f"{_short(m)}")
                 _check_network_dict(m["config"], f"{where} members[{i}] config", members_allowed=False)
+        elif isinstance(v, list):  # a short list of numbers (a V-Net's encoder_depths)
+            if len(v) > 16 or not all(_is_number(x) for x in v):
+                raise ValueError(f"{where} {k} must be a number, string, boolean or up to 16 numbers, got "
+                                 f"{_short(v)}")
         elif not (v is None or isinstance(v, (str, bool, int, float))):
-            raise ValueError(f"{where} {k} must be a number, string or boolean, got {type(v).__name__} "
-                             f"{_short(v)}")
+            raise ValueError(f"{where} {k} must be a number, string, boolean or up to 16 numbers, got "
+                             f"{type(v).__name__} {_short(v)}")
 
 
 def _short(v: Any, n: int = 80) -> str:

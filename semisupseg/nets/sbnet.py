@@ -103,7 +103,8 @@ class SBNet(nn.Module):
         n, k = config.n_filters, config.fg_channels
         backbone = VNet(VNetConfig(in_channels=config.in_channels, num_classes=2, n_filters=n,
                                    normalization=config.normalization, dropout=config.dropout,
-                                   dropout_p=config.dropout_p, max_filters=config.max_filters))
+                                   dropout_p=config.dropout_p, max_filters=config.max_filters,
+                                   residual=config.residual, encoder_depths=config.encoder_depths))
         del backbone.out_conv  # the backbone's own head is replaced by the branches below (no unused parameters)
         self.backbone = backbone
         w = config.widths  # decoder outputs at 1/4, 1/2, 1 have the widths of encoder stages 3, 2, 1

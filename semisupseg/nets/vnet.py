@@ -1,7 +1,7 @@
 """The 3D V-Net of the reference papers (UA-MT, SASSNet, DTC, SGRS-Net releases).
 
-Widths n, 2n, 4n, 8n, 16n (optionally capped at ``max_filters``); encoder stage depths 1, 2, 3, 3, 3; decoder depths
-3, 3, 2, 1; 2x2x2 strided convolutions down, transposed convolutions up, additive skip connections. Module names equal those of the public releases, so their
+Widths n, 2n, 4n, 8n, 16n (optionally capped at ``max_filters``); encoder stage depths 1, 2, 3, 3, 3 (optionally
+``encoder_depths``); decoder depths 3, 3, 2, 1; plain stages (optionally ``residual``, the original V-Net's); 2x2x2 strided convolutions down, transposed convolutions up, additive skip connections. Module names equal those of the public releases, so their
 ``state_dict`` loads without renaming:
 
 * plain V-Net (UA-MT ``vnet.py``): ``out_conv`` is the segmentation head;
@@ -27,6 +27,8 @@ from semisupseg.runtime import fp32_conv3x3
 
 NORMALIZATIONS = ("batchnorm", "groupnorm", "instancenorm", "none")
 SEG_FORMS = ("softmax", "sigmoid")
+#: convolutions of the releases' encoder stages 1-5
+RELEASE_ENCODER_DEPTHS = (1, 2, 3, 3, 3)
 
 
 @dataclass
@@ -40,6 +42,12 @@ class VNetConfig:
     ``None`` (the default) is the releases' network, widths n..16n. A cap keeps the full-resolution width and sheds
     most weights from the 1/8 and 1/16 stages (n_filters 16 capped at 64: 1.95 M weights instead of 9.45 M, 13 % fewer
     multiply-adds), as nnU-Net caps its 3D feature maps; checkpoints record it, the releases' never have one.
+    ``residual`` makes every stage a residual one, as in the original V-Net (Milletari et al. 2016, Fig. 1; the
+    releases' ``ResidualConvBlock``): the stage adds its input to the output of its last convolution before the last
+    ReLU; a one-channel input is broadcast over the first stage's channels, as in the paper; a stage whose input
+    width differs from its own otherwise stays plain. Same parameters and keys (a state_dict cannot tell it).
+    ``encoder_depths``: convolutions of encoder stages 1-5 (``None``: the releases' 1, 2, 3, 3, 3).
+    ``None``/``False`` options are left out of :meth:`to_dict`, so a release-shaped network's metadata is unchanged.
     """
 
     in_channels: int = 1
@@ -51,8 +59,19 @@ class VNetConfig:
     dropout: bool = False
     dropout_p: float = 0.5
     max_filters: Optional[int] = None
+    residual: bool = False
+    encoder_depths: Optional[Tuple[int, int, int, int, int]] = None
 
     def __post_init__(self) -> None:
+        if self.encoder_depths is not None:
+            depths = tuple(self.encoder_depths)
+            if len(depths) != 5 or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= 16
+                                       for d in depths):
+                raise ValueError(f"encoder_depths must be 5 integers 1-16 (convolutions of stages 1-5), "
+                                 f"got {self.encoder_depths!r}")
+            self.encoder_depths = depths  # type: ignore[assignment]  # a JSON list becomes a tuple
+        if not isinstance(self.residual, bool):
+            raise ValueError(f"residual must be true or false, got {self.residual!r}")
         if self.max_filters is not None and (isinstance(self.max_filters, bool) or not isinstance(self.max_filters, int)
                                              or self.max_filters < self.n_filters):
             raise ValueError(f"max_filters must be an integer >= n_filters ({self.n_filters}) or None, "
@@ -74,6 +93,11 @@ class VNetConfig:
                      for k in range(5))  # type: ignore[return-value]
 
     @property
+    def depths(self) -> Tuple[int, int, int, int, int]:
+        """Convolutions of encoder stages 1-5 (the decoder's stages 6-9 have 3, 3, 2, 1)."""
+        return self.encoder_depths if self.encoder_depths is not None else RELEASE_ENCODER_DEPTHS  # type: ignore
+
+    @property
     def seg_channels(self) -> int:
         return 1 if self.seg_form == "sigmoid" else self.num_classes
 
@@ -83,8 +107,13 @@ class VNetConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["max_filters"] is None:  # the releases' network: metadata as before the option existed
-            del d["max_filters"]
+        for key in ("max_filters", "encoder_depths"):  # the releases' network: metadata as before the options existed
+            if d[key] is None:
+                del d[key]
+            elif key == "encoder_depths":
+                d[key] = list(d[key])
+        if not d["residual"]:
+            del d["residual"]
         return d
 
 
@@ -111,19 +140,29 @@ def _conv_norm_relu(conv: nn.Module, channels: int, normalization: str) -> List[
 
 
 class ConvBlock(nn.Module):
-    """``n_stages`` x (3x3x3 conv, norm, ReLU); keys ``conv.<i>.*`` as in the releases."""
+    """``n_stages`` x (3x3x3 conv, norm, ReLU); keys ``conv.<i>.*`` as in the releases.
 
-    def __init__(self, n_stages: int, in_channels: int, out_channels: int, normalization: str):
+    ``residual``: ``ReLU(convs(x) + x)`` with the last ReLU moved after the addition (the original V-Net's stage);
+    only where ``x`` fits: the same width, or one channel (broadcast). Elsewhere the block stays plain."""
+
+    def __init__(self, n_stages: int, in_channels: int, out_channels: int, normalization: str,
+                 residual: bool = False):
         super().__init__()
         layers: List[nn.Module] = []
         for i in range(n_stages):
             conv = nn.Conv3d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1)
             layers += _conv_norm_relu(conv, out_channels, normalization)
+        self.residual = residual and in_channels in (out_channels, 1)
+        if self.residual:
+            layers.pop()  # the last ReLU follows the addition; it has no parameters, so the keys stay the same
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # all stages keep the spatial size: one check covers them (CPU bf16 depth-2 gradient bug, see runtime)
-        return fp32_conv3x3(self.conv, x)
+        y = fp32_conv3x3(self.conv, x)
+        if self.residual:
+            y = torch.relu(y + x.to(y.dtype))
+        return y
 
 
 class DownsamplingConvBlock(nn.Module):
@@ -180,24 +219,25 @@ class VNet(nn.Module):
         elif kwargs:
             raise TypeError("pass either a VNetConfig or keyword arguments, not both")
         self.config = config
-        (w1, w2, w3, w4, w5), norm = config.widths, config.normalization
-        self.block_one = ConvBlock(1, config.in_channels, w1, norm)
+        (w1, w2, w3, w4, w5), norm, res = config.widths, config.normalization, config.residual
+        (d1, d2, d3, d4, d5) = config.depths
+        self.block_one = ConvBlock(d1, config.in_channels, w1, norm, res)
         self.block_one_dw = DownsamplingConvBlock(w1, w2, norm)
-        self.block_two = ConvBlock(2, w2, w2, norm)
+        self.block_two = ConvBlock(d2, w2, w2, norm, res)
         self.block_two_dw = DownsamplingConvBlock(w2, w3, norm)
-        self.block_three = ConvBlock(3, w3, w3, norm)
+        self.block_three = ConvBlock(d3, w3, w3, norm, res)
         self.block_three_dw = DownsamplingConvBlock(w3, w4, norm)
-        self.block_four = ConvBlock(3, w4, w4, norm)
+        self.block_four = ConvBlock(d4, w4, w4, norm, res)
         self.block_four_dw = DownsamplingConvBlock(w4, w5, norm)
-        self.block_five = ConvBlock(3, w5, w5, norm)
+        self.block_five = ConvBlock(d5, w5, w5, norm, res)
         self.block_five_up = UpsamplingDeconvBlock(w5, w4, norm)
-        self.block_six = ConvBlock(3, w4, w4, norm)
+        self.block_six = ConvBlock(3, w4, w4, norm, res)
         self.block_six_up = UpsamplingDeconvBlock(w4, w3, norm)
-        self.block_seven = ConvBlock(3, w3, w3, norm)
+        self.block_seven = ConvBlock(3, w3, w3, norm, res)
         self.block_seven_up = UpsamplingDeconvBlock(w3, w2, norm)
-        self.block_eight = ConvBlock(2, w2, w2, norm)
+        self.block_eight = ConvBlock(2, w2, w2, norm, res)
         self.block_eight_up = UpsamplingDeconvBlock(w2, w1, norm)
-        self.block_nine = ConvBlock(1, w1, w1, norm)
+        self.block_nine = ConvBlock(1, w1, w1, norm, res)
         if config.sdm_head:
             self.out_conv = nn.Conv3d(w1, config.sdm_channels, 1)  # SDM head (tanh), release layout
             self.out_conv2 = nn.Conv3d(w1, config.seg_channels, 1)  # segmentation head

@@ -104,12 +104,16 @@ class ModelConfig:
 
     ``seg_form`` ``None`` uses the method's preference (``softmax`` unless the method sets ``seg_form``); the SDM head
     and dropout follow the method's ``needs_sdm`` / ``needs_dropout``. ``max_filters`` caps the V-Net's stage widths
-    (``None``: the releases' n..16n; see :class:`semisupseg.nets.vnet.VNetConfig`). ``extra`` is passed on to the network config
+    (``None``: the releases' n..16n; see :class:`semisupseg.nets.vnet.VNetConfig`); ``residual`` (residual stages, the
+    original V-Net's) and ``encoder_depths`` (convolutions of encoder stages 1-5, ``None``: 1, 2, 3, 3, 3) likewise.
+    ``extra`` is passed on to the network config
     (for architectures with more options).
     """
 
     n_filters: int = 16
     max_filters: Optional[int] = None
+    residual: bool = False
+    encoder_depths: Optional[List[int]] = None
     normalization: str = "batchnorm"
     seg_form: Optional[str] = None
     dropout_p: float = 0.5

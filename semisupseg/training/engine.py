@@ -104,6 +104,10 @@ def network_config(cfg: TrainConfig, method_cls) -> Dict[str, Any]:
            "dropout_p": cfg.model.dropout_p}
     if cfg.model.max_filters is not None:  # only then: other architectures' configs have no such field
         net["max_filters"] = cfg.model.max_filters
+    if cfg.model.residual:
+        net["residual"] = True
+    if cfg.model.encoder_depths is not None:
+        net["encoder_depths"] = list(cfg.model.encoder_depths)
     net.update(cfg.model.extra)
     return net
 
