@@ -3,6 +3,7 @@ names never shadow shipped models; ``semisupseg models`` and ``segment --model N
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -223,7 +224,10 @@ def test_cli_models_table_info_add_remove(tmp_path, home, shipped, capsys):
     assert [d["name"] for d in listed] == ["left-atrium", "mine", "run1"] and listed[1]["card"]["method"] == "uamt"
     assert main(["models", "info", "mine"]) == 0
     out = capsys.readouterr().out
-    assert "source:           user" in out and "method:           uamt" in out
+    assert re.search(r"^source: +user$", out, re.M) and re.search(r"^method: +uamt$", out, re.M)
+    # the catalogue's rows and the card's share one value column
+    top = [ln for ln in out.splitlines() if not ln.startswith(" ") and ":" in ln and not ln.endswith(":")]
+    assert len({len(ln) - len(ln.split(":", 1)[1].lstrip()) for ln in top}) == 1, top
     assert main(["info", "mine"]) == 0  # 'info' takes a name too
     assert "uamt" in capsys.readouterr().out
     assert main(["models", "add", str(f), "--name", "left-atrium"]) == 2

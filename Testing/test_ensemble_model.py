@@ -163,7 +163,7 @@ def test_a_card_with_malformed_members_is_refused_on_load(tmp_path):
     out = save_model(tmp_path / "e.pt", ens, card)
     payload = torch.load(out, weights_only=True)
     meta = json.loads(payload["metadata"])
-    meta["network"]["members"][1] = {"arch": "vnet", "config": {"n_filters": [2]}}
+    meta["network"]["members"][1] = {"arch": "vnet", "config": {"n_filters": {"deep": 2}}}
     payload["metadata"] = json.dumps(meta)
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"members\[1\] config n_filters") as info:

@@ -267,40 +267,65 @@ class ModelCard:
         check_card_dict(d)
         return cls.from_dict(d)
 
-    def summary_lines(self) -> List[str]:
-        """Human-readable lines (``semisupseg models``, the Slicer model selector): an ensemble's members are
-        summarised (:func:`network_text`, :func:`member_lines`), not dumped as JSON."""
-        net = network_text(self.network)
-        classes = ", ".join(f"{v}={n}" for n, v in zip(self.class_names, self.label_values))
-        norm = ", ".join(f"{k}={v}" for k, v in self.normalization.items()) or "none"
-        lines = [
-            f"method:           {self.method}",
-            f"network:          {self.arch} ({net})",
-            f"classes:          {classes}",
-            f"input channels:   {self.in_channels}",
-            "spacing (x,y,z):  " + " x ".join(f"{s:g}" for s in self.spacing_xyz) + " mm",
-            "patch (x,y,z):    " + " x ".join(str(s) for s in self.patch_size_xyz) + " voxels",
-            f"intensity norm.:  {norm}",
-        ]
+    def summary_lines(self, head: Sequence[Tuple[str, str]] = ()) -> List[str]:
+        """Lines for people (``semisupseg info`` and ``models info``, the Slicer model selector, ship_model): the model,
+        then the training summary. An ensemble's members are one line each (:func:`network_text`,
+        :func:`member_lines`); the settings derived from the data and the training data's statistics are summarised,
+        not dumped as JSON. ``head``: ``(key, text)`` rows put first, in the same column (the model file, ...)."""
+        rows: List[Tuple[str, str]] = list(head)
+        rows += [("method", self.method), ("network", f"{self.arch} ({network_text(self.network)})"),
+                 ("classes", ", ".join(f"{v}={n}" for n, v in zip(self.class_names, self.label_values))),
+                 ("input channels", str(self.in_channels)), ("spacing (x,y,z)", _xyz(self.spacing_xyz, "mm")),
+                 ("patch (x,y,z)", _xyz(self.patch_size_xyz, "voxels")),
+                 ("intensity norm.", ", ".join(f"{k}={v}" for k, v in self.normalization.items()
+                                               if v is not None and v is not False) or "none")]
         if self.inference:
-            lines.append("inference:        " + ", ".join(f"{k}={v}" for k, v in self.inference.items())
-                         + " (the default unless the user says otherwise)")
+            rows.append(("inference", ", ".join(f"{k}={v}" for k, v in self.inference.items())
+                         + " (the default unless the user says otherwise)"))
+        rows += [("package version", str(self.package_version)), ("created", str(self.created)),
+                 ("format version", str(self.format_version))]
+        rows += [(k, json.dumps(v)) for k, v in self.extra.items()]
+        lines = aligned_lines(rows)
         if self.training:
             lines.append("training:")
-            training = dict(self.training)
-            members = training.pop("members", None)
-            for k, v in training.items():
-                if isinstance(v, float):
-                    v = f"{v:.4g}"
-                elif isinstance(v, (dict, list)):
-                    v = json.dumps(v)
-                lines.append(f"  {k + ':':<16}{v}")
-            lines += [f"  {k + ':':<16}{v}" for k, v in member_lines(members)]
-        lines += [f"package version:  {self.package_version}", f"created:          {self.created}",
-                  f"format version:   {self.format_version}"]
-        for k, v in self.extra.items():
-            lines.append(f"{k + ':':<18}{json.dumps(v)}")
+            lines += aligned_lines(training_rows(self.training), "  ")
         return lines
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _xyz(values: Sequence[Any], unit: str = "") -> str:
+    return " x ".join(f"{float(v):g}" for v in values) + (f" {unit}" if unit else "")
+
+
+def aligned_lines(rows: Sequence[Tuple[str, str]], indent: str = "") -> List[str]:
+    """``key: value`` lines with the values in one column."""
+    width = max((len(k) for k, _ in rows), default=0) + 2
+    return [f"{indent}{(k + ':').ljust(width)}{v}" for k, v in rows]
+
+
+def training_rows(training: Mapping[str, Any]) -> List[Tuple[str, str]]:
+    """``(key, text)`` rows of a card's training summary: the scalars as they are, an ensemble's members one row
+    each, the settings derived from the data (``plan.from_data``) and the training scans' statistics in short."""
+    training = dict(training)
+    plan = training.pop("plan", None) or {}
+    stats = training.pop("data_statistics", None) or {}
+    members = training.pop("members", None)
+    rows = [(k, _value_text(v)) for k, v in training.items()]
+    rows += member_lines(members)
+    for key, value in ((plan.get("from_data") or {}) if isinstance(plan, dict) else {}).items():
+        rows.append((key, f"{_value_text(value)} (from the data)"))
+    if isinstance(stats, dict) and stats:
+        rows.append(("training scans", f"{stats.get('cases')} {stats.get('modality', '')}, median "
+                                       f"{_xyz(stats.get('median_extent_mm') or [], 'mm')} at "
+                                       f"{_xyz(stats.get('median_spacing_xyz') or [], 'mm')}"))
+    return rows
 
 
 def network_text(network: Mapping[str, Any]) -> str:

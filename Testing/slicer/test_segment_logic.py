@@ -4,6 +4,7 @@ the scene — compared with ``semisupseg segment`` on the same file (identical l
 entropy), overlays present and reused, ROI, cancel and failures leaving the scene as it was."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -312,7 +313,7 @@ def test_model_choices_list_the_catalogue(tmp_path, monkeypatch):
     catalogue.add(tmp_path / "gone.pt", name="gone")
     (tmp_path / "gone.pt").unlink()
     choices = {name: (label, text) for label, name, text in sl.model_choices(catalogue)}
-    assert choices["tiny"][0] == "tiny (user)" and "method:           dtc" in choices["tiny"][1]
+    assert choices["tiny"][0] == "tiny (user)" and re.search(r"^method: +dtc$", choices["tiny"][1], re.M)
     assert choices["gone"][1].startswith("cannot be used:")
     # before the Python packages are installed (no torch: cards unreadable) the models are still listed
     monkeypatch.setitem(sys.modules, "semisupseg.checkpoint", None)

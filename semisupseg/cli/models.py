@@ -58,6 +58,7 @@ def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> List[s
 
 def run(args: argparse.Namespace) -> int:
     from semisupseg.catalogue import ModelCatalogue
+    from semisupseg.checkpoint import aligned_lines
 
     cat = ModelCatalogue(args.home)
     action = args.action or "list"
@@ -96,17 +97,14 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(e.to_dict(), indent=2))
             return 0
-        print(f"name:             {e.name}")
-        print(f"source:           {e.source}")
-        print(f"model file:       {e.path}")
-        if e.run_dir is not None:
-            print(f"training run:     {e.run_dir}")
-        if e.added:
-            print(f"added:            {e.added}")
+        head = [("name", e.name), ("source", e.source), ("model file", str(e.path))]
+        head += [("training run", str(e.run_dir))] if e.run_dir is not None else []
+        head += [("added", str(e.added))] if e.added else []
         if e.error is not None:
-            print(f"unusable:         {e.error}")
+            for line in aligned_lines(head + [("unusable", str(e.error))]):
+                print(line)
             return 2
-        for line in e.card.summary_lines():
+        for line in e.card.summary_lines(head):
             print(line)
         return 0
     raise AssertionError(action)
