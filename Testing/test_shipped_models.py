@@ -123,9 +123,10 @@ def test_left_atrium_model_card_and_the_bundled_sample_scans(tmp_path):
         for suffix in ("label", "sdm", "entropy"):
             assert read_volume(pred / f"{c}_{suffix}.nii.gz").same_geometry(image, tol=1e-5)
     dice = [float(r["dice"]) for r in _dice_rows(pred, LA_SAMPLE / "labelsTr", [1], tmp_path)]
-    # measured 2026-12-03 (the sgrs model): 0.961, 0.948 (training scans: a sanity floor only; the sassnet model
-    # before it fitted them closer, 0.979 / 0.976, and did worse on the held-out scans)
-    assert len(dice) == len(cases) and min(dice) > 0.93
+    # measured 2026-12-04 (sgrs with data.perturb=both): 0.952, 0.937; the unperturbed sgrs model before it 0.961,
+    # 0.948 (training scans: a sanity floor only; the sassnet model before those fitted them closer, 0.979 / 0.976,
+    # and did worse on the held-out scans)
+    assert len(dice) == len(cases) and min(dice) > 0.92
 
 
 @pytest.mark.slow
@@ -151,7 +152,7 @@ def test_left_atrium_model_on_full_resolution_h5_and_nrrd(tmp_path):
         assert np.array_equal(seg_h5.array, seg_nrrd.array)
         a, b = seg_h5.array == 1, label.array == 1
         dices.append(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()))
-    # measured 2026-12-03: 0.876, 0.785, 0.933 (the same scans at 1.25 mm: 0.881, 0.792, 0.937)
+    # measured 2026-12-04: 0.891, 0.775, 0.929 (the model before it: 0.876, 0.785, 0.933)
     assert min(dices) > 0.75 and np.mean(dices) > 0.84
 
 
@@ -167,8 +168,8 @@ def test_left_atrium_model_on_the_shared_held_out_split(tmp_path):
     rows = _dice_rows(pred, SHARED_LA / "labelsTr", [1], tmp_path)
     assert {r["case"] for r in rows} == set(cases)
     dice = [float(r["dice"]) for r in rows]
-    # measured 2026-12-03: mean 0.9063, median 0.905, min 0.871 (0.9062 without the largest-component step);
-    # the target is 0.89
+    # measured 2026-12-04 (sgrs retrained with data.perturb=both): mean 0.9067, median 0.907, min 0.873 (0.9057
+    # without the largest-component step; the unperturbed model before it 0.9063); the target is 0.89
     assert np.mean(dice) > 0.89 and min(dice) > 0.85
     card = read_card(MODELS / "left-atrium.pt")
     assert np.mean(dice) == pytest.approx(card.training["test"]["per_class"]["left atrium"]["dice_mean"], abs=2e-3)
