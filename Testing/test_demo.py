@@ -209,7 +209,9 @@ def test_demo_on_la_uses_the_left_atrium_model_and_skips_the_one_that_does_not_f
         ("mean-teacher", test_id, "left atrium"), ("mean-teacher", "mean", "left atrium"),
         ("mean-teacher", "mean", "all classes")]
     shipped = [r for r in table if r["model"] == "shipped-left-atrium" and r["case"] == test_id][0]
-    assert float(shipped["dice"]) > 0.95  # a scan of its labeled set (the table says so): a sanity floor only
+    # a scan of its labeled set (the table says so): a sanity floor only; measured 2026-12-04 0.941 (the model
+    # shipped before it, trained without data.perturb, above 0.95)
+    assert float(shipped["dice"]) > 0.92
     # one unlabeled case only: no validation, the last model is the one used
     assert sorted(p.name for p in (out / "mean-teacher" / "run").glob("*.pt")) == ["last.pt"]
     assert (out / "mean-teacher" / "previews" / f"{test_id}.png").stat().st_size > 1000

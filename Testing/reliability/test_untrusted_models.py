@@ -619,7 +619,9 @@ def test_extra_top_level_keys_are_kept_and_ignored(good, tmp_path):
     ({"network_extra": True, "network": {"n_filters": 4, "attention": True}}, "cannot rebuild"),
     ({"network": {"n_filters": 4, "normalization": "layernorm"}}, "cannot rebuild"),
     ({"network": {"n_filters": "4"}}, "n_filters must be an integer"),
-    ({"network": {"n_filters": [4]}}, "network n_filters must be a number"),
+    ({"network": {"n_filters": [4]}}, "network n_filters must be an integer"),
+    ({"network": {"n_filters": 4, "encoder_depths": ["deep"]}}, "up to 16 numbers"),
+    ({"network": {"n_filters": 4, "encoder_depths": list(range(17))}}, "up to 16 numbers"),
     ({"network": {"n_filters": 4, "dropout_p": 5.0}}, "cannot rebuild"),
 ])
 def test_cards_pointing_somewhere_odd_are_refused(change, words, good, tmp_path):
