@@ -405,8 +405,9 @@ def check_card_dict(d: Mapping[str, Any]) -> None:
 
 
 def _check_network_dict(network: Mapping[str, Any], where: str, members_allowed: bool) -> None:
-    """A network config of a card: scalar values or short lists of numbers only, except an ensemble's ``members`` (a list of
-    ``{"arch": name, "config": {scalars}}``, one level deep, at most the ensemble network's ``MAX_MEMBERS``)."""
+    """A network config of a card: scalars or short lists of numbers (a V-Net's ``encoder_depths``) only, except an
+    ensemble's ``members`` (a list of ``{"arch": name, "config": {...}}``, one level deep, at most the ensemble
+    network's ``MAX_MEMBERS``)."""
     from semisupseg.nets.ensemble import MAX_MEMBERS
 
     for k, v in network.items():
