@@ -30,7 +30,7 @@ Tensors are ``(B, C, Z, Y, X)``; every spatial side must be a multiple of 16.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Dict, List
 
 import torch
@@ -101,10 +101,11 @@ class SBNet(nn.Module):
             raise TypeError("pass either an SBNetConfig or keyword arguments, not both")
         self.config = config
         n, k = config.n_filters, config.fg_channels
-        backbone = VNet(VNetConfig(in_channels=config.in_channels, num_classes=2, n_filters=n,
-                                   normalization=config.normalization, dropout=config.dropout,
-                                   dropout_p=config.dropout_p, max_filters=config.max_filters,
-                                   residual=config.residual, encoder_depths=config.encoder_depths))
+        # every V-Net option of the config (widths, cap, depths, residual stages, norm, dropout) reaches the backbone;
+        # its own head is removed below, so its head form is the plain one
+        trunk = {f.name: getattr(config, f.name) for f in fields(VNetConfig)}
+        trunk.update(num_classes=2, seg_form="softmax", sdm_head=False)
+        backbone = VNet(VNetConfig(**trunk))
         del backbone.out_conv  # the backbone's own head is replaced by the branches below (no unused parameters)
         self.backbone = backbone
         w = config.widths  # decoder outputs at 1/4, 1/2, 1 have the widths of encoder stages 3, 2, 1

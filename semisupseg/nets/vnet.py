@@ -107,13 +107,11 @@ class VNetConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("max_filters", "encoder_depths"):  # the releases' network: metadata as before the options existed
-            if d[key] is None:
+        for key in ("max_filters", "encoder_depths", "residual"):  # the releases' network: metadata as before the
+            if d[key] is None or d[key] is False:                   # options existed
                 del d[key]
-            elif key == "encoder_depths":
-                d[key] = list(d[key])
-        if not d["residual"]:
-            del d["residual"]
+        if "encoder_depths" in d:
+            d["encoder_depths"] = list(d["encoder_depths"])  # JSON has lists
         return d
 
 
