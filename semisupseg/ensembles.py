@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 from torch import nn
 
 from semisupseg.checkpoint import DATA_KEYS, CheckpointError, ModelCard, load_model, make_card
+from semisupseg.training.heartbeat import KEPT_DIR, RUN_MODEL_FILES
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,16 +39,13 @@ COMMON_TRAINING_KEYS = ("augmentation", "perturb", "labeled_cases", "unlabeled_c
 __all__ = ["combine_models", "SHARED_FIELDS"]
 
 
-#: file names a training run writes (``RUN/last.pt``, ``RUN/best.pt``; ``RUN/kept/itNNNNNN.pt``): a member read from
-#: one is recorded with its run folder, which is what tells such members apart
-_RUN_FILES = ("last.pt", "best.pt")
-
-
 def _member_file(path: Path) -> str:
-    if path.name in _RUN_FILES:
+    """A member's file name; one a training run wrote (``RUN/last.pt``, ``RUN/best.pt``, ``RUN/kept/it001000.pt``)
+    with its run folder, which is what tells such members apart."""
+    if path.name in RUN_MODEL_FILES:
         return f"{path.parent.name}/{path.name}"
-    if path.parent.name == "kept":
-        return f"{path.parent.parent.name}/kept/{path.name}"
+    if path.parent.name == KEPT_DIR:
+        return f"{path.parent.parent.name}/{KEPT_DIR}/{path.name}"
     return path.name
 
 

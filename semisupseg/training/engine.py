@@ -48,6 +48,7 @@ from semisupseg.training.config import TrainConfig, save_config
 from semisupseg.training.data import TrainData
 from semisupseg.training.ema import ema_decay_at, ema_update, make_teacher
 from semisupseg.training.events import Events
+from semisupseg.training.heartbeat import KEPT_DIR
 from semisupseg.training.heartbeat import RUN_FILES  # noqa: F401  (files the engine writes in a run directory)
 
 RESUME_FORMAT = "semisupseg-resume"
@@ -684,7 +685,7 @@ class Trainer:
                     self._save_resume()
                 if cfg.keep_every and self.iteration % cfg.keep_every == 0 and self.dist.is_main:
                     self._phase = "saving"
-                    self._save_model(f"kept/it{self.iteration:06d}", {})
+                    self._save_model(f"{KEPT_DIR}/it{self.iteration:06d}", {})
                 if self.snapshots is not None and (self.iteration % cfg.overlays.every == 0
                                                    or self.iteration == cfg.iterations):
                     self._write_snapshots()

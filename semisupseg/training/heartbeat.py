@@ -44,8 +44,12 @@ RUN_FILES = ("config.yaml", "data.json", "events.jsonl", "resume.pt", "last.pt",
 OVERLAY_DIR = "overlays"
 #: everything the engine may leave in a run directory (``--overwrite`` removes exactly these)
 ENGINE_ENTRIES = RUN_FILES + (HEARTBEAT_FILE, OVERLAY_DIR)
+#: the model files of a run (``semisupseg segment --model RUN/last.pt``)
+RUN_MODEL_FILES = ("last.pt", "best.pt")
 #: files that hold a run's state: a folder with none of them can take a new start
-RUN_STATE_FILES = ("resume.pt", "last.pt", "best.pt")
+RUN_STATE_FILES = ("resume.pt",) + RUN_MODEL_FILES
+#: folder of the model copies kept every ``keep_every`` iterations (``RUN/kept/it001000.pt``)
+KEPT_DIR = "kept"
 #: the words :func:`run_status` returns
 STATUSES = ("running", "finished", "failed", "cancelled", "crashed", "empty")
 _TERMINAL = ("finished", "failed", "cancelled")
@@ -347,6 +351,6 @@ def run_status(run_dir: PathLike) -> str:
     return run_state(run_dir).status
 
 
-__all__ = ["Heartbeat", "HEARTBEAT_FILE", "ENGINE_ENTRIES", "LogSummary", "OVERLAY_DIR", "RUN_FILES",
-           "RUN_STATE_FILES", "RunState", "STATUSES", "clear_engine_files", "describe_process", "has_run_state",
-           "heartbeat_alive", "read_heartbeat", "run_state", "run_status", "start_refusal"]
+__all__ = ["Heartbeat", "HEARTBEAT_FILE", "ENGINE_ENTRIES", "KEPT_DIR", "LogSummary", "OVERLAY_DIR", "RUN_FILES",
+           "RUN_MODEL_FILES", "RUN_STATE_FILES", "RunState", "STATUSES", "clear_engine_files", "describe_process",
+           "has_run_state", "heartbeat_alive", "read_heartbeat", "run_state", "run_status", "start_refusal"]
