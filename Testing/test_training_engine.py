@@ -183,6 +183,21 @@ def test_keep_every_keeps_loadable_copies_at_those_iterations(tmp_path):
         _config(tmp_path / "bad", keep_every=-1).validate()
 
 
+def test_overwrite_removes_the_old_runs_kept_copies(tmp_path):
+    """A new start with ``overwrite`` in a folder whose old run kept copies every 3 iterations: only the new run's
+    copies remain (an old ``kept/it000003.pt`` beside new ones would be taken for a member of this run); a file of
+    the user's in the folder stays."""
+    run = tmp_path / "run"
+    Trainer(_config(run, keep_every=3), data=_data()).run()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        Trainer(_config(run, keep_every=4), data=_data()).run()
+    assert sorted(p.name for p in (run / "kept").glob("*.pt")) == ["it000003.pt", "it000006.pt"]
+    Trainer(_config(run, keep_every=4), data=_data(), overwrite=True).run()
+    assert sorted(p.name for p in (run / "kept").glob("*.pt")) == ["it000004.pt", "it000008.pt"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
 def _weights_of(path):
     model, _ = load_model(path)
     return model.state_dict()

@@ -42,14 +42,15 @@ STALE_AFTER_S = 60.0
 RUN_FILES = ("config.yaml", "data.json", "events.jsonl", "resume.pt", "last.pt", "last.json", "best.pt", "best.json")
 #: folder of the training snapshots (:mod:`semisupseg.training.snapshots`)
 OVERLAY_DIR = "overlays"
-#: everything the engine may leave in a run directory (``--overwrite`` removes exactly these)
-ENGINE_ENTRIES = RUN_FILES + (HEARTBEAT_FILE, OVERLAY_DIR)
+#: folder of the model copies kept every ``keep_every`` iterations (``RUN/kept/it001000.pt``)
+KEPT_DIR = "kept"
+#: everything the engine may leave in a run directory (``--overwrite`` removes exactly these: a new start must not
+#: leave the old run's kept copies beside its own)
+ENGINE_ENTRIES = RUN_FILES + (HEARTBEAT_FILE, OVERLAY_DIR, KEPT_DIR)
 #: the model files of a run (``semisupseg segment --model RUN/last.pt``)
 RUN_MODEL_FILES = ("last.pt", "best.pt")
 #: files that hold a run's state: a folder with none of them can take a new start
 RUN_STATE_FILES = ("resume.pt",) + RUN_MODEL_FILES
-#: folder of the model copies kept every ``keep_every`` iterations (``RUN/kept/it001000.pt``)
-KEPT_DIR = "kept"
 #: the words :func:`run_status` returns
 STATUSES = ("running", "finished", "failed", "cancelled", "crashed", "empty")
 _TERMINAL = ("finished", "failed", "cancelled")
