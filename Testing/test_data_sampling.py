@@ -14,7 +14,6 @@ from semisupseg.data.augment import augmentation_name, draw_rot_flip, rot_flip, 
 from semisupseg.data.cases import LoadedCase
 from semisupseg.data.sampling import PatchSampler, TwoStreamSampler
 from semisupseg.errors import InputError
-from semisupseg.errors import InputError
 
 
 def _coded(shape, case=0):

@@ -243,7 +243,7 @@ def table(args, dataset: str) -> str:
                                         args.keep_largest)
                     if found is not None:
                         groups.setdefault((method, n, aug), {})[seed] = read_scores(found)
-    lines = [f"| method | labeled | augment | seeds | " + " | ".join(f"Dice {c} (mean ± sd over seeds)" for c in names)
+    lines = ["| method | labeled | augment | seeds | " + " | ".join(f"Dice {c} (mean ± sd over seeds)" for c in names)
              + " | median Dice | HD95 mm | ASD mm | Δ Dice vs reference [95 % CI], sign test p |",
              "|" + "---|" * (8 + len(names))]
     for (method, n, aug), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0] != "supervised",

@@ -419,7 +419,7 @@ def _specs(run: RunSeries, window: int) -> List[_Spec]:
     # validation
     vit = run.val_iterations.astype(np.float64)
     best = run.best
-    dice_colour, hd_colour, best_colour = PALETTE[0], PALETTE[1], PALETTE[3]
+    dice_colour, hd_colour = PALETTE[0], PALETTE[1]
     best_label = f"best {best[1]:.3f} at {best[0]}" if best else None
     note = None if vit.size else "no validation in this run yet"
     specs.append(_Spec("dice", "Validation Dice", (0.0, 1.0), [("Dice", vit, run.dice, dice_colour, _LINE_W)],

@@ -54,7 +54,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import IO, Any, Dict, List, Mapping, Optional, Tuple
+from typing import IO, Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 

@@ -43,7 +43,6 @@ from vtk.util import numpy_support
 from semisupseg.runplot import FIGURE_KEYS, event_number, is_figure_key, parse_event_lines
 from semisupseg.volume import Volume
 
-from . import colors as colors_module
 from .results import ensure_sh_item, show_overlay
 from .scene import update_volume_node
 

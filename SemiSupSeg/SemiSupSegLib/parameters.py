@@ -18,7 +18,7 @@ the tests check on a real parameter node).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 DEVICES = ("auto", "cpu", "cuda")
 QUALITIES = ("default", "accurate")

@@ -49,7 +49,6 @@ from semisupseg.training.data import TrainData
 from semisupseg.training.ema import ema_decay_at, ema_update, make_teacher
 from semisupseg.training.events import Events
 from semisupseg.training.heartbeat import KEPT_DIR
-from semisupseg.training.heartbeat import RUN_FILES  # noqa: F401  (files the engine writes in a run directory)
 
 RESUME_FORMAT = "semisupseg-resume"
 RESUME_VERSION = 1
