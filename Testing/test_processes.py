@@ -74,3 +74,30 @@ def test_kill_after_the_leader_exited_still_ends_its_stray():
         assert alive(grandchild)
         kill_process_tree(proc)
         assert gone([grandchild])
+
+
+def test_without_sigkill_the_windows_path_stops_and_kills(monkeypatch):
+    """Windows has no ``signal.SIGKILL``: the module must import and take its other path there. Loaded as on
+    Windows (no SIGKILL, not POSIX; ``taskkill`` recorded instead of run), TERM ends the leader through
+    ``Popen.terminate`` and KILL asks ``taskkill /T`` for the tree, then kills the leader itself."""
+    import importlib
+
+    import semisupseg.processes as processes
+
+    with monkeypatch.context() as m:  # only while the module loads: Popen.kill needs SIGKILL on this POSIX machine
+        m.delattr(signal, "SIGKILL")
+        windows = importlib.reload(processes)
+    monkeypatch.setattr(windows, "_POSIX", False)
+    calls = []
+    monkeypatch.setattr(windows.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    try:
+        assert windows.KILL not in (signal.SIGKILL, windows.TERM) and windows.group_popen_kwargs() == {"creationflags": 0}
+        for sig, argv in ((windows.TERM, []), (windows.KILL, [["taskkill", "/F", "/T", "/PID"]])):
+            calls.clear()
+            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            windows.signal_process_tree(proc, sig)
+            assert proc.wait(timeout=10) != 0 and [c[:4] for c in calls] == argv
+            windows.kill_process_tree(proc)  # a finished leader: nothing more to do, no error
+    finally:
+        monkeypatch.undo()
+        importlib.reload(processes)

@@ -19,6 +19,11 @@ import subprocess
 from typing import Any, Dict
 
 _POSIX = os.name == "posix"
+#: what :func:`signal_process_tree` takes: ask the tree to stop (a training run saves its state and ends as
+#: ``cancelled``) ...
+TERM = signal.SIGTERM
+#: ... or end it outright. Windows has no ``signal.SIGKILL``; there the value only selects the kill path.
+KILL = getattr(signal, "SIGKILL", -9)
 
 
 def group_popen_kwargs(no_window: bool = False) -> Dict[str, Any]:
@@ -33,10 +38,10 @@ def group_popen_kwargs(no_window: bool = False) -> Dict[str, Any]:
 
 
 def signal_process_tree(proc: subprocess.Popen, sig: int) -> None:
-    """Send ``sig`` (``signal.SIGTERM`` or ``signal.SIGKILL``) to ``proc``'s process group, started with
+    """Send ``sig`` (:data:`TERM` or :data:`KILL`) to ``proc``'s process group, started with
     :func:`group_popen_kwargs`. ``SIGTERM`` goes only to a live leader; ``SIGKILL`` goes to the group even after the
     leader exited (children still holding its pipes go too), and then to the leader itself."""
-    if sig != signal.SIGKILL:
+    if sig != KILL:
         if proc.poll() is not None:
             return
         try:
@@ -49,7 +54,7 @@ def signal_process_tree(proc: subprocess.Popen, sig: int) -> None:
         return
     if _POSIX:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, KILL)
         except (ProcessLookupError, PermissionError, OSError):
             pass
     elif proc.poll() is None:  # pragma: no cover - Windows
@@ -68,7 +73,7 @@ def signal_process_tree(proc: subprocess.Popen, sig: int) -> None:
 def kill_process_tree(proc: subprocess.Popen) -> None:
     """Kill ``proc`` and every process it started (``SIGKILL`` to its process group, see
     :func:`signal_process_tree`)."""
-    signal_process_tree(proc, signal.SIGKILL)
+    signal_process_tree(proc, KILL)
 
 
-__all__ = ["group_popen_kwargs", "signal_process_tree", "kill_process_tree"]
+__all__ = ["KILL", "TERM", "group_popen_kwargs", "signal_process_tree", "kill_process_tree"]

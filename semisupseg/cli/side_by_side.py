@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence
 
 from semisupseg.errors import SemiSupSegError
-from semisupseg.processes import group_popen_kwargs, signal_process_tree
+from semisupseg.processes import KILL, TERM, group_popen_kwargs, signal_process_tree
 from semisupseg.progress import LINE_INTERVAL_S, LineTimer, write_line
 
 #: lines of a failed child's log shown with the error
@@ -90,7 +90,7 @@ def _stop_all(runs: Sequence[ChildRun], grace_s: float) -> None:
     child left behind goes too)."""
     live = [r for r in runs if r._proc is not None and r._proc.poll() is None]
     for r in live:
-        signal_process_tree(r._proc, signal.SIGTERM)
+        signal_process_tree(r._proc, TERM)
     deadline = time.monotonic() + grace_s
     for r in live:
         try:
@@ -98,7 +98,7 @@ def _stop_all(runs: Sequence[ChildRun], grace_s: float) -> None:
         except subprocess.TimeoutExpired:
             pass
     for r in live:
-        signal_process_tree(r._proc, signal.SIGKILL)
+        signal_process_tree(r._proc, KILL)
         try:
             r._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
