@@ -212,22 +212,23 @@ class Installers:
     * ``confirm(title, text) -> bool``: the one question to the user;
     * ``install_extension(name) -> bool``: install an extension from the Extensions Manager server;
     * ``install_torch(specifier) -> bool``: ``PyTorchUtilsLogic().installTorch`` without its own prompt;
-    * ``pip_ensure(requirements: list[Requirement], **kwargs)``, ``pip_install(args: str)``: raise on failure;
+    * ``pip_ensure(requirements: list[Requirement], **kwargs)``, ``pip_install(args: list[str])``: raise on failure;
     * ``probe() -> Environment``: re-read the environment after installing.
     """
 
     confirm: Callable[[str, str], bool]
     install_extension: Callable[[str], bool]
     install_torch: Callable[[str], bool]
-    pip_install: Optional[Callable[[str], object]]
+    pip_install: Optional[Callable[[List[str]], object]]
     pip_ensure: Optional[Callable[..., object]]
     probe: Callable[[], Environment]
 
 
-def pip_install_arguments(plan: Plan, constraints_file: Optional[str]) -> str:
-    """The argument string for ``slicer.util.pip_install`` (requirements, then the constraints file)."""
-    args = " ".join(plan.pip)
-    return f"{args} -c {constraints_file}" if constraints_file else args
+def pip_install_arguments(plan: Plan, constraints_file: Optional[str]) -> List[str]:
+    """The arguments for ``slicer.util.pip_install`` (requirements, then the constraints file), as a list: Slicer
+    5.6-5.10 split a string with ``shlex``, which drops the backslashes of a Windows path and breaks it at spaces;
+    each item of a list reaches pip as it is."""
+    return list(plan.pip) + (["-c", str(constraints_file)] if constraints_file else [])
 
 
 def apply_plan(plan: Plan, installers: Installers, requirements: Sequence[str] = PACKAGE_REQUIREMENTS) -> Plan:
@@ -351,8 +352,17 @@ def slicer_installers(confirm: Callable[[str, str], bool], slicer_module=None) -
         import slicer as slicer_module  # noqa: F811
 
     def install_extension(name: str) -> bool:
+        """Install without the manager's own dialogs (our one question was asked) and without its automatic
+        restart (``restart=False``; :class:`RestartRequired` tells the user to restart)."""
         manager = slicer_module.app.extensionsManagerModel()
-        return bool(manager.isExtensionInstalled(name) or manager.installExtensionFromServer(name))
+        if manager.isExtensionInstalled(name):
+            return True
+        interactive = manager.interactive
+        manager.interactive = False
+        try:
+            return bool(manager.installExtensionFromServer(name, False))
+        finally:
+            manager.interactive = interactive
 
     def install_torch(specifier: str) -> bool:
         import PyTorchUtils

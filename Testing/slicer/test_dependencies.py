@@ -140,8 +140,8 @@ class Recorder:
 
         def pip_install(args):
             self.calls.append(("pip_install", args))
-            if " -c " in args:
-                self.constraints_text = Path(args.split(" -c ")[1]).read_text()
+            if "-c" in args:
+                self.constraints_text = Path(args[args.index("-c") + 1]).read_text()
             if self.pip_error:
                 raise self.pip_error
 
@@ -166,11 +166,54 @@ def test_apply_installs_after_one_confirmation_with_slicer_packages_pinned():
     assert after.ready
     kinds = [c[0] for c in rec.calls]
     assert kinds == ["confirm", "pip_install", "torch"]
-    assert rec.calls[1][1].startswith("h5py>=3.0 tqdm>=4.60 -c ")
+    assert rec.calls[1][1][:3] == ["h5py>=3.0", "tqdm>=4.60", "-c"] and len(rec.calls[1][1]) == 4
     assert rec.calls[2][1] == ">=2.1"
     assert rec.constraints_text.split() == ["numpy==1.26.4", "simpleitk==2.4.0", "vtk==9.3.0"]
-    constraints_file = Path(rec.calls[1][1].split(" -c ")[1])
+    constraints_file = Path(rec.calls[1][1][3])
     assert not constraints_file.exists()  # removed after the install
+
+
+def test_pip_install_gets_a_list_so_a_windows_path_with_spaces_survives():
+    """Slicer 5.6-5.10 ``shlex.split`` a string argument: a Windows temp path (backslashes, a space in the user
+    name) would lose its backslashes and break in two. A list reaches pip item by item."""
+    import shlex
+
+    plan = plan_dependencies(env(h5py=None))
+    path = r"C:\Users\Ann Lee\AppData\Local\Temp\semisupseg-constraints-x.txt"
+    args = deps.pip_install_arguments(plan, path)
+    assert args == ["h5py>=3.0", "-c", path]
+    assert shlex.split(" ".join(args))[-1] != path  # what a string would have become
+    assert deps.pip_install_arguments(plan, None) == ["h5py>=3.0"]
+
+
+def test_the_pytorch_extension_installs_without_the_managers_dialogs_or_restart():
+    """Our one question was asked: the Extensions Manager must neither ask again nor restart Slicer in the middle
+    of the click (``installExtensionFromServer(name, restart=False)`` while not interactive); its interactive
+    setting is restored, also when the install raises; an installed extension is not installed again."""
+    class Manager:
+        def __init__(self, installed=False, fail=False):
+            self.interactive, self.installed, self.fail, self.calls = True, installed, fail, []
+
+        def isExtensionInstalled(self, name):
+            return self.installed
+
+        def installExtensionFromServer(self, name, restart=True, update=False):
+            self.calls.append((name, restart, self.interactive))
+            if self.fail:
+                raise RuntimeError("server unreachable")
+            return True
+
+    for manager in (Manager(), Manager(installed=True), Manager(fail=True)):
+        fake = SimpleNamespace(app=SimpleNamespace(extensionsManagerModel=lambda m=manager: m),
+                               util=SimpleNamespace(pip_install=lambda args: None))
+        install = deps.slicer_installers(lambda title, text: True, fake).install_extension
+        if manager.fail:
+            with pytest.raises(RuntimeError):
+                install("PyTorch")
+        else:
+            assert install("PyTorch") is True
+        assert manager.calls == ([] if manager.installed else [("PyTorch", False, False)])
+        assert manager.interactive is True
 
 
 def test_apply_uses_pip_ensure_where_slicer_has_it():
