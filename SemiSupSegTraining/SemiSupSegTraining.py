@@ -5,7 +5,6 @@ A thin widget over SemiSupSegLib (Qt-free, tested headless): training_logic (run
 """
 import os
 import sys
-import time
 
 import qt
 import slicer
@@ -45,13 +44,6 @@ class SemiSupSegTraining(ScriptedLoadableModule):
         self.parent.acknowledgementText = "Sample scans: Medical Segmentation Decathlon (CC-BY-SA 4.0)."
 
 
-def _value(w):
-    """An editor's value: a path, a combo box's text, a spin box's number, a line edit's text, a check box's state."""
-    for attr in ("currentPath", "currentText", "value", "checked", "text"):  # a check box also has a text
-        if hasattr(w, attr):
-            return getattr(w, attr)
-
-
 class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -76,14 +68,17 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.segmentJob = self.plotViewNode = None
         self.fields, self.editors = [], {}
         qt.QFormLayout(self.ui.advancedFormWidget)
-        for name, description in method_form.method_names():
-            self.ui.methodComboBox.addItem(name, description)
         for kind, (title, _) in TrainingPlots.CHARTS.items():
             self.ui.chartComboBox.addItem(title, kind)
         self.ui.rankingTable.setColumnCount(3)
         self.ui.rankingTable.setHorizontalHeaderLabels(["rank", "case", "uncertainty"])
+        self.fillMethods()
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
-        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self.onRunFolderChanged)
+        self.folderTimer = qt.QTimer()  # the path field changes on every keystroke: read the run once typing pauses
+        self.folderTimer.setSingleShot(True)
+        self.folderTimer.setInterval(400)
+        self.folderTimer.connect("timeout()", self.onRunFolderChanged)
+        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self.folderTimer.start)
         self.ui.chartComboBox.connect("currentIndexChanged(int)", self.showChart)
         self.ui.rankingTable.connect("cellClicked(int,int)", self.onRankingClicked)
         for button, slot in ((self.ui.checkDataButton, self.onCheckData), (self.ui.addCaseButton, self.onAddCase),
@@ -92,17 +87,16 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                              (self.ui.rankButton, self.onRank)):
             button.connect("clicked()", slot)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
-        self.ui.methodComboBox.setCurrentIndex(max(0, self.ui.methodComboBox.findText("sgrs")))
-        self.onMethodChanged()
         self.onRunFolderChanged()
         self.timer = qt.QTimer()
         self.timer.setInterval(500)
         self.timer.connect("timeout()", self.onTimer)
         self.timer.start()
 
-    def cleanup(self):  # the training runs go on; only the timer and the segmentation worker stop
+    def cleanup(self):  # the training runs go on; the timer, a ranking and the segmentation worker stop
         if hasattr(self, "timer"):
             self.timer.stop()
+            self.panel.close()
             self.logic.close()
         self.removeObservers()
 
@@ -110,8 +104,27 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.panel.scene_closed()  # the run's nodes went with the scene; the run goes on and is drawn again
         self.plotViewNode = None
 
+    def fillMethods(self):
+        """The Method box (default sgrs) and its Advanced section; before torch is installed, a note instead."""
+        choices, note = self.mf.method_choices()
+        for name, description in choices:
+            self.ui.methodComboBox.addItem(name, description)
+        self.ui.methodComboBox.setCurrentIndex(max(0, self.ui.methodComboBox.findText("sgrs")))
+        self.onMethodChanged()
+        self.ui.methodDescriptionLabel.text = note or self.ui.methodDescriptionLabel.text
+
+    def ready(self):  # install what is missing (one question); False: the form was built just now, to be reviewed
+        self.logic.ensureDependencies()
+        if self.ui.methodComboBox.count:
+            return True
+        self.fillMethods()
+        slicer.util.infoDisplay("The Python packages are installed. Check the method and settings, then click again.")
+        return False
+
     def onMethodChanged(self, *unused):
         """The method's description, and the Advanced section made from its parameter dataclass."""
+        if not self.ui.methodComboBox.count:  # torch not installed yet: no methods to describe
+            return
         self.ui.methodDescriptionLabel.text = self.ui.methodComboBox.currentData or ""
         layout = self.ui.advancedFormWidget.layout()
         for editor in self.editors.values():
@@ -134,14 +147,16 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.editors[f.key] = editor
 
     def settings(self, require=("method", "labeled", "run_dir")):
-        values = self.mf.parse_values(self.fields, {k: _value(e) for k, e in self.editors.items()})
+        values = self.mf.parse_values(self.fields, {k: self.mf.editor_value(e) for k, e in self.editors.items()})
         self.mf.validate_method_params(self.ui.methodComboBox.currentText,
                                        {k: v for k, v in values.items() if k.startswith("method_params.")})
-        texts = {name: _value(getattr(self.ui, widget)) for name, widget in self.tl.PANEL_WIDGETS}
+        texts = {name: self.mf.editor_value(getattr(self.ui, widget)) for name, widget in self.tl.PANEL_WIDGETS}
         return self.tl.settings_from_panel(texts, self.mf.overrides(self.fields, values), require=require)
 
     def onCheckData(self):
         with slicer.util.tryWithErrorDisplay("The data cannot be checked.", waitCursor=True):
+            if not self.ready():
+                return
             self.panel.check_data(self.settings(require=("method", "labeled")))
             self.ui.dataCheckList.clear()
             self.ui.dataCheckList.addItem("checking (reading every file)...")
@@ -150,14 +165,14 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         from SemiSupSegLib.labeled_set import add_to_labeled_set
 
         with slicer.util.tryWithErrorDisplay("The case was not added.", waitCursor=True):
+            self.logic.ensureDependencies()  # the run's model card is read with torch
             names, values = self.tl.run_model_classes(self.ui.runFolderPathLineEdit.currentPath)
-            unlabeled = self.ui.unlabeledPathLineEdit.currentPath
             added = add_to_labeled_set(slicer.mrmlScene, slicer.modules.segmentations.logic(),
                                        self.ui.addVolumeSelector.currentNode(),
                                        self.ui.addSegmentationSelector.currentNode(),
                                        self.ui.labeledPathLineEdit.currentPath,
                                        self.ui.labelsPathLineEdit.currentPath or None, names, values,
-                                       unlabeled_dirs=[unlabeled] if unlabeled else [])
+                                       unlabeled_dirs=self.tl.unlabeled_folders(self.ui.unlabeledPathLineEdit.currentPath))
             self.ui.dataCheckList.addItems([f"added case {added.case_id}: {added.image}, {added.label}"] + added.notes)
 
     def follow(self, session):
@@ -175,13 +190,14 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         from semisupseg.training.heartbeat import has_run_state
 
         with slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True):
+            if not self.ready():
+                return
             settings = self.settings()
             if has_run_state(settings.run_dir):
                 if not slicer.util.confirmYesNoDisplay("The run folder holds a run. Start afresh, removing its "
                                                        "checkpoints, events and overlays? (No: Resume continues it.)"):
                     return
                 settings.overwrite = True
-            self.logic.ensureDependencies()
             self.follow(self.logic.training.start(settings))
 
     def onResume(self):
@@ -197,15 +213,16 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onUseInSegment(self):
         with slicer.util.tryWithErrorDisplay("The model could not be registered.", waitCursor=True):
             name = self.logic.training.use_in_segment(self.ui.runFolderPathLineEdit.currentPath)
-            try:  # select it in the SemiSupSeg module when its panel exists
-                slicer.modules.semisupseg.widgetRepresentation().self().refreshModels(select=name)
-            except Exception:  # noqa: BLE001 - the panel was never opened: it lists the model when it is
-                pass
+            segment_panel = getattr(slicer.modules, "SemiSupSegWidget", None)  # set by Slicer once the panel exists
+            if segment_panel is not None:  # (never opened: it lists the model when it opens)
+                segment_panel.refreshModels(select=name)
             slicer.util.infoDisplay(f"The model is '{name}' in SemiSupSeg's model list and in 'semisupseg models'.")
 
     def onRank(self):
         with slicer.util.tryWithErrorDisplay("The scans could not be ranked.", waitCursor=True):
-            self.panel.rank(self.ui.runFolderPathLineEdit.currentPath, [self.ui.unlabeledPathLineEdit.currentPath])
+            self.logic.ensureDependencies()
+            self.panel.rank(self.ui.runFolderPathLineEdit.currentPath,
+                            self.tl.unlabeled_folders(self.ui.unlabeledPathLineEdit.currentPath))
             self.ui.rankingTable.setRowCount(0)
 
     def onRankingClicked(self, row, column):
@@ -213,6 +230,8 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         from SemiSupSegLib.segment_logic import SegmentRequest
 
         with slicer.util.tryWithErrorDisplay("The scan could not be segmented.", waitCursor=True):
+            if self.segmentJob is not None:  # before loading: a refused click must not add another copy of a scan
+                raise RuntimeError("a scan is being segmented: wait for it, then click again")
             node = slicer.util.loadVolume(self.ui.rankingTable.item(row, 1).data(qt.Qt.UserRole))
             model = str(self.tl.run_model(self.ui.runFolderPathLineEdit.currentPath))
             self.segmentJob = self.logic.segment.start(SegmentRequest(node, model, overlays=("entropy",)))
@@ -234,8 +253,11 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 cell = qt.QTableWidgetItem(text)
                 cell.setData(qt.Qt.UserRole, r["image"])
                 self.ui.rankingTable.setItem(i, j, cell)
-        for message in u.errors:
-            slicer.util.errorDisplay(message)
+        if u.errors:  # a modal dialog runs an event loop: no tick may run under it
+            self.timer.stop()
+            for message in u.errors:
+                slicer.util.errorDisplay(message)
+            self.timer.start()
         if self.segmentJob is not None and self.segmentJob.poll():
             from SemiSupSegLib.results import set_foreground
 
@@ -293,44 +315,20 @@ class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
         self.test_train_watch_and_segment()
 
     def test_train_watch_and_segment(self):
-        """Train a few iterations on the bundled sample data in the background, wait for the finished event, check
-        the plots and the overlays, then segment a sample scan with the run's model."""
+        """SemiSupSegLib.self_tests.train_watch_and_segment on the application's scene (also run headless by
+        Testing/slicer/test_self_tests.py): train in the background, watch the plots and overlays, segment with it."""
+        import shutil
         import tempfile
 
         from semisupseg.catalogue import ModelCatalogue
-        from semisupseg.data import sample_dataset
-        from SemiSupSegLib.segment_logic import SegmentRequest
-        from SemiSupSegLib.training_logic import RunView, TrainingSettings
+        from SemiSupSegLib.self_tests import train_watch_and_segment
 
-        root, tmp = sample_dataset("hippocampus"), tempfile.mkdtemp(prefix="SemiSupSegTraining-test-")
+        tmp = tempfile.mkdtemp(prefix="SemiSupSegTraining-test-")
         logic = SemiSupSegTrainingLogic(catalogue=ModelCatalogue(home=os.path.join(tmp, "home")))
-        session = logic.training.start(TrainingSettings(
-            method="mean-teacher", labeled=str(root), run_dir=os.path.join(tmp, "run"), iterations=6,
-            patch_size=(32, 32, 32), batch_size=4, labeled_batch_size=2, device="cpu", overlay_cases=("hippocampus_015",),
-            overlay_every=3, overrides=("model.n_filters=4", "val_every=3", 'data.split_labeled="labeled_2"')))
-        view, end = None, time.monotonic() + 600
-        while not (session.ended and not session.runner.running) and time.monotonic() < end:
-            slicer.app.processEvents()
-            new = session.poll()  # what the panel's timer does
-            if view is None and session.events:
-                view = RunView(slicer.mrmlScene, session)  # draws what was read so far
-            elif view is not None:
-                view.update(new)
-            time.sleep(0.1)
-        self.assertEqual(session.status, "finished", session.log_text)
-        self.assertEqual(list(view.plots.column("losses", "iteration")), [1, 2, 3, 4, 5, 6])
-        self.assertEqual(len(view.plots.column("validation", "dice")), 2)
-        self.assertGreater(view.charts["loss"].GetNumberOfPlotSeriesNodes(), 0)
-        self.assertEqual(view.overlays.loaded["hippocampus_015"]["iteration"], 6)
-        self.assertTrue(all(n.GetImageData() is not None for n in view.overlays.nodes.values()))
-        name = logic.training.use_in_segment(session.run_dir)
-        scan = slicer.util.loadVolume(str(root / "imagesTr" / "hippocampus_023.nii.gz"))
         try:
-            outcome = logic.segment.segment(SegmentRequest(scan, name, overlays=("entropy",)), timeout=600)
+            train_watch_and_segment(slicer.mrmlScene, logic.training, logic.segment, slicer.util.loadVolume, tmp,
+                                    process_events=slicer.app.processEvents)
         finally:
             logic.close()
-        seg = outcome.segmentation_node.GetSegmentation()
-        self.assertEqual([seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())],
-                         ["Anterior", "Posterior"])
-        self.assertIn("entropy", outcome.overlay_nodes)
+            shutil.rmtree(tmp, ignore_errors=True)
         self.delayDisplay("SemiSupSegTraining test passed")

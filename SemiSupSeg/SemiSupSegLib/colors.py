@@ -27,7 +27,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from semisupseg.geometry import REGION_NAMES
 
 __all__ = [
     "ATTRIBUTE",
@@ -123,6 +122,8 @@ def color_node(scene, kind: str):
     if node is not None:
         return node
     if kind == "regions":
+        from semisupseg.geometry import REGION_NAMES  # here, not at import: geometry needs torch, the panels do not
+
         size = max(REGION_NAMES) + 1
         rgba = [_REGION_COLORS.get(v, (0.5, 0.5, 0.5, 1.0)) for v in range(size)]
         names = [REGION_NAMES.get(v, f"region {v}") for v in range(size)]

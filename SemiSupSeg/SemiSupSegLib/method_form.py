@@ -387,6 +387,29 @@ def method_names() -> List[Tuple[str, str]]:
     return [(m.name, m.description) for m in list_methods()]
 
 
+def editor_value(widget: Any) -> Any:
+    """An editor's value: a path, a combo box's text, a spin box's number, a line edit's text, a check box's state
+    (duck-typed on the Qt/CTK widget's properties; a check box also has a text, so ``checked`` comes first)."""
+    for attr in ("currentPath", "currentText", "value", "checked", "text"):
+        if hasattr(widget, attr):
+            return getattr(widget, attr)
+    return None
+
+
+#: the Method box's note while torch is missing (the methods cannot be read without it)
+NOT_INSTALLED_NOTE = ("The Python packages SemiSupSeg trains with (PyTorch and others) are not installed yet: "
+                      "Check data, Start or Rank installs them after one question.")
+
+
+def method_choices() -> Tuple[List[Tuple[str, str]], Optional[str]]:
+    """:func:`method_names` and ``None``; before torch is installed ``([], note)`` (the panel opens all the same
+    and says how the packages get installed)."""
+    try:
+        return method_names(), None
+    except ImportError as exc:
+        return [], f"{NOT_INSTALLED_NOTE} ({exc})"
+
+
 def method_fields(method: str) -> List[FormField]:
     """The Advanced fields of the registered method ``method``: its ``Params`` dataclass, keys
     ``method_params.NAME``. Raises :class:`semisupseg.errors.InputError` for an unknown method."""
@@ -469,5 +492,6 @@ def validate_method_params(method: str, values: Mapping[str, Any]) -> Dict[str, 
     return params
 
 
-__all__ = ["ENGINE_KEYS", "FormField", "KINDS", "dataclass_fields", "engine_fields", "field_docs", "method_fields",
+__all__ = ["ENGINE_KEYS", "FormField", "KINDS", "NOT_INSTALLED_NOTE", "dataclass_fields", "editor_value", "engine_fields", "field_docs",
+           "method_choices", "method_fields",
            "method_names", "overrides", "parse_values", "set_arguments", "validate_method_params"]

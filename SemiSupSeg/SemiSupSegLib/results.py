@@ -42,6 +42,8 @@ __all__ = [
 
 #: segment tag holding the class's label value in the package's label maps
 LABEL_VALUE_TAG = "SemiSupSeg.LabelValue"
+#: attribute of every overlay node :func:`show_overlay` made (its kind): what :func:`set_foreground` may take away
+OVERLAY_KIND_ATTRIBUTE = "SemiSupSeg.Overlay"
 OVERLAY_KINDS = ("sdm", "entropy", "probability", "regions")
 #: overlays are not drawn (the anatomy shows) below this fraction of their window: near-certain voxels for entropy,
 #: near-zero probability (a display threshold: Slicer's slice views honour a colour table's alpha only as on/off)
@@ -298,14 +300,16 @@ def show_overlay(scene, volume: Volume, kind: str, name: str, node=None, referen
                 display.SetApplyThreshold(0)
     finally:
         display.EndModify(was_modifying)
-    node.SetAttribute("SemiSupSeg.Overlay", kind)
+    node.SetAttribute(OVERLAY_KIND_ATTRIBUTE, kind)
     place_beside(scene, node, reference_node)
     return node
 
 
 def set_foreground(scene, overlay_node, opacity: float) -> int:
-    """Show ``overlay_node`` (``None``: nothing) in the foreground of every slice view (all slice composite nodes
-    of the scene) with ``opacity`` in [0, 1]. Returns the number of slice views set."""
+    """Show ``overlay_node`` in the foreground of every slice view (all slice composite nodes of the scene) with
+    ``opacity`` in [0, 1]. ``None`` takes our overlays away: a view whose foreground is one of our overlay nodes
+    (made by :func:`show_overlay`) gets none; a volume the user put in the foreground, and its opacity, stay.
+    Returns the number of slice views set."""
     opacity = float(opacity)
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
@@ -313,6 +317,10 @@ def set_foreground(scene, overlay_node, opacity: float) -> int:
     count = 0
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        if node_id is None:
+            shown = scene.GetNodeByID(composite.GetForegroundVolumeID() or "")
+            if shown is None or not shown.GetAttribute(OVERLAY_KIND_ATTRIBUTE):
+                continue
         composite.SetForegroundVolumeID(node_id)
         composite.SetForegroundOpacity(opacity)
         count += 1

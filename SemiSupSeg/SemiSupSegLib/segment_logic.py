@@ -124,12 +124,19 @@ def device_note(device: str, gpu_available: bool) -> Optional[str]:
 
 
 def gpu_available() -> bool:
-    """Whether torch sees a CUDA GPU in this process (imports torch: call it once, not per frame)."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
+    """Whether torch sees a CUDA GPU in this process. The first answer with torch installed is kept (importing torch
+    and asking CUDA costs seconds; the panel asks on every change); without torch ``False``, asked again next time."""
+    global _GPU
+    if _GPU is None:
+        try:
+            import torch
+        except ImportError:
+            return False
+        _GPU = bool(torch.cuda.is_available())
+    return _GPU
+
+
+_GPU: Optional[bool] = None
 
 
 def worker_options(request: SegmentRequest, card: Any, roi_box: Optional[Sequence[int]]) -> Tuple[Dict[str, Any],
@@ -263,6 +270,17 @@ def overlay_nodes_of(scene, input_node) -> List[Any]:
                 node.GetAttribute(SOURCE_ATTRIBUTE) == input_node.GetID():
             out.append(node)
     return out
+
+
+def overlay_items(scene, input_node) -> List[Tuple[str, str]]:
+    """The overlay selector's items, ``(name, node ID)``: ``("None", "")``, then :func:`overlay_nodes_of`."""
+    return [("None", "")] + [(node.GetName(), node.GetID()) for node in overlay_nodes_of(scene, input_node)]
+
+
+def first_overlay_id(outcome: Any) -> str:
+    """The node ID of the first overlay a finished run made (the one the panel shows), ``""`` when it made none."""
+    nodes = list(outcome.overlay_nodes.values())
+    return nodes[0].GetID() if nodes else ""
 
 
 class SegmentJob:

@@ -265,7 +265,7 @@ def settings_from_panel(texts: Dict[str, Any], overrides: Sequence[str] = (),
         raise InputError(f"learning rate must be > 0, got {text('lr')}")
     return TrainingSettings(
         method=text("method"), labeled=text("labeled"), run_dir=text("run_dir"), labels=text("labels") or None,
-        unlabeled=tuple(u.strip() for u in text("unlabeled").split(";") if u.strip()),
+        unlabeled=tuple(unlabeled_folders(text("unlabeled"))),
         iterations=number("iterations", int, 1), patch_size=patch, batch_size=batch, labeled_batch_size=labeled_batch,
         lr=lr, validation=validation, seed=number("seed", int), device=text("device") or None,
         overlay_cases=tuple(c.strip() for c in text("overlay_cases").split(";") if c.strip()),
@@ -309,6 +309,11 @@ def status_line(session: Optional["TrainingSession"]) -> str:
     if session.status == "failed":
         return f"failed: {session.message or 'see the log'}"
     return "no run in this folder yet"
+
+
+def unlabeled_folders(text: str) -> List[str]:
+    """The unlabeled folders of the panel's field: several separated by ``;``, blanks dropped."""
+    return [u.strip() for u in str(text or "").split(";") if u.strip()]
 
 
 def run_model(run_dir: PathLike) -> Optional[Path]:
@@ -729,8 +734,9 @@ class RankJob:
             raise InputError(self.error or "the ranking failed")
         return self.rows
 
-    def cancel(self) -> None:
-        self.runner.cancel(grace_s=0.0, block=False)
+    def cancel(self, block: bool = False) -> None:
+        """Kill the ranking's process tree (nothing of it is worth keeping); ``block``: wait until it is gone."""
+        self.runner.cancel(grace_s=0.0, block=block)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -945,8 +951,17 @@ class TrainingPanel:
         model = run_model(run_dir)
         if model is None:
             raise InputError("the run folder holds no model yet: train first", run_dir)
+        if self.ranking is not None:  # a new ranking replaces the running one: that one's process must not go on
+            self.ranking.cancel(block=True)
         self.ranking = self.logic.rank(str(model), [f for f in folders if str(f).strip()])
         return self.ranking
+
+    def close(self) -> None:
+        """The panel goes (module reload, Slicer closes): a running ranking is killed with its process tree. Training
+        runs go on: they are the user's long work, and the panel re-attaches to them from their folder."""
+        if self.ranking is not None:
+            self.ranking.cancel(block=True)
+            self.ranking = None
 
     def chart(self, kind: str):
         """The chart node of ``kind`` (``loss``, ``dice``, ``hd95``, ``lr``, ``figures``) of the followed run."""
@@ -984,4 +999,4 @@ class TrainingPanel:
 __all__ = ["DataCheckJob", "ENDED", "PANEL_WIDGETS", "PanelUpdate", "RankJob", "RunView", "STATUSES", "STOP_FILE",
            "TrainingLogic", "TrainingPanel", "TrainingSession", "TrainingSettings", "data_arguments", "data_config", "defaults", "resume_arguments", "run_model",
            "run_model_classes",
-           "settings_from_panel", "status_line", "stop_file", "train_arguments"]
+           "settings_from_panel", "status_line", "stop_file", "train_arguments", "unlabeled_folders"]

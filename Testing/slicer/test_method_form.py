@@ -160,3 +160,33 @@ def test_a_new_method_gets_its_fields_for_free():
         assert Shiny.make_params(cfg.method_params) == ShinyParams(2.5, "hard", [1.0, 0.002], 40, "on")
     finally:
         _REGISTRY.pop("test-shiny", None)
+
+
+def test_the_panels_open_before_torch_is_installed():
+    """A fresh Slicer has no torch until the first Start or Segment installs it: every library module the two
+    panels import when they open must import without it, the Method box gets a note saying how the packages get
+    installed instead of methods, and the colour tables other than the SGRS regions are made."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    lib_parent = Path(__file__).resolve().parents[2] / "SemiSupSeg"
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # import torch raises ImportError, as in a Slicer without it
+        sys.path.insert(0, {str(lib_parent)!r})
+        from SemiSupSegLib import (bootstrap, colors, dependencies, labeled_set, live, method_form, parameters,
+                                   results, segment_logic, self_tests, training_logic)
+        choices, note = method_form.method_choices()
+        assert choices == [] and note.startswith(method_form.NOT_INSTALLED_NOTE), (choices, note)
+        assert segment_logic.gpu_available() is False
+        import slicer
+        scene = slicer.vtkMRMLScene()
+        assert colors.color_node(scene, "entropy") is not None
+        panel = training_logic.TrainingPanel(training_logic.TrainingLogic(), scene)
+        assert panel.follow_folder("") is None and panel.tick().status == "no run"
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -269,8 +269,14 @@ def test_set_foreground_on_every_slice_view(headless, case):
         composite = logic.GetSliceCompositeNode()
         assert composite.GetForegroundVolumeID() == overlay.GetID()
         assert composite.GetForegroundOpacity() == pytest.approx(0.4)
-    results.set_foreground(headless.scene, None, 0.0)
-    assert all(logic.GetSliceCompositeNode().GetForegroundVolumeID() is None for logic in logics)
+    # None takes our overlay away, and only where it is shown: a volume of the user's in the foreground stays
+    mine = headless.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "user's own foreground")
+    logics[1].GetSliceCompositeNode().SetForegroundVolumeID(mine.GetID())
+    logics[1].GetSliceCompositeNode().SetForegroundOpacity(0.3)
+    assert results.set_foreground(headless.scene, None, 0.0) == 2
+    assert [logic.GetSliceCompositeNode().GetForegroundVolumeID() for logic in logics] == [None, mine.GetID(), None]
+    assert logics[1].GetSliceCompositeNode().GetForegroundOpacity() == pytest.approx(0.3)
+    assert results.set_foreground(headless.scene, None, 0.0) == 0  # nothing of ours left to take away
     with pytest.raises(ValueError, match="opacity"):
         results.set_foreground(headless.scene, overlay, 1.5)
     for logic in logics:

@@ -399,3 +399,25 @@ def test_data_check_is_the_report_of_check_data(tmp_path):
     assert not job.report.usable
     with pytest.raises(InputError, match="holds no model yet"):  # Annotate next needs the run's model
         panel.rank(tmp_path / "run", [HIPPO / "imagesTr"])
+
+
+def test_a_new_ranking_and_closing_the_panel_kill_the_running_ranking(tmp_path):
+    """Rank again while a ranking runs: the first one's process is killed (it would segment every scan for
+    nothing, and write into a folder its runner removes). Closing the panel (module reload, Slicer exits) kills
+    the running one. Several unlabeled folders in the panel's field are separated by ';'."""
+    from helpers import gone
+    from SemiSupSegLib.training_logic import TrainingLogic, TrainingPanel, unlabeled_folders
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(RANK_MODEL, run / "best.pt")
+    panel = TrainingPanel(TrainingLogic(), scene=None)
+    first = panel.rank(run, [HIPPO / "imagesTr"])
+    first_pid = first.runner.pid
+    second = panel.rank(run, [HIPPO / "imagesTr"])
+    assert panel.ranking is second and not first.runner.running and gone([first_pid])
+    second_pid = second.runner.pid
+    panel.close()
+    assert panel.ranking is None and not second.runner.running and gone([second_pid])
+    panel.close()  # nothing running: nothing to do
+    assert unlabeled_folders(" /a/u1 ; ;/b/u 2;") == ["/a/u1", "/b/u 2"] and unlabeled_folders("") == []

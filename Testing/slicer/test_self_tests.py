@@ -1,0 +1,40 @@
+"""The modules' self-tests ("Reload and Test" inside Slicer) run SemiSupSegLib.self_tests; here the same scenarios
+run on a headless scene, so a self-test that cannot pass shows up in this suite, and one that cannot fail too (a
+model whose classes are not the card's, or a training that does not finish, must raise)."""
+from __future__ import annotations
+
+import pytest
+
+from slicer_guard import SAMPLE_DATA
+
+TEST_MODEL = SAMPLE_DATA.parents[1] / "SemiSupSeg" / "Resources" / "Testing" / "hippocampus_dtc_tiny.pt"
+
+
+@pytest.fixture
+def segment_logic(headless, tmp_path):
+    from semisupseg.catalogue import ModelCatalogue
+    from SemiSupSegLib.segment_logic import SegmentLogic
+
+    logic = SegmentLogic(headless.scene, headless.logic("Segmentations"), catalogue=ModelCatalogue(home=tmp_path))
+    yield logic
+    logic.close()
+
+
+def test_segment_sample_scan_passes_and_can_fail(headless, segment_logic):
+    from SemiSupSegLib.self_tests import segment_sample_scan
+
+    outcome = segment_sample_scan(headless.scene, headless.logic("Segmentations"), segment_logic,
+                                  headless.load_volume, str(TEST_MODEL))
+    assert outcome.segmentation_node is not None
+    with pytest.raises(AssertionError, match="Dice of Anterior"):  # the bar the tiny model cannot reach
+        segment_sample_scan(headless.scene, headless.logic("Segmentations"), segment_logic, headless.load_volume,
+                            str(TEST_MODEL), min_dice=0.999)
+
+
+def test_train_watch_and_segment_passes(headless, segment_logic, tmp_path):
+    from SemiSupSegLib.self_tests import train_watch_and_segment
+    from SemiSupSegLib.training_logic import TrainingLogic
+
+    training = TrainingLogic(catalogue=segment_logic.catalogue)
+    outcome = train_watch_and_segment(headless.scene, training, segment_logic, headless.load_volume, str(tmp_path))
+    assert "entropy" in outcome.overlay_nodes
