@@ -32,12 +32,12 @@ budget the numbers say what a short run on two labeled scans gives, not what the
 (see ``benchmarks/RESULTS.md`` for that).
 
 The releases' recipes are written for 6000 iterations; in the demo's few hundred they hide what the demo is about.
-Their consistency ramp leaves the unlabeled term at a negligible weight (0.0007 of the full one at iteration 300, so
+Their consistency ramp leaves the unlabeled term at a negligible weight (about 1 % of the full one at iteration 300, so
 mean-teacher was supervised training with extra cost), and the dropout V-Net of mean-teacher, DTC and SASSNet learnt
 far slower than supervised's (mean-teacher at width 12: Dice 0 on the validation scan after 200
 iterations, supervised 0.86). So every method of the demo trains the same V-Net without dropout, with 2 labeled + 1
 unlabeled patch per step (the unlabeled pool is a single scan) and, where it has one, its unlabeled term ramped over
-the run (``--set model.extra={dropout: false} --set batch_size=3 --set method_params.rampup_period=0``, shown in the
+the run (``--set 'model.extra={dropout: false}' --set batch_size=3 --set method_params.rampup_period=0``, shown in the
 printed commands; ``semisupseg train`` without them is the releases' recipe). The summary at the end lists the
 folders, the table files and the time each part took.
 
@@ -72,7 +72,7 @@ PRESETS = {
 #: iterations), 2 labeled + 1 unlabeled patch per step (the unlabeled pool is one or two scans)
 SHORT_BUDGET_SETS = ("model.extra={dropout: false}", "batch_size=3")
 #: ... and for the methods that ramp an unlabeled term: the ramp scaled to the run (the releases' ramp is written
-#: for 6000 iterations: at 300 its weight is 0.0007 of the full one, so the unlabeled scans would not act)
+#: for 6000 iterations: at 300 its weight is about 1 % of the full one, so the unlabeled scans would not act)
 SCALED_RAMP_SET = "method_params.rampup_period=0"
 
 #: files of the comparison table in the output folder
