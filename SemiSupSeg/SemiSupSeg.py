@@ -64,6 +64,12 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
         self.refreshModels()
         self.loadParameters()
 
+    def enter(self):  # models added meanwhile (CLI, Training panel) and a loaded scene's parameters show
+        if hasattr(self, "timer"):
+            self.loading = True
+            self.refreshModels()
+            self.loadParameters()
+
     def onModelChanged(self, *unused):
         name = self.ui.modelComboBox.currentData
         if not self.loading:  # a newly chosen model brings its card's post-processing
@@ -189,8 +195,14 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
 
 class SemiSupSegTest(ScriptedLoadableModuleTest):
     def runTest(self):
+        from SemiSupSegLib.self_tests import skip_reason
+
         slicer.mrmlScene.Clear()
-        self.test_segment_sample_scan()
+        reason = skip_reason()
+        if reason:
+            self.delayDisplay(reason)
+        else:
+            self.test_segment_sample_scan()
 
     def test_segment_sample_scan(self):
         """SemiSupSegLib.self_tests.segment_sample_scan with the bundled test model on the application's scene (also

@@ -19,6 +19,16 @@ SCAN_CASE = "hippocampus_023"
 OVERLAY_CASE = "hippocampus_015"
 
 
+def skip_reason() -> Optional[str]:
+    """Why the scenarios cannot run here (``None``: they can): PyTorch is installed on demand by the first Segment or
+    Start, so a fresh Slicer (and the Extensions build's test run) has none; the self-tests then say so and stop."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return "skipped: PyTorch is not installed in this Slicer (click Segment or Start once to install it)"
+    return None
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise AssertionError(message)
@@ -100,4 +110,4 @@ def train_watch_and_segment(scene, training, segment_logic, load_volume: Callabl
     return outcome
 
 
-__all__ = ["OVERLAY_CASE", "SCAN_CASE", "segment_sample_scan", "train_watch_and_segment"]
+__all__ = ["OVERLAY_CASE", "SCAN_CASE", "segment_sample_scan", "skip_reason", "train_watch_and_segment"]

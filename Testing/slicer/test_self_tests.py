@@ -38,3 +38,16 @@ def test_train_watch_and_segment_passes(headless, segment_logic, tmp_path):
     training = TrainingLogic(catalogue=segment_logic.catalogue)
     outcome = train_watch_and_segment(headless.scene, training, segment_logic, headless.load_volume, str(tmp_path))
     assert "entropy" in outcome.overlay_nodes
+
+
+def test_the_self_tests_say_why_they_skip_without_torch(monkeypatch):
+    """Without PyTorch (a fresh Slicer, the Extensions build's test run) the self-tests stop with a reason that
+    says how to install it, instead of failing on an import."""
+    import importlib.util
+
+    from SemiSupSegLib import self_tests
+
+    assert self_tests.skip_reason() is None  # this environment has torch
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert "PyTorch is not installed" in self_tests.skip_reason() and "Segment" in self_tests.skip_reason()
