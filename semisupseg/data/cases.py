@@ -552,12 +552,61 @@ def _where_labels_were_sought(spec: DatasetSpec, cases: Sequence[Case]) -> str:
             "a dataset folder with imagesTr/ + labelsTr/, or an images folder with --labels DIR)")
 
 
-def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]], problems: Optional[List[DataProblem]] = None
-                  ) -> Dataset:
+def _first_path(case: Case) -> Path:
+    return case.channel_paths[0]
+
+
+def _unlabeled_folder_cases(folders: Sequence[PathLike], found: Sequence[Case], with_label: Sequence[Case],
+                            pool: Sequence[Case], notes: List[str], problems: Optional[List[DataProblem]]
+                            ) -> List[Case]:
+    """The cases of the unlabeled ``folders``, each scan once, matched by case id (the file name without its
+    suffix, channels grouped): an image whose id is a labeled or validation case of the labeled folder
+    (``with_label``) is dropped from the unlabeled pool with a warning (a scan both labeled and unlabeled — and a
+    validation case would also be trained on); one whose id is already in the unlabeled pool (``pool``, another
+    image of the labeled folder, or an earlier unlabeled folder) is dropped with a note, the first copy kept. An id
+    of a labeled-folder case a split leaves out (``found``, in no role) is kept as ``<folder name>/<id>``. Warnings
+    go to ``problems`` when given, else to ``notes``."""
+    labeled_ids = {c.case_id: c for c in with_label}
+    seen = {c.case_id for c in pool}
+    unused = {c.case_id for c in found} - seen - set(labeled_ids)  # left out by a split: renamed, as before
+    out: List[Case] = []
+    for folder in folders:
+        repeated: List[str] = []
+        for c in discover_unlabeled(folder, problems):
+            if c.case_id in labeled_ids:
+                first = labeled_ids[c.case_id]
+                problem = DataProblem(f"case {c.case_id!r} is also a labeled case ({_first_path(first)}): dropped "
+                                      "from the unlabeled pool (a scan is either labeled or unlabeled; a validation "
+                                      "case trained on as unlabeled would leak)", str(_first_path(c)), c.case_id,
+                                      "warning")
+                if problems is not None:
+                    problems.append(problem)
+                else:
+                    notes.append(f"warning: {problem.line}")
+                continue
+            if c.case_id in seen:
+                repeated.append(c.case_id)
+                continue
+            seen.add(c.case_id)
+            if c.case_id in unused:
+                c = Case(f"{Path(folder).name}/{c.case_id}", c.image_path, None)
+            out.append(c)
+        if repeated:
+            shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+            notes.append(f"{len(repeated)} image(s) of the unlabeled folder {folder} are already in the unlabeled "
+                         f"pool (same case id: {shown}): each scan is used once, the first copy is kept")
+    return out
+
+
+def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]], problems: Optional[List[DataProblem]] = None,
+                  dedupe_unlabeled: bool = False) -> Dataset:
     """Discover and split the cases described by ``spec`` (no image or label is read here).
 
     ``problems``: collect per-file pairing problems there instead of raising at the first (see
-    :func:`discover_cases`); errors of the set as a whole (folders, split file, no labeled case) still raise."""
+    :func:`discover_cases`); errors of the set as a whole (folders, split file, no labeled case) still raise.
+    ``dedupe_unlabeled`` (what training uses): each scan of the unlabeled folders is used once and never besides
+    its labeled copy (:func:`_unlabeled_folder_cases`); without it an unlabeled image whose case id is already taken
+    is kept under the id ``<folder name>/<id>``."""
     if isinstance(spec, dict):
         spec = DatasetSpec.from_dict(spec)
     if spec.root is None and spec.images is None:
@@ -593,12 +642,15 @@ def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]], problems: Optional[L
             unlabeled = [c.as_unlabeled() for c in with_label[int(spec.num_labeled):]] + unlabeled
             with_label = with_label[: int(spec.num_labeled)]
         labeled, val = with_label, []
-    seen = {c.case_id for c in labeled + unlabeled + val}
-    for folder in spec.unlabeled:
-        for c in discover_unlabeled(folder, problems):
-            if c.case_id in seen:
-                c = Case(f"{Path(folder).name}/{c.case_id}", c.image_path, None)
-            unlabeled.append(c)
+    if dedupe_unlabeled:
+        unlabeled += _unlabeled_folder_cases(spec.unlabeled, cases, labeled + val, unlabeled, notes, problems)
+    else:
+        seen = {c.case_id for c in labeled + unlabeled + val}
+        for folder in spec.unlabeled:
+            for c in discover_unlabeled(folder, problems):
+                if c.case_id in seen:
+                    c = Case(f"{Path(folder).name}/{c.case_id}", c.image_path, None)
+                unlabeled.append(c)
     classes: Optional[ClassInfo] = None
     if spec.label_values is not None or spec.class_names is not None:
         if spec.label_values is not None:

@@ -114,7 +114,10 @@ def split_validation(labeled: Sequence[CaseArrays], validation) -> Tuple[List[Ca
         if n == 0:
             return labeled, []
         if n >= len(labeled):
-            raise InputError(f"data.validation={n} would leave no labeled training case ({len(labeled)} labeled)")
+            fix = "--validation 1 (one case held out) or --validation 0 (no validation)" if len(labeled) >= 2 else \
+                "--validation 0 (no validation)"
+            raise InputError(f"data.validation={n} would leave no labeled training case ({len(labeled)} labeled): "
+                             f"use {fix}")
         return labeled[:-n], labeled[-n:]
     wanted = [str(v) for v in validation]
     ids = {c.case_id for c in labeled}
@@ -124,7 +127,8 @@ def split_validation(labeled: Sequence[CaseArrays], validation) -> Tuple[List[Ca
     held = [c for c in labeled if c.case_id in wanted]
     train = [c for c in labeled if c.case_id not in wanted]
     if not train:
-        raise InputError("the validation cases leave no labeled training case")
+        raise InputError(f"the validation cases {wanted} leave no labeled training case ({len(labeled)} labeled): "
+                         "list fewer in --validation, or use --validation 0 (no validation)")
     return train, held
 
 

@@ -4,7 +4,11 @@
 the cases and their roles come from :func:`semisupseg.training.loading.resolve_cases` (discovery, image/label
 pairing by name, split file, validation hold-out) and every file is read with :func:`semisupseg.data.read_case`
 (readable, label whole-numbered, label on the image's grid, label values among the declared classes); then the
-classes, the channel count and the common voxel spacing are checked as the engine does. Unlike training it does not
+classes, the channel count and the common voxel spacing are checked as the engine does. Warnings (training
+starts, the user may not expect what happens) come from the same functions as the notes ``train`` records: a
+validation hold-out taking half the labeled cases or more, a scan given both as labeled and unlabeled (dropped from
+the unlabeled pool), and — classes inferred without ``dataset.json`` — a label value in few cases and voxels
+(:func:`semisupseg.training.loading.stray_label_problems`). Unlike training it does not
 stop at the first problem: every problem is collected, one line each naming its file. It backs
 ``semisupseg check-data`` and the *Check data* button of the Slicer training panel (which reads its ``--json``).
 """
@@ -126,7 +130,7 @@ def check_train_data(cfg: DataConfig, with_unlabeled: bool = True, progress: Pro
     found). ``with_unlabeled=False``: leave the unlabeled pool out, as training does for methods that use labeled
     data only. Never raises for problems in the data (they are in the report); honours ``cancel``."""
     from semisupseg.data.cases import ClassInfo, DataProblem, read_case
-    from semisupseg.training.loading import resolve_cases, spacing_problem
+    from semisupseg.training.loading import _classes_folder, resolve_cases, spacing_problem, stray_label_problems
 
     problems: List[Any] = []
     try:
@@ -141,6 +145,8 @@ def check_train_data(cfg: DataConfig, with_unlabeled: bool = True, progress: Pro
                  "file found is checked, cases with a label file listed as labeled"] if todo else []
     h5_spacing = tuple(float(s) for s in cfg.h5_spacing)
     rows: List[CaseReport] = []
+    counts: Dict[str, Dict[int, int]] = {}  # voxels per label value of each labeled / validation case read
+    voxels: Dict[str, int] = {}
     for i, (role, case) in enumerate(todo):
         if cancel is not None:
             cancel.raise_if_cancelled("data check")
@@ -159,7 +165,10 @@ def check_train_data(cfg: DataConfig, with_unlabeled: bool = True, progress: Pro
                 problems.append(DataProblem(f"{row.channels} channel(s), the config says data.in_channels="
                                             f"{cfg.in_channels}", row.image[0], case.case_id))
             if label is not None:
-                row.label_values = [int(v) for v in np.unique(label.array)]
+                values, found = np.unique(label.array, return_counts=True)
+                row.label_values = [int(v) for v in values]
+                counts[case.case_id] = {int(v): int(k) for v, k in zip(values, found)}
+                voxels[case.case_id] = int(label.array.size)
                 if row.label_values == [0]:
                     problems.append(DataProblem("label holds only the background (0): nothing to learn from this "
                                                 "case", row.label, case.case_id, "warning"))
@@ -168,6 +177,7 @@ def check_train_data(cfg: DataConfig, with_unlabeled: bool = True, progress: Pro
 
     classes = declared
     if classes is None:
+        problems += stray_label_problems(counts, voxels, {r.case_id: r.label for r in rows}, _classes_folder(cfg))
         values = sorted({v for r in rows if r.label_values is not None for v in r.label_values})
         if values:
             try:

@@ -5,8 +5,10 @@ Discovery, splits, reading, resampling and normalisation are :mod:`semisupseg.da
 """
 from __future__ import annotations
 
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 
 from semisupseg.errors import InputError
 from semisupseg.progress import CancelToken, ProgressCallback, no_progress
@@ -35,9 +37,19 @@ def dataset_spec(cfg: DataConfig):
                        label_values=cfg.label_values, h5_spacing_xyz=tuple(float(s) for s in cfg.h5_spacing))
 
 
-def _hold_out(ds, cfg: DataConfig, spec, collect: bool = False) -> List[str]:
-    """Move validation cases into ``ds.val`` following ``cfg.validation``; returns notes for ``data.json``."""
+def _no_training_case(want, n_labeled: int) -> str:
+    """The error for a validation hold-out that takes every labeled case, with the option that fixes it."""
+    fix = "--validation 1 (one case held out) or --validation 0 (no validation)" if n_labeled >= 2 else \
+        "--validation 0 (no validation)"
+    return f"data.validation={want} would leave no labeled training case ({n_labeled} labeled): use {fix}"
+
+
+def _hold_out(ds, cfg: DataConfig, spec, collect: bool = False, problems: Optional[list] = None) -> List[str]:
+    """Move validation cases into ``ds.val`` following ``cfg.validation``; returns notes for ``data.json``.
+    When the validation cases taken from the labeled cases are half of them or more, a warning (naming the counts
+    and ``--validation``) goes to ``problems`` (to the notes when ``None``)."""
     from semisupseg.data import discover_cases
+    from semisupseg.data.cases import DataProblem
 
     notes: List[str] = []
     if ds.val:
@@ -57,8 +69,7 @@ def _hold_out(ds, cfg: DataConfig, spec, collect: bool = False) -> List[str]:
                          "for validation)")
         else:
             if want >= len(ds.labeled):
-                raise InputError(f"data.validation={want} would leave no labeled training case "
-                                 f"({len(ds.labeled)} labeled)")
+                raise InputError(_no_training_case(want, len(ds.labeled)))
             ids = [c.case_id for c in ds.labeled[-want:]]
             notes.append(f"validation: the last {want} labeled cases (the unlabeled pool has no labels)")
     else:
@@ -69,12 +80,28 @@ def _hold_out(ds, cfg: DataConfig, spec, collect: bool = False) -> List[str]:
             raise InputError(f"validation case(s) {missing} are neither labeled cases nor pool cases with labels")
         notes.append(f"validation: the listed cases {ids}")
     idset = set(ids)
+    n_labeled = len(ds.labeled)
     ds.val = [full[i] for i in ids]
     ds.labeled = [c for c in ds.labeled if c.case_id not in idset]
     ds.unlabeled = [c for c in ds.unlabeled if c.case_id not in idset]
     if not ds.labeled:
-        raise InputError("the validation cases leave no labeled training case")
+        raise InputError(f"the validation cases {ids} leave no labeled training case ({n_labeled} labeled): list "
+                         "fewer in --validation, or use --validation 0 (no validation)")
+    held = n_labeled - len(ds.labeled)
+    if held and 2 * held >= n_labeled:
+        fix = "--validation 1 or --validation 0 (no validation)" if held > 1 else "--validation 0 (no validation)"
+        problem = DataProblem(f"data.validation={_shown(want)} holds out {held} of the {n_labeled} labeled cases for "
+                              f"validation, leaving {len(ds.labeled)} to train on: with so few labeled cases use "
+                              f"{fix} to train on more", severity="warning")
+        if problems is not None:
+            problems.append(problem)
+        else:
+            notes.append(f"warning: {problem.line}")
     return notes
+
+
+def _shown(want) -> str:
+    return str(want) if isinstance(want, int) else ",".join(str(v) for v in want)
 
 
 def resolve_cases(cfg: DataConfig, with_unlabeled: bool = True, problems: Optional[list] = None):
@@ -101,8 +128,8 @@ def resolve_cases(cfg: DataConfig, with_unlabeled: bool = True, problems: Option
         raise_problems(found)
         return result
     spec = dataset_spec(cfg)
-    ds = build_dataset(spec, problems=problems)
-    notes = list(ds.notes) + _hold_out(ds, cfg, spec, collect=True)
+    ds = build_dataset(spec, problems=problems, dedupe_unlabeled=True)  # a scan is labeled or unlabeled, once
+    notes = list(ds.notes) + _hold_out(ds, cfg, spec, collect=True, problems=problems)
     if cfg.max_unlabeled is not None:
         ds.unused += ds.unlabeled[int(cfg.max_unlabeled):]
         ds.unlabeled = ds.unlabeled[: int(cfg.max_unlabeled)]
@@ -111,6 +138,11 @@ def resolve_cases(cfg: DataConfig, with_unlabeled: bool = True, problems: Option
         ds.unused += ds.unlabeled
         ds.unlabeled = []
     return ds, notes
+
+
+def _classes_folder(cfg: DataConfig) -> Optional[str]:
+    """The folder whose ``dataset.json`` declares the classes (a dataset folder; ``None`` for images + labels)."""
+    return None if cfg.labeled is None or cfg.labels is not None else str(cfg.labeled)
 
 
 def spacing_problem(spacings_xyz: Dict[str, Sequence[float]], target: Optional[Sequence[float]]) -> Optional[str]:
@@ -126,6 +158,50 @@ def spacing_problem(spacings_xyz: Dict[str, Sequence[float]], target: Optional[S
     shown = "; ".join(f"{list(k)} mm: {len(v)} case(s), e.g. {v[0]}" for k, v in sorted(groups.items())[:4])
     return (f"the cases have different voxel spacings ({shown}); set data.spacing (x y z mm) to resample them "
             "to one grid")
+
+
+#: a label value found in fewer than half of the labeled cases and in less than this fraction of their voxels is
+#: reported as a possible stray value (:func:`stray_label_problems`)
+STRAY_VOXEL_FRACTION = 1e-3
+
+
+def stray_label_problems(counts: Dict[str, Dict[int, int]], voxels: Dict[str, int],
+                         label_paths: Optional[Dict[str, Optional[str]]] = None,
+                         root: Optional[str] = None) -> list:
+    """Warnings (:class:`semisupseg.data.DataProblem`) for label values that look like stray voxels rather than a
+    class, for data whose classes are inferred from the values found (no ``dataset.json``, no
+    ``data.label_values``): there every value becomes a class, so 5 voxels of a 7 painted by mistake add a class
+    ``7`` silently. ``counts``: per labeled (and validation) case id, voxels per label value; ``voxels``: the
+    case's voxel count. The rule: a non-zero value present in **fewer than half** of the cases (a real class is
+    usually in most of them) **and** in less than :data:`STRAY_VOXEL_FRACTION` (0.1 %) of the voxels of the cases
+    holding it (a class that is absent from some cases but large where present is not flagged). With fewer than 3
+    cases nothing is flagged. A warning, never an error: a rare small structure is possible. One line per value,
+    naming the cases, their voxel counts and the fix (a ``dataset.json`` with the labels in ``root``, or
+    ``data.label_values``)."""
+    from semisupseg.data.cases import DataProblem
+
+    n = len(counts)
+    values = sorted({int(v) for c in counts.values() for v, k in c.items() if k > 0} - {0})
+    out = []
+    stray = []
+    for v in values:
+        holders = [cid for cid, c in counts.items() if c.get(v, 0) > 0]
+        found = sum(counts[cid][v] for cid in holders)
+        if 2 * len(holders) < n and found < STRAY_VOXEL_FRACTION * sum(voxels[cid] for cid in holders):
+            stray.append((v, holders, found))
+    keep = [0] + [v for v in values if v not in {s[0] for s in stray}]
+    for v, holders, found in stray:
+        where = ", ".join(f"{cid}: {counts[cid][v]} voxels" for cid in holders[:3])
+        where += f" and {len(holders) - 3} more cases" if len(holders) > 3 else ""
+        fix = f"--set data.label_values=[{','.join(map(str, keep))}]"
+        if root is not None:
+            fix = f"a dataset.json in {root} listing the labels (\"labels\": {{\"0\": \"background\", ...}}) or {fix}"
+        first = holders[0]
+        out.append(DataProblem(f"label value {v} is in only {len(holders)} of the {n} labeled cases ({where}) and "
+                               f"becomes a class: a stray value? Without a dataset.json every label value is a "
+                               f"class; declare the classes with {fix}",
+                               None if label_paths is None else label_paths.get(first), first, "warning"))
+    return out
 
 
 def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
@@ -157,9 +233,26 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
     if problem is not None:
         raise InputError(problem)
     data.spacing_xyz = data.labeled[0].spacing_xyz
-    data.notes = notes
+    if ds.classes is None:  # classes inferred from the values found: say which ones look like stray voxels
+        lut = np.asarray(data.label_values)
+        counts: Dict[str, Dict[int, int]] = {}
+        for c in data.labeled + data.validation:
+            per_class = np.bincount(np.asarray(c.label, dtype=np.int64).ravel(), minlength=len(lut))
+            counts[c.case_id] = {int(lut[i]): int(k) for i, k in enumerate(per_class) if k}
+        paths = {c.case_id: None if c.label_path is None else str(c.label_path) for c in ds.labeled + ds.val}
+        problems += stray_label_problems(counts, {c.case_id: int(c.label.size) for c in data.labeled +
+                                                  data.validation}, paths, _classes_folder(cfg))
+    warnings = [f"warning: {p.line}" for p in problems if p.severity != "error"]
+    data.notes = notes + warnings
+    if warnings:
+        from semisupseg.training.distributed import env_is_main
+
+        if env_is_main():  # the start-up output of train (one process under torchrun)
+            for line in warnings:
+                print(line, file=sys.stderr)
     data.sources = {c.case_id: c for c in list(ds.unused) + list(ds.labeled) + list(ds.unlabeled) + list(ds.val)}
     return data
 
 
-__all__ = ["dataset_spec", "load_train_data", "resolve_cases", "spacing_problem"]
+__all__ = ["STRAY_VOXEL_FRACTION", "dataset_spec", "load_train_data", "resolve_cases", "spacing_problem",
+           "stray_label_problems"]
