@@ -123,8 +123,8 @@ def test_every_problem_is_one_line_naming_its_file(tmp_path, capsys):
                    "hippocampus_023": False, "hippocampus_025": True}
     # train refuses the same data with the same lines, and leaves no run state behind
     run = tmp_path / "run"
-    assert main(["train", "--labeled", str(root), "--validation", "0", "--out", str(run), "--no-bar",
-                 "--iterations", "1", "--patch-size", "16", "16", "16"]) == 2
+    assert main(["train", "--method", "supervised", "--labeled", str(root), "--validation", "0", "--out", str(run),
+                 "--no-bar", "--iterations", "1", "--patch-size", "16", "16", "16"]) == 2
     err = capsys.readouterr().err
     assert "4 problems in the training data" in err
     for name, text in expect.items():

@@ -42,3 +42,59 @@ def test_train_refusals(tmp_path, capsys):
     assert "optim.lr" in capsys.readouterr().err
     assert main(["train", "--method", "no-such-method", "--labeled", str(tmp_path), "--out",
                  str(tmp_path / "r2")]) != 0
+
+
+def _sample():
+    from semisupseg.data import sample_dataset
+
+    return str(sample_dataset("hippocampus"))
+
+
+def test_train_refuses_bad_settings_in_one_line_before_reading_data(tmp_path, capsys):
+    """What a first hour trips over: no method, a patch the V-Net cannot take, unknown or ill-typed network and
+    method options, contradictory resume options. Each is one line (exit 2), and the run folder is not created."""
+    base = ["train", "--labeled", _sample(), "--out", str(tmp_path / "run"), "--iterations", "1", "--no-bar"]
+    cases = [
+        (base, "choose a method: --method NAME"),
+        (base + ["--method", "supervised", "--patch-size", "40", "40", "40"], "multiple of 16"),
+        (base + ["--method", "supervised", "--set", "data.patch_size=[8,8,8]"], "e.g. 16 16 16"),
+        (base + ["--method", "supervised", "--set", "model.extra={foo: 1}"], "unknown network option(s) 'foo'"),
+        (base + ["--method", "supervised", "--set", "model.extra={dropout:false}"], "space after a key's colon"),
+        (base + ["--method", "supervised", "--set", "model.extra={dropout: maybe}"], "dropout must be true or false"),
+        (base + ["--method", "supervised", "--set", "model.n_filters=0"], "n_filters must be an integer >= 1"),
+        (base + ["--method", "supervised", "--set", "model.normalization=foo"], "normalization must be one of"),
+        (base + ["--method", "mean-teacher", "--set", "method_params.rampup_period=x"],
+         "parameter rampup_period must be an integer, got 'x'"),
+        (["train", "--resume", str(tmp_path / "run"), "--overwrite"], "give one of them"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert not (tmp_path / "run").exists(), argv
+    # the config file's own out: names the run folder
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"method: supervised\nout: {tmp_path / 'from_config'}\n")
+    assert main(["train", "--config", str(cfg), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["out"] == str(tmp_path / "from_config")
+
+
+def test_resume_never_replaces_a_model_it_cannot_continue(tmp_path, capsys):
+    """--resume on a folder with models but no resume state would train from iteration 0 and replace them: refused.
+    --resume --iterations N below the saved iteration is refused too (the config would say the run was shorter).
+    A resume state given where a model is expected is named as what it is."""
+    run = tmp_path / "run"
+    assert main(["train", "--method", "supervised", "--labeled", _sample(), "--out", str(run), "--iterations", "2",
+                 "--no-bar", "--validation", "1", "--patch-size", "16", "16", "16", "--set", "model.n_filters=2",
+                 "--set", "amp=off"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--iterations", "1"]) == 2
+    assert "--iterations 1 ends before the saved state (iteration 2)" in capsys.readouterr().err
+    assert main(["info", str(run / "resume.pt")]) == 2
+    assert "is a training run's resume state, not a model: use the run's best.pt or last.pt" in capsys.readouterr().err
+    (run / "resume.pt").unlink()
+    before = (run / "last.pt").read_bytes()
+    assert main(["train", "--resume", str(run), "--iterations", "4", "--no-bar"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume: the run holds last.pt" in err and "--overwrite" in err
+    assert (run / "last.pt").read_bytes() == before

@@ -201,3 +201,53 @@ def test_overwrite_removes_the_old_runs_kept_copies(tmp_path):
 def _weights_of(path):
     model, _ = load_model(path)
     return model.state_dict()
+
+
+def test_a_second_interrupt_waits_for_the_cancel_save_or_ends_cleanly(tmp_path, monkeypatch):
+    """Ctrl-C twice. (1) The second arrives while the cancel's own save is written: it is ignored, the save
+    completes (resume state at the cancelled iteration), status cancelled. (2) It arrives mid-step, before any
+    cancel save: the run ends at once as cancelled (no failure, no traceback), keeping the last periodic state,
+    and says which one."""
+    import os
+    import signal as signal_module
+
+    from semisupseg.checkpoint import load_state
+    from semisupseg.training.engine import Trainer as EngineTrainer
+
+    # (1) interrupt, then a second interrupt inside the cancel's save of last.pt
+    step = EngineTrainer._train_step
+    save_model = EngineTrainer._save_model
+
+    def step_then_interrupt(self):
+        out = step(self)
+        if self.iteration == 2:  # the 3rd step: first Ctrl-C
+            os.kill(os.getpid(), signal_module.SIGINT)
+        return out
+
+    def save_with_interrupt(self, name, extra):
+        if self._saving_on_cancel:
+            os.kill(os.getpid(), signal_module.SIGINT)  # second Ctrl-C while the cancel saves
+        return save_model(self, name, extra)
+
+    monkeypatch.setattr(EngineTrainer, "_train_step", step_then_interrupt)
+    monkeypatch.setattr(EngineTrainer, "_save_model", save_with_interrupt)
+    result = Trainer(_config(tmp_path / "one", iterations=8, save_every=2), data=_data()).run()
+    assert result.status == "cancelled" and result.iteration == 3
+    assert load_state(tmp_path / "one" / "resume.pt")["iteration"] == 3
+
+    # (2) two interrupts in one step, after the periodic save at iteration 2
+    def step_twice(self):
+        out = step(self)
+        if self.iteration == 2:
+            os.kill(os.getpid(), signal_module.SIGINT)
+            os.kill(os.getpid(), signal_module.SIGINT)
+        return out
+
+    monkeypatch.setattr(EngineTrainer, "_train_step", step_twice)
+    monkeypatch.setattr(EngineTrainer, "_save_model", save_model)
+    result = Trainer(_config(tmp_path / "two", iterations=8, save_every=2), data=_data()).run()
+    assert result.status == "cancelled" and result.saved_iteration == 2
+    events = read_events(tmp_path / "two" / "events.jsonl")
+    assert events[-1]["event"] == "cancelled" and "second interrupt" in events[-1]["message"]
+    assert "iteration 2 is kept" in events[-1]["message"] and not any(e["event"] == "failed" for e in events)
+    assert load_state(tmp_path / "two" / "resume.pt")["iteration"] == 2

@@ -76,6 +76,8 @@ PathLike = Union[str, os.PathLike]
 FORMAT_VERSION = 1
 #: key of the format version in the payload dict (its presence marks a SemiSupSeg model file)
 FORMAT_KEY = "semisupseg_format"
+#: the ``format`` entry of a training run's resume state (``RUN/resume.pt``, written by the training engine)
+RESUME_FORMAT = "semisupseg-resume"
 #: suffix of the human-readable copy of the card written beside a model file
 SIDECAR_SUFFIX = ".json"
 #: largest card (metadata JSON text, in bytes) a model file may carry
@@ -193,6 +195,11 @@ class ModelCard:
             raise ValueError(f"spacing_xyz {list(self.spacing_xyz)} is outside {lo:g}-{hi:g} mm")
         if len(self.patch_size_xyz) != 3 or not all(s > 0 for s in self.patch_size_xyz):
             raise ValueError(f"patch_size_xyz must be 3 positive voxel counts, got {self.patch_size_xyz}")
+        from semisupseg.data.fingerprint import patch_size_problem
+
+        problem = patch_size_problem(self.patch_size_xyz)
+        if problem:
+            raise ValueError(f"patch_size_xyz: {problem}")
         side, voxels = CARD_LIMITS["patch_side"], CARD_LIMITS["patch_voxels"]
         if max(self.patch_size_xyz) > side or math.prod(self.patch_size_xyz) > voxels:
             raise ValueError(f"patch_size_xyz {list(self.patch_size_xyz)} is too large (at most {side} voxels a side "
@@ -765,6 +772,9 @@ def read_model_file(path: PathLike, mmap: bool = False) -> Tuple[ModelCard, Dict
     path = Path(path)
     payload = safe_torch_load(path, mmap=mmap)
     if not isinstance(payload, dict) or FORMAT_KEY not in payload:
+        if isinstance(payload, dict) and payload.get("format") == RESUME_FORMAT:
+            raise CheckpointError("is a training run's resume state, not a model: use the run's best.pt or last.pt "
+                                  "(or the run folder's name after 'semisupseg models register-run')", path)
         if isinstance(payload, dict) and (_is_tensor_dict(payload) or any(
                 isinstance(payload.get(k), dict) and _is_tensor_dict(payload[k]) for k in ("state_dict", "model", "net"))):
             raise CheckpointError(

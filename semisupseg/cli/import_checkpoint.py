@@ -33,7 +33,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--n-filters", type=int, default=None,
                    help="expected base width (default: read from the weights; given, it must agree)")
     p.add_argument("--patch-size", type=int, nargs=3, default=list(DEFAULT_PEER_PATCH_XYZ), metavar=("X", "Y", "Z"),
-                   help="training patch / inference window in voxels, x y z (default %(default)s)")
+                   help="training patch / inference window in voxels, x y z, each a multiple of 16 "
+                        "(default %(default)s)")
     p.add_argument("--normalization", default="zscore", metavar="KIND",
                    help="intensity normalisation the network expects (default zscore: per-volume z-score as in "
                         "the releases' mri_norm2.h5)")

@@ -38,8 +38,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (checkpoints, events, config)")
     p.add_argument("--iterations", type=int, metavar="N", help="total iterations")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                   help="patch size in voxels, x y z (default: from the data: the median scan size, multiples of "
-                        "16, within a memory budget)")
+                   help="patch size in voxels, x y z, each a multiple of 16 (default: from the data: the median "
+                        "scan size within a memory budget)")
     p.add_argument("--batch-size", type=int, metavar="B", help="patches per step (global)")
     p.add_argument("--labeled-batch-size", type=int, metavar="L", help="labeled patches per step (global)")
     p.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N")
@@ -174,6 +174,21 @@ def _check_unlabeled_pool(cfg) -> None:
         cfg.data.labeled)
 
 
+def _check_resume_iterations(run_dir: Path, iterations: int) -> None:
+    """``--resume --iterations N`` sets the new end of the run: it cannot lie before the saved state's iteration
+    (the run would end where it stands, with its config saying it had been planned shorter)."""
+    from semisupseg.checkpoint import load_state
+    from semisupseg.errors import InputError
+
+    state = run_dir / "resume.pt"
+    if not state.is_file():
+        return  # nothing saved: the engine says what can be done
+    done = int(load_state(state)["iteration"])
+    if iterations < done:
+        raise InputError(f"--iterations {iterations} ends before the saved state (iteration {done}): give more "
+                         f"iterations to continue, or leave --iterations out to finish the planned run", run_dir)
+
+
 def _print_config(cfg) -> None:
     """The resolved config as YAML; settings derived from the data are marked ``# (from the data)``."""
     import yaml
@@ -229,11 +244,17 @@ def run(args: argparse.Namespace) -> int:
 
     resume = args.resume is not None
     run_dir = args.resume if isinstance(args.resume, str) else args.out
+    if not run_dir and not resume and args.config:
+        run_dir = load_config(args.config).out or None  # the config file's own out:
     if resume and isinstance(args.resume, str) and args.out and Path(args.out) != Path(args.resume):
         raise InputError(f"--resume {args.resume} and --out {args.out} name different run directories")
     if not run_dir:
         raise InputError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    if resume and args.overwrite:
+        raise InputError("--resume continues the run and --overwrite starts it afresh: give one of them")
     run_dir = Path(run_dir)
+    if resume and args.iterations is not None:
+        _check_resume_iterations(run_dir, args.iterations)
     saved = run_dir / "config.yaml"
     if resume and saved.exists():
         cfg = load_run_config(saved)
@@ -245,11 +266,17 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config) if args.config else TrainConfig()
     apply_overrides(cfg, explicit_overrides(args))
     apply_overrides(cfg, args.overrides)
+    if not resume and args.method is None and not args.config and not any(o.split("=", 1)[0].strip() == "method"
+                                                                           for o in args.overrides or ()):
+        raise InputError("choose a method: --method NAME ('semisupseg methods' lists them; 'supervised' learns from "
+                         "the labeled cases only)")
     cfg.out = str(run_dir)
     cfg.validate()
-    from semisupseg.training.engine import method_class
+    from semisupseg.training.engine import check_model_options, method_class, method_params
 
     method_class(cfg.method)  # an unknown name fails here, before anything is written
+    method_params(cfg)  # so do its parameters
+    check_model_options(cfg)  # and the network's options
     from semisupseg.data.fingerprint import describe_plan, resolve_plan
 
     if args.print_config:
@@ -305,8 +332,15 @@ def run(args: argparse.Namespace) -> int:
         if extra_file is not None:
             extra_file.close()
     if result.status == "cancelled":
-        print(f"cancelled at iteration {result.iteration}; continue with: semisupseg train --resume {run_dir}",
-              file=sys.stderr)
+        if result.interrupted and result.saved_iteration is None:
+            print(f"stopped at iteration {result.iteration} by a second interrupt, before any state was saved: "
+                  f"start again (semisupseg train ... --overwrite --out {run_dir})", file=sys.stderr)
+        elif result.interrupted:
+            print(f"stopped at iteration {result.iteration} by a second interrupt without saving; continue from "
+                  f"iteration {result.saved_iteration} with: semisupseg train --resume {run_dir}", file=sys.stderr)
+        else:
+            print(f"cancelled at iteration {result.iteration}; continue with: semisupseg train --resume {run_dir}",
+                  file=sys.stderr)
         return 130
     best = f", best validation Dice {result.best_metric:.4f} at iteration {result.best_iteration}" \
         if result.best_metric is not None else ""

@@ -16,6 +16,7 @@ One iteration of the engine::
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Optional, Type
 
@@ -86,6 +87,29 @@ class StepResult:
 
     losses: Dict[str, torch.Tensor]
     logs: Dict[str, float] = field(default_factory=dict)
+
+
+def _type_mismatch(value: Any, tp: Any) -> Optional[str]:
+    """What ``value`` should be for a parameter annotated ``tp`` (``"an integer"``...), or ``None`` when it fits (or
+    the annotation is one this check does not read). Integers are numbers too; ``True``/``False`` are no numbers."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return None if any(_type_mismatch(value, a) is None for a in options) else \
+            " or ".join(filter(None, (_type_mismatch(value, a) for a in options)))
+    if tp is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if tp is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if tp is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if tp is str:
+        return None if isinstance(value, str) else "a text"
+    if origin in (list, tuple, typing.List, typing.Tuple) or tp in (list, tuple):
+        return None if isinstance(value, (list, tuple)) else "a list"
+    return None
 
 
 @dataclass
@@ -165,4 +189,9 @@ class Method(nn.Module):
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"method {cls.name!r} has no parameter(s) {unknown}; known: {sorted(known)}")
+        hints = typing.get_type_hints(cls.Params)
+        for key, value in overrides.items():
+            expected = _type_mismatch(value, hints.get(key))
+            if expected:
+                raise ValueError(f"method {cls.name!r} parameter {key} must be {expected}, got {value!r}")
         return cls.Params(**overrides)

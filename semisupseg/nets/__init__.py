@@ -9,6 +9,7 @@ A segmentation network's contract (what inference, the engine and the methods re
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Tuple, Type
 
 from torch import nn
@@ -40,6 +41,21 @@ def build_network(arch: str, config: Dict[str, Any]) -> nn.Module:
     return network_cls(config_cls(**config))
 
 
+def check_network_config(arch: str, config: Dict[str, Any]) -> None:
+    """Build only the config of network ``arch`` from ``config`` (no weights): ``ValueError`` naming the option
+    when one is unknown to the architecture or has a bad value (what :func:`build_network` would meet later)."""
+    if arch not in _ARCHS:
+        build_network(arch, config)  # registers the methods' networks, or raises KeyError for an unknown one
+    config_cls = _ARCHS[arch][1]
+    known = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else None
+    unknown = sorted(set(config) - known) if known is not None else []
+    if unknown:
+        hint = " (YAML needs a space after a key's colon: {dropout: false})" if any(":" in k for k in unknown) else ""
+        raise ValueError(f"unknown network option(s) {', '.join(map(repr, unknown))} for {arch!r}{hint}; known: "
+                         f"{', '.join(sorted(known))}")
+    config_cls(**config)
+
+
 def network_arch(model: nn.Module) -> str:
     """The registered name of ``model``'s class."""
     for name, (cls, _) in _ARCHS.items():
@@ -49,4 +65,4 @@ def network_arch(model: nn.Module) -> str:
 
 
 __all__ = ["VNet", "VNetConfig", "EnsembleNet", "EnsembleConfig", "seg_probabilities", "softmax_logits",
-           "register_network", "build_network", "network_arch"]
+           "register_network", "build_network", "check_network_config", "network_arch"]

@@ -63,6 +63,16 @@ class VNetConfig:
     encoder_depths: Optional[Tuple[int, int, int, int, int]] = None
 
     def __post_init__(self) -> None:
+        for name in ("in_channels", "n_filters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("sdm_head", "dropout"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.dropout_p, bool) or not isinstance(self.dropout_p, (int, float)) \
+                or not 0.0 <= self.dropout_p < 1.0:
+            raise ValueError(f"dropout_p must be a number in [0, 1), got {self.dropout_p!r}")
         if self.encoder_depths is not None:
             depths = tuple(self.encoder_depths)
             if len(depths) != 5 or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= 16

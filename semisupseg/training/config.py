@@ -229,6 +229,12 @@ class TrainConfig:
         if self.data.patch_size is not None and (len(self.data.patch_size) != 3
                                                  or any(int(v) < 1 for v in self.data.patch_size)):
             raise bad("data.patch_size", f"must be 3 positive sizes x y z, got {self.data.patch_size}")
+        if self.data.patch_size is not None:
+            from semisupseg.data.fingerprint import patch_size_problem
+
+            problem = patch_size_problem(self.data.patch_size)
+            if problem:
+                raise bad("data.patch_size", problem)
         if self.data.spacing is not None and (len(self.data.spacing) != 3 or min(self.data.spacing) <= 0):
             raise bad("data.spacing", f"must be 3 positive values x y z (mm), got {self.data.spacing}")
         if self.data.num_classes is not None and self.data.num_classes < 2:

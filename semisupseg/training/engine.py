@@ -26,6 +26,7 @@ import random
 import resource
 import signal
 import threading
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from semisupseg import runtime
+from semisupseg.checkpoint import RESUME_FORMAT
 from semisupseg.errors import (Cancelled, CheckpointError, InputError, OutOfMemoryError, OutputExistsError,
                                is_out_of_memory, out_of_memory_detail)
 from semisupseg.methods import Batch, Method, StepContext, get_method
@@ -50,7 +52,6 @@ from semisupseg.training.ema import ema_decay_at, ema_update, make_teacher
 from semisupseg.training.events import Events
 from semisupseg.training.heartbeat import KEPT_DIR
 
-RESUME_FORMAT = "semisupseg-resume"
 RESUME_VERSION = 1
 
 
@@ -112,6 +113,31 @@ def network_config(cfg: TrainConfig, method_cls) -> Dict[str, Any]:
     return net
 
 
+def method_params(cfg: TrainConfig):
+    """The method's parameter dataclass with ``cfg.method_params`` applied: an unknown parameter, a value of the wrong
+    type or out of range is one :class:`InputError` naming it (the CLI asks before reading any data)."""
+    try:
+        return method_class(cfg.method).make_params(cfg.method_params)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"config method_params: {exc}") from None
+
+
+def check_model_options(cfg: TrainConfig) -> None:
+    """``model.*`` of ``cfg`` as the method's network will read them, checked before any data is read: an unknown
+    option (``model.extra``) or a bad value is one :class:`InputError` naming it. The classes and channels, known
+    only from the data, are taken as 2 and 1 when the config leaves them to the data."""
+    from semisupseg.nets import check_network_config
+
+    method_cls = method_class(cfg.method)
+    net = network_config(cfg, method_cls)
+    net["num_classes"] = net["num_classes"] or 2
+    net["in_channels"] = net["in_channels"] or 1
+    try:
+        check_network_config(method_cls.network_arch, net)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"config model: {exc}") from None
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (Linux ``ru_maxrss`` is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -140,6 +166,10 @@ class TrainResult:
     best_path: Optional[Path] = None
     losses: List[float] = field(default_factory=list)
     seconds_per_iteration: List[float] = field(default_factory=list)
+    #: a second interrupt stopped the run without its cancel save; ``saved_iteration``: the iteration of the state
+    #: that is kept (``None``: none was saved)
+    interrupted: bool = False
+    saved_iteration: Optional[int] = None
 
 
 class Trainer:
@@ -170,6 +200,7 @@ class Trainer:
         self.cancel = cancel if cancel is not None else CancelToken()
         self.data = data
         self.resume = resume
+        self._saving_on_cancel = self._interrupted = False
         self.overwrite = overwrite
         self.handle_signals = handle_signals
         self.iteration = 0
@@ -188,7 +219,7 @@ class Trainer:
         that rerunning the corrected command works. Then the heartbeat starts."""
         from semisupseg.fileio import remove_stale_temps
         from semisupseg.training.heartbeat import (ENGINE_ENTRIES, Heartbeat, clear_engine_files, describe_process,
-                                                   heartbeat_alive, read_heartbeat, start_refusal)
+                                                   heartbeat_alive, read_heartbeat, resume_refusal, start_refusal)
 
         d = self.run_dir
         if d.exists() and not d.is_dir():
@@ -198,6 +229,10 @@ class Trainer:
             raise InputError(describe_process(other), d)
         if d.is_dir():  # no process writes here now: temporary files of writes a kill cut short go
             remove_stale_temps(d, ENGINE_ENTRIES)
+        if self.resume:
+            refusal = resume_refusal(d)
+            if refusal is not None:
+                raise InputError(refusal, d)
         if not self.resume and d.exists():
             refusal = start_refusal(d, self.overwrite)
             if refusal is not None:
@@ -261,10 +296,7 @@ class Trainer:
 
         # method and networks
         method_cls = method_class(cfg.method)
-        try:
-            params = method_cls.make_params(cfg.method_params)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"config method_params: {exc}") from None
+        params = method_params(cfg)
         # record every resolved parameter, not only the overrides: config.yaml and the card then pin the run even
         # if a later version changes a default (a resumed run keeps the values it started with)
         cfg.method_params = _plain(dataclasses.asdict(params))  # make_params always returns its Params dataclass
@@ -273,7 +305,10 @@ class Trainer:
 
         self.net_config = network_config(cfg, method_cls)
         torch.manual_seed(seed)  # identical initial weights on every rank (DDP also broadcasts them)
-        model = build_network(method_cls.network_arch, self.net_config)
+        try:
+            model = build_network(method_cls.network_arch, self.net_config)
+        except (TypeError, ValueError) as exc:  # a config that bypassed check_model_options: still one line
+            raise InputError(f"config model: {exc}") from None
         self.method.build(model, cfg.data.num_classes, cfg.data.in_channels)
         torch.manual_seed(seed + 1000 * self.dist.rank)
         model = dist_utils.convert_sync_batchnorm(model, self.dist, self.device)
@@ -587,9 +622,14 @@ class Trainer:
         old = {}
 
         def handler(signum, frame):
-            if self.cancel.cancelled:  # a second Ctrl-C: stop now, without saving
-                raise KeyboardInterrupt
-            self.cancel.cancel()
+            if not self.cancel.cancelled:  # the first: finish the step, save, end as cancelled
+                self.cancel.cancel()
+                return
+            if self._saving_on_cancel:  # the cancel's own save is being written: stopping it would lose it
+                print("saving the training state, a moment...", file=sys.stderr, flush=True)
+                return
+            self._interrupted = True  # a second one before that: stop now, without saving
+            raise KeyboardInterrupt
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -642,6 +682,9 @@ class Trainer:
             self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
+            if self._interrupted:  # the second Ctrl-C (whatever error it caused inside a write): not a failure
+                self._leave_process_group()
+                return self._interrupted_result()
             oom = self._out_of_memory(exc)
             self._fail(oom or exc)
             self._leave_process_group()
@@ -698,6 +741,9 @@ class Trainer:
                 self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
+            if self._interrupted:  # the second Ctrl-C (whatever error it caused inside a write): not a failure
+                self._leave_process_group()
+                return self._interrupted_result()
             oom = self._out_of_memory(exc)
             self._fail(oom or exc)
             self._leave_process_group()
@@ -729,10 +775,42 @@ class Trainer:
         dist_utils.cleanup(self.dist, synchronize=synchronize)
 
     def _save_on_cancel(self) -> None:
-        """On cancellation: keep what was trained (``last`` model + resume state), no validation (be quick)."""
-        if self.dist.is_main:
-            self._save_model("last", {"cancelled_at": self.iteration})
-        self._save_resume()
+        """On cancellation: keep what was trained (``last`` model + resume state), no validation (be quick). Further
+        interrupts wait for it (the signal handler ignores them while this runs)."""
+        self._saving_on_cancel = True
+        try:
+            if self.dist.is_main:
+                self._save_model("last", {"cancelled_at": self.iteration})
+            self._save_resume()
+        finally:
+            self._saving_on_cancel = False
+
+    def _saved_iteration(self) -> Optional[int]:
+        """The iteration of the run's saved resume state, ``None`` when there is none (or it cannot be read: a
+        message about it must not fail; ``--resume`` checks the file again)."""
+        try:
+            from semisupseg.checkpoint import load_state
+
+            resume = self.run_dir / "resume.pt"
+            return int(load_state(resume)["iteration"]) if resume.exists() else None
+        except Exception:
+            return None
+
+    def _interrupted_result(self) -> TrainResult:
+        """A second interrupt stopped the run before its cancel could save: nothing more is written but the
+        ``cancelled`` event naming the state that is kept (the last periodic save, or none)."""
+        saved = self._saved_iteration()
+        kept = (f"the state saved at iteration {saved} is kept" if saved is not None
+                else "no training state had been saved yet")
+        try:
+            self.events.emit("cancelled", iteration=self.iteration, max_iterations=self.cfg.iterations,
+                             message=f"stopped by a second interrupt without saving; {kept}", saved_iteration=saved)
+            self.events.close()
+        finally:
+            self._stop_heartbeat("cancelled")
+        result = self._result("cancelled")
+        result.interrupted, result.saved_iteration = True, saved
+        return result
 
     def _out_of_memory(self, exc: BaseException) -> Optional[OutOfMemoryError]:
         """``exc`` as an :class:`OutOfMemoryError` whose one line says where memory ran out, which options lower
@@ -749,15 +827,7 @@ class Trainer:
         else:
             advice = (f"use a smaller patch (--patch-size X Y Z, now {patch_text}), batch (--batch-size B, now "
                       f"{cfg.batch_size}) or network (--set model.n_filters=N, now {cfg.model.n_filters})")
-        saved = None
-        try:
-            from semisupseg.checkpoint import load_state
-
-            resume = self.run_dir / "resume.pt"
-            if resume.exists():
-                saved = int(load_state(resume)["iteration"])
-        except Exception:  # the message must not fail; the state file is checked again by --resume
-            saved = None
+        saved = self._saved_iteration()
         kept = (f"the last saved state (iteration {saved}) is kept: continue with --resume {self.run_dir}"
                 if saved is not None else "no training state was saved yet")
         detail = out_of_memory_detail(exc)
@@ -788,4 +858,5 @@ class Trainer:
                            losses=list(self._losses), seconds_per_iteration=list(self._durations))
 
 
-__all__ = ["Trainer", "TrainResult", "learning_rate", "build_optimizer", "network_config", "peak_rss_mb"]
+__all__ = ["Trainer", "TrainResult", "learning_rate", "build_optimizer", "check_model_options", "method_params",
+           "network_config", "peak_rss_mb"]
