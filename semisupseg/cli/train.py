@@ -65,7 +65,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The options naming the data and the config, shared by ``train`` and ``check-data`` (same meaning)."""
-    p.add_argument("--method", help="registered method name (see 'semisupseg methods'); default: from --config")
+    p.add_argument("--method", help="registered method name (see 'semisupseg methods'); train needs it unless "
+                                    "--config or --resume gives it")
     p.add_argument("--labeled", metavar="DIR", help="labeled data: dataset folder (imagesTr/labelsTr or LA "
                                                     "<id>/mri_norm2.h5) or an images folder with --labels")
     p.add_argument("--labels", metavar="DIR", help="folder of label maps matching the images in --labeled")
