@@ -95,6 +95,7 @@ def test_missing_file_listed_not_fatal(tmp_path, home, shipped, capsys):
     cat.add(f)
     run_dir = tmp_path / "empty_run"
     run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("method: supervised\n")  # a run that started, no model file yet
     cat.register_run(run_dir)
     f.unlink()
     entries = {e.name: e for e in cat.entries()}
@@ -127,6 +128,7 @@ def test_name_clashes_and_validation(tmp_path, home, shipped):
     cat.add(f2, name="mine")
     with pytest.raises(CatalogueError, match="already used by a user model"):
         cat.add(f1, name="mine")
+    (tmp_path / "a" / "events.jsonl").write_text("")  # folder "a" is a training run too
     with pytest.raises(CatalogueError, match="already used by a user model"):
         cat.register_run(tmp_path / "a", name="mine")
     for bad in ("", "has space", "-dash", "x.pt", "a/b"):
@@ -235,6 +237,28 @@ def test_cli_models_table_info_add_remove(tmp_path, home, shipped, capsys):
     assert main(["models", "remove", "mine"]) == 0
     assert main(["models", "info", "mine"]) == 2
     assert "no model named 'mine'" in capsys.readouterr().err
+
+
+def test_register_run_refuses_a_folder_that_is_no_training_run(tmp_path, home, shipped, capsys):
+    """A folder without config.yaml, events.jsonl or a model file: one error line naming it, exit 2, nothing added.
+    A run that has started (events.jsonl only) is accepted and says it has no model yet."""
+    not_run = tmp_path / "holiday photos"
+    not_run.mkdir()
+    (not_run / "notes.txt").write_text("x")
+    assert main(["models", "register-run", str(not_run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {not_run}: is not a training run folder (none of config.yaml, events.jsonl, best.pt, "
+                   "last.pt); nothing was registered"]
+    assert not (home / "models.json").exists()
+    with pytest.raises(InputError, match="is not a training run folder"):
+        ModelCatalogue().register_run(not_run, name="photos")
+    assert [e.name for e in ModelCatalogue().entries(read_cards=False)] == ["left-atrium"]
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "events.jsonl").write_text("")
+    assert main(["models", "register-run", str(started)]) == 0
+    assert "no model file yet" in capsys.readouterr().out
+    assert [e.name for e in ModelCatalogue().entries(read_cards=False)] == ["left-atrium", "started"]
 
 
 def test_segment_with_catalogue_name_on_real_scan(tmp_path, home, shipped, capsys):

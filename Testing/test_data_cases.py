@@ -193,6 +193,19 @@ def test_split_labeled_key_num_labeled_and_val(tmp_path):
     assert (len(ds.labeled), len(ds.unlabeled), len(ds.val)) == (2, 2, 2)
 
 
+def test_split_labeled_without_a_split_file_names_the_cli_option(tmp_path):
+    """A labeled list asked for where no split JSON exists: the error names --split-labeled / data.split_labeled and
+    the two ways to give the split (--split FILE, splits.json in the dataset folder)."""
+    root = _copy_hippo(tmp_path / "ds", HIPPO_IDS[:2])
+    assert not (root / "splits.json").exists()
+    with pytest.raises(InputError) as err:
+        build_dataset(DatasetSpec(root=str(root), labeled_key="labeled_2"))
+    msg = str(err.value)
+    assert msg == (f"--split-labeled (data.split_labeled) 'labeled_2' names a list of a split JSON, but there is none: "
+                   f"give --split FILE or put splits.json in the dataset folder ({root})")
+    assert "labeled_key" not in msg
+
+
 def test_split_errors(tmp_path):
     cases = discover_cases(HIPPO)
     with pytest.raises(InputError, match="not in the dataset"):

@@ -197,8 +197,35 @@ def test_cli_writes_csv_atomically_and_refuses_overwrite(folders, tmp_path, caps
                      "--quiet"]) == 0
     assert len(out.read_text().strip().splitlines()) == 1 + 3
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError, match="pass --overwrite to replace it") as exc:
         evaluate(pred_dir, ref_dir, [1]).write_csv(out)
+    assert "overwrite=True" not in str(exc.value)
+
+
+def test_cli_notes_a_label_in_neither_file_and_one_in_no_reference(folders, tmp_path, capsys):
+    """--labels 3 (in no file) keeps Dice 1.0 (empty-vs-empty) but says so on stderr, one line per label; a label
+    only predicted (in no reference) gets its own note. Labels in the references get none."""
+    pred_dir, ref_dir, _ = folders
+    assert cli_main(["evaluate", str(pred_dir), str(ref_dir), "--labels", "1", "3", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: label 3 occurs in neither the prediction nor the reference of any of the 3 case(s): "
+                     "its Dice 1.0 only means both are empty (is the label value right?)"]
+    assert "note" not in captured.out
+    result = evaluate(pred_dir, ref_dir, [1, 3])
+    assert all(r.metrics.dice == 1.0 for r in result.rows if r.metrics.label == 3)  # the score is kept
+    # a value only in a prediction: no reference holds it
+    only_pred = tmp_path / "only_pred"
+    shutil.copytree(pred_dir, only_pred)
+    arr = sio.read_label(only_pred / "case_0.nii.gz")
+    arr.array[0, 0, 0] = 4
+    sio.write_volume(arr, only_pred / "case_0.nii.gz", overwrite=True)
+    assert cli_main(["evaluate", str(only_pred), str(ref_dir), "--labels", "1", "2", "4", "--quiet"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: label 4 occurs in no reference of the 3 case(s) (only in 1 prediction(s)): its Dice is 0 "
+                     "where predicted, 1.0 where both are empty"]
+    assert cli_main(["evaluate", str(pred_dir), str(ref_dir), "--quiet"]) == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 def _hippocampus_cases(hippocampus_dir, n=3):

@@ -14,8 +14,9 @@ def test_write_and_refuse_overwrite(tmp_path):
     write_text_atomic("one", target)
     assert target.read_text() == "one"
     assert (target.stat().st_mode & 0o777) == FILE_MODE
-    with pytest.raises(OutputExistsError, match="a.txt"):
+    with pytest.raises(OutputExistsError, match="a.txt") as err:
         write_text_atomic("two", target)
+    assert "pass --overwrite to replace it" in str(err.value) and "overwrite=True" not in str(err.value)
     write_text_atomic("two", target, overwrite=True)
     assert target.read_text() == "two"
     with pytest.raises(InputError, match="folder"):

@@ -194,7 +194,8 @@ def test_roi_limits_windows_and_is_background_outside(rng):
     mask[inside[1:]] = False
     assert np.all(out["prob"][0][mask] == 1) and np.all(out["prob"][1][mask] == 0)
     assert np.all(out["sdm"][0][mask] == 1)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"roi x 0\.\.5, y 0\.\.5, z 50\.\.60 does not overlap the image of "
+                                         r"40 x 40 x 40 \(x y z\) voxels"):
         sliding_window_inference(Pointwise(), image, (16, 16, 16), roi=((50, 60), (0, 5), (0, 5)))
 
 
@@ -379,6 +380,25 @@ def test_segment_roi_in_input_voxels(rng):
     lab = res.labels.array
     assert lab[2:10, 4:20, :].min() == 1
     assert lab.sum() == 8 * 16 * 28
+
+
+def test_segment_roi_errors_speak_the_users_x_y_z():
+    """An empty or inverted range is named alone, in x y z (the order of --roi X0 X1 Y0 Y1 Z0 Z1); a box beside the
+    image is given whole next to the image size, both in x y z, never as the internal (z, y, x) tuples."""
+    vol = Volume(np.ones((20, 24, 28), np.float32), spacing=(0.5, 0.5, 0.5))  # x 28, y 24, z 20
+    card = _card((1.0, 1.0, 1.0), (16, 16, 16))
+
+    def message(roi):
+        with pytest.raises(InputError) as err:
+            segment(vol, Pointwise(), card, SegmentOptions(fast=False, roi=roi))
+        return str(err.value)
+
+    # --roi 10 5 0 10 0 10: x 10..5
+    assert message(((0, 10), (0, 10), (10, 5))) == "--roi x 10..5 is empty (start must be below stop)"
+    assert message(((3, 3), (0, 10), (0, 10))) == "--roi z 3..3 is empty (start must be below stop)"
+    assert message(((0, 10), (30, 40), (0, 10))) == ("--roi x 0..10, y 30..40, z 0..10 does not overlap the image of "
+                                                     "28 x 24 x 20 (x y z) voxels")
+    assert "must have 3" in message(((0, 10), (0, 10)))
 
 
 def test_segment_with_vnet_multiclass_and_model_file(tmp_path, rng):

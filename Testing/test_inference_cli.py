@@ -150,5 +150,10 @@ def test_segment_cli_errors(tmp_path, capsys):
                  "--prob", "--roi", "2", "10", "0", "20", "0", "12"]) == 0
     seg = read_volume(out / "a_label.seg.nrrd")
     prob = read_volume(out / "a_prob.nrrd")
+    # a wrong --roi is told in the order it was typed: x y z
+    assert main(["segment", str(img), "--model", str(model), "-o", str(tmp_path / "roi"), "--roi", "10", "5", "0",
+                 "10", "0", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--roi x 10..5 is empty (start must be below stop)" in err and "(z, y, x)" not in err
     assert seg.same_geometry(prob) and seg.spacing == pytest.approx((0.9, 1.1, 1.3))
     assert prob.array[:, :, :2].max() == 0 and prob.array[:, :, 10:].max() == 0  # outside the x range of the ROI

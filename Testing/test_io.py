@@ -266,10 +266,21 @@ def test_write_refuses_to_overwrite(tmp_path):
     with pytest.raises(OutputExistsError) as err:
         write_volume(vol, target)
     assert str(target) in str(err.value)
+    assert "pass --overwrite to replace it" in str(err.value) and "overwrite=True" not in str(err.value)
     assert isinstance(err.value, FileExistsError) and isinstance(err.value, InputError)
     assert target.read_bytes() == b"precious"
     write_volume(vol, target, overwrite=True)
     np.testing.assert_array_equal(read_volume(target).array, vol.array)
+
+
+def test_mhd_data_file_refusal_names_the_cli_option(tmp_path):
+    """The .mhd header is new but its .zraw data file exists: the refusal speaks CLI, not Python."""
+    vol = read_volume(H003_IMG)
+    (tmp_path / "seg.zraw").write_bytes(b"precious")
+    with pytest.raises(OutputExistsError, match="pass --overwrite to replace it") as err:
+        write_volume(vol, tmp_path / "seg.mhd")
+    assert "overwrite=True" not in str(err.value)
+    assert (tmp_path / "seg.zraw").read_bytes() == b"precious"
 
 
 def test_write_is_atomic_on_crash(tmp_path, monkeypatch):
@@ -307,8 +318,9 @@ def test_write_segmentation_slicer_metadata(tmp_path):
     assert img.GetMetaData("Segment1_LabelValue") == "2"
     assert not img.HasMetaDataKey("Segment2_Name")
     np.testing.assert_array_equal(read_volume(out).array, lab.array)
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError, match="pass --overwrite to replace it") as err:
         write_segmentation(lab, out, ["background", "a", "p"])
+    assert "overwrite=True" not in str(err.value)
     # a class absent from this case keeps its name/value pairing; values without a class are refused
     only2 = lab.with_array(np.where(lab.array == 1, 0, lab.array))
     img2 = sitk.ReadImage(str(write_segmentation(only2, tmp_path / "b.seg.nrrd", ["bg", "anterior", "posterior"])))
@@ -395,6 +407,8 @@ def test_nonfinite_voxels(tmp_path):
     write_volume(vol.with_array(arr), path)
     err = _expect(path, "2 non-finite voxels \\(1 NaN, 1 Inf\\)")
     assert "nonfinite='zero'" in str(err)
+    # a CLI user has no nonfinite option: the message says to fix the file first, the Python way second
+    assert "fix the file (replace NaN/inf), or read it in Python with nonfinite='zero'" in str(err)
     fixed = read_volume(path, nonfinite="zero")
     assert np.isfinite(fixed.array).all() and fixed.array[1, 2, 3] == 0 and fixed.array[4, 5, 6] == 0
     np.testing.assert_array_equal(np.delete(fixed.array.ravel(), [np.ravel_multi_index((1, 2, 3), arr.shape),
@@ -412,7 +426,8 @@ def test_nonfinite_voxels_in_nifti_are_detected(tmp_path, suffix):
     arr[0, 0, 0] = -np.inf
     path = tmp_path / f"nan{suffix}"
     write_volume(vol.with_array(arr), path)
-    _expect(path, "2 non-finite voxels \\(NaN or Inf\\)")
+    err = _expect(path, "2 non-finite voxels \\(NaN or Inf\\)")
+    assert "fix the file (replace NaN/inf), or read it in Python with nonfinite='zero'" in str(err)
     fixed = read_volume(path, nonfinite="zero")
     assert np.isfinite(fixed.array).all() and fixed.array[1, 2, 3] == 0 and fixed.array[0, 0, 0] == 0
 

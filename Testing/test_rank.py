@@ -119,6 +119,33 @@ def test_rank_cli_csv_order_dice_and_correlation(model_path, tmp_path, capsys):
     assert "nope.nii.gz: file not found" in capsys.readouterr().err
 
 
+def test_rank_cli_notes_labels_that_match_no_or_some_scans(model_path, tmp_path, capsys):
+    """--labels DIR whose files are named unlike the scans is not ignored silently: one note naming DIR; when only
+    some scans have a label, the note says how many."""
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name in ("hippocampus_008", "hippocampus_015"):
+        shutil.copy(HIPPO / "imagesTr" / f"{name}.nii.gz", images)
+    wrong = tmp_path / "wrong_labels"
+    wrong.mkdir()
+    shutil.copy(HIPPO / "labelsTr" / "hippocampus_008.nii.gz", wrong / "seg_008.nii.gz")
+    out = tmp_path / "none.csv"
+    assert main(["rank", "--model", str(model_path), str(images), "-o", str(out), "--labels", str(wrong),
+                 "--device", "cpu", "--no-fast"]) == 0
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note:")]
+    assert notes == [f"note: --labels {wrong}: no label file matches a ranked scan's name (scan 'hippocampus_008', "
+                     "e.g. label 'seg_008'); no Dice column and no Spearman correlation"]
+    assert "dice" not in next(csv.reader(out.open()))
+    some = tmp_path / "some_labels"
+    some.mkdir()
+    shutil.copy(HIPPO / "labelsTr" / "hippocampus_015.nii.gz", some)
+    assert main(["rank", "--model", str(model_path), str(images), "-o", str(tmp_path / "some.csv"), "--labels",
+                 str(some), "--device", "cpu", "--no-fast"]) == 0
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note:")]
+    assert notes == [f"note: --labels {some}: label files match 1 of the 2 ranked scans; Dice only for those (the "
+                     "Spearman correlation needs 3)"]
+
+
 def test_order_and_spearman():
     rows = [CaseScore("a", "a", {"boundary_entropy": 0.2}, 10, 5, False, 0.0),
             CaseScore("b", "b", {"boundary_entropy": 0.9}, 10, 5, False, 0.0),

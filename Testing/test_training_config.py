@@ -63,8 +63,10 @@ def test_overrides_dotted_keys_and_coercion():
 
 
 def test_validate_ranges():
-    with pytest.raises(InputError, match="labeled_batch_size"):
+    with pytest.raises(InputError, match="labeled_batch_size") as err:
         config_from_dict({"batch_size": 2, "labeled_batch_size": 3}).validate()
+    assert str(err.value) == ("config labeled_batch_size: must be in [1, batch_size=2], got 3 "
+                              "(set --labeled-batch-size too)")
     with pytest.raises(InputError, match="amp"):
         config_from_dict({"amp": "fp8"}).validate()
     with pytest.raises(InputError, match="schedule"):

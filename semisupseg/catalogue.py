@@ -52,6 +52,8 @@ REGISTRY_FORMAT = 1
 SOURCES = ("shipped", "user", "run")
 #: model files of a training run, in order of preference
 RUN_MODEL_FILES = ("best.pt", "last.pt")
+#: files by which a folder is recognised as a training run (one suffices; ``train`` writes the first two at start)
+RUN_MARKER_FILES = ("config.yaml", "events.jsonl") + RUN_MODEL_FILES
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 __all__ = ["ModelCatalogue", "ModelEntry", "CatalogueError", "default_home", "resolve_model", "SHIPPED_DIR",
@@ -349,12 +351,16 @@ class ModelCatalogue:
 
     def register_run(self, run_dir: PathLike, name: Optional[str] = None) -> ModelEntry:
         """Register a training run folder under ``name`` (default: the folder name, made unique); the entry gives
-        the run's ``best.pt``, else its ``last.pt``, each time it is read. The folder must exist (it may not have a
-        model yet: the entry then reports that). Registering the same folder again without a new name returns its
-        entry."""
+        the run's ``best.pt``, else its ``last.pt``, each time it is read. The folder must exist and be a training
+        run, i.e. hold one of :data:`RUN_MARKER_FILES` (it may not have a model yet: the entry then reports that);
+        any other folder is refused (:class:`InputError`) and nothing is added. Registering the same folder again
+        without a new name returns its entry."""
         run_dir = Path(run_dir).expanduser()
         if not run_dir.is_dir():
             raise InputError("training run folder not found" if not run_dir.exists() else "is not a folder", run_dir)
+        if not any((run_dir / f).is_file() for f in RUN_MARKER_FILES):
+            raise InputError(f"is not a training run folder (none of {', '.join(RUN_MARKER_FILES)}); nothing was "
+                             "registered", run_dir)
         run_dir = run_dir.resolve()
         with self._locked():
             records = self._read_registry()

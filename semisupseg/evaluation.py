@@ -103,6 +103,26 @@ class EvaluationResult:
                 out.append(row)
         return write_csv_atomic(path, SUMMARY_COLUMNS, out, overwrite)
 
+    def label_notes(self) -> List[str]:
+        """One line per evaluated label that is absent from every reference: ``"label 3 occurs in neither the
+        prediction nor the reference of any of the 3 cases ..."`` (its Dice 1.0 is only the empty-vs-empty
+        convention: usually a wrong ``--labels`` value) or ``"label 3 occurs in no reference of the 3 cases ..."``
+        (it is in some prediction only). Empty when every label is in some reference."""
+        notes: List[str] = []
+        n = len(self.cases)
+        for v in self.labels:
+            rows = [r.metrics for r in self.rows if r.metrics.label == v]
+            if not rows or any(m.ref_voxels for m in rows):
+                continue
+            if not any(m.pred_voxels for m in rows):
+                notes.append(f"label {v} occurs in neither the prediction nor the reference of any of the {n} "
+                             f"case(s): its Dice 1.0 only means both are empty (is the label value right?)")
+            else:
+                n_pred = sum(1 for m in rows if m.pred_voxels)
+                notes.append(f"label {v} occurs in no reference of the {n} case(s) (only in {n_pred} "
+                             f"prediction(s)): its Dice is 0 where predicted, 1.0 where both are empty")
+        return notes
+
     def format_summary(self, label_names: Optional[Dict[int, str]] = None) -> str:
         """A readable table: per label mean ± std of Dice, Jaccard, HD95/ASD/ASSD (mm) and the empty-case counts."""
         return format_summary(self.summary, len(self.cases), self.missing_predictions, label_names)
@@ -300,7 +320,7 @@ def write_csv_atomic(path: PathLike, columns: Sequence[str], rows: Sequence[Dict
     """
     p = Path(path)
     if p.exists() and not overwrite:
-        raise OutputExistsError("output exists; pass --overwrite (overwrite=True) to replace it", p)
+        raise OutputExistsError("output exists; pass --overwrite to replace it", p)
     if p.is_dir():
         raise InputError("output path is a folder", p)
     if not p.parent.exists():

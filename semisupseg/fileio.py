@@ -33,7 +33,7 @@ def check_writable(path: PathLike, overwrite: bool) -> Path:
     if path.is_dir():
         raise InputError("output path is a folder", path)
     if path.exists() and not overwrite:
-        raise OutputExistsError("output exists; pass overwrite=True (--overwrite) to replace it", path)
+        raise OutputExistsError("output exists; pass --overwrite to replace it", path)
     return path
 
 

@@ -210,8 +210,8 @@ def check_finite(array: np.ndarray, path: Optional[PathLike] = None, nonfinite: 
     if nonfinite == "error":
         n_nan = int(np.count_nonzero(np.isnan(array)))
         raise InputError(
-            f"{bad} non-finite voxels ({n_nan} NaN, {bad - n_nan} Inf) of {array.size}; fix the file or read it "
-            "with nonfinite='zero' to replace them by 0",
+            f"{bad} non-finite voxels ({n_nan} NaN, {bad - n_nan} Inf) of {array.size}; fix the file (replace "
+            "NaN/inf), or read it in Python with nonfinite='zero' to replace them by 0",
             path,
         )
     out = array.copy()
@@ -1014,8 +1014,8 @@ def read_volume(
     volume = from_sitk(image, p, allow_channels=allow_channels)
     if nifti_bad and nonfinite == "error":
         raise InputError(
-            f"{nifti_bad} non-finite voxels (NaN or Inf) of {volume.array.size}; fix the file or read it with "
-            "nonfinite='zero' to replace them by 0",
+            f"{nifti_bad} non-finite voxels (NaN or Inf) of {volume.array.size}; fix the file (replace NaN/inf), "
+            "or read it in Python with nonfinite='zero' to replace them by 0",
             p,
         )
     volume.array = check_finite(volume.array, p, nonfinite)
@@ -1162,7 +1162,7 @@ _FILE_MODE = FILE_MODE
 def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress: bool) -> Path:
     suffix = _write_suffix(path)
     if path.exists() and not overwrite:
-        raise OutputExistsError("output exists; pass overwrite=True (--overwrite) to replace it", path)
+        raise OutputExistsError("output exists; pass --overwrite to replace it", path)
     if path.is_dir():
         raise InputError("output path is a folder", path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1240,7 +1240,7 @@ def _finish_mhd(tmp_header: Path, path: Path, compress: bool, overwrite: bool) -
     tmp_data = tmp_header.with_suffix(".zraw" if compress else ".raw")
     data = path.with_suffix(".zraw" if compress else ".raw")
     if data.exists() and not overwrite:
-        raise OutputExistsError("data file of the .mhd exists; pass overwrite=True to replace it", data)
+        raise OutputExistsError("data file of the .mhd exists; pass --overwrite to replace it", data)
     header = tmp_header.read_text(encoding="latin-1")
     lines = [
         f"ElementDataFile = {data.name}" if line.startswith("ElementDataFile") else line
@@ -1264,7 +1264,7 @@ def write_volume(volume: Volume, path: PathLike, overwrite: bool = False, compre
     p = Path(path)
     _write_suffix(p)
     if p.exists() and not overwrite:
-        raise OutputExistsError("output exists; pass overwrite=True (--overwrite) to replace it", p)
+        raise OutputExistsError("output exists; pass --overwrite to replace it", p)
     return _atomic_sitk_write(to_sitk(volume), p, overwrite, compress)
 
 
@@ -1335,7 +1335,7 @@ def write_segmentation(
             image.SetMetaData(key + "Tags", "")
             seg += 1
     if p.exists() and not overwrite:
-        raise OutputExistsError("output exists; pass overwrite=True (--overwrite) to replace it", p)
+        raise OutputExistsError("output exists; pass --overwrite to replace it", p)
     return _atomic_sitk_write(image, p, overwrite, compress=True)
 
 

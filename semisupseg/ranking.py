@@ -196,6 +196,22 @@ def mean_dice(pred: np.ndarray, ref: np.ndarray, label_values: Sequence[int]) ->
     return float(np.mean([dice(pred == v, ref == v) for v in label_values[1:]]))
 
 
+def labels_note(case_ids: Sequence[str], labels: Dict[str, PathLike], folder: PathLike) -> Optional[str]:
+    """A one-line note when the held-back labels of ``folder`` (case id -> file) miss ranked scans: none matching
+    (no Dice column, no Spearman correlation) or only some (how many). ``None`` when every scan has its label."""
+    ids = list(case_ids)
+    matched = sum(1 for c in ids if c in labels)
+    if matched == len(ids):
+        return None
+    if matched == 0:
+        found = f"e.g. label {sorted(labels)[0]!r}" if labels else "no label files"
+        example = f" (scan {ids[0]!r}, {found})" if ids else ""
+        return (f"--labels {folder}: no label file matches a ranked scan's name{example}; no Dice column and no "
+                "Spearman correlation")
+    return (f"--labels {folder}: label files match {matched} of the {len(ids)} ranked scans; Dice only for those"
+            + ("" if matched >= 3 else " (the Spearman correlation needs 3)"))
+
+
 def rank_cases(cases: Sequence[Any], model, card, measure: str = DEFAULT_MEASURE, also: Sequence[str] = (),
                labels: Optional[Dict[str, PathLike]] = None, device: str = "auto", fast: bool = True,
                progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
@@ -270,5 +286,5 @@ def read_ranking_csv(path: PathLike) -> List[Dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-__all__ = ["CaseScore", "DEFAULT_MEASURE", "MEASURES", "mean_dice", "model_measures", "object_band", "order",
-           "rank_cases", "ranking_csv", "read_ranking_csv", "score_volume", "spearman"]
+__all__ = ["CaseScore", "DEFAULT_MEASURE", "MEASURES", "labels_note", "mean_dice", "model_measures", "object_band",
+           "order", "rank_cases", "ranking_csv", "read_ranking_csv", "score_volume", "spearman"]

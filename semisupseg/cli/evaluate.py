@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
     print(result.format_summary(names))
+    for note in result.label_notes():  # a label value absent from every reference: say so, the table cannot
+        print(f"note: {note}", file=sys.stderr)
     if args.output:
         path = _written(result.write_csv, args.output, args.overwrite)
         print(f"per-case metrics written to {path}")

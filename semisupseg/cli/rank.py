@@ -81,13 +81,16 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.errors import InputError
     from semisupseg.fileio import check_writable, write_text_atomic
     from semisupseg.io import list_volume_files, strip_suffix
-    from semisupseg.ranking import DEFAULT_MEASURE, model_measures, rank_cases, ranking_csv, spearman
+    from semisupseg.ranking import DEFAULT_MEASURE, labels_note, model_measures, rank_cases, ranking_csv, spearman
 
     out = check_writable(Path(args.output), args.overwrite)
     cases = _cases(args.inputs)
     labels = None
     if args.labels:
         labels = {strip_suffix(p): p for p in list_volume_files(args.labels)}
+        note = labels_note([c.case_id for c in cases], labels, args.labels)
+        if note:  # said before the ranking: a wrong folder would otherwise be ignored silently
+            print(f"note: {note}", file=sys.stderr)
     path = resolve_model(args.model)
     model, card = load_model(path, device="cpu")
     available = model_measures(model)

@@ -633,7 +633,9 @@ def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]], problems: Optional[L
                                               spec.val_key, split_path)
     else:
         if spec.labeled_key is not None:
-            raise InputError(f"labeled_key {spec.labeled_key!r} given but no split file")
+            where = f" ({spec.root})" if spec.root is not None else ""
+            raise InputError(f"--split-labeled (data.split_labeled) {spec.labeled_key!r} names a list of a split JSON, "
+                             f"but there is none: give --split FILE or put splits.json in the dataset folder{where}")
         with_label = [c for c in cases if c.labeled]
         unlabeled = [c.as_unlabeled() for c in cases if not c.labeled]
         if spec.num_labeled is not None:

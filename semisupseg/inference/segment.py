@@ -21,7 +21,7 @@ from torch import nn
 
 from semisupseg.errors import InputError, OutOfMemoryError, is_out_of_memory, out_of_memory_detail
 from semisupseg.inference.postprocess import SDM_FROM_HEAD, SDM_FROM_LABELS, keep_largest_component, segmentation_sdm
-from semisupseg.inference.sliding_window import (BLENDS, FAST_MIN_DICE, LAYOUTS, Box,
+from semisupseg.inference.sliding_window import (BLENDS, FAST_MIN_DICE, LAYOUTS, Box, roi_problem,
                                                  sliding_window_inference)
 from semisupseg.progress import CancelToken, ProgressCallback, scaled
 from semisupseg.volume import Volume
@@ -242,17 +242,27 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
     image = _as_channels(volume, int(card.in_channels))
     reference = Volume(np.zeros(image.shape_zyx, dtype=np.uint8), image.spacing, image.origin,
                        image.direction.copy(), image.path)
+    roi_in = None
+    if options.roi is not None:  # checked before the preprocessing, in the user's x y z order
+        try:
+            box = tuple((int(a), int(b)) for a, b in options.roi)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"roi must be ((z0, z1), (y0, y1), (x0, x1)) voxel bounds, got {options.roi!r}",
+                             image.path) from exc
+        if len(box) != 3:
+            raise InputError(f"roi must have 3 (start, stop) pairs in z, y, x order, got {options.roi!r}",
+                             image.path)
+        problem = roi_problem(box, image.shape_zyx, "--roi")
+        if problem:
+            raise InputError(problem, image.path)
+        roi_in = tuple((max(0, a), min(int(n), b)) for (a, b), n in zip(box, image.shape_zyx))
     progress(0.0, "preprocessing")
     # the same preprocessing as training: normalise on the scan's own grid, then resample linearly
     prep = PreprocessConfig(normalization=NormalizationConfig.from_dict(card.normalization),
                             spacing_xyz=tuple(card.spacing_xyz))
     on_grid = preprocess_image(image, prep)
     roi_grid = None
-    if options.roi is not None:
-        roi_in = tuple((max(0, int(a)), min(int(n), int(b))) for (a, b), n in zip(options.roi, image.shape_zyx))
-        if len(roi_in) != 3 or any(b <= a for a, b in roi_in):
-            raise InputError(f"roi {options.roi} does not overlap the image of shape (z, y, x) {image.shape_zyx}",
-                             image.path)
+    if roi_in is not None:
         roi_grid = _roi_on_grid(roi_in, image.shape_zyx, on_grid.shape_zyx)
     progress(0.05, "sliding windows")
 
@@ -278,7 +288,7 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
     if options.compute_sdm and "sdm" in out:
         sdm_vol = resample_like(on_grid.with_array(out["sdm"]), reference)
         sdm_vol = reference.with_array(np.clip(sdm_vol.array.astype(np.float32), -1.0, 1.0))
-    if options.roi is not None:
+    if roi_in is not None:
         # outside the box: background (resampling may have blurred the box edge)
         inside = np.zeros(image.shape_zyx, dtype=bool)
         inside[tuple(slice(a, b) for a, b in roi_in)] = True

@@ -295,6 +295,22 @@ def _check_bf16(entry: _FastPathEntry, probe: torch.Tensor, min_dice: float) -> 
 
 
 # ------------------------------------------------------------------------------------------------------- the loop
+def roi_problem(box_zyx: Sequence[Tuple[int, int]], shape_zyx: Sequence[int], name: str = "roi") -> Optional[str]:
+    """What is wrong with a voxel box ``((z0, z1), (y0, y1), (x0, x1))`` (stop exclusive) on an image of
+    ``shape_zyx``, said in the x y z order of ``--roi X0 X1 Y0 Y1 Z0 Z1`` (``name`` opens the message), or
+    ``None`` when it overlaps the image. An empty or inverted range is named alone (``"--roi x 10..5 is empty
+    (start must be below stop)"``); a box beside the image is given whole, next to the image size in x y z."""
+    axes = list(zip("xyz", reversed(list(box_zyx)), reversed(list(shape_zyx))))
+    for axis, (a, b), _ in axes:
+        if b <= a:
+            return f"{name} {axis} {a}..{b} is empty (start must be below stop)"
+    if any(min(int(n), b) <= max(0, a) for _, (a, b), n in axes):
+        box = ", ".join(f"{axis} {a}..{b}" for axis, (a, b), _ in axes)
+        size = " x ".join(str(int(n)) for _, _, n in axes)
+        return f"{name} {box} does not overlap the image of {size} (x y z) voxels"
+    return None
+
+
 def _normalise_roi(roi: Optional[Box], shape_zyx: Sequence[int]) -> Box:
     if roi is None:
         return tuple((0, int(s)) for s in shape_zyx)  # type: ignore[return-value]
@@ -304,10 +320,10 @@ def _normalise_roi(roi: Optional[Box], shape_zyx: Sequence[int]) -> Box:
         raise InputError(f"roi must be ((z0, z1), (y0, y1), (x0, x1)) voxel bounds, got {roi!r}") from exc
     if len(box) != 3:
         raise InputError(f"roi must have 3 (start, stop) pairs in z, y, x order, got {roi!r}")
-    clipped = tuple((max(0, a), min(int(s), b)) for (a, b), s in zip(box, shape_zyx))
-    if any(b <= a for a, b in clipped):
-        raise InputError(f"roi {roi!r} does not overlap the image of shape (z, y, x) {tuple(shape_zyx)}")
-    return clipped  # type: ignore[return-value]
+    problem = roi_problem(box, shape_zyx)
+    if problem:
+        raise InputError(problem)
+    return tuple((max(0, a), min(int(s), b)) for (a, b), s in zip(box, shape_zyx))  # type: ignore[return-value]
 
 
 def sliding_window_inference(

@@ -211,7 +211,7 @@ class TrainConfig:
             raise bad("iterations", f"must be >= 1, got {self.iterations}")
         if not 1 <= self.labeled_batch_size <= self.batch_size:
             raise bad("labeled_batch_size", f"must be in [1, batch_size={self.batch_size}], got "
-                                            f"{self.labeled_batch_size}")
+                                            f"{self.labeled_batch_size} (set --labeled-batch-size too)")
         if self.amp not in AMP_MODES:
             raise bad("amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
         if self.channels_last not in CHANNELS_LAST_MODES:
