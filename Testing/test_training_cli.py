@@ -98,3 +98,18 @@ def test_resume_never_replaces_a_model_it_cannot_continue(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nothing to resume: the run holds last.pt" in err and "--overwrite" in err
     assert (run / "last.pt").read_bytes() == before
+
+
+def test_resuming_a_finished_run_asks_for_more_iterations(tmp_path, capsys):
+    """A finished run resumed without new iterations would train nothing (and write --set changes into its
+    config): refused, the config unchanged; with more iterations it continues."""
+    run = tmp_path / "run"
+    assert main(["train", "--method", "supervised", "--labeled", _sample(), "--out", str(run), "--iterations", "2",
+                 "--no-bar", "--validation", "0", "--patch-size", "16", "16", "16", "--set", "model.n_filters=2",
+                 "--set", "amp=off"]) == 0
+    config = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--set", "optim.lr=0.1"]) == 2
+    assert "the run has done its 2 iterations: give --iterations N (more than 2)" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == config
+    assert main(["train", "--resume", str(run), "--iterations", "3", "--no-bar"]) == 0

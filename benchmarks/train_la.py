@@ -105,6 +105,12 @@ def run_method(method: str, args: argparse.Namespace) -> Dict[str, Any]:
         if args.fresh:
             cmd += ["--out", str(run_dir), "--overwrite"]
         elif (run_dir / "config.yaml").exists():
+            from semisupseg.training.heartbeat import run_state
+
+            state = run_state(run_dir)
+            if state.status == "finished" and (state.iteration or 0) >= args.iterations:  # nothing left to train
+                load = round(os.getloadavg()[0], 2)
+                return _summarise(method, run_dir, 0, 0.0, [load, load], "")
             cmd = [sys.executable, "-m", "semisupseg", "train", "--no-bar", "--resume", str(run_dir),
                    "--iterations", str(args.iterations), "--set", f"val_every={args.val_every}"]
         else:

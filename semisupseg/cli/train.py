@@ -3,8 +3,8 @@
 Settings come, lowest priority first, from the defaults of :class:`semisupseg.training.TrainConfig`, ``--config
 FILE`` (YAML/JSON; with ``--resume`` the run's saved ``config.yaml``), the explicit options below, and ``--set
 key=value`` overrides (dotted keys: ``optim.lr=0.001``, ``data.validation=4``, ``method_params.consistency=0.1``).
-:func:`explicit_overrides` turns the explicit options into such overrides (``check-data`` and the Slicer training
-panel build their config with it too, so all three read the options alike).
+``check-data`` and the Slicer training panel read the same options the same way. ``--method`` is needed unless the
+config or the resumed run names one; settings are checked before any data is read.
 
 Exit codes: 0 finished, 130 cancelled (SIGINT/SIGTERM or the stop file; the state is saved, continue with
 ``--resume RUN_DIR``), 2 bad input. Events (JSON lines) go to ``RUN_DIR/events.jsonl`` and, with ``--events -``,
@@ -176,8 +176,9 @@ def _check_unlabeled_pool(cfg) -> None:
 
 
 def _check_resume_iterations(run_dir: Path, iterations: int) -> None:
-    """``--resume --iterations N`` sets the new end of the run: it cannot lie before the saved state's iteration
-    (the run would end where it stands, with its config saying it had been planned shorter)."""
+    """A resumed run must have iterations left: ``iterations`` (the planned end, or a new ``--iterations``) before
+    the saved state's iteration would end the run where it stands with its config rewritten shorter, and at it
+    nothing would train (while ``--set`` changes were written into the run's config)."""
     from semisupseg.checkpoint import load_state
     from semisupseg.errors import InputError
 
@@ -188,6 +189,9 @@ def _check_resume_iterations(run_dir: Path, iterations: int) -> None:
     if iterations < done:
         raise InputError(f"--iterations {iterations} ends before the saved state (iteration {done}): give more "
                          f"iterations to continue, or leave --iterations out to finish the planned run", run_dir)
+    if iterations == done:
+        raise InputError(f"the run has done its {done} iterations: give --iterations N (more than {done}) to train "
+                         "it further", run_dir)
 
 
 def _print_config(cfg) -> None:
@@ -254,8 +258,6 @@ def run(args: argparse.Namespace) -> int:
     if resume and args.overwrite:
         raise InputError("--resume continues the run and --overwrite starts it afresh: give one of them")
     run_dir = Path(run_dir)
-    if resume and args.iterations is not None:
-        _check_resume_iterations(run_dir, args.iterations)
     saved = run_dir / "config.yaml"
     if resume and saved.exists():
         cfg = load_run_config(saved)
@@ -273,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
                          "the labeled cases only)")
     cfg.out = str(run_dir)
     cfg.validate()
+    if resume:
+        _check_resume_iterations(run_dir, cfg.iterations)
     from semisupseg.training.engine import check_model_options, method_class, method_params
 
     method_class(cfg.method)  # an unknown name fails here, before anything is written
