@@ -85,8 +85,56 @@ def test_resolve_name_or_path(tmp_path, home, shipped):
         cat.resolve("nosuch")
     with pytest.raises(InputError, match="model file not found"):
         cat.resolve(str(tmp_path / "nosuch.pt"))
-    with pytest.raises(InputError, match="is a folder"):
+    with pytest.raises(InputError, match="holds no best.pt or last.pt"):  # a folder, but no training run's
         cat.resolve(str(tmp_path))
+
+
+def test_resolve_a_training_run_folder(tmp_path, home, shipped, capsys):
+    """``-m runs/myrun`` is the run's best.pt, else its last.pt (the rule of registered runs); a folder holding
+    neither is one line saying so, for segment, info and rank alike."""
+    cat = ModelCatalogue()
+    run = tmp_path / "runs" / "myrun"
+    last = tiny_model(run / "last.pt", seed=3, method="uamt")
+    (run / "config.yaml").write_text("method: uamt\n")
+    assert cat.resolve(str(run)) == last.resolve() == resolve_model(run)
+    best = tiny_model(run / "best.pt", seed=4, method="sgrs")
+    assert cat.resolve(str(run)) == best.resolve()
+    assert cat.resolve(str(run) + "/") == best.resolve()
+    # a folder given relative to the working folder, and one named like a catalogue name
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert cat.resolve("runs/myrun") == best.resolve()
+        os.chdir(tmp_path / "runs")
+        assert cat.resolve("myrun") == best.resolve()
+    finally:
+        os.chdir(cwd)
+    # the CLI commands that take -m/MODEL
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert str(best.resolve()) in out and "sgrs" in out
+    empty = tmp_path / "runs" / "started"
+    empty.mkdir()
+    (empty / "events.jsonl").write_text("")
+    with pytest.raises(InputError) as ei:
+        cat.resolve(str(empty))
+    assert str(ei.value) == (f"{empty}: holds no best.pt or last.pt: is it a training run that has saved a "
+                             "model yet?")
+    for argv in (["info", str(empty)],
+                 ["segment", str(LA_SAMPLE), "--model", str(empty), "-o", str(tmp_path / "seg")],
+                 ["rank", "--model", str(empty), str(LA_SAMPLE), "-o", str(tmp_path / "r.csv")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: {empty}: holds no best.pt or last.pt: is it a training run that has saved a model "
+                       "yet?"], argv
+    assert not (tmp_path / "seg").exists() and not (tmp_path / "r.csv").exists()
+    # segment with the run folder gives what its best.pt gives
+    by_run, by_file = tmp_path / "by_run", tmp_path / "by_file"
+    assert main(["segment", str(LA_SAMPLE), "--model", str(run), "-o", str(by_run)]) == 0
+    assert main(["segment", str(LA_SAMPLE), "--model", str(best), "-o", str(by_file)]) == 0
+    case = "06SR5RBREL16DQ6M8LWS"
+    assert np.array_equal(read_volume(by_run / f"{case}_label.nii.gz").array,
+                          read_volume(by_file / f"{case}_label.nii.gz").array)
 
 
 def test_missing_file_listed_not_fatal(tmp_path, home, shipped, capsys):

@@ -189,6 +189,50 @@ def test_domain_warnings_on_spacing_and_intensity(hip_model):
     assert any("intensity distribution" in w for w in domain_warnings(flat_top, card))
 
 
+def test_scan_many_times_smaller_than_the_training_scans_is_warned_about(tmp_path, capsys):
+    """The mirror of the "this large" warning: a hippocampus crop (~35 mm) through the shipped left-atrium model
+    (trained on ~120 x 89 x 55 mm scans) is named with both sizes in mm, on the command line and in
+    <case>_warnings.txt; scans of the model's own kind and cards without training statistics keep their old
+    behaviour (the training patch, mirrored factor)."""
+    from semisupseg.catalogue import resolve_model
+    from semisupseg.checkpoint import read_card
+    from semisupseg.data.fingerprint import EXTENT_FACTOR, PATCH_EXTENT_FACTOR, domain_warnings
+    from semisupseg.io import read_image
+    from semisupseg.volume import Volume
+
+    la_card = read_card(resolve_model("left-atrium"))
+    hip = read_image(_sample_image("hippocampus", 0))  # 36 x 48 x 40 mm
+    found = domain_warnings(hip, la_card)
+    assert found == ["the scan is 36 x 48 x 40 mm, 0.30x the training scans' median (120 x 89 x 55 mm) along x: "
+                     "the model never saw anything this small"]
+    assert domain_warnings(read_image(_sample_image("la", 0)), la_card) == []
+    assert domain_warnings(hip, read_card(resolve_model("hippocampus"))) == []
+    # the thresholds mirror the "large" ones: just above 1/factor is quiet, just below warns
+    median = np.asarray(la_card.training["data_statistics"]["median_extent_mm"], float)
+    for scale, warned in ((1.05, False), (0.95, True)):  # x extent = scale x median / factor; y, z in range
+        x_spacing = float(median[0] * scale / EXTENT_FACTOR / hip.size_xyz[0])
+        vol = Volume(hip.array, (x_spacing, 1.25, 1.25), hip.origin, hip.direction)
+        got = [w for w in domain_warnings(vol, la_card) if "this small" in w]
+        assert bool(got) == warned, (scale, got)
+    # a card without training statistics: the training patch, by the mirrored patch factor
+    bare = read_card(resolve_model("left-atrium"))
+    bare.training = {}
+    patch_mm = np.asarray(bare.patch_size_xyz, float) * np.asarray(bare.spacing_xyz, float)  # 80 x 80 x 60 mm
+    small = Volume(hip.array[:, :, :8], hip.spacing, hip.origin, hip.direction)  # 8 x 48 x 40 mm: 8 < 80 / 5
+    assert patch_mm[0] / PATCH_EXTENT_FACTOR > 8
+    assert any("this small" in w and "the training patch (80 x 80 x 60 mm)" in w and "along x" in w
+               for w in domain_warnings(small, bare))
+    assert not any("this small" in w for w in domain_warnings(hip, bare))
+    # on the command line and kept with the outputs, as the "large" warning is
+    out = tmp_path / "seg"
+    img = _sample_image("hippocampus", 0)
+    case = img.name[:-len(".nii.gz")]
+    assert main(["segment", str(img), "--model", "left-atrium", "-o", str(out)]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"warning: {case}: ")]
+    assert len(lines) == 1 and found[0] in lines[0]
+    assert (out / f"{case}_warnings.txt").read_text().splitlines() == found
+
+
 def test_layout_whole_fallback_is_said_in_the_output_and_the_help(hip_model, tmp_path, capsys, monkeypatch):
     from semisupseg.inference import sliding_window
 

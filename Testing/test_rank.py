@@ -146,6 +146,57 @@ def test_rank_cli_notes_labels_that_match_no_or_some_scans(model_path, tmp_path,
                      "Spearman correlation needs 3)"]
 
 
+def test_rank_cli_goes_on_past_an_unreadable_scan(model_path, tmp_path, capsys):
+    """A truncated or corrupt file among good ones (as ``segment`` does): one 'failed:' line for it, the readable
+    scans ranked and the CSV written, then one error line and exit 2. Bad files only: no CSV. One bad input alone is
+    still the command's error."""
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name in ("hippocampus_008", "hippocampus_015"):
+        shutil.copy(HIPPO / "imagesTr" / f"{name}.nii.gz", images)
+    data = (HIPPO / "imagesTr" / "hippocampus_017.nii.gz").read_bytes()
+    truncated = tmp_path / "bad.nii.gz"
+    truncated.write_bytes(data[:len(data) // 3])
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("not an image\n")
+    out = tmp_path / "r.csv"
+    code = main(["rank", "--model", str(model_path), str(images), str(truncated), str(text), "-o", str(out),
+                 "--device", "cpu", "--no-fast"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(r["case"] for r in rows) == ["hippocampus_008", "hippocampus_015"]
+    assert [r["rank"] for r in rows] == ["1", "2"]
+    failed = [ln for ln in err if ln.startswith("failed: ")]
+    assert len(failed) == 2 and all(ln.endswith("(going on with the other cases)") for ln in failed)
+    assert failed[0].startswith(f"failed: bad: {truncated}: ") and "truncated" in failed[0]
+    assert failed[1].startswith(f"failed: notes: {text}: ")
+    assert any(ln.startswith("ranked 2 scans by boundary_entropy") for ln in err)
+    assert err[-1].startswith(f"error: 2 of 4 cases failed (the others were ranked in {out}): {truncated}: ")
+    assert str(text) in err[-1] and sum(ln.startswith("error:") for ln in err) == 1 and "Traceback" not in "".join(err)
+    # the same in-process: rank_cases hands each bad case to on_error and ranks the rest; without it, it raises
+    from semisupseg.cli.rank import _cases
+    from semisupseg.ranking import rank_cases
+
+    model, card = load_model(model_path)
+    cases = _cases([str(images), str(truncated)])
+    seen = []
+    rows = rank_cases(cases, model, card, device="cpu", fast=False, on_error=lambda c, e: seen.append(c.case_id))
+    assert seen == ["bad"] and sorted(r.case_id for r in rows) == ["hippocampus_008", "hippocampus_015"]
+    with pytest.raises(InputError, match="truncated"):
+        rank_cases(cases, model, card, device="cpu", fast=False)
+    # only bad files: each reported, no CSV
+    none = tmp_path / "none.csv"
+    assert main(["rank", "--model", str(model_path), str(truncated), str(text), "-o", str(none)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: 2 of 2 cases failed (no CSV written)") and not none.exists()
+    # one input: its error is the command's error, as in segment
+    assert main(["rank", "--model", str(model_path), str(truncated), "-o", str(none)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[-1]] and err[-1].startswith(f"error: {truncated}: ") and "cases failed" not in err[-1]
+    assert not none.exists()
+
+
 def test_order_and_spearman():
     rows = [CaseScore("a", "a", {"boundary_entropy": 0.2}, 10, 5, False, 0.0),
             CaseScore("b", "b", {"boundary_entropy": 0.9}, 10, 5, False, 0.0),

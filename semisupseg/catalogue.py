@@ -278,9 +278,10 @@ class ModelCatalogue:
     def resolve(self, name_or_path: PathLike) -> Path:
         """The model file for a catalogue name or a path.
 
-        A catalogue name wins; otherwise an existing file is returned as an absolute path. A name whose file is
-        missing, a path that does not exist and an unknown name each raise an :class:`InputError` naming the
-        problem (the file, or the known names).
+        A catalogue name wins; otherwise an existing file is returned as an absolute path, and a folder is taken
+        for a training run: its ``best.pt``, else ``last.pt`` (:data:`RUN_MODEL_FILES`, as for a registered run).
+        A name whose file is missing, a path that does not exist, a folder holding neither file and an unknown
+        name each raise an :class:`InputError` naming the problem (the file, or the known names).
         """
         text = os.fspath(name_or_path)
         looks_like_name = bool(NAME_PATTERN.match(text)) and not text.lower().endswith(".pt")
@@ -293,8 +294,12 @@ class ModelCatalogue:
         path = Path(text).expanduser()
         if path.is_file():
             return path.resolve()
-        if path.is_dir():
-            raise InputError("is a folder, not a model file", path)
+        if path.is_dir():  # a training run's folder: its model, as for a registered run (best.pt, else last.pt)
+            found = next((path / f for f in RUN_MODEL_FILES if (path / f).is_file()), None)
+            if found is None:
+                raise InputError(f"holds no {' or '.join(RUN_MODEL_FILES)}: is it a training run that has saved a "
+                                 "model yet?", path)
+            return found.resolve()
         if looks_like_name:
             known = ", ".join(e.name for e in entries) or "none"
             raise CatalogueError(f"{text!r} is neither a model name of the catalogue (known: {known}; "
@@ -389,5 +394,6 @@ class ModelCatalogue:
 
 
 def resolve_model(name_or_path: PathLike, home: Optional[PathLike] = None) -> Path:
-    """``ModelCatalogue(home).resolve(name_or_path)``: what ``segment --model`` and ``info`` accept."""
+    """``ModelCatalogue(home).resolve(name_or_path)``: what ``segment --model`` and ``info`` accept (a catalogue
+    name, a model file, or a training run's folder)."""
     return ModelCatalogue(home).resolve(name_or_path)

@@ -215,11 +215,18 @@ def labels_note(case_ids: Sequence[str], labels: Dict[str, PathLike], folder: Pa
 def rank_cases(cases: Sequence[Any], model, card, measure: str = DEFAULT_MEASURE, also: Sequence[str] = (),
                labels: Optional[Dict[str, PathLike]] = None, device: str = "auto", fast: bool = True,
                progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
-               on_case: Optional[Callable[[CaseScore], None]] = None) -> List[CaseScore]:
+               on_case: Optional[Callable[[CaseScore], None]] = None,
+               on_error: Optional[Callable[[Any, BaseException], None]] = None) -> List[CaseScore]:
     """Score every case (:class:`semisupseg.data.Case`, images only are read) and sort: scans with no predicted
     object first, then by ``measure``, highest (least sure) first. ``also``: more measures to compute (columns).
-    ``labels``: case id -> label file held back, to report each scan's true Dice next to its score."""
+    ``labels``: case id -> label file held back, to report each scan's true Dice next to its score.
+
+    ``on_error(case, exc)``: when given, a case that cannot be read or scored (an unreadable or truncated file, a
+    failed segmentation: the errors ``semisupseg segment`` goes on past) is handed to it and left out of the
+    ranking, and the others are still ranked; ``on_error`` may re-raise to stop. Without it the error propagates.
+    Cancelling always stops."""
     from semisupseg.data.cases import read_case
+    from semisupseg.errors import Cancelled, SemiSupSegError
     from semisupseg.io import read_label
 
     if measure not in MEASURES:
@@ -230,14 +237,22 @@ def rank_cases(cases: Sequence[Any], model, card, measure: str = DEFAULT_MEASURE
         if cancel is not None:
             cancel.raise_if_cancelled("ranking")
         t0 = time.perf_counter()
-        image, _ = read_case(case, with_label=False)
-        out = score_volume(image, model, card, measures, device=device, fast=fast,
-                           progress=scaled(progress, i / len(cases), (i + 1) / len(cases)), cancel=cancel)
-        row = CaseScore(case.case_id, str(case.channel_paths[0]), out["scores"], out["object_voxels"],
-                        out["band_voxels"], out["empty"], time.perf_counter() - t0)
-        if labels is not None and case.case_id in labels:
-            ref = read_label(labels[case.case_id], out["labels"])
-            row.dice = mean_dice(out["labels"].array, ref.array, card.label_values)
+        try:
+            image, _ = read_case(case, with_label=False)
+            out = score_volume(image, model, card, measures, device=device, fast=fast,
+                               progress=scaled(progress, i / len(cases), (i + 1) / len(cases)), cancel=cancel)
+            row = CaseScore(case.case_id, str(case.channel_paths[0]), out["scores"], out["object_voxels"],
+                            out["band_voxels"], out["empty"], time.perf_counter() - t0)
+            if labels is not None and case.case_id in labels:
+                ref = read_label(labels[case.case_id], out["labels"])
+                row.dice = mean_dice(out["labels"].array, ref.array, card.label_values)
+        except Cancelled:
+            raise
+        except (SemiSupSegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+            if on_error is None:
+                raise
+            on_error(case, exc)
+            continue
         rows.append(row)
         if on_case is not None:
             on_case(row)

@@ -694,7 +694,8 @@ class DataCheckJob:
 class RankJob:
     """``semisupseg rank --model M FOLDER... -o CSV`` in a child process (it segments every scan). :meth:`poll` →
     ``True`` once done; ``rows`` (``semisupseg.ranking.read_ranking_csv``: dicts with ``rank``, ``case``,
-    ``score``, the measures, ``image``; least sure first) or ``error``; ``runner`` for the log and progress."""
+    ``score``, the measures, ``image``; least sure first) and/or ``error`` (both when some scans could not be read:
+    the others are ranked, the error names the skipped ones); ``runner`` for the log and progress."""
 
     def __init__(self, model: str, inputs: Sequence[PathLike], python: Optional[Sequence[str]] = None,
                  env: Optional[Dict[str, str]] = None, on_log: Optional[LogCallback] = None):
@@ -716,9 +717,9 @@ class RankJob:
         from semisupseg.ranking import read_ranking_csv
 
         csv_path = Path(self.runner.temp_dir) / "ranking.csv"  # read before the runner removes its folder
-        if event.get("returncode") == 0 and csv_path.is_file():
+        if not event.get("cancelled") and csv_path.is_file():  # also when some scans could not be read (exit 2)
             self.rows = read_ranking_csv(csv_path)
-        else:
+        if event.get("returncode") != 0:
             self.error = "cancelled" if event.get("cancelled") else (event.get("error") or "the ranking failed")
 
     def poll(self) -> bool:
@@ -979,8 +980,9 @@ class TrainingPanel:
             self.check = None
         if self.ranking is not None and self.ranking.poll():
             update.ranking = self.ranking.rows or []
-            if self.ranking.error:
-                update.errors.append(f"ranking failed: {self.ranking.error}")
+            if self.ranking.error:  # with rows: some scans were skipped (the message names them)
+                what = "ranking incomplete" if self.ranking.rows else "ranking failed"
+                update.errors.append(f"{what}: {self.ranking.error}")
             self.ranking = None
         session = self.session
         if session is not None:

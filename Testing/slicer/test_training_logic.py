@@ -421,3 +421,23 @@ def test_a_new_ranking_and_closing_the_panel_kill_the_running_ranking(tmp_path):
     assert panel.ranking is None and not second.runner.running and gone([second_pid])
     panel.close()  # nothing running: nothing to do
     assert unlabeled_folders(" /a/u1 ; ;/b/u 2;") == ["/a/u1", "/b/u 2"] and unlabeled_folders("") == []
+
+
+def test_a_ranking_with_an_unreadable_scan_shows_the_others(tmp_path):
+    """rank skips a scan it cannot read and ranks the others (exit 2): the panel shows those rows and says the
+    ranking is incomplete, naming the file, instead of dropping the whole table."""
+    from SemiSupSegLib.training_logic import TrainingLogic, TrainingPanel
+
+    run, scans = tmp_path / "run", tmp_path / "scans"
+    run.mkdir()
+    scans.mkdir()
+    shutil.copy(RANK_MODEL, run / "best.pt")
+    for case in ("hippocampus_017", "hippocampus_023"):
+        shutil.copy(HIPPO / "imagesTr" / f"{case}.nii.gz", scans)
+    (scans / "broken.nii.gz").write_text("not an image")
+    panel = TrainingPanel(TrainingLogic(), scene=None)
+    job = panel.rank(run, [scans])
+    job.wait(timeout=180)
+    update = panel.tick()
+    assert sorted(r["case"] for r in update.ranking) == ["hippocampus_017", "hippocampus_023"]
+    assert len(update.errors) == 1 and update.errors[0].startswith("ranking incomplete") and "broken" in update.errors[0]

@@ -16,8 +16,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "SDM head), 'uamt' plain V-Net, 'mcnet' MC-Net/SGRS-Net encoder./decoder1. split (only one "
                     "decoder is written: load it there with strict=False). The model card (spacing, classes, "
                     "normalisation, which the releases hard-code) is written beside it as .json.")
-    p.add_argument("model", metavar="MODEL.pt", help="SemiSupSeg model file (a 'vnet' network, or an ensemble of them "
-                                                     "with --member)")
+    p.add_argument("model", metavar="MODEL.pt",
+                   help="SemiSupSeg model file (a 'vnet' network, or an ensemble of them with --member), the name of "
+                        "a catalogued model ('semisupseg models' lists them) or a training run's folder")
     p.add_argument("-o", "--output", required=True, metavar="PEER.pth", help="state_dict file to write")
     p.add_argument("--layout", required=True, choices=LAYOUTS, help="which release's key layout to write")
     p.add_argument("--decoder", default="decoder1", help="mcnet layout: the decoder's key prefix (default %(default)s)")
@@ -28,9 +29,11 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from semisupseg.catalogue import resolve_model
     from semisupseg.checkpoint import export_peer_checkpoint
 
-    dst, side = export_peer_checkpoint(args.model, args.output, args.layout, decoder=args.decoder,
+    path = resolve_model(args.model)  # a catalogue name or a run folder, as segment, rank and info take them
+    dst, side = export_peer_checkpoint(path, args.output, args.layout, decoder=args.decoder,
                                        overwrite=args.overwrite, member=args.member)
     which = f"member {args.member} of {args.model}, " if args.member is not None else ""
     print(f"wrote {dst} ({which}{args.layout} layout) and its card {side.name}")

@@ -19,6 +19,8 @@ come first. The CSV has ``rank, case, score``, one column per measure, ``empty``
 ``--labels DIR`` (labels held back, named like the images) also each scan's true ``dice``, and the Spearman
 correlation of each measure with 1 - Dice is printed — how well the ranking finds the worst segmentations.
 Inputs: image files, folders of images (an imagesTr/ or imagesTs/ inside is used), LA <id>/mri_norm2.h5 folders.
+A scan that cannot be read (a truncated or corrupt file) is reported in one line and left out; the others are
+ranked and the CSV is written, and the command then exits with status 2 (as ``segment`` does for a batch).
 The CSV is written atomically and never replaces a file without ``--overwrite``.
 """
 from __future__ import annotations
@@ -36,7 +38,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and/or folders of images")
     p.add_argument("--model", "-m", required=True,
-                   help="model file (.pt) or the name of a catalogued model ('semisupseg models' lists them)")
+                   help="model file (.pt), the name of a catalogued model ('semisupseg models' lists them) or a "
+                        "training run's folder (its best.pt, else last.pt)")
     p.add_argument("-o", "--output", required=True, metavar="CSV", help="ranking CSV to write")
     p.add_argument("--measure", choices=("boundary_entropy", "region_fraction", "member_disagreement", "all"),
                    default="boundary_entropy",
@@ -78,7 +81,7 @@ def _cases(inputs: List[str]):
 def run(args: argparse.Namespace) -> int:
     from semisupseg.catalogue import resolve_model
     from semisupseg.checkpoint import load_model
-    from semisupseg.errors import InputError
+    from semisupseg.errors import BatchError, InputError, SemiSupSegError
     from semisupseg.fileio import check_writable, write_text_atomic
     from semisupseg.io import list_volume_files, strip_suffix
     from semisupseg.ranking import DEFAULT_MEASURE, labels_note, model_measures, rank_cases, ranking_csv, spearman
@@ -105,13 +108,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"{row.case_id}: {measure} {row.scores[measure]:.4f}{' (nothing predicted)' if row.empty else ''}"
               f"{extra} ({row.seconds:.1f} s)", file=sys.stderr)
 
+    failures = []  # (case, one line): a bad file does not stop the others (as in segment)
+
+    def failed(case, exc: BaseException) -> None:
+        if len(cases) == 1:
+            raise exc  # one input: its error is the command's error
+        line = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, SemiSupSegError):
+            line = f"{case.channel_paths[0]}: {type(exc).__name__}: {line}"
+        failures.append((case.case_id, line))
+        print(f"failed: {case.case_id}: {line} (going on with the other cases)", file=sys.stderr)
+
     rows = rank_cases(cases, model, card, measure, also, labels, device=args.device, fast=not args.no_fast,
-                      on_case=report)
-    write_text_atomic(ranking_csv(rows, measure), out, overwrite=args.overwrite)
-    print(f"ranked {len(rows)} scans by {measure} (least sure first): {out}", file=sys.stderr)
+                      on_case=report, on_error=failed)
+    if rows:
+        write_text_atomic(ranking_csv(rows, measure), out, overwrite=args.overwrite)
+        print(f"ranked {len(rows)} scans by {measure} (least sure first): {out}", file=sys.stderr)
     scored = [r for r in rows if r.dice is not None]
     if len(scored) >= 3:
         for m in sorted(rows[0].scores):
             rho = spearman([r.scores[m] for r in scored], [1.0 - r.dice for r in scored])
             print(f"Spearman({m}, 1 - Dice) over {len(scored)} scans with labels: {rho:.3f}", file=sys.stderr)
+    if failures:
+        done = f"the others were ranked in {out}" if rows else "no CSV written"
+        raise BatchError(f"{len(failures)} of {len(cases)} cases failed ({done}): "
+                         + "; ".join(e for _, e in failures[:5]) + ("; ..." if len(failures) > 5 else ""))
     return 0

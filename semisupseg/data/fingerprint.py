@@ -552,10 +552,10 @@ def intensity_summary(array: np.ndarray, samples: int = 200000, seed: int = 0) -
 
 def domain_warnings(volume: Any, card: Any) -> List[str]:
     """One line per way the scan ``volume`` (:class:`~semisupseg.volume.Volume`) lies far outside what the model
-    of ``card`` was trained on: physical extent many times the training scans (or, for cards without training
-    statistics, the training patch), a voxel size far from the model's, intensities unlike the training images'
-    (CT-like input to an MRI model or the reverse; per-scan normalised percentiles far off). Empty when nothing
-    is off."""
+    of ``card`` was trained on: physical extent many times larger or smaller than the training scans' (or, for
+    cards without training statistics, the training patch's), a voxel size far from the model's, intensities
+    unlike the training images' (CT-like input to an MRI model or the reverse; per-scan normalised percentiles far
+    off). Empty when nothing is off."""
     out: List[str] = []
     stats = (getattr(card, "training", None) or {}).get("data_statistics") or {}
     spacing = np.asarray(volume.spacing, dtype=np.float64)
@@ -573,6 +573,10 @@ def domain_warnings(volume: Any, card: Any) -> List[str]:
         a = int(np.argmax(ratio))
         out.append(f"the scan is {_fmt(extent, 0)} mm, {ratio[a]:.1f}x {what} ({_fmt(ref_a, 0)} mm) along "
                    f"{axes[a]}: the model never saw anything this large")
+    if np.any(ratio < 1.0 / factor):  # the mirror: e.g. a small crop through a model of a larger anatomy
+        a = int(np.argmin(ratio))
+        out.append(f"the scan is {_fmt(extent, 0)} mm, {ratio[a]:.2f}x {what} ({_fmt(ref_a, 0)} mm) along "
+                   f"{axes[a]}: the model never saw anything this small")
     model_sp = np.asarray(card.spacing_xyz, dtype=np.float64)
     sp_ratio = spacing / model_sp
     bad = [i for i in range(3) if sp_ratio[i] > SPACING_FACTOR or sp_ratio[i] < 1.0 / SPACING_FACTOR]
