@@ -357,3 +357,14 @@ def test_registry_lock_serialises_writers(tmp_path, home, shipped):
             raise
     assert proc.wait(timeout=60) == 0
     assert [e.name for e in cat.entries(read_cards=False)] == ["left-atrium", "first", "second"]
+
+
+def test_a_catalogue_home_that_is_a_file_is_one_clear_line(tmp_path, capsys):
+    """--home naming a file (not a folder): one line saying so, exit 2, the file untouched."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    model = Path(__file__).resolve().parents[1] / "SemiSupSeg" / "Resources" / "Testing" / "hippocampus_dtc_tiny.pt"
+    assert main(["models", "--home", str(afile), "add", str(model), "--name", "t"]) == 2
+    err = capsys.readouterr().err
+    assert "the catalogue home is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert afile.read_text() == "mine"

@@ -193,6 +193,9 @@ class ModelCatalogue:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Exclusive advisory lock around a read-modify-write of the registry (POSIX; a no-op elsewhere)."""
+        if self.home.exists() and not self.home.is_dir():
+            raise CatalogueError(f"the catalogue home is a file, not a folder (it holds {REGISTRY_NAME}): give a "
+                                 f"folder with --home or {HOME_ENV}", self.home)
         self.home.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
