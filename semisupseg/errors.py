@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Tuple, Union
 
 
 class SemiSupSegError(Exception):
@@ -34,6 +34,25 @@ class Cancelled(SemiSupSegError):
 
 class BatchError(SemiSupSegError):
     """Some items of a batch failed (each reported as it happened); the others were done."""
+
+    @classmethod
+    def of(cls, failures: List[Tuple[str, str]], total: int, done: str) -> "BatchError":
+        """The batch's closing error: ``failures`` ``[(case, line)]`` of ``total`` cases (the first 5 lines),
+        ``done``: what became of the others (``"the others were segmented"``)."""
+        return cls(f"{len(failures)} of {total} cases failed ({done}): " + "; ".join(e for _, e in failures[:5])
+                   + ("; ..." if len(failures) > 5 else ""))
+
+
+#: the errors a batch of cases (``segment``, ``rank``) goes on past: a file that cannot be read, a case that
+#: cannot be processed; anything else (a bug, Ctrl-C) stops the batch
+CASE_ERRORS = (SemiSupSegError, OSError, RuntimeError, ValueError, MemoryError)
+
+
+def case_error_line(exc: BaseException, path: Union[str, Path]) -> str:
+    """One line for a failed case: our errors say it themselves (they name their file); another error gets the
+    case's first file (``path``) and its type in front."""
+    line = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return line if isinstance(exc, SemiSupSegError) else f"{path}: {type(exc).__name__}: {line}"
 
 
 class OutOfMemoryError(SemiSupSegError):

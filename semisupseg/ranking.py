@@ -226,7 +226,7 @@ def rank_cases(cases: Sequence[Any], model, card, measure: str = DEFAULT_MEASURE
     ranking, and the others are still ranked; ``on_error`` may re-raise to stop. Without it the error propagates.
     Cancelling always stops."""
     from semisupseg.data.cases import read_case
-    from semisupseg.errors import Cancelled, SemiSupSegError
+    from semisupseg.errors import CASE_ERRORS, Cancelled
     from semisupseg.io import read_label
 
     if measure not in MEASURES:
@@ -248,7 +248,7 @@ def rank_cases(cases: Sequence[Any], model, card, measure: str = DEFAULT_MEASURE
                 row.dice = mean_dice(out["labels"].array, ref.array, card.label_values)
         except Cancelled:
             raise
-        except (SemiSupSegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+        except CASE_ERRORS as exc:
             if on_error is None:
                 raise
             on_error(case, exc)

@@ -81,7 +81,7 @@ def _cases(inputs: List[str]):
 def run(args: argparse.Namespace) -> int:
     from semisupseg.catalogue import resolve_model
     from semisupseg.checkpoint import load_model
-    from semisupseg.errors import BatchError, InputError, SemiSupSegError
+    from semisupseg.errors import BatchError, InputError, case_error_line
     from semisupseg.fileio import check_writable, write_text_atomic
     from semisupseg.io import list_volume_files, strip_suffix
     from semisupseg.ranking import DEFAULT_MEASURE, labels_note, model_measures, rank_cases, ranking_csv, spearman
@@ -113,9 +113,7 @@ def run(args: argparse.Namespace) -> int:
     def failed(case, exc: BaseException) -> None:
         if len(cases) == 1:
             raise exc  # one input: its error is the command's error
-        line = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not isinstance(exc, SemiSupSegError):
-            line = f"{case.channel_paths[0]}: {type(exc).__name__}: {line}"
+        line = case_error_line(exc, case.channel_paths[0])
         failures.append((case.case_id, line))
         print(f"failed: {case.case_id}: {line} (going on with the other cases)", file=sys.stderr)
 
@@ -130,7 +128,5 @@ def run(args: argparse.Namespace) -> int:
             rho = spearman([r.scores[m] for r in scored], [1.0 - r.dice for r in scored])
             print(f"Spearman({m}, 1 - Dice) over {len(scored)} scans with labels: {rho:.3f}", file=sys.stderr)
     if failures:
-        done = f"the others were ranked in {out}" if rows else "no CSV written"
-        raise BatchError(f"{len(failures)} of {len(cases)} cases failed ({done}): "
-                         + "; ".join(e for _, e in failures[:5]) + ("; ..." if len(failures) > 5 else ""))
+        raise BatchError.of(failures, len(cases), f"the others were ranked in {out}" if rows else "no CSV written")
     return 0

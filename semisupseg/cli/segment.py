@@ -155,7 +155,8 @@ def read_input(path: Path, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from semisupseg.catalogue import resolve_model
     from semisupseg.checkpoint import load_model
-    from semisupseg.errors import BatchError, Cancelled, InputError, OutputExistsError, SemiSupSegError
+    from semisupseg.errors import (CASE_ERRORS, BatchError, Cancelled, InputError, OutputExistsError,
+                                   case_error_line)
     from semisupseg.inference import SegmentOptions, tta_axes_for_model
     from semisupseg.progress import CancelToken
 
@@ -209,12 +210,10 @@ def run(args: argparse.Namespace) -> int:
             _segment_case(args, index, name, group, outs, plans, model, card, options, tta, cancel, emit, outdir)
         except Cancelled:
             raise
-        except (SemiSupSegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+        except CASE_ERRORS as exc:
             if len(plans) == 1:
                 raise  # one input: its error is the command's error
-            line = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if not isinstance(exc, SemiSupSegError):
-                line = f"{group[0]}: {type(exc).__name__}: {line}"
+            line = case_error_line(exc, group[0])
             failures.append((name, line))
             for p in case_files:  # no half set of outputs for it
                 if p not in existed and p.exists():
@@ -228,8 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         if args.json_progress:
             emit({"event": "summary", "cases": len(plans), "failed": [{"case": c, "error": e} for c, e in failures]})
-        raise BatchError(f"{len(failures)} of {len(plans)} cases failed (the others were segmented): "
-                         + "; ".join(e for _, e in failures[:5]) + ("; ..." if len(failures) > 5 else ""))
+        raise BatchError.of(failures, len(plans), "the others were segmented")
     return 0
 
 
