@@ -179,13 +179,12 @@ def _check_resume_iterations(run_dir: Path, iterations: int) -> None:
     """A resumed run must have iterations left: ``iterations`` (the planned end, or a new ``--iterations``) before
     the saved state's iteration would end the run where it stands with its config rewritten shorter, and at it
     nothing would train (while ``--set`` changes were written into the run's config)."""
-    from semisupseg.checkpoint import load_state
     from semisupseg.errors import InputError
+    from semisupseg.training.engine import saved_iteration
 
-    state = run_dir / "resume.pt"
-    if not state.is_file():
+    done = saved_iteration(run_dir)
+    if done is None:
         return  # nothing saved: the engine says what can be done
-    done = int(load_state(state)["iteration"])
     if iterations < done:
         raise InputError(f"--iterations {iterations} ends before the saved state (iteration {done}): give more "
                          f"iterations to continue, or leave --iterations out to finish the planned run", run_dir)

@@ -50,18 +50,6 @@ MEMORY_PER_VOXEL_MB = 561e-6
 DEFAULT_MEMORY_BUDGET_MB = 4096.0
 #: patch sides are multiples of this (four 2x down-samplings of the V-Net)
 PATCH_MULTIPLE = 16
-
-
-def patch_size_problem(patch_xyz: Sequence[int]) -> Optional[str]:
-    """Why ``patch_xyz`` (x, y, z voxels) cannot be a V-Net patch or window, or ``None``: each side must be a
-    positive multiple of :data:`PATCH_MULTIPLE` (the network halves it four times and adds the skip connections
-    back). The message proposes the sizes rounded up."""
-    sides = [int(v) for v in patch_xyz]
-    if all(v >= PATCH_MULTIPLE and v % PATCH_MULTIPLE == 0 for v in sides):
-        return None
-    up = [max(PATCH_MULTIPLE, -(-v // PATCH_MULTIPLE) * PATCH_MULTIPLE) for v in sides]
-    return (f"every side must be a multiple of {PATCH_MULTIPLE} voxels (the V-Net halves it four times), got "
-            f"{' x '.join(map(str, sides))} (x y z): e.g. {' '.join(map(str, up))}")
 PERCENTILES = (0.5, 1.0, 5.0, 50.0, 95.0, 99.0, 99.5)
 #: per-case z-scored percentiles whose range over the training cases the card records
 Z_CASE_PERCENTILES = (5.0, 50.0, 95.0)
@@ -378,6 +366,18 @@ class Plan:
 
 def _round16(v: float) -> int:
     return max(PATCH_MULTIPLE, int(round(v / PATCH_MULTIPLE)) * PATCH_MULTIPLE)
+
+
+def patch_size_problem(patch_xyz: Sequence[int]) -> Optional[str]:
+    """Why ``patch_xyz`` (x, y, z voxels) cannot be a V-Net patch or window, or ``None``: each side must be a
+    positive multiple of :data:`PATCH_MULTIPLE` (the network halves it four times and adds the skip connections
+    back). The message proposes the sizes rounded up."""
+    sides = [int(v) for v in patch_xyz]
+    if all(v >= PATCH_MULTIPLE and v % PATCH_MULTIPLE == 0 for v in sides):
+        return None
+    up = [max(PATCH_MULTIPLE, -(-v // PATCH_MULTIPLE) * PATCH_MULTIPLE) for v in sides]
+    return (f"every side must be a multiple of {PATCH_MULTIPLE} voxels (the V-Net halves it four times), got "
+            f"{' x '.join(map(str, sides))} (x y z): e.g. {' '.join(map(str, up))}")
 
 
 def plan_defaults(fp: DatasetFingerprint, memory_budget_mb: Optional[float] = None, batch_size: int = 4,

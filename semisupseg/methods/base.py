@@ -96,9 +96,8 @@ def _type_mismatch(value: Any, tp: Any) -> Optional[str]:
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
-        options = [a for a in args if a is not type(None)]
-        return None if any(_type_mismatch(value, a) is None for a in options) else \
-            " or ".join(filter(None, (_type_mismatch(value, a) for a in options)))
+        wanted = [_type_mismatch(value, a) for a in args if a is not type(None)]
+        return None if None in wanted else " or ".join(wanted)
     if tp is bool:
         return None if isinstance(value, bool) else "true or false"
     if tp is int:

@@ -29,24 +29,27 @@ def register_network(arch: str, network_cls: Type[nn.Module], config_cls: type) 
     _ARCHS[arch] = (network_cls, config_cls)
 
 
-def build_network(arch: str, config: Dict[str, Any]) -> nn.Module:
-    """Build the network ``arch`` from a config dict (as stored in checkpoint metadata)."""
+def _registered(arch: str) -> Tuple[Type[nn.Module], type]:
+    """``(network class, config class)`` of ``arch``; ``KeyError`` listing the known ones."""
     if arch not in _ARCHS:
         import semisupseg.methods as _methods  # method modules register their networks on import
 
         _methods.list_methods()
     if arch not in _ARCHS:
         raise KeyError(f"unknown network architecture {arch!r}; known: {sorted(_ARCHS)}")
-    network_cls, config_cls = _ARCHS[arch]
+    return _ARCHS[arch]
+
+
+def build_network(arch: str, config: Dict[str, Any]) -> nn.Module:
+    """Build the network ``arch`` from a config dict (as stored in checkpoint metadata)."""
+    network_cls, config_cls = _registered(arch)
     return network_cls(config_cls(**config))
 
 
 def check_network_config(arch: str, config: Dict[str, Any]) -> None:
     """Build only the config of network ``arch`` from ``config`` (no weights): ``ValueError`` naming the option
     when one is unknown to the architecture or has a bad value (what :func:`build_network` would meet later)."""
-    if arch not in _ARCHS:
-        build_network(arch, config)  # registers the methods' networks, or raises KeyError for an unknown one
-    config_cls = _ARCHS[arch][1]
+    config_cls = _registered(arch)[1]
     known = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else None
     unknown = sorted(set(config) - known) if known is not None else []
     if unknown:

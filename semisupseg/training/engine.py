@@ -25,8 +25,8 @@ import math
 import random
 import resource
 import signal
-import threading
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -111,6 +111,15 @@ def network_config(cfg: TrainConfig, method_cls) -> Dict[str, Any]:
         net["encoder_depths"] = list(cfg.model.encoder_depths)
     net.update(cfg.model.extra)
     return net
+
+
+def saved_iteration(run_dir: Path) -> Optional[int]:
+    """The iteration of the resume state in ``run_dir`` (``resume.pt``), ``None`` when there is none; an unreadable
+    state raises :class:`CheckpointError` naming it."""
+    from semisupseg.checkpoint import load_state
+
+    state = Path(run_dir) / "resume.pt"
+    return int(load_state(state)["iteration"]) if state.is_file() else None
 
 
 def method_params(cfg: TrainConfig):
@@ -682,15 +691,7 @@ class Trainer:
             self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
-            if self._interrupted:  # the second Ctrl-C (whatever error it caused inside a write): not a failure
-                self._leave_process_group()
-                return self._interrupted_result()
-            oom = self._out_of_memory(exc)
-            self._fail(oom or exc)
-            self._leave_process_group()
-            if oom is not None:
-                raise oom from exc
-            raise
+            return self._ended_by(exc)
 
         try:
             window: List[float] = []
@@ -741,15 +742,7 @@ class Trainer:
                 self._leave_process_group()
             return self._result("cancelled")
         except BaseException as exc:
-            if self._interrupted:  # the second Ctrl-C (whatever error it caused inside a write): not a failure
-                self._leave_process_group()
-                return self._interrupted_result()
-            oom = self._out_of_memory(exc)
-            self._fail(oom or exc)
-            self._leave_process_group()
-            if oom is not None:
-                raise oom from exc
-            raise
+            return self._ended_by(exc)
         durations = sorted(self._durations[1:] or self._durations)
         self.events.emit("finished", iteration=self.iteration, max_iterations=cfg.iterations,
                          best_val_dice=self.best_metric, best_iteration=self.best_iteration,
@@ -774,6 +767,20 @@ class Trainer:
             gc.collect()
         dist_utils.cleanup(self.dist, synchronize=synchronize)
 
+    def _ended_by(self, exc: BaseException) -> TrainResult:
+        """The end of a run an exception stopped: after a second interrupt (whatever error it caused inside a
+        write) a cancel, whose result is returned; anything else a failure, reported and raised (running out of
+        memory as one line naming the options that lower it)."""
+        if self._interrupted:
+            self._leave_process_group()
+            return self._interrupted_result()
+        oom = self._out_of_memory(exc)
+        self._fail(oom or exc)
+        self._leave_process_group()
+        if oom is not None:
+            raise oom from exc
+        raise exc
+
     def _save_on_cancel(self) -> None:
         """On cancellation: keep what was trained (``last`` model + resume state), no validation (be quick). Further
         interrupts wait for it (the signal handler ignores them while this runs)."""
@@ -786,13 +793,10 @@ class Trainer:
             self._saving_on_cancel = False
 
     def _saved_iteration(self) -> Optional[int]:
-        """The iteration of the run's saved resume state, ``None`` when there is none (or it cannot be read: a
-        message about it must not fail; ``--resume`` checks the file again)."""
+        """:func:`saved_iteration` of this run, ``None`` also when the state cannot be read (a message about it
+        must not fail; ``--resume`` checks the file again)."""
         try:
-            from semisupseg.checkpoint import load_state
-
-            resume = self.run_dir / "resume.pt"
-            return int(load_state(resume)["iteration"]) if resume.exists() else None
+            return saved_iteration(self.run_dir)
         except Exception:
             return None
 
@@ -859,4 +863,4 @@ class Trainer:
 
 
 __all__ = ["Trainer", "TrainResult", "learning_rate", "build_optimizer", "check_model_options", "method_params",
-           "network_config", "peak_rss_mb"]
+           "network_config", "peak_rss_mb", "saved_iteration"]

@@ -245,8 +245,8 @@ def start_refusal(run_dir: PathLike, overwrite: bool = False) -> Optional[str]:
 
 def resume_refusal(run_dir: PathLike) -> Optional[str]:
     """Why ``--resume`` must not go on in ``run_dir``, or ``None``. Refused: a folder with a trained model but no
-    resume state (a run stopped before its first save, or the state removed): continuing would train again from
-    iteration 0 and replace the model without being asked. A folder with neither starts from 0 (nothing is lost)."""
+    resume state (the state removed, or a kill between a model's save and the state's): continuing would train
+    again from iteration 0 and replace the model without being asked. A folder with neither starts from 0."""
     d = Path(run_dir)
     if not d.is_dir() or (d / "resume.pt").exists():
         return None
@@ -367,6 +367,6 @@ def run_status(run_dir: PathLike) -> str:
 
 
 __all__ = ["Heartbeat", "HEARTBEAT_FILE", "ENGINE_ENTRIES", "KEPT_DIR", "LogSummary", "OVERLAY_DIR", "RUN_FILES",
-           "resume_refusal",
            "RUN_MODEL_FILES", "RUN_STATE_FILES", "RunState", "STATUSES", "clear_engine_files", "describe_process",
-           "has_run_state", "heartbeat_alive", "read_heartbeat", "run_state", "run_status", "start_refusal"]
+           "has_run_state", "heartbeat_alive", "read_heartbeat", "resume_refusal", "run_state", "run_status",
+           "start_refusal"]
