@@ -557,22 +557,27 @@ def _first_path(case: Case) -> Path:
 
 
 def _unlabeled_folder_cases(folders: Sequence[PathLike], found: Sequence[Case], with_label: Sequence[Case],
-                            pool: Sequence[Case], notes: List[str], problems: Optional[List[DataProblem]]
-                            ) -> List[Case]:
+                            pool: Sequence[Case], notes: List[str], problems: Optional[List[DataProblem]],
+                            dedupe: bool = True) -> List[Case]:
     """The cases of the unlabeled ``folders``, each scan once, matched by case id (the file name without its
     suffix, channels grouped): an image whose id is a labeled or validation case of the labeled folder
     (``with_label``) is dropped from the unlabeled pool with a warning (a scan both labeled and unlabeled — and a
     validation case would also be trained on); one whose id is already in the unlabeled pool (``pool``, another
     image of the labeled folder, or an earlier unlabeled folder) is dropped with a note, the first copy kept. An id
     of a labeled-folder case a split leaves out (``found``, in no role) is kept as ``<folder name>/<id>``. Warnings
-    go to ``problems`` when given, else to ``notes``."""
+    go to ``problems`` when given, else to ``notes``. ``dedupe=False`` (:func:`build_dataset`'s default): nothing
+    is dropped; an image whose id is taken by a labeled, validation or pool case is kept as ``<folder name>/<id>``."""
     labeled_ids = {c.case_id: c for c in with_label}
     seen = {c.case_id for c in pool}
     unused = {c.case_id for c in found} - seen - set(labeled_ids)  # left out by a split: renamed, as before
+    taken = seen | set(labeled_ids)  # dedupe=False: the ids before the unlabeled folders
     out: List[Case] = []
     for folder in folders:
         repeated: List[str] = []
         for c in discover_unlabeled(folder, problems):
+            if not dedupe:
+                out.append(Case(f"{Path(folder).name}/{c.case_id}", c.image_path, None) if c.case_id in taken else c)
+                continue
             if c.case_id in labeled_ids:
                 first = labeled_ids[c.case_id]
                 problem = DataProblem(f"case {c.case_id!r} is also a labeled case ({_first_path(first)}): dropped "
@@ -644,15 +649,8 @@ def build_dataset(spec: Union[DatasetSpec, Dict[str, Any]], problems: Optional[L
             unlabeled = [c.as_unlabeled() for c in with_label[int(spec.num_labeled):]] + unlabeled
             with_label = with_label[: int(spec.num_labeled)]
         labeled, val = with_label, []
-    if dedupe_unlabeled:
-        unlabeled += _unlabeled_folder_cases(spec.unlabeled, cases, labeled + val, unlabeled, notes, problems)
-    else:
-        seen = {c.case_id for c in labeled + unlabeled + val}
-        for folder in spec.unlabeled:
-            for c in discover_unlabeled(folder, problems):
-                if c.case_id in seen:
-                    c = Case(f"{Path(folder).name}/{c.case_id}", c.image_path, None)
-                unlabeled.append(c)
+    unlabeled += _unlabeled_folder_cases(spec.unlabeled, cases, labeled + val, unlabeled, notes, problems,
+                                         dedupe=dedupe_unlabeled)
     classes: Optional[ClassInfo] = None
     if spec.label_values is not None or spec.class_names is not None:
         if spec.label_values is not None:

@@ -105,6 +105,17 @@ class TrainData:
                 "label_values": self.label_values, "spacing_xyz": self.spacing_xyz, "notes": self.notes}
 
 
+def no_training_case(validation, n_labeled: int) -> str:
+    """The error for a validation hold-out (a count, or a list of case ids) that takes every one of the
+    ``n_labeled`` labeled cases, with the option that fixes it."""
+    if not isinstance(validation, int):
+        return (f"the validation cases {[str(v) for v in validation]} leave no labeled training case ({n_labeled} "
+                "labeled): list fewer in --validation, or use --validation 0 (no validation)")
+    fix = "--validation 1 (one case held out) or --validation 0 (no validation)" if n_labeled >= 2 else \
+        "--validation 0 (no validation)"
+    return f"data.validation={validation} would leave no labeled training case ({n_labeled} labeled): use {fix}"
+
+
 def split_validation(labeled: Sequence[CaseArrays], validation) -> Tuple[List[CaseArrays], List[CaseArrays]]:
     """``(train, held_out)``: ``validation`` is a count (the **last** N labeled cases, keeping the papers' first-N
     labeled subsets intact at the front) or a list of case ids (which must be labeled cases)."""
@@ -114,10 +125,7 @@ def split_validation(labeled: Sequence[CaseArrays], validation) -> Tuple[List[Ca
         if n == 0:
             return labeled, []
         if n >= len(labeled):
-            fix = "--validation 1 (one case held out) or --validation 0 (no validation)" if len(labeled) >= 2 else \
-                "--validation 0 (no validation)"
-            raise InputError(f"data.validation={n} would leave no labeled training case ({len(labeled)} labeled): "
-                             f"use {fix}")
+            raise InputError(no_training_case(n, len(labeled)))
         return labeled[:-n], labeled[-n:]
     wanted = [str(v) for v in validation]
     ids = {c.case_id for c in labeled}
@@ -127,9 +135,8 @@ def split_validation(labeled: Sequence[CaseArrays], validation) -> Tuple[List[Ca
     held = [c for c in labeled if c.case_id in wanted]
     train = [c for c in labeled if c.case_id not in wanted]
     if not train:
-        raise InputError(f"the validation cases {wanted} leave no labeled training case ({len(labeled)} labeled): "
-                         "list fewer in --validation, or use --validation 0 (no validation)")
+        raise InputError(no_training_case(wanted, len(labeled)))
     return train, held
 
 
-__all__ = ["CaseArrays", "TrainData", "split_validation"]
+__all__ = ["CaseArrays", "TrainData", "no_training_case", "split_validation"]

@@ -130,7 +130,7 @@ def check_train_data(cfg: DataConfig, with_unlabeled: bool = True, progress: Pro
     found). ``with_unlabeled=False``: leave the unlabeled pool out, as training does for methods that use labeled
     data only. Never raises for problems in the data (they are in the report); honours ``cancel``."""
     from semisupseg.data.cases import ClassInfo, DataProblem, read_case
-    from semisupseg.training.loading import _classes_folder, resolve_cases, spacing_problem, stray_label_problems
+    from semisupseg.training.loading import classes_folder, resolve_cases, spacing_problem, stray_label_problems
 
     problems: List[Any] = []
     try:
@@ -177,7 +177,7 @@ def check_train_data(cfg: DataConfig, with_unlabeled: bool = True, progress: Pro
 
     classes = declared
     if classes is None:
-        problems += stray_label_problems(counts, voxels, {r.case_id: r.label for r in rows}, _classes_folder(cfg))
+        problems += stray_label_problems(counts, voxels, {r.case_id: r.label for r in rows}, classes_folder(cfg))
         values = sorted({v for r in rows if r.label_values is not None for v in r.label_values})
         if values:
             try:

@@ -13,7 +13,7 @@ import numpy as np
 from semisupseg.errors import InputError
 from semisupseg.progress import CancelToken, ProgressCallback, no_progress
 from semisupseg.training.config import DataConfig
-from semisupseg.training.data import CaseArrays, TrainData
+from semisupseg.training.data import CaseArrays, TrainData, no_training_case
 
 
 def dataset_spec(cfg: DataConfig):
@@ -35,13 +35,6 @@ def dataset_spec(cfg: DataConfig):
                        split=cfg.split, labeled_key=cfg.split_labeled, num_labeled=cfg.num_labeled,
                        train_key=cfg.split_all, val_key=cfg.split_val, class_names=cfg.class_names,
                        label_values=cfg.label_values, h5_spacing_xyz=tuple(float(s) for s in cfg.h5_spacing))
-
-
-def _no_training_case(want, n_labeled: int) -> str:
-    """The error for a validation hold-out that takes every labeled case, with the option that fixes it."""
-    fix = "--validation 1 (one case held out) or --validation 0 (no validation)" if n_labeled >= 2 else \
-        "--validation 0 (no validation)"
-    return f"data.validation={want} would leave no labeled training case ({n_labeled} labeled): use {fix}"
 
 
 def _hold_out(ds, cfg: DataConfig, spec, collect: bool = False, problems: Optional[list] = None) -> List[str]:
@@ -69,7 +62,7 @@ def _hold_out(ds, cfg: DataConfig, spec, collect: bool = False, problems: Option
                          "for validation)")
         else:
             if want >= len(ds.labeled):
-                raise InputError(_no_training_case(want, len(ds.labeled)))
+                raise InputError(no_training_case(want, len(ds.labeled)))
             ids = [c.case_id for c in ds.labeled[-want:]]
             notes.append(f"validation: the last {want} labeled cases (the unlabeled pool has no labels)")
     else:
@@ -85,8 +78,7 @@ def _hold_out(ds, cfg: DataConfig, spec, collect: bool = False, problems: Option
     ds.labeled = [c for c in ds.labeled if c.case_id not in idset]
     ds.unlabeled = [c for c in ds.unlabeled if c.case_id not in idset]
     if not ds.labeled:
-        raise InputError(f"the validation cases {ids} leave no labeled training case ({n_labeled} labeled): list "
-                         "fewer in --validation, or use --validation 0 (no validation)")
+        raise InputError(no_training_case(ids, n_labeled))
     held = n_labeled - len(ds.labeled)
     if held and 2 * held >= n_labeled:
         fix = "--validation 1 or --validation 0 (no validation)" if held > 1 else "--validation 0 (no validation)"
@@ -140,7 +132,7 @@ def resolve_cases(cfg: DataConfig, with_unlabeled: bool = True, problems: Option
     return ds, notes
 
 
-def _classes_folder(cfg: DataConfig) -> Optional[str]:
+def classes_folder(cfg: DataConfig) -> Optional[str]:
     """The folder whose ``dataset.json`` declares the classes (a dataset folder; ``None`` for images + labels)."""
     return None if cfg.labeled is None or cfg.labels is not None else str(cfg.labeled)
 
@@ -241,7 +233,7 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
             counts[c.case_id] = {int(lut[i]): int(k) for i, k in enumerate(per_class) if k}
         paths = {c.case_id: None if c.label_path is None else str(c.label_path) for c in ds.labeled + ds.val}
         problems += stray_label_problems(counts, {c.case_id: int(c.label.size) for c in data.labeled +
-                                                  data.validation}, paths, _classes_folder(cfg))
+                                                  data.validation}, paths, classes_folder(cfg))
     warnings = [f"warning: {p.line}" for p in problems if p.severity != "error"]
     data.notes = notes + warnings
     if warnings:
@@ -254,5 +246,5 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
     return data
 
 
-__all__ = ["STRAY_VOXEL_FRACTION", "dataset_spec", "load_train_data", "resolve_cases", "spacing_problem",
-           "stray_label_problems"]
+__all__ = ["STRAY_VOXEL_FRACTION", "classes_folder", "dataset_spec", "load_train_data", "resolve_cases",
+           "spacing_problem", "stray_label_problems"]
