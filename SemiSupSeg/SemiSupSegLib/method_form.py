@@ -492,6 +492,6 @@ def validate_method_params(method: str, values: Mapping[str, Any]) -> Dict[str, 
     return params
 
 
-__all__ = ["ENGINE_KEYS", "FormField", "KINDS", "NOT_INSTALLED_NOTE", "dataclass_fields", "editor_value", "engine_fields", "field_docs",
-           "method_choices", "method_fields",
-           "method_names", "overrides", "parse_values", "set_arguments", "validate_method_params"]
+__all__ = ["ENGINE_KEYS", "FormField", "KINDS", "NOT_INSTALLED_NOTE", "dataclass_fields", "editor_value",
+           "engine_fields", "field_docs", "method_choices", "method_fields", "method_names", "overrides",
+           "parse_values", "set_arguments", "validate_method_params"]

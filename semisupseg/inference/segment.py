@@ -21,7 +21,7 @@ from torch import nn
 
 from semisupseg.errors import InputError, OutOfMemoryError, is_out_of_memory, out_of_memory_detail
 from semisupseg.inference.postprocess import SDM_FROM_HEAD, SDM_FROM_LABELS, keep_largest_component, segmentation_sdm
-from semisupseg.inference.sliding_window import (BLENDS, FAST_MIN_DICE, LAYOUTS, Box, roi_problem,
+from semisupseg.inference.sliding_window import (BLENDS, FAST_MIN_DICE, LAYOUTS, Box, normalise_roi,
                                                  sliding_window_inference)
 from semisupseg.progress import CancelToken, ProgressCallback, scaled
 from semisupseg.volume import Volume
@@ -242,20 +242,8 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
     image = _as_channels(volume, int(card.in_channels))
     reference = Volume(np.zeros(image.shape_zyx, dtype=np.uint8), image.spacing, image.origin,
                        image.direction.copy(), image.path)
-    roi_in = None
-    if options.roi is not None:  # checked before the preprocessing, in the user's x y z order
-        try:
-            box = tuple((int(a), int(b)) for a, b in options.roi)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"roi must be ((z0, z1), (y0, y1), (x0, x1)) voxel bounds, got {options.roi!r}",
-                             image.path) from exc
-        if len(box) != 3:
-            raise InputError(f"roi must have 3 (start, stop) pairs in z, y, x order, got {options.roi!r}",
-                             image.path)
-        problem = roi_problem(box, image.shape_zyx, "--roi")
-        if problem:
-            raise InputError(problem, image.path)
-        roi_in = tuple((max(0, a), min(int(n), b)) for (a, b), n in zip(box, image.shape_zyx))
+    # checked before the preprocessing, named in the user's x y z order
+    roi_in = None if options.roi is None else normalise_roi(options.roi, image.shape_zyx, "--roi", image.path)
     progress(0.0, "preprocessing")
     # the same preprocessing as training: normalise on the scan's own grid, then resample linearly
     prep = PreprocessConfig(normalization=NormalizationConfig.from_dict(card.normalization),

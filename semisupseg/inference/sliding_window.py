@@ -311,18 +311,21 @@ def roi_problem(box_zyx: Sequence[Tuple[int, int]], shape_zyx: Sequence[int], na
     return None
 
 
-def _normalise_roi(roi: Optional[Box], shape_zyx: Sequence[int]) -> Box:
+def normalise_roi(roi: Optional[Box], shape_zyx: Sequence[int], name: str = "roi", path=None) -> Box:
+    """``roi`` ``((z0, z1), (y0, y1), (x0, x1))`` as integers clipped to ``shape_zyx`` (``None``: the whole image).
+    A malformed box or one :func:`roi_problem` refuses is an :class:`InputError` (``name`` opens the message,
+    ``path`` names the image)."""
     if roi is None:
         return tuple((0, int(s)) for s in shape_zyx)  # type: ignore[return-value]
     try:
         box = tuple((int(a), int(b)) for a, b in roi)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"roi must be ((z0, z1), (y0, y1), (x0, x1)) voxel bounds, got {roi!r}") from exc
+        raise InputError(f"roi must be ((z0, z1), (y0, y1), (x0, x1)) voxel bounds, got {roi!r}", path) from exc
     if len(box) != 3:
-        raise InputError(f"roi must have 3 (start, stop) pairs in z, y, x order, got {roi!r}")
-    problem = roi_problem(box, shape_zyx)
+        raise InputError(f"roi must have 3 (start, stop) pairs in z, y, x order, got {roi!r}", path)
+    problem = roi_problem(box, shape_zyx, name)
     if problem:
-        raise InputError(problem)
+        raise InputError(problem, path)
     return tuple((max(0, a), min(int(s), b)) for (a, b), s in zip(box, shape_zyx))  # type: ignore[return-value]
 
 
@@ -404,7 +407,7 @@ def sliding_window_inference(
     full_shape = tuple(img.shape[1:])
 
     # ROI: the windows cover the box only, grown to at least one patch inside the image where possible
-    box = _normalise_roi(roi, full_shape)
+    box = normalise_roi(roi, full_shape)
     crop = []
     for (a, b), s, p in zip(box, full_shape, patch):
         length = max(b - a, min(p, s))
