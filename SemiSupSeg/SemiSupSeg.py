@@ -10,7 +10,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
 from SemiSupSegLib import bootstrap, dependencies
-from SemiSupSegLib.parameters import OVERLAY_KINDS, SegmentParameters
+from SemiSupSegLib.parameters import OVERLAY_KINDS, SegmentParameters, observe_scene_replaced
 from SemiSupSegLib.results import set_foreground
 from SemiSupSegLib.segment_logic import (SegmentLogic, SegmentRequest, device_note, first_overlay_id, gpu_available,
                                          model_choices, overlay_items, recommended_keep_largest, status_text)
@@ -50,8 +50,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
         self.timer.connect("timeout()", self.onTimer)
         for selector in (self.ui.inputVolumeSelector, self.ui.roiSelector, self.ui.outputSegmentationSelector):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.saveParameters)
-        for box in (self.ui.keepLargestCheckBox, self.ui.show3DCheckBox, self.ui.sdmCheckBox,
-                    self.ui.entropyCheckBox, self.ui.probabilityCheckBox):
+        self.overlayBoxes = (self.ui.sdmCheckBox, self.ui.entropyCheckBox, self.ui.probabilityCheckBox)  # OVERLAY_KINDS
+        for box in (self.ui.keepLargestCheckBox, self.ui.show3DCheckBox) + self.overlayBoxes:
             box.connect("toggled(bool)", self.saveParameters)
         for combo in (self.ui.modelComboBox, self.ui.deviceComboBox, self.ui.qualityComboBox, self.ui.overlayComboBox):
             combo.connect("currentIndexChanged(int)", self.saveParameters)
@@ -61,8 +61,12 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.addModelButton.connect("clicked()", self.onAddModel)
         self.ui.segmentButton.connect("clicked()", self.onSegment)
-        self.refreshModels()
-        self.loadParameters()
+        self.stopObservingScene = observe_scene_replaced(slicer.mrmlScene, self.onSceneReplaced)
+        self.enter()
+
+    def onSceneReplaced(self):  # a scene closed or loaded while the panel shows: show its parameters
+        if self.parent.isEntered:
+            self.enter()
 
     def enter(self):  # models added meanwhile (CLI, Training panel) and a loaded scene's parameters show
         if hasattr(self, "timer"):
@@ -80,6 +84,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
         if hasattr(self, "timer"):
             self.timer.stop()
             self.logic.close()
+            self.stopObservingScene()
 
     def refreshModels(self, select=None):
         self.choices = model_choices(self.logic.segment.catalogue)
@@ -90,15 +95,14 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
             self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findData(select))
 
     def parameters(self):
-        kinds = [k for k, box in zip(OVERLAY_KINDS, (self.ui.sdmCheckBox, self.ui.entropyCheckBox,
-                                                     self.ui.probabilityCheckBox)) if box.checked]
-        overlay = slicer.mrmlScene.GetNodeByID(self.ui.overlayComboBox.currentData or "")
         return SegmentParameters(
             input_volume=self.ui.inputVolumeSelector.currentNode(), model=self.ui.modelComboBox.currentData or "",
             device=self.ui.deviceComboBox.currentText, quality=self.ui.qualityComboBox.currentText,
             keep_largest=self.ui.keepLargestCheckBox.checked, roi=self.ui.roiSelector.currentNode(),
-            overlays=tuple(kinds), overlay_shown=overlay, opacity=self.ui.opacitySlider.value,
-            output_segmentation=self.ui.outputSegmentationSelector.currentNode(), show_3d=self.ui.show3DCheckBox.checked)
+            overlays=tuple(kind for kind, box in zip(OVERLAY_KINDS, self.overlayBoxes) if box.checked),
+            overlay_shown=slicer.mrmlScene.GetNodeByID(self.ui.overlayComboBox.currentData or ""),
+            opacity=self.ui.opacitySlider.value, show_3d=self.ui.show3DCheckBox.checked,
+            output_segmentation=self.ui.outputSegmentationSelector.currentNode())
 
     def saveParameters(self, *unused):
         if self.loading:  # widgets being set from the node: do not write half-set state back
@@ -117,7 +121,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
         self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findData(p.model)))
         self.ui.deviceComboBox.currentText, self.ui.qualityComboBox.currentText = p.device, p.quality
         self.ui.keepLargestCheckBox.checked, self.ui.show3DCheckBox.checked = p.keep_largest, p.show_3d
-        for kind, box in zip(OVERLAY_KINDS, (self.ui.sdmCheckBox, self.ui.entropyCheckBox, self.ui.probabilityCheckBox)):
+        for kind, box in zip(OVERLAY_KINDS, self.overlayBoxes):
             box.checked = kind in p.overlays
         self.ui.opacitySlider.value = p.opacity
         self.refreshOverlays()
@@ -147,9 +151,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget):
                 self.refreshModels(select=self.logic.segment.catalogue.add(path).name)
 
     def onSegment(self):
-        if self.job is not None:
-            self.job.cancel(block=False)
-            return
+        if self.job is not None:  # the button reads Cancel while a segmentation runs
+            return self.job.cancel(block=False)
         with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
             self.logic.ensureDependencies()
             self.ui.logText.clear()
@@ -198,8 +201,7 @@ class SemiSupSegTest(ScriptedLoadableModuleTest):
         from SemiSupSegLib.self_tests import skip_reason
 
         slicer.mrmlScene.Clear()
-        reason = skip_reason()
-        if reason:
+        if reason := skip_reason():
             self.delayDisplay(reason)
         else:
             self.test_segment_sample_scan()

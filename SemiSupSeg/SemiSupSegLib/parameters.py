@@ -12,13 +12,15 @@ Values the panel cannot use (a quality or device this version does not know, an 
 overlay kind) are replaced by the defaults when read, and listed in ``SegmentParameters.read(...).warnings`` — a
 scene saved by another version must still open. Constructed directly, bad values raise ``ValueError``.
 
+:func:`observe_scene_replaced` tells the panel when the node it shows is replaced (a scene closed or loaded).
+
 The widget may use Slicer's ``parameterNodeWrapper`` where it exists; this module is what runs everywhere (and what
 the tests check on a real parameter node).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 DEVICES = ("auto", "cpu", "cuda")
 QUALITIES = ("default", "accurate")
@@ -174,3 +176,18 @@ def parameter_node(scene, singleton_tag: str = MODULE_NAME) -> Any:
         node = scene.AddNode(node)
     return node
 
+
+
+def observe_scene_replaced(scene, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback()`` after ``scene`` is closed (File > Close Scene) and after a scene file is imported into it
+    (File > Load Scene, a dropped .mrb): either way the parameter node holds other values than the panel shows, and
+    the panel re-reads it. Returns the function that removes both observers (the widget's ``cleanup``)."""
+    tags = [scene.AddObserver(event, lambda *unused: callback()) for event in (scene.EndCloseEvent,
+                                                                               scene.EndImportEvent)]
+
+    def remove() -> None:
+        for tag in tags:
+            scene.RemoveObserver(tag)
+        tags.clear()
+
+    return remove

@@ -91,6 +91,12 @@ def test_module_file_parses_stays_small_and_has_the_four_classes():
     assert {"SemiSupSeg", "SemiSupSegWidget", "SemiSupSegLogic", "SemiSupSegTest"} <= set(classes)
     tests = [f.name for f in classes["SemiSupSegTest"].body if isinstance(f, ast.FunctionDef)]
     assert "runTest" in tests and any(t.startswith("test_") for t in tests)
+    # a scene closed or loaded while the panel shows is re-read (SemiSupSegLib.parameters.observe_scene_replaced),
+    # and the observers go with the widget
+    widget = ast.get_source_segment(text, classes["SemiSupSegWidget"])
+    assert "observe_scene_replaced(slicer.mrmlScene, self.onSceneReplaced)" in widget
+    assert re.search(r"def onSceneReplaced\(self\):.*\n\s+if self.parent.isEntered:\n\s+self.enter\(\)", widget)
+    assert re.search(r"def cleanup\(self\):(\n\s{8,}.*)*self.stopObservingScene\(\)", widget)
     # the UI file it loads and the bundled model its self-test uses exist and are installed
     assert 'resourcePath("UI/SemiSupSeg.ui")' in text
     model = re.search(r'"Resources", "Testing", "([^"]+)"', text).group(1)

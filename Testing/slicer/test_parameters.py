@@ -6,7 +6,7 @@ import pytest
 import slicer
 
 from SemiSupSegLib.parameters import (DEVICES, NODE_FIELDS, OVERLAY_KINDS, QUALITIES, SegmentParameters,
-                                      parameter_node)
+                                      observe_scene_replaced, parameter_node)
 
 
 def _scene_with_nodes():
@@ -65,6 +65,34 @@ def test_saved_with_the_scene(tmp_path):
     assert back.input_volume.GetName() == "scan" and back.roi.GetName() == "box"
     assert back.output_segmentation.GetName() == "scan segmentation" and back.overlay_shown.GetName() == "scan SDM"
     assert back.input_volume.GetScene() is loaded
+
+
+def test_a_closed_or_loaded_scene_is_signalled_and_its_parameters_read(tmp_path):
+    """The panel re-reads its parameters after File > Close Scene (the defaults again) and after a scene file is
+    loaded while it is shown (that scene's values, nodes included); until removed, and only then, it is told."""
+    scene, volume, roi, seg, overlay = _scene_with_nodes()
+    SegmentParameters(input_volume=volume, model="saved.pt", opacity=0.8, overlays=("entropy",)).write(
+        parameter_node(scene))
+    path = tmp_path / "scene.mrml"
+    scene.SetURL(str(path))
+    assert scene.Commit()
+
+    shown = slicer.vtkMRMLScene()
+    SegmentParameters(model="other.pt").write(parameter_node(shown))
+    seen = []
+    remove = observe_scene_replaced(shown, lambda: seen.append(SegmentParameters.read(parameter_node(shown))))
+    shown.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "loaded meanwhile")  # an ordinary change: no call
+    assert seen == []
+    shown.Clear(0)  # File > Close Scene
+    assert [p.model for p in seen] == [""] and seen[0].input_volume is None
+    shown.SetURL(str(path))
+    assert shown.Import()  # File > Load Scene (added to the current scene)
+    assert len(seen) == 2
+    assert seen[1].model == "saved.pt" and seen[1].opacity == 0.8 and seen[1].overlays == ("entropy",)
+    assert seen[1].input_volume.GetName() == "scan" and seen[1].input_volume.GetScene() is shown
+    remove()
+    shown.Clear(0)
+    assert len(seen) == 2
 
 
 def test_unusable_stored_values_fall_back_to_defaults_with_warnings():
