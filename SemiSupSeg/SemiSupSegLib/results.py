@@ -4,7 +4,8 @@ and the slice views' foreground.
 * :func:`show_segmentation` — one segment per foreground class of the model card (segment ID and name = class name,
   colour from ``colors`` or the default palette, label value kept as the segment's label value), all sharing one
   binary labelmap made from the label :class:`~semisupseg.volume.Volume` (its exact geometry), reference image
-  geometry from the input volume node, optional closed surfaces for 3D. Re-running with the same node replaces its
+  geometry from the input volume node (the node is put under the input's parent transform first, so that the
+  geometry is the input's own grid), optional closed surfaces for 3D. Re-running with the same node replaces its
   segments and keeps the node (and its display node).
 * :func:`show_overlay` — a scalar volume node with the colour map of :mod:`SemiSupSegLib.colors` and a fixed
   window: SDM centred on 0 with a symmetric range (blue inside, red outside), entropy heat from 0 to its maximum,
@@ -158,6 +159,8 @@ def show_segmentation(scene, segmentations_logic, labels: Volume, class_names: S
         segmentation_node.SetName(name)
     if segmentation_node.GetDisplayNode() is None:
         segmentation_node.CreateDefaultDisplayNodes()
+    if reference_node is not None:  # first: the reference geometry below is taken relative to this transform
+        segmentation_node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
 
     segmentation = segmentation_node.GetSegmentation()
     was_modifying = segmentation_node.StartModify()
@@ -193,8 +196,6 @@ def show_segmentation(scene, segmentations_logic, labels: Volume, class_names: S
         segmentation_node.EndModify(was_modifying)
     place_in_hierarchy(scene, segmentation_node,
                        subject_hierarchy_parent_of if subject_hierarchy_parent_of is not None else reference_node)
-    if reference_node is not None:
-        segmentation_node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
     return segmentation_node
 
 

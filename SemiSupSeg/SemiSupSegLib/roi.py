@@ -60,7 +60,8 @@ def roi_box_zyx(roi_node, volume_node) -> Tuple[int, int, int, int, int, int]:
         raise InputError(f"ROI '{name}' is not placed")
     if not all(s > 0 for s in size):
         raise InputError(f"ROI '{name}' has no volume (size {tuple(round(s, 3) for s in size)} mm)")
-    ijk = _world_to_volume_ijk(volume_node, roi_corners_ras(roi_node))
+    # array index = IJK index - the image's first index (extents not starting at 0, see scene.volume_from_node)
+    ijk = _world_to_volume_ijk(volume_node, roi_corners_ras(roi_node)) - volume_node.GetImageData().GetExtent()[0::2]
     lo = np.ceil(ijk.min(axis=0) - _EPS).astype(np.int64)
     hi = np.floor(ijk.max(axis=0) + _EPS).astype(np.int64) + 1
     dims = np.array(volume_node.GetImageData().GetDimensions(), dtype=np.int64)  # i, j, k

@@ -100,7 +100,9 @@ def volume_from_node(node) -> Volume:
     """A :class:`Volume` with a copy of the node's voxels and its exact geometry (local coordinates, LPS).
 
     Scalar volumes come back as float32, labelmap volumes (``vtkMRMLLabelMapVolumeNode``) keep their voxel type.
-    ``path`` is the node's file if it was loaded from one. Raises :class:`InputError` (naming the node) when there
+    ``path`` is the node's file if it was loaded from one. Image data whose extent does not start at 0 (legal in
+    VTK; Slicer's ``ShiftImageDataExtentToZeroStart`` exists for it) keeps its voxels where Slicer shows them: the
+    Volume's origin is its first voxel's position. Raises :class:`InputError` (naming the node) when there
     is no node, no image data, or more than one component per voxel (vector / RGB volumes).
     """
     if node is None:
@@ -124,6 +126,9 @@ def volume_from_node(node) -> Volume:
     else:
         array = array.astype(np.float32, copy=True)
     spacing, origin, direction = node_geometry(node)
+    start = np.asarray(image.GetExtent()[0::2], dtype=np.float64)  # i, j, k of array[0, 0, 0] (usually 0, 0, 0)
+    if start.any():  # the node's origin is index (0, 0, 0): the Volume's is its first voxel
+        origin = tuple(float(v) for v in np.asarray(origin) + direction @ (np.asarray(spacing) * start))
     try:
         return Volume(array, spacing, origin, direction, _storage_path(node))
     except InputError as exc:  # a zero spacing or a NaN origin set on the node: say which node

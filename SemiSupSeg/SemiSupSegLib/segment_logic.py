@@ -12,8 +12,10 @@ Flow of one run (:meth:`SegmentLogic.start` → :class:`SegmentJob`):
 4. when the worker's result arrives (in :meth:`SegmentJob.poll`, i.e. the GUI thread's timer, or :meth:`SegmentJob.
    wait` in scripts and tests) the results enter the scene through ``SemiSupSegLib.results``: one segmentation node
    (a segment per class, names and colours from the card, reference geometry from the input, under the input's
-   subject-hierarchy parent; re-running updates the same node), and the overlays asked for as scalar volumes in the
-   input's geometry (SDM per class, entropy, probability per class), each reused on the next run for the same input.
+   subject-hierarchy parent; a re-run updates the same node, but never one holding another scan's result or the
+   user's own segments: :func:`output_segmentation_for`), and the overlays asked for as scalar volumes in the
+   input's geometry (SDM per class, entropy, probability per class), each reused on the next run for the same input
+   (results and input are linked by node references, :data:`SOURCE_ROLE`).
 
 Nothing touches the scene before step 4, so a cancelled or failed run leaves the scene exactly as it was; the
 temporary files (raw input and outputs) are removed whatever happens.
@@ -32,10 +34,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from SemiSupSegLib.parameters import DEVICES, OVERLAY_KINDS, QUALITIES, SegmentParameters
 from SemiSupSegLib.runner import wait_until
 
-#: node attributes linking an overlay volume to its input and its key (``"sdm:<class>"``, ``"entropy"``...): the
-#: next run for the same input updates these nodes instead of piling up new ones
+#: attribute of an overlay volume naming what it shows (``"sdm:<class>"``, ``"entropy"``...): the next run for the
+#: same input updates these nodes instead of piling up new ones
 OVERLAY_ATTRIBUTE = "SemiSupSeg.OverlayKey"
-SOURCE_ATTRIBUTE = "SemiSupSeg.Source"
+#: node-reference roles linking results and their input (references follow their nodes when a scene is imported and
+#: node IDs change, which an ID kept in an attribute would not): every result (segmentation, overlay) names its input
+#: in SOURCE_ROLE, and the input lists its overlays in OVERLAYS_ROLE. An overlay counts as the input's only when
+#: both agree, so a cloned overlay (the user's copy) or a cloned input is never written into.
+SOURCE_ROLE = "SemiSupSegSource"
+OVERLAYS_ROLE = "SemiSupSegOverlay"
 #: worker output names of the overlay kinds (``results.show_overlay`` kinds → worker ``outputs``)
 WORKER_OUTPUT = {"sdm": "sdm", "entropy": "entropy", "probability": "probabilities"}
 #: ``info["sdm_source"]`` of an SDM computed from the segmentation (``semisupseg.inference.SDM_FROM_LABELS``; the
@@ -249,27 +256,59 @@ def overlay_name(input_name: str, key: str, sdm_source: Optional[str] = None) ->
     return f"{input_name} {label}" + (f" {cls}" if cls else "")
 
 
-def find_overlay_node(scene, input_node, key: str):
-    """The overlay node an earlier run made for ``input_node`` and ``key`` (``None`` when there is none)."""
-    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-    found = None
-    for i in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(i)
-        if node.GetAttribute(OVERLAY_ATTRIBUTE) == key and node.GetAttribute(SOURCE_ATTRIBUTE) == input_node.GetID():
-            found = node
-    return found
-
-
 def overlay_nodes_of(scene, input_node) -> List[Any]:
-    """Every overlay node made for ``input_node``, in creation order (what the overlay selector lists)."""
-    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    """Every overlay node made for ``input_node`` (linked both ways, see :data:`OVERLAYS_ROLE`), in creation order
+    (what the overlay selector lists)."""
+    if input_node is None:
+        return []
     out = []
-    for i in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(i)
-        if node.GetAttribute(OVERLAY_ATTRIBUTE) and input_node is not None and \
-                node.GetAttribute(SOURCE_ATTRIBUTE) == input_node.GetID():
+    for i in range(input_node.GetNumberOfNodeReferences(OVERLAYS_ROLE)):
+        node = input_node.GetNthNodeReference(OVERLAYS_ROLE, i)
+        if node is not None and node.GetScene() is scene and node.GetAttribute(OVERLAY_ATTRIBUTE) and \
+                node.GetNodeReference(SOURCE_ROLE) is input_node and node not in out:
             out.append(node)
     return out
+
+
+def find_overlay_node(scene, input_node, key: str):
+    """The overlay node an earlier run made for ``input_node`` and ``key`` (``None`` when there is none)."""
+    return next((n for n in overlay_nodes_of(scene, input_node) if n.GetAttribute(OVERLAY_ATTRIBUTE) == key), None)
+
+
+def link_result(input_node, node, overlay: bool = False) -> None:
+    """Mark ``node`` as this module's result for ``input_node`` (and list it among the input's overlays)."""
+    node.SetNodeReferenceID(SOURCE_ROLE, input_node.GetID())
+    if overlay and not input_node.HasNodeReferenceID(OVERLAYS_ROLE, node.GetID()):
+        input_node.AddNodeReferenceID(OVERLAYS_ROLE, node.GetID())
+
+
+def output_segmentation_for(scene, input_node, node, class_names: Sequence[str]) -> Tuple[Any, Optional[str]]:
+    """The segmentation node a run for ``input_node`` may write into: ``node`` (the panel's output) when that
+    loses nothing — it is empty (e.g. the selector's "Create new"), or it is this module's segmentation of this very
+    input holding only the model's classes (a re-run replaces it); else ``None`` (a new node is made) and a note
+    saying why the chosen one was kept as it is (another scan's result, the user's own segments, gone from the
+    scene)."""
+    if node is None:
+        return None, None
+    name = node.GetName() or node.GetID()
+    if node.GetScene() is not scene or scene.GetNodeByID(node.GetID()) is not node:
+        return None, f"the output segmentation '{name}' left the scene during the run: the result is in a new one"
+    segmentation = node.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    if not ids:
+        return node, None
+    source = node.GetNodeReference(SOURCE_ROLE)
+    foreign = [segmentation.GetSegment(i).GetName() for i in ids if i not in list(class_names)[1:]]
+    if source is input_node and not foreign:
+        return node, None
+    if foreign:
+        why = "holds segments this module did not make (" + ", ".join(f"'{n}'" for n in foreign[:3]) + \
+              (", ..." if len(foreign) > 3 else "") + ")"
+    elif source is not None:
+        why = f"is the segmentation of '{source.GetName()}'"
+    else:
+        why = "was not made by SemiSupSeg for this volume"
+    return None, f"'{name}' {why}: it is kept as it is, and the result is in a new segmentation"
 
 
 def overlay_items(scene, input_node) -> List[Tuple[str, str]]:
@@ -482,8 +521,8 @@ class SegmentLogic:
         """Start segmenting in the background; returns at once with the :class:`SegmentJob`.
 
         Raises ``InputError`` (one line) for a bad request before anything runs: unknown model, unreadable card,
-        empty ROI, a job already running, a volume that is no 3D scan to segment (NaN/Inf voxels, constant, one
-        slice).
+        empty ROI, a job already running, an input that is no 3D scan to segment (not in the scene, a label map,
+        NaN/Inf voxels, constant, one slice).
         """
         from semisupseg.checkpoint import read_card
         from semisupseg.errors import InputError
@@ -495,14 +534,19 @@ class SegmentLogic:
             raise InputError("a segmentation is already running: wait for it or cancel it")
         model_path = Path(self.catalogue.resolve(request.model))
         card = read_card(model_path)
+        node = request.input_node
+        if node is not None and not self._input_in_scene(request):
+            raise InputError(f"volume '{node.GetName()}' is not in the scene")
+        if node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InputError(f"'{node.GetName()}' is a label map, not a scan: choose the image to segment")
+        volume = volume_from_node(node)  # first: an ROI is only checked against a usable scan
+        check_scan(volume, f"volume '{request.input_node.GetName()}'")  # NaN, constant, one slice: refused here
         roi_box = None
         if request.roi_node is not None:
             from SemiSupSegLib.roi import roi_box_zyx
 
             roi_box = roi_box_zyx(request.roi_node, request.input_node)
         options, notes = worker_options(request, card, roi_box)
-        volume = volume_from_node(request.input_node)
-        check_scan(volume, f"volume '{request.input_node.GetName()}'")  # NaN, constant, one slice: refused here
         job = SegmentJob(self, request, card, model_path, on_progress, on_log, notes, t0)
         for note in notes:
             if on_log is not None:
@@ -530,11 +574,18 @@ class SegmentLogic:
         volumes = handle.volumes()
         input_node = request.input_node
         input_name = input_node.GetName() or "volume"
+        output, note = output_segmentation_for(self.scene, input_node, request.output_segmentation,
+                                               list(card.class_names))
+        if note:
+            notes.append(note)
         seg_node = results.show_segmentation(
             self.scene, self.segmentations_logic, volumes["labels"], list(card.class_names),
-            list(card.label_values), colors=card_colors(card), reference_node=input_node,
-            segmentation_node=request.output_segmentation, name=f"{input_name} segmentation",
+            list(card.label_values), colors=card_colors(card), reference_node=input_node, segmentation_node=output,
+            # a re-run keeps the name the user may have given the result; a new or empty node gets the input's
+            name=None if output is not None and output.GetNodeReference(SOURCE_ROLE) is input_node
+            else f"{input_name} segmentation",
             closed_surface=bool(request.show_3d), subject_hierarchy_parent_of=input_node)
+        link_result(input_node, seg_node)
         overlays: Dict[str, Any] = {}
         result = handle.result or {}
         sdm_source = (result.get("info") or {}).get("sdm_source")
@@ -543,7 +594,7 @@ class SegmentLogic:
             node = results.show_overlay(self.scene, volume, kind, overlay_name(input_name, key, sdm_source),
                                         node=node, reference_node=input_node)
             node.SetAttribute(OVERLAY_ATTRIBUTE, key)
-            node.SetAttribute(SOURCE_ATTRIBUTE, input_node.GetID())
+            link_result(input_node, node, overlay=True)
             overlays[key] = node
         return SegmentOutcome(segmentation_node=seg_node, overlay_nodes=overlays,
                               voxels={str(k): int(v) for k, v in (result.get("voxels") or {}).items()},

@@ -144,11 +144,28 @@ def test_results_go_under_the_inputs_parent_and_transform(headless, case):
     study = sh.CreateStudyItem(patient, "MRI")
     sh.CreateItem(study, image)
     transform = headless.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    rotation = vtk.vtkTransform()  # not the identity: a transform applied twice shows
+    rotation.Translate(12.0, -7.0, 20.0)
+    rotation.RotateWXYZ(30.0, 0.3, 0.5, 1.0)
+    transform.SetMatrixTransformToParent(rotation.GetMatrix())
     image.SetAndObserveTransformNodeID(transform.GetID())
     node = results.show_segmentation(headless.scene, headless.logic("Segmentations"), labels, CLASSES, [0, 1, 2],
                                      reference_node=image)
     assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
     assert node.GetTransformNodeID() == transform.GetID()
+    # the reference grid is the input's own (both under the same transform): not the transform applied once more
+    grid = slicer.vtkOrientedImageData()
+    assert slicer.vtkSegmentationConverter.DeserializeImageGeometry(node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()), grid)
+    grid_to_local, ijk_to_ras = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    grid.GetImageToWorldMatrix(grid_to_local)
+    image.GetIJKToRASMatrix(ijk_to_ras)
+    assert np.allclose([[grid_to_local.GetElement(r, c) for c in range(4)] for r in range(4)],
+                       [[ijk_to_ras.GetElement(r, c) for c in range(4)] for r in range(4)], atol=1e-6)
+    exported = headless.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "on its own grid")
+    assert headless.logic("Segmentations").ExportVisibleSegmentsToLabelmapNode(node, exported)  # no reference
+    assert np.array_equal(np.bincount(sc.volume_from_node(exported).array.ravel())[1:],  # nothing lost on the grid
+                          np.bincount(labels.array.ravel())[1:])
     sdm = labels.with_array(signed_distance_map(labels.array > 0))
     overlay = results.show_overlay(headless.scene, sdm, "sdm", "SDM", reference_node=image)
     assert sh.GetItemParent(sh.GetItemByDataNode(overlay)) == study

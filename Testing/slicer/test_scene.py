@@ -126,6 +126,31 @@ def test_index_order_and_physical_points_match_simpleitk(headless, hippo):
     assert image.GetDimensions() == v.size_xyz
 
 
+def test_image_data_whose_extent_does_not_start_at_zero_keeps_its_voxels_in_place(headless, hippo):
+    """VTK image data may start at index (5, 6, 7) (Slicer has ShiftImageDataExtentToZeroStart for such nodes): the
+    Volume's first voxel is where Slicer shows it, and a ROI's voxel box indexes the Volume's array."""
+    from SemiSupSegLib.roi import roi_box_zyx
+
+    v = oblique(hippo, spacing=(0.5, 1.0, 3.0))
+    node = sc.update_volume_node(headless.scene, v, name="shifted extent")
+    start = (5, 6, 7)
+    shifted = vtk.vtkImageData()
+    shifted.DeepCopy(node.GetImageData())
+    shifted.SetExtent(start[0], start[0] + v.size_xyz[0] - 1, start[1], start[1] + v.size_xyz[1] - 1,
+                      start[2], start[2] + v.size_xyz[2] - 1)
+    node.SetAndObserveImageData(shifted)
+    back = sc.volume_from_node(node)
+    assert np.array_equal(back.array, v.array)
+    first_voxel_ras = (node_ijk_to_ras(node) @ [*start, 1.0])[:3]
+    assert np.allclose((sc.ijk_to_ras_matrix(back) @ [0, 0, 0, 1.0])[:3], first_voxel_ras, atol=1e-9)
+    # a 1-voxel ROI on the Volume's voxel (z, y, x) = (2, 3, 4) gives that voxel
+    centre = (node_ijk_to_ras(node) @ [start[0] + 4, start[1] + 3, start[2] + 2, 1.0])[:3]
+    roi = headless.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "one voxel")
+    roi.SetXYZ(*centre)
+    roi.SetRadiusXYZ(0.1, 0.1, 0.1)
+    assert roi_box_zyx(roi, node) == (2, 3, 3, 4, 4, 5)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # real files through Slicer's storage nodes vs the package's reader
 # ----------------------------------------------------------------------------------------------------------------------

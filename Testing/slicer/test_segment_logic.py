@@ -77,11 +77,13 @@ def cli_outputs(tmp_path_factory):
 def test_segment_equals_the_command_line(headless, logic, cli_outputs):
     card = read_card(MODEL)
     scan = headless.load_volume(SCAN)
-    before = scan.GetMTime()
+    before = (scan.GetImageData().GetMTime(), scan.GetModifiedSinceRead())
     progress = []
     outcome = logic.segment(SegmentRequest(scan, str(MODEL), overlays=("sdm", "entropy", "probability")),
                             timeout=300, on_progress=lambda f, m, eta: progress.append(f))
-    assert scan.GetMTime() == before  # the input is never touched
+    # the input's voxels are never touched, and it is not marked for saving (a node reference to its results is
+    # all that is added to it, see segment_logic.OVERLAYS_ROLE)
+    assert (scan.GetImageData().GetMTime(), scan.GetModifiedSinceRead()) == before == (before[0], False)
     seg = outcome.segmentation_node
     segmentation = seg.GetSegmentation()
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
@@ -207,7 +209,14 @@ def test_cancel_leaves_the_scene_as_it_was(headless, logic, worker):
 
 def test_bad_requests_fail_before_anything_runs(headless, logic, tmp_path):
     scan = headless.load_volume(SCAN)
+    labelmap = headless.load_volume(LABEL, name="label", labelmap=True)
+    table = headless.scene.AddNewNodeByClass("vtkMRMLTableNode", "a table")
+    roi = headless.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
     state = _scene_state(headless.scene)
+    with pytest.raises(InputError, match="'label' is a label map"):
+        logic.start(SegmentRequest(labelmap, str(MODEL)))
+    with pytest.raises(InputError, match="'a table' is a vtkMRMLTableNode, not a scalar volume"):
+        logic.start(SegmentRequest(table, str(MODEL), roi_node=roi))  # the input is named, not the ROI's problem
     with pytest.raises(InputError, match="no-such-model"):
         logic.start(SegmentRequest(scan, "no-such-model"))
     not_a_model = tmp_path / "notes.pt"
@@ -367,3 +376,101 @@ def test_an_ensemble_model_file_segments_in_the_scene_like_the_command_line(head
     truth = read_volume(LABEL).array
     for value in card.label_values[1:]:
         assert dice(exported.array == value, truth == value) > 0.5
+
+
+def _segment_names(node):
+    s = node.GetSegmentation()
+    return [s.GetNthSegment(i).GetName() for i in range(s.GetNumberOfSegments())]
+
+
+@pytest.mark.slow
+def test_a_run_never_writes_over_segmentations_it_did_not_make_for_this_scan(headless, logic):
+    """The output selector may hold the user's own segmentation or another scan's result (it stays on the last
+    result when the input changes): those are kept as they are and the result goes into a new node, with a note.
+    A result of this scan is replaced in place and keeps the name the user gave it; an empty node is filled."""
+    scan = headless.load_volume(SCAN, name="scan")
+    other = headless.load_volume(SCAN, name="other patient")
+    first = logic.segment(SegmentRequest(scan, str(MODEL), overlays=()), timeout=300)
+    first.segmentation_node.SetName("hippocampus - checked")
+    again = logic.segment(SegmentRequest(scan, str(MODEL), overlays=(), output_segmentation=first.segmentation_node),
+                          timeout=300)
+    assert again.segmentation_node is first.segmentation_node and not again.notes
+    assert first.segmentation_node.GetName() == "hippocampus - checked"
+
+    mine = headless.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my manual work")
+    mine.GetSegmentation().AddEmptySegment("tumor", "tumor")
+    for output, name, why in ((mine, "my manual work", "segments this module did not make ('tumor')"),
+                              (first.segmentation_node, "hippocampus - checked", "segmentation of 'scan'")):
+        outcome = logic.segment(SegmentRequest(other, str(MODEL), overlays=(), output_segmentation=output),
+                                timeout=300)
+        assert outcome.segmentation_node is not output
+        assert outcome.segmentation_node.GetName().startswith("other patient segmentation")
+        assert any(name in note and why in note and "kept as it is" in note for note in outcome.notes), outcome.notes
+    assert _segment_names(mine) == ["tumor"] and mine.GetName() == "my manual work"
+    assert _segment_names(first.segmentation_node) == ["Anterior", "Posterior"]
+
+    empty = headless.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")  # the selector's "Create new"
+    filled = logic.segment(SegmentRequest(other, str(MODEL), overlays=(), output_segmentation=empty), timeout=300)
+    assert filled.segmentation_node is empty and empty.GetName() == "other patient segmentation"
+    assert not filled.notes
+
+    gone = headless.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "deleted meanwhile")
+    job = logic.start(SegmentRequest(scan, str(MODEL), overlays=(), output_segmentation=gone))
+    headless.scene.RemoveNode(gone)
+    outcome = job.wait(timeout=300)
+    assert outcome.segmentation_node.GetScene() is headless.scene
+    assert any("left the scene" in note for note in outcome.notes)
+
+
+@pytest.mark.slow
+def test_overlays_stay_with_their_scan_through_a_scene_import_and_a_clone(headless, logic, tmp_path):
+    """Results name their input by node references, which follow the nodes when a saved scene is added to a scene
+    whose IDs collide (File > Add Data of a .mrml): the other scan neither lists nor overwrites them. A cloned
+    overlay (the user's copy before a re-run) is never written into."""
+    scan = headless.load_volume(SCAN, name="patient A")
+    outcome = logic.segment(SegmentRequest(scan, str(MODEL), overlays=("entropy",)), timeout=300)
+    saved_id = scan.GetID()
+    for node in [scan, outcome.segmentation_node, *outcome.overlay_nodes.values()]:
+        storage = node.GetStorageNode()
+        if storage is None:
+            storage = node.CreateDefaultStorageNode()
+            headless.scene.AddNode(storage)
+            node.SetAndObserveStorageNodeID(storage.GetID())
+        suffix = ".seg.nrrd" if node.IsA("vtkMRMLSegmentationNode") else ".nrrd"
+        storage.SetFileName(str(tmp_path / (node.GetName().replace(" ", "_") + suffix)))
+        assert storage.WriteData(node)
+    headless.scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert headless.scene.Commit()
+
+    headless.scene.Clear(0)
+    mine = headless.load_volume(SCAN, name="patient B")
+    assert mine.GetID() == saved_id  # the saved scene's IDs collide with this one's
+    headless.scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert headless.scene.Import()
+    imported = headless.scene.GetFirstNodeByName("patient A")
+    assert imported.GetID() != saved_id
+    assert [n.GetName() for n in sl.overlay_nodes_of(headless.scene, imported)] == ["patient A entropy"]
+    assert sl.overlay_nodes_of(headless.scene, mine) == []
+    a_entropy = sl.find_overlay_node(headless.scene, imported, "entropy")
+    before = slicer_array(a_entropy).copy()
+    b = logic.segment(SegmentRequest(mine, str(MODEL), overlays=("entropy",)), timeout=300)
+    assert b.overlay_nodes["entropy"] is not a_entropy and a_entropy.GetName() == "patient A entropy"
+    assert np.array_equal(slicer_array(a_entropy), before)
+
+    sh_logic = headless.logic("SubjectHierarchy")
+    from SemiSupSegLib.results import ensure_sh_item
+
+    sh = headless.scene.GetSubjectHierarchyNode()
+    count = headless.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    sh_logic.CloneSubjectHierarchyItem(sh, ensure_sh_item(headless.scene, a_entropy), "my copy")
+    clone = headless.scene.GetNthNodeByClass(count, "vtkMRMLScalarVolumeNode")  # headless: the clone has no SH item
+    assert clone.GetName() == "my copy" and clone.GetAttribute(sl.OVERLAY_ATTRIBUTE) == "entropy"
+    again = logic.segment(SegmentRequest(imported, str(MODEL), overlays=("entropy",)), timeout=300)
+    assert again.overlay_nodes["entropy"] is a_entropy and clone.GetName() == "my copy"
+    assert sl.overlay_nodes_of(headless.scene, imported) == [a_entropy]
+
+
+def slicer_array(node):
+    import slicer
+
+    return slicer.util.arrayFromVolume(node)
