@@ -106,6 +106,9 @@ def labeled_set_layout(labeled_dir: PathLike, labels_dir: Optional[PathLike] = N
             raise InputError(f"cannot make the labeled set's folder here: {above} is a file, not a folder", folder)
     if labels_dir:
         layout = LabeledSetLayout(root, Path(labels_dir).expanduser())
+        if layout.labels.resolve() == layout.images.resolve():  # image and label would share one file name
+            raise InputError("the labels folder is the images folder: label maps need a folder of their own",
+                             layout.labels)
     elif not root.exists() or (root / "imagesTr").is_dir() or not any(p for p in root.iterdir()
                                                                        if not p.name.startswith(".")):
         layout = LabeledSetLayout(root / "imagesTr", root / "labelsTr", root=root)
@@ -131,12 +134,21 @@ def labeled_set_layout(labeled_dir: PathLike, labels_dir: Optional[PathLike] = N
     return layout
 
 
+#: longest case id (file names hold 255 bytes; the id gets a channel suffix, a file suffix and maybe ``_NN``)
+MAX_CASE_ID = 100
+#: names Windows reserves in every folder (with any suffix): such an id gets ``_case`` appended
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
 def new_case_name(layout: LabeledSetLayout, wanted: Optional[str]) -> str:
-    """A case id not used by any image or label of the set: ``wanted`` made file-safe (``case`` when empty), then
+    """A case id not used by any image or label of the set: ``wanted`` made file-safe on every system (``case``
+    when empty; at most :data:`MAX_CASE_ID` characters; Windows' reserved names such as ``CON`` get ``_case``), then
     ``_2``, ``_3``... until free."""
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", (wanted or "").strip()).strip("._") or "case"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", (wanted or "").strip()).strip("._")[:MAX_CASE_ID].rstrip("._") or "case"
     if base.endswith(_CHANNEL):
         base = base[: -len(_CHANNEL)] or "case"
+    if base.split(".")[0].upper() in _WINDOWS_RESERVED:
+        base += "_case"
     name, n = base, 1
     while name in layout.taken or name.lower() in {t.lower() for t in layout.taken}:
         n += 1
@@ -247,6 +259,37 @@ def segment_mask(scene, segmentations_logic, segmentation_node, segment_id: str,
                 scene.RemoveNode(node)
 
 
+def voxels_outside(segmentation_node, segment_id: str, volume_node) -> Tuple[int, int]:
+    """``(outside, total)``: how many of the segment's own voxels (its binary labelmap, on its own grid) have their
+    centre outside ``volume_node``'s image, and how many it has; ``(0, 0)`` when the segment has no binary labelmap
+    (e.g. closed surfaces only). Both nodes are in the same frame (the caller refuses parent transforms)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    if labelmap is None or labelmap.GetPointData().GetScalars() is None:
+        return 0, 0
+    lo = np.array(labelmap.GetExtent()[0::2])
+    dims = np.array(labelmap.GetExtent()[1::2]) - lo + 1
+    if np.any(dims < 1):
+        return 0, 0
+    voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    k, j, i = np.nonzero(voxels == segment.GetLabelValue())
+    if not len(i):
+        return 0, 0
+    to_world, ras_to_ijk = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(to_world)
+    volume_node.GetRASToIJKMatrix(ras_to_ijk)
+    matrix = np.array([[ras_to_ijk.GetElement(r, c) for c in range(4)] for r in range(4)]) @ \
+        np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+    ijk = (matrix @ np.stack([i + lo[0], j + lo[1], k + lo[2], np.ones(len(i))]))[:3]
+    extent = np.array(volume_node.GetImageData().GetExtent(), dtype=np.float64).reshape(3, 2)
+    inside = np.all((ijk >= extent[:, :1] - 0.5) & (ijk <= extent[:, 1:] + 0.5), axis=0)
+    return int(np.count_nonzero(~inside)), int(len(i))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------------------------------
@@ -323,6 +366,11 @@ def add_to_labeled_set(scene, segmentations_logic, volume_node, segmentation_nod
         if layout.label_files:
             raise InputError("the labeled set has no dataset.json, so its classes are unknown: choose the model whose "
                              "classes the segments are, or add a dataset.json", layout.labels)
+        names = Counter((name or "").strip().lower() for _, name, _ in segments)
+        twins = [name for _, name, _ in segments if names[(name or "").strip().lower()] > 1]
+        if twins:  # classes are matched by name, case-insensitively: they would become one class
+            raise InputError(f"segments {', '.join(repr(n) for n in twins)} of '{segmentation_node.GetName()}' have "
+                             "the same name but for case: rename them so that each class has its own name")
         tags = [v for _, _, v in segments]
         values = tags if all(v is not None and v > 0 for v in tags) and len(set(tags)) == len(tags) \
             else list(range(1, len(segments) + 1))
@@ -342,6 +390,14 @@ def add_to_labeled_set(scene, segmentations_logic, volume_node, segmentation_nod
         if mask.shape != label.shape:
             raise InputError(f"segment '{name}' was exported on a {mask.shape[::-1]} grid instead of the volume's "
                              f"{label.shape[::-1]}")
+        outside, total = voxels_outside(segmentation_node, segment_id, volume_node)
+        if total and outside == total:
+            raise InputError(f"segment '{name}' lies wholly outside volume '{volume_node.GetName()}': was it drawn "
+                             "on another scan? Choose the volume it belongs to")
+        if outside:
+            notes.append(f"segment '{name}': {outside} of its {total} voxels ({100 * outside / total:.0f} %) lie "
+                         f"outside volume '{volume_node.GetName()}' and are not in the case: check that the "
+                         "segmentation belongs to this scan")
         if not mask.any():
             notes.append(f"segment '{name}' is empty")
         overlap += int(np.count_nonzero(mask & covered))
@@ -425,5 +481,5 @@ def _unlabeled_notes(volume_node, unlabeled_dirs: Sequence[PathLike]) -> List[st
     return []
 
 
-__all__ = ["AddedCase", "LabeledSetLayout", "add_to_labeled_set", "image_volume", "labeled_set_layout",
-           "new_case_name", "segment_label_values", "segment_mask", "set_classes"]
+__all__ = ["AddedCase", "LabeledSetLayout", "MAX_CASE_ID", "add_to_labeled_set", "image_volume", "labeled_set_layout",
+           "new_case_name", "segment_label_values", "segment_mask", "set_classes", "voxels_outside"]

@@ -194,3 +194,49 @@ def test_layouts_that_cannot_take_a_case(tmp_path):
     assert layout.channel_suffix and layout.suffix == ".nrrd"
     assert new_case_name(layout, "h33_0000") == "h33_2"
     assert new_case_name(layout, "") == "case"
+    # names every system can take: long ones shortened, Windows' reserved ones changed
+    from SemiSupSegLib.labeled_set import MAX_CASE_ID
+
+    assert new_case_name(layout, "x" * 300) == "x" * MAX_CASE_ID
+    assert new_case_name(layout, "CON") == "CON_case" and new_case_name(layout, "nul.scan") == "nul.scan_case"
+    # a labels folder that is the images folder: the image and its label would be one file
+    with pytest.raises(InputError, match="labels folder is the images folder"):
+        labeled_set_layout(loose, loose)
+
+
+def test_a_segmentation_outside_the_scan_is_refused_or_noted(headless, dataset):
+    """A segmentation drawn on another scan (here: the same labels 200 mm away) is refused; one partly outside the
+    volume (12 mm away) is added with a note counting what was cut off, instead of a silently smaller label."""
+    from semisupseg.errors import InputError
+    from semisupseg.io import read_label
+    from semisupseg.volume import Volume
+    from SemiSupSegLib.labeled_set import add_to_labeled_set
+    from SemiSupSegLib.results import show_segmentation
+
+    volume_node = headless.load_volume(HIPPO / "imagesTr" / "hippocampus_015.nii.gz")
+    labels = read_label(HIPPO / "labelsTr" / "hippocampus_015.nii.gz")
+    before = _digest(dataset)
+    for shift in (200.0, 12.0):
+        moved = Volume(labels.array, labels.spacing, (labels.origin[0] + shift, *labels.origin[1:]), labels.direction)
+        seg = show_segmentation(headless.scene, headless.logic("Segmentations"), moved,
+                                ["background", "Anterior", "Posterior"], [0, 1, 2], name=f"{shift} mm away")
+        if shift > 100:
+            with pytest.raises(InputError, match="'Anterior' lies wholly outside volume 'hippocampus_015'"):
+                add_to_labeled_set(headless.scene, headless.logic("Segmentations"), volume_node, seg, dataset)
+            assert _digest(dataset) == before
+            continue
+        added = add_to_labeled_set(headless.scene, headless.logic("Segmentations"), volume_node, seg, dataset)
+        cut = [n for n in added.notes if "lie outside volume 'hippocampus_015'" in n]
+        assert len(cut) == 2 and cut[0].startswith("segment 'Anterior': ")
+        outside = int(cut[0].split(": ")[1].split(" of")[0])
+        assert added.voxels[1] == np.count_nonzero(labels.array == 1) - outside  # what is left is what was inside
+
+
+def test_segments_named_alike_but_for_case_are_refused_in_a_new_set(headless, tmp_path):
+    from semisupseg.errors import InputError
+    from SemiSupSegLib.labeled_set import add_to_labeled_set
+
+    volume_node, seg, _ = _scan_and_segmentation(headless, class_names=("background", "Tumor", "tumor"))
+    with pytest.raises(InputError, match="'Tumor', 'tumor' of .* have the same name but for case"):
+        add_to_labeled_set(headless.scene, headless.logic("Segmentations"), volume_node, seg, tmp_path / "new set")
+    assert not (tmp_path / "new set" / "labelsTr").exists() or not any((tmp_path / "new set" / "labelsTr").iterdir())
