@@ -157,3 +157,21 @@ def test_segment_cli_errors(tmp_path, capsys):
     assert "--roi x 10..5 is empty (start must be below stop)" in err and "(z, y, x)" not in err
     assert seg.same_geometry(prob) and seg.spacing == pytest.approx((0.9, 1.1, 1.3))
     assert prob.array[:, :, :2].max() == 0 and prob.array[:, :, 10:].max() == 0  # outside the x range of the ROI
+
+
+def test_segment_never_replaces_an_input_scan_even_with_overwrite(tmp_path, capsys):
+    """``a`` and ``a_label`` segmented into their own folder: a's label map would replace the scan a_label."""
+    scans = tmp_path / "scans"
+    rng = np.random.default_rng(0)
+    for name in ("a", "a_label"):
+        write_volume(Volume(rng.normal(size=(12, 14, 10)).astype(np.float32)), scans / f"{name}.nii.gz")
+    before = (scans / "a_label.nii.gz").read_bytes()
+    model = _model_file(tmp_path, 2, (1.0, 1.0, 1.0), (16, 16, 16))
+    for extra in ([], ["--overwrite"]):
+        argv = ["segment", str(scans / "a.nii.gz"), str(scans / "a_label.nii.gz"), "--model", str(model),
+                "-o", str(scans)] + extra
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "a_label.nii.gz: the output of case 'a' would replace this input scan" in err
+        assert (scans / "a_label.nii.gz").read_bytes() == before
+        assert sorted(p.name for p in scans.iterdir()) == ["a.nii.gz", "a_label.nii.gz"]

@@ -15,7 +15,8 @@ the folder name ``<ID>``), in the input image's exact geometry, format by ``--ou
   times the training scans, voxel size or intensities far off; also printed, one line) or ``--layout whole`` fell
   back to windows.
 
-Existing outputs are never replaced without ``--overwrite`` (checked for every case before any work starts).
+Existing outputs are never replaced without ``--overwrite`` (checked for every case before any work starts), and an
+input scan never, even with it (e.g. ``a.nii.gz`` and ``a_label.nii.gz`` segmented into their own folder).
 A case that fails (an unreadable or refused image, out of memory) is reported on its own line and leaves no outputs;
 the other cases are still segmented, and the command ends with one line listing the failures and exit code 2 (with
 ``--json-progress``: a ``failed`` event per case and a final ``summary`` event). With a single input its error is
@@ -192,6 +193,12 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError("input not found", p)
     plans = [(name, group, output_paths(name, outdir, args.output_suffix, args.prob, args.sdm, args.entropy))
              for name, group in cases]
+    inputs = {p.resolve(): p for _, group in cases for p in group}
+    for name, _, outs in plans:  # even with --overwrite: it replaces earlier outputs, never the scans read
+        for p in list(outs.values()) + [warnings_path(name, outdir)]:
+            if p.resolve() in inputs:
+                raise InputError(f"the output of case '{name}' would replace this input scan: choose another output "
+                                 "folder (-o) or --output-suffix", inputs[p.resolve()])
     if not args.overwrite:
         for name, _, outs in plans:
             for p in list(outs.values()) + [warnings_path(name, outdir)]:
