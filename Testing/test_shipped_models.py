@@ -59,6 +59,35 @@ def test_hippocampus_model_on_bundled_scans_it_never_saw(tmp_path):
     assert len(dice) == 2 * len(cases) and min(dice) > 0.80 and np.mean(dice) > 0.84
 
 
+@pytest.mark.parametrize("model, image", [
+    ("hippocampus", SAMPLE / "imagesTr" / "hippocampus_011.nii.gz"),
+    ("left-atrium", next((REPO / "semisupseg" / "sample_data" / "la" / "imagesTr").glob("*.nii.gz")))])
+def test_shipped_models_segment_a_scan_stored_in_any_voxel_order_alike(tmp_path, model, image):
+    """The same scan written in other voxel orders (only the header and the array's order change) gets the same
+    labels, each in its own file's geometry: the card's training order is restored before the network sees it.
+    Before, the hippocampus model scored 0.07 Dice on its own scan stored PIR."""
+    import SimpleITK as sitk
+
+    from semisupseg.io import from_sitk, to_sitk, write_volume
+    from semisupseg.orientation import orientation_code, reorientation
+
+    scan = read_volume(image)
+    trained = read_card(MODELS / f"{model}.pt").inference["orientation"]
+    assert orientation_code(scan.direction) == trained  # the sample is stored as the training scans were
+    files = [image]
+    for code in ("PIR", "LPS" if trained != "LPS" else "RAS"):
+        files.append(write_volume(from_sitk(sitk.DICOMOrient(to_sitk(scan), code)), tmp_path / f"as_{code}.nii.gz"))
+    pred = tmp_path / "pred"
+    assert main(["segment", *map(str, files), "--model", model, "-o", str(pred)]) == 0
+    first = read_volume(pred / f"{files[0].name[:-7]}_label.nii.gz")
+    assert first.array.any()
+    for f in files[1:]:
+        other = read_volume(pred / f"{f.name[:-7]}_label.nii.gz")
+        assert other.same_geometry(read_volume(f), tol=1e-6)
+        np.testing.assert_array_equal(reorientation(scan.direction, orientation_code(other.direction)).array(
+            first.array), other.array)
+
+
 @pytest.mark.slow
 def test_hippocampus_model_on_the_shared_held_out_split(tmp_path):
     if not (SHARED_HIPPO / "imagesTr").is_dir():
@@ -112,7 +141,7 @@ def test_left_atrium_model_card_and_the_bundled_sample_scans(tmp_path):
     """Geometry and a sanity floor on the bundled 1.25 mm sample scans (in the model's labeled set: the held-out
     figures are the next tests'); the card recommends the largest-component post-processing and segment uses it."""
     card = read_card(MODELS / "left-atrium.pt")
-    assert card.class_names == ["background", "left atrium"] and card.inference == {"keep_largest": True}
+    assert card.class_names == ["background", "left atrium"] and card.inference == {"keep_largest": True, "orientation": "LPS"}
     assert card.training["test"]["keep_largest"] is True and card.training["weights_stored_as"] == "float16"
     cases = sorted(p.name[: -len(".nii.gz")] for p in (LA_SAMPLE / "imagesTr").glob("*.nii.gz"))[:2]
     pred = tmp_path / "pred"

@@ -106,8 +106,10 @@ __all__ = [
 # The model card
 # ----------------------------------------------------------------------------------------------------------------------
 
-#: the inference options a model card may recommend (``ModelCard.inference``) and their value when it does not
-INFERENCE_DEFAULTS: Dict[str, Any] = {"keep_largest": False}
+#: the inference options a model card may recommend (``ModelCard.inference``) and their value when it does not:
+#: ``keep_largest``; ``orientation``, the voxel order of the training scans (``semisupseg.orientation``; scans are
+#: brought into it before inference), ``""`` for cards that do not know it (scans are used as stored)
+INFERENCE_DEFAULTS: Dict[str, Any] = {"keep_largest": False, "orientation": ""}
 
 
 @dataclass
@@ -128,7 +130,8 @@ class ModelCard:
     * ``training``: free-form summary (data, labeled/unlabeled cases, iterations, validation Dice, seed, …);
     * ``inference``: how the model is meant to be used when the user does not say otherwise --
       ``{"keep_largest": true}`` makes :func:`semisupseg.inference.segment` keep each class's largest connected
-      component by default (keys: :data:`INFERENCE_DEFAULTS`);
+      component by default; ``{"orientation": "RAS"}``: the voxel order of the training scans, which every scan
+      is brought into before inference (keys: :data:`INFERENCE_DEFAULTS`);
     * ``package_version``, ``created`` (ISO 8601 UTC), ``format_version``;
     * ``extra``: fields of a newer minor revision this version does not know (kept, not interpreted).
     """
@@ -218,6 +221,12 @@ class ModelCard:
         for key, value in self.inference.items():  # keys a newer version added are kept, not interpreted
             if key in INFERENCE_DEFAULTS and not isinstance(value, type(INFERENCE_DEFAULTS[key])):
                 raise ValueError(f"inference {key} must be {type(INFERENCE_DEFAULTS[key]).__name__}, got {value!r}")
+        if self.inference.get("orientation"):
+            from semisupseg.orientation import orientation_problem
+
+            problem = orientation_problem(self.inference["orientation"])
+            if problem:
+                raise ValueError(f"inference orientation: {problem}")
         members = self.network.get("members")  # an ensemble: each member's width is checked the same way
         configs = [m.get("config") if isinstance(m, dict) else None for m in members] \
             if isinstance(members, list) else [self.network]

@@ -79,6 +79,10 @@ def combine_models(paths: Sequence[PathLike]) -> Tuple[nn.Module, ModelCard]:
             if a != b:
                 raise CheckpointError(f"cannot join an ensemble with {first_path.name}: its {name} is {b!r}, "
                                       f"{first_path.name}'s is {a!r} (members must preprocess alike)", path)
+    orientations = {c.inference.get("orientation") or "" for _, _, c in loaded}
+    if len(orientations) > 1:  # the members would each need the scan in another voxel order
+        raise CheckpointError("cannot join an ensemble: the members were trained on scans stored in different voxel "
+                              f"orders ({', '.join(sorted(o or 'unknown' for o in orientations))})", paths[0])
     sdm = all(bool(getattr(m.config, "sdm_head", False)) for _, m, _ in loaded)
     config = EnsembleConfig(members=[{"arch": c.arch, "config": dict(c.network)} for _, _, c in loaded],
                             in_channels=first.in_channels, num_classes=first.num_classes, sdm_head=sdm)
@@ -100,8 +104,11 @@ def combine_models(paths: Sequence[PathLike]) -> Tuple[nn.Module, ModelCard]:
     training["ensemble_of"] = len(loaded)
     training["members"] = [_member_summary(p, c) for p, _, c in loaded]
     keep_largest = all(bool(c.inference.get("keep_largest", False)) for _, _, c in loaded)
+    inference: Dict[str, Any] = {"keep_largest": True} if keep_largest else {}
+    if orientations != {""}:
+        inference["orientation"] = orientations.pop()
     card = make_card(net, method=methods.pop() if len(methods) == 1 else "ensemble", spacing_xyz=first.spacing_xyz,
                      patch_size_xyz=first.patch_size_xyz, class_names=first.class_names,
                      label_values=first.label_values, normalization=first.normalization, training=training,
-                     inference={"keep_largest": True} if keep_largest else {})
+                     inference=inference)
     return net, card

@@ -140,6 +140,11 @@ def score_volume(volume: Union[Volume, Sequence[Volume]], model, card, measures:
         vols = [volume] if isinstance(volume, Volume) else list(volume)
         if len(vols) > 1:
             image = image.with_array(np.stack([np.asarray(v.array, np.float32) for v in vols]))
+        from semisupseg.inference.segment import scan_reorientation
+
+        turn = scan_reorientation(image, card)  # the network sees the scan as segment() shows it to it
+        if turn is not None:
+            image = turn.volume(image)
         pre = PreprocessConfig(normalization=NormalizationConfig.from_dict(card.normalization),
                                spacing_xyz=tuple(card.spacing_xyz))
         on_grid = preprocess_image(image.with_array(np.asarray(image.array, np.float32)), pre)
@@ -152,7 +157,10 @@ def score_volume(volume: Union[Volume, Sequence[Volume]], model, card, measures:
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
         codes, _ = partition(model, on_grid.array, card.patch_size_zyx, dev, _model_seg_form(model, card), n)
-        back = resample_like(on_grid.with_array(codes), labels, is_label=True).array
+        back = resample_like(on_grid.with_array(codes), labels if turn is None else turn.volume(labels),
+                             is_label=True).array
+        if turn is not None:
+            back = turn.undo(back)
         scores["region_fraction"] = float(np.mean(back[region] != REGION_AGREE))
         progress(1.0, "done")
     return {"scores": scores, "labels": labels, "object_voxels": int(obj.sum()), "band_voxels": int(band.sum()),

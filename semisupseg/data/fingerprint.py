@@ -561,6 +561,13 @@ def domain_warnings(volume: Any, card: Any) -> List[str]:
     spacing = np.asarray(volume.spacing, dtype=np.float64)
     extent = np.asarray(volume.size_xyz, dtype=np.float64) * spacing
     axes = "xyz"
+    shown_extent, shown_spacing = extent, spacing  # messages: the scan's own numbers and axis names
+    target = (getattr(card, "inference", None) or {}).get("orientation")
+    if target:  # the scan is compared axis by axis as the network will see it (in its training scans' order)
+        from semisupseg.orientation import reorientation
+
+        order = list(reorientation(volume.direction, target).source)
+        spacing, extent, axes = spacing[order], extent[order], "".join("xyz"[c] for c in order)
     ref = stats.get("median_extent_mm")
     if ref:
         ref_a = np.asarray(ref, dtype=np.float64)
@@ -571,18 +578,18 @@ def domain_warnings(volume: Any, card: Any) -> List[str]:
     ratio = extent / np.maximum(ref_a, 1e-6)
     if np.any(ratio > factor):
         a = int(np.argmax(ratio))
-        out.append(f"the scan is {_fmt(extent, 0)} mm, {ratio[a]:.1f}x {what} ({_fmt(ref_a, 0)} mm) along "
+        out.append(f"the scan is {_fmt(shown_extent, 0)} mm, {ratio[a]:.1f}x {what} ({_fmt(ref_a, 0)} mm) along "
                    f"{axes[a]}: the model never saw anything this large")
     if np.any(ratio < 1.0 / factor):  # the mirror: e.g. a small crop through a model of a larger anatomy
         a = int(np.argmin(ratio))
-        out.append(f"the scan is {_fmt(extent, 0)} mm, {ratio[a]:.2f}x {what} ({_fmt(ref_a, 0)} mm) along "
+        out.append(f"the scan is {_fmt(shown_extent, 0)} mm, {ratio[a]:.2f}x {what} ({_fmt(ref_a, 0)} mm) along "
                    f"{axes[a]}: the model never saw anything this small")
     model_sp = np.asarray(card.spacing_xyz, dtype=np.float64)
     sp_ratio = spacing / model_sp
     bad = [i for i in range(3) if sp_ratio[i] > SPACING_FACTOR or sp_ratio[i] < 1.0 / SPACING_FACTOR]
     if bad:
         i = bad[0]
-        out.append(f"voxel size {_fmt(spacing)} mm is far from the model's {_fmt(model_sp)} mm "
+        out.append(f"voxel size {_fmt(shown_spacing)} mm is far from the model's {_fmt(model_sp)} mm "
                    f"({sp_ratio[i]:.2g}x along {axes[i]})")
     train_raw = stats.get("intensity") or {}
     train_z = stats.get("intensity_z") or {}

@@ -114,12 +114,15 @@ class PreprocessConfig:
     """Everything done to a case before sampling (and repeated before inference).
 
     ``normalization``; ``spacing_xyz``: target voxel size in mm (x, y, z), ``None`` keeps each case's own grid;
-    ``label_mode``: ``"nearest"`` or ``"linear_argmax"`` for label resampling.
+    ``label_mode``: ``"nearest"`` or ``"linear_argmax"`` for label resampling; ``orientation``: the voxel order
+    (:mod:`semisupseg.orientation` code) every training case is brought into when it is read (exactly, before the
+    rest), ``None`` as stored. :func:`preprocess_image` itself never reorients: inference does it around it.
     """
 
     normalization: NormalizationConfig = dataclasses.field(default_factory=NormalizationConfig)
     spacing_xyz: Optional[Tuple[float, float, float]] = None
     label_mode: str = "nearest"
+    orientation: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.normalization, dict):
@@ -137,6 +140,7 @@ class PreprocessConfig:
             "normalization": self.normalization.to_dict(),
             "spacing_xyz": None if self.spacing_xyz is None else [float(s) for s in self.spacing_xyz],
             "label_mode": self.label_mode,
+            "orientation": self.orientation,
         }
 
     @classmethod
@@ -147,6 +151,7 @@ class PreprocessConfig:
             normalization=NormalizationConfig.from_dict(d.get("normalization")),
             spacing_xyz=None if d.get("spacing_xyz") is None else tuple(d["spacing_xyz"]),
             label_mode=d.get("label_mode", "nearest"),
+            orientation=d.get("orientation"),
         )
 
 

@@ -1,11 +1,12 @@
 """Segment a whole image with a trained model: what the CLI ``segment`` command and the Slicer *Segment* button call.
 
-Pipeline (:func:`segment`): normalise the intensities as the model card says and resample (linear) to the model's
-voxel spacing (:func:`semisupseg.data.preprocess.preprocess_image`, the same function training uses) →
+Pipeline (:func:`segment`): bring the scan into the voxel order of the model's training scans (exact axis
+permutations and flips, :mod:`semisupseg.orientation`; when the card records it) → normalise the intensities as the
+model card says and resample (linear) to the model's voxel spacing (:func:`semisupseg.data.preprocess.preprocess_image`, the same function training uses) →
 sliding-window inference → resample the class probabilities (and SDM) back to the input grid (linear,
 :func:`~semisupseg.data.preprocess.resample_like`) → argmax → label values of the card → optional
-largest-component filtering. Every output is a :class:`~semisupseg.volume.Volume` with exactly the input's
-geometry (shape, spacing, origin, direction).
+largest-component filtering → the input's own voxel order again. Every output is a
+:class:`~semisupseg.volume.Volume` with exactly the input's geometry (shape, spacing, origin, direction).
 """
 from __future__ import annotations
 
@@ -240,10 +241,16 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
     from semisupseg.geometry import entropy as voxel_entropy
 
     image = _as_channels(volume, int(card.in_channels))
-    reference = Volume(np.zeros(image.shape_zyx, dtype=np.uint8), image.spacing, image.origin,
-                       image.direction.copy(), image.path)
     # checked before the preprocessing, named in the user's x y z order
     roi_in = None if options.roi is None else normalise_roi(options.roi, image.shape_zyx, "--roi", image.path)
+    output_grid = Volume(np.zeros(image.shape_zyx, dtype=np.uint8), image.spacing, image.origin,
+                         image.direction.copy(), image.path)
+    turn = scan_reorientation(image, card)  # the network sees the scan in its training scans' voxel order
+    if turn is not None:
+        image = turn.volume(image)
+        roi_in = None if roi_in is None else turn.box(roi_in, output_grid.shape_zyx)
+    reference = Volume(np.zeros(image.shape_zyx, dtype=np.uint8), image.spacing, image.origin,
+                       image.direction.copy(), image.path)
     progress(0.0, "preprocessing")
     # the same preprocessing as training: normalise on the scan's own grid, then resample linearly
     prep = PreprocessConfig(normalization=NormalizationConfig.from_dict(card.normalization),
@@ -303,11 +310,30 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
     info = dict(out["info"])
     info.update({"model_grid_zyx": list(on_grid.shape_zyx), "model_spacing_xyz": list(card.spacing_xyz),
                  "keep_largest": keep_largest, "sdm_source": sdm_source, "total_seconds": time.perf_counter() - t0})
+    if turn is not None:
+        info["reoriented"] = {"scan": turn.source_code, "model": turn.target_code}
+
+    def back(array: np.ndarray) -> Volume:  # the input's own voxel order and geometry
+        return output_grid.with_array(np.ascontiguousarray(turn.undo(array)) if turn is not None else array)
+
     progress(1.0, "done")
     return SegmentationResult(
-        labels=reference.with_array(labels),
-        probabilities=reference.with_array(p),
-        sdm=sdm_vol,
-        entropy=ent,
+        labels=back(labels),
+        probabilities=back(p),
+        sdm=None if sdm_vol is None else back(sdm_vol.array),
+        entropy=None if ent is None else back(ent.array),
         info=info,
     )
+
+
+def scan_reorientation(image: Volume, card: Any):
+    """The :class:`~semisupseg.orientation.Reorientation` bringing ``image`` into the voxel order of the model's
+    training scans (``card.inference["orientation"]``); ``None`` when the card does not know it or the scan is
+    stored that way already."""
+    target = (getattr(card, "inference", None) or {}).get("orientation")
+    if not target:
+        return None
+    from semisupseg.orientation import reorientation
+
+    turn = reorientation(image.direction, target)
+    return None if turn.identity else turn

@@ -64,6 +64,9 @@ class TrainData:
     spacing_xyz: Optional[Tuple[float, float, float]] = None
     normalization: dict = field(default_factory=lambda: {"kind": "zscore"})
     notes: List[str] = field(default_factory=list)
+    #: the voxel order of the scans as the network sees them (:mod:`semisupseg.orientation` code; the model card's
+    #: ``inference["orientation"]``), ``None`` when unknown (data given as arrays)
+    orientation: Optional[str] = None
     #: the files of each case by id (:class:`semisupseg.data.Case`) when the data was read from disk; training
     #: snapshots re-read a case from them to write overlays in its original geometry
     sources: Dict[str, Any] = field(default_factory=dict)

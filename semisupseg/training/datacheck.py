@@ -130,12 +130,15 @@ def check_train_data(cfg: DataConfig, with_unlabeled: bool = True, progress: Pro
     found). ``with_unlabeled=False``: leave the unlabeled pool out, as training does for methods that use labeled
     data only. Never raises for problems in the data (they are in the report); honours ``cancel``."""
     from semisupseg.data.cases import ClassInfo, DataProblem, read_case
-    from semisupseg.training.loading import classes_folder, resolve_cases, spacing_problem, stray_label_problems
+    from semisupseg.training.loading import (classes_folder, resolve_cases, spacing_problem, stray_label_problems,
+                                             training_orientation)
 
     problems: List[Any] = []
     try:
         ds, notes = resolve_cases(cfg, with_unlabeled, problems)
         declared = ds.classes
+        orientation_note = training_orientation(ds)[1]  # what training will do about scans stored another way
+        notes = notes + ([orientation_note] if orientation_note else [])
         todo = [("labeled", c) for c in ds.labeled] + [("unlabeled", c) for c in ds.unlabeled] + \
             [("validation", c) for c in ds.val]
     except InputError as exc:  # the set cannot be split (split file, folders): still check every file found

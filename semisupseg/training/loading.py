@@ -196,6 +196,38 @@ def stray_label_problems(counts: Dict[str, Dict[int, int]], voxels: Dict[str, in
     return out
 
 
+def training_orientation(ds) -> Tuple[Optional[str], Optional[str]]:
+    """``(order, note)``: the voxel order (:mod:`semisupseg.orientation` code) of most of the run's scans, read from
+    their headers — the model card records it and inference brings every scan into it — and, when some cases are
+    stored in another order, the note saying they are brought into it as they are read (else ``None``). Ties go to
+    the labeled cases' order. ``(None, None)`` without files (a header that cannot be read is left to the loading,
+    which names the problem)."""
+    from collections import Counter
+
+    from semisupseg.orientation import file_orientation
+
+    h5_spacing = ds.spec.h5_spacing_xyz if ds.spec is not None else (0.625, 0.625, 0.625)
+    codes: Dict[str, str] = {}
+    for case in list(ds.labeled) + list(ds.val) + list(ds.unlabeled):
+        try:
+            codes[case.case_id] = file_orientation(case.channel_paths[0], h5_spacing)
+        except (InputError, OSError):
+            continue
+    if not codes:
+        return None, None
+    counts = Counter(codes.values())
+    labeled = Counter(codes[c.case_id] for c in list(ds.labeled) + list(ds.val) if c.case_id in codes)
+    order = max(counts, key=lambda k: (counts[k], labeled[k]))
+    others = {k: n for k, n in counts.items() if k != order}
+    if not others:
+        return order, None
+    moved = ", ".join(f"{k}: {n}" for k, n in sorted(others.items(), key=lambda kv: -kv[1]))
+    examples = ", ".join(sorted(c for c, k in codes.items() if k != order)[:3])
+    return order, (f"{sum(others.values())} of {len(codes)} scans are stored in another voxel order ({moved}; e.g. "
+                   f"{examples}) than the rest ({order}): they are brought into {order} as they are read, and the "
+                   "model segments every scan that way")
+
+
 def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
                     cancel: Optional[CancelToken] = None, with_unlabeled: bool = True) -> TrainData:
     """Discover, split, read and preprocess the cases of ``cfg`` (see :class:`DataConfig` for the rules).
@@ -210,8 +242,12 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
         problems.append(DataProblem.from_error(exc))
         raise_problems(problems)
         raise
+    orientation, orientation_note = training_orientation(ds)
     pre = PreprocessConfig(normalization=dict(cfg.normalization),
-                           spacing_xyz=None if cfg.spacing is None else tuple(cfg.spacing))
+                           spacing_xyz=None if cfg.spacing is None else tuple(cfg.spacing),
+                           orientation=orientation if orientation_note else None)
+    if orientation_note:
+        notes = notes + [orientation_note]
     loaded = load_dataset(ds, pre, progress=progress, cancel=cancel, problems=problems)
 
     def conv(cases) -> List[CaseArrays]:
@@ -225,6 +261,7 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
     if problem is not None:
         raise InputError(problem)
     data.spacing_xyz = data.labeled[0].spacing_xyz
+    data.orientation = orientation
     if ds.classes is None:  # classes inferred from the values found: say which ones look like stray voxels
         lut = np.asarray(data.label_values)
         counts: Dict[str, Dict[int, int]] = {}
@@ -247,4 +284,4 @@ def load_train_data(cfg: DataConfig, progress: ProgressCallback = no_progress,
 
 
 __all__ = ["STRAY_VOXEL_FRACTION", "classes_folder", "dataset_spec", "load_train_data", "resolve_cases",
-           "spacing_problem", "stray_label_problems"]
+           "spacing_problem", "stray_label_problems", "training_orientation"]
