@@ -168,6 +168,43 @@ def test_overwrite_rules_and_no_sidecar(tmp_path):
     assert solo.exists() and not sidecar_path(solo).exists()
 
 
+def test_a_full_disk_is_one_oserror_naming_the_file_and_the_old_file_stays(tmp_path, monkeypatch):
+    """torch's zip writer turned a failed write into "RuntimeError: ... unexpected pos 558144 vs 558040"; the file
+    is now serialised first and written plainly, so a full disk is ENOSPC naming the model file, and the file it was
+    to replace is still whole."""
+    import errno
+    import io as _io
+
+    import semisupseg.checkpoint as ckpt
+
+    net = _trained_net()
+    path = save_model(tmp_path / "m.pt", net, _card(net))
+    before = path.read_bytes()
+    real_open = ckpt.atomic_open
+
+    class Full(_io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_disk(target, mode="w", overwrite=False, **kw):
+        import contextlib
+
+        @contextlib.contextmanager
+        def opened():
+            with real_open(target, mode, overwrite, **kw):
+                yield _io.BufferedWriter(Full(), buffer_size=1024)
+        return opened()
+
+    monkeypatch.setattr(ckpt, "atomic_open", full_disk)
+    with pytest.raises(OSError) as info:
+        save_model(path, net, _card(net), overwrite=True)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert path.read_bytes() == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".m.pt")]
+
+
 def test_save_rejects_inconsistent_cards(tmp_path):
     net = _trained_net()
     card = _card(net)

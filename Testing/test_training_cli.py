@@ -72,6 +72,12 @@ def test_train_refuses_bad_settings_in_one_line_before_reading_data(tmp_path, ca
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
         assert not (tmp_path / "run").exists(), argv
+    # a config file that names no method is no method either (it trained supervised for 6000 iterations)
+    no_method = tmp_path / "no_method.yaml"
+    no_method.write_text("iterations: 1\n")
+    assert main(base + ["--config", str(no_method)]) == 2
+    err = capsys.readouterr().err
+    assert "choose a method" in err and "no_method.yaml names none" in err and not (tmp_path / "run").exists()
     # the config file's own out: names the run folder
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"method: supervised\nout: {tmp_path / 'from_config'}\n")

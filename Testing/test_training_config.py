@@ -73,6 +73,24 @@ def test_validate_ranges():
         config_from_dict({"optim": {"schedule": "cosine"}}).validate()
 
 
+@pytest.mark.parametrize("override, words", [
+    ({"optim": {"grad_clip": -1.0}}, "optim.grad_clip: must be > 0"),  # a negative limit reversed the gradients
+    ({"optim": {"momentum": -1.0}}, "optim.momentum: must be in [0, 1)"),
+    ({"optim": {"weight_decay": -1e-4}}, "optim.weight_decay: must be >= 0"),
+    ({"optim": {"step_size": 0}}, "optim.step_size: must be >= 1"),
+    ({"optim": {"gamma": 0.0}}, "optim.gamma: must be > 0"),
+    ({"optim": {"nesterov": True, "momentum": 0.0}}, "optim.nesterov: needs optim.momentum > 0"),
+    ({"num_threads": -1}, "num_threads: must be >= 1"),
+    ({"val_blend": "bogus"}, "val_blend: must be one of"),  # was found at the first validation, after training
+    ({"data": {"max_unlabeled": -1}}, "data.max_unlabeled: must be >= 0"),  # dropped one case by slicing
+])
+def test_settings_that_would_crash_or_mislead_a_run_are_refused_before_it(override, words):
+    with pytest.raises(InputError) as err:
+        config_from_dict(override).validate()
+    assert words in str(err.value)
+    config_from_dict({"optim": {"grad_clip": 12.0}, "num_threads": 2}).validate()  # the sane values pass
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_save_and_reload_round_trip(tmp_path, suffix):
     cfg = TrainConfig()

@@ -53,6 +53,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as _dt
+import io
 import json
 import math
 import os
@@ -551,8 +552,15 @@ def check_weights_only(obj: Any, where: str = "payload") -> None:
 def _atomic_torch_save(payload: Any, path: Path, overwrite: bool) -> None:
     if Path(path).is_dir():
         raise CheckpointError("is a directory", path)
-    with atomic_open(path, "wb", overwrite, fsync=True) as fh:
-        torch.save(payload, fh)
+    buffer = io.BytesIO()  # serialised first: torch's zip writer reports a failed write (a full disk) as a
+    torch.save(payload, buffer)  # meaningless RuntimeError; a plain write raises OSError "No space left on device"
+    try:
+        with atomic_open(path, "wb", overwrite, fsync=True) as fh:
+            fh.write(buffer.getbuffer())
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # name the file the user knows, not a temporary one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def _sniff(path: Path) -> str:

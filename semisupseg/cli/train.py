@@ -245,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.progress import CancelToken
     from semisupseg.training import (Events, TrainConfig, Trainer, apply_overrides, load_config, load_run_config,
                                      schedule_note)
+    from semisupseg.training.config import config_keys
 
     resume = args.resume is not None
     run_dir = args.resume if isinstance(args.resume, str) else args.out
@@ -268,10 +269,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config) if args.config else TrainConfig()
     apply_overrides(cfg, explicit_overrides(args))
     apply_overrides(cfg, args.overrides)
-    if not resume and args.method is None and not args.config and not any(o.split("=", 1)[0].strip() == "method"
-                                                                           for o in args.overrides or ()):
+    if not resume and args.method is None and not any(o.split("=", 1)[0].strip() == "method"
+                                                      for o in args.overrides or ()) \
+            and not (args.config and "method" in config_keys(args.config)):
         raise InputError("choose a method: --method NAME ('semisupseg methods' lists them; 'supervised' learns from "
-                         "the labeled cases only)")
+                         "the labeled cases only)" + (f"; {args.config} names none" if args.config else ""))
     cfg.out = str(run_dir)
     cfg.validate()
     if resume:

@@ -259,6 +259,30 @@ class TrainConfig:
                 raise bad(f"overlays.{key}", f"must be >= 1, got {getattr(self.overlays, key)}")
         if not 0.0 <= self.val_overlap < 1.0:
             raise bad("val_overlap", f"must be in [0, 1), got {self.val_overlap}")
+        from semisupseg.inference.sliding_window import BLENDS
+
+        if self.val_blend not in BLENDS:  # else found at the first validation, after training ran
+            raise bad("val_blend", f"must be one of {BLENDS}, got {self.val_blend!r}")
+        o = self.optim
+        if o.grad_clip is not None and not o.grad_clip > 0:  # a negative limit reverses the gradients
+            raise bad("optim.grad_clip", f"must be > 0 (the largest gradient norm; null: no clipping), got {o.grad_clip}")
+        if not 0.0 <= o.momentum < 1.0:
+            raise bad("optim.momentum", f"must be in [0, 1), got {o.momentum}")
+        if o.nesterov and o.momentum == 0:
+            raise bad("optim.nesterov", "needs optim.momentum > 0")
+        if o.weight_decay < 0:
+            raise bad("optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+        if o.step_size < 1:
+            raise bad("optim.step_size", f"must be >= 1 (iterations between learning-rate steps), got {o.step_size}")
+        if not o.gamma > 0 or not o.poly_power > 0:
+            key, value = ("optim.gamma", o.gamma) if not o.gamma > 0 else ("optim.poly_power", o.poly_power)
+            raise bad(key, f"must be > 0, got {value}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise bad("num_threads", f"must be >= 1 (null: the default), got {self.num_threads}")
+        for key in ("num_labeled", "max_unlabeled"):
+            value = getattr(self.data, key)
+            if value is not None and value < 0:
+                raise bad(f"data.{key}", f"must be >= 0, got {value}")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -402,6 +426,11 @@ def load_config(path: Union[str, Path]) -> TrainConfig:
     return _config_from_file(path, _read_config_dict(path))
 
 
+def config_keys(path: Union[str, Path]) -> List[str]:
+    """The top-level keys a config file sets (what it leaves to the defaults is absent)."""
+    return list(_read_config_dict(path))
+
+
 def _read_config_dict(path: Union[str, Path]) -> Dict[str, Any]:
     """The mapping a config file holds (an empty file: ``{}``); one clear ``InputError`` naming the file otherwise."""
     path = Path(path)
@@ -511,5 +540,5 @@ def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "OverlayConfig", "config_from_dict",
-           "load_config", "load_run_config", "save_config", "apply_overrides", "parse_override", "schedule_note",
+           "config_keys", "load_config", "load_run_config", "save_config", "apply_overrides", "parse_override", "schedule_note",
            "set_value"]
