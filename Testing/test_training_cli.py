@@ -96,6 +96,12 @@ def test_resume_never_replaces_a_model_it_cannot_continue(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--iterations", "1"]) == 2
     assert "--iterations 1 ends before the saved state (iteration 2)" in capsys.readouterr().err
+    # the network or the cases cannot change under a resume (its state was a traceback after the data was read)
+    for change, words in ((["--set", "model.n_filters=4"], "model.n_filters (2 -> 4)"),
+                          (["--set", "data.num_labeled=3"], "data.num_labeled (None -> 3)")):
+        assert main(["train", "--resume", str(run), "--iterations", "3", *change]) == 2
+        err = capsys.readouterr().err
+        assert f"--resume cannot change {words}" in err and len(err.strip().splitlines()) == 1
     assert main(["info", str(run / "resume.pt")]) == 2
     assert "is a training run's resume state, not a model: use the run's best.pt or last.pt" in capsys.readouterr().err
     (run / "resume.pt").unlink()
@@ -119,3 +125,18 @@ def test_resuming_a_finished_run_asks_for_more_iterations(tmp_path, capsys):
     assert "the run has done its 2 iterations: give --iterations N (more than 2)" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == config
     assert main(["train", "--resume", str(run), "--iterations", "3", "--no-bar"]) == 0
+
+
+def test_a_resume_says_which_settings_change_from_the_saved_iteration_on(tmp_path, capsys):
+    from semisupseg.cli.train import _check_resume_changes
+    from semisupseg.training import TrainConfig
+
+    saved = TrainConfig().to_dict()
+    now = TrainConfig().to_dict()
+    now["batch_size"], now["optim"]["lr"], now["iterations"] = 6, 0.005, 9000
+    _check_resume_changes(saved, now, tmp_path)
+    err = capsys.readouterr().err
+    assert err.startswith("note: resuming with changed settings") and "batch_size 4 -> 6" in err
+    assert "optim.lr 0.01 -> 0.005" in err and "iterations" not in err
+    _check_resume_changes(saved, TrainConfig().to_dict(), tmp_path)
+    assert capsys.readouterr().err == ""

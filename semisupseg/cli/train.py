@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -240,6 +240,40 @@ def _undo_start(run_dir: Path, before) -> None:
             pass
 
 
+#: settings a resume cannot change: the saved state holds this network and these cases' index streams
+RESUME_FIXED = ("method", "model.", "data.split", "data.split_labeled", "data.num_labeled", "data.split_all",
+                "data.split_val", "data.validation", "data.max_unlabeled", "data.num_classes", "data.label_values",
+                "data.class_names", "data.in_channels", "data.spacing", "data.patch_size", "data.normalization")
+
+
+def _flat(settings: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key in ("model", "data", "optim", "overlays"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_resume_changes(saved: Dict[str, Any], now: Dict[str, Any], run_dir: Path) -> None:
+    """Refuse (one line) a resume that changes the network or the cases (its state could not be loaded: a traceback
+    after the data was read); say which other settings change from here on."""
+    from semisupseg.errors import InputError
+
+    before, after = _flat(saved), _flat(now)
+    changed = [(k, before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+               if k not in ("out", "iterations") and before.get(k) != after.get(k)]
+    fixed = [c for c in changed if any(c[0] == f or (f.endswith(".") and c[0].startswith(f)) for f in RESUME_FIXED)]
+    if fixed:
+        raise InputError("--resume cannot change " + ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in fixed) +
+                         ": the saved state is for the run's own network and cases; start a new run (--out) to "
+                         "train with them", run_dir)
+    if changed:
+        print("note: resuming with changed settings (from the saved iteration on): " +
+              ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed), file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from semisupseg.errors import InputError
     from semisupseg.progress import CancelToken
@@ -259,8 +293,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--resume continues the run and --overwrite starts it afresh: give one of them")
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
+    saved_settings: Dict[str, Any] = {}
     if resume and saved.exists():
         cfg = load_run_config(saved)
+        saved_settings = cfg.to_dict()
         if args.config:
             raise InputError("--config cannot change a run being resumed; use --set key=value for small changes")
     elif resume:
@@ -278,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.validate()
     if resume:
         _check_resume_iterations(run_dir, cfg.iterations)
+        _check_resume_changes(saved_settings, cfg.to_dict(), run_dir)
     from semisupseg.training.engine import check_model_options, method_class, method_params
 
     method_class(cfg.method)  # an unknown name fails here, before anything is written

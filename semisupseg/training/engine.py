@@ -560,7 +560,11 @@ class Trainer:
         if state.get("method") != self.cfg.method:
             raise CheckpointError(f"was written by method {state.get('method')!r}, the config says "
                                   f"{self.cfg.method!r}", path)
-        self.model.load_state_dict(state["model"])
+        try:  # the CLI refuses changed network or case settings first; a state of another shape ends here
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"holds a network of another shape than this run's ({str(exc).splitlines()[0]}): "
+                                  "resume with the run's own model settings", path) from None
         self.optimizer.load_state_dict(state["optimizer"])
         if self.teacher is not None:
             if state.get("teacher") is None:
@@ -573,7 +577,11 @@ class Trainer:
         self.best_iteration = state.get("best_iteration")
         self._elapsed_before = float(state.get("elapsed_s") or 0.0)
         same_world = int(state.get("world_size", 1)) == self.dist.world_size
-        self.batcher.load_state_dict(from_json_text(state["batcher"]))
+        try:
+            self.batcher.load_state_dict(from_json_text(state["batcher"]))
+        except ValueError as exc:
+            raise CheckpointError(f"was written for other cases ({exc}): resume with the run's own data settings",
+                                  path) from None
         if same_world:
             self._set_rng_state(state["rng"][self.dist.rank])
         else:  # different number of processes: the index streams continue, the RNGs are re-seeded
