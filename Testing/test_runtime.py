@@ -16,6 +16,12 @@ def test_resolve_device() -> None:
             resolve_device("cuda")
     with pytest.raises(InputError, match="unknown device"):
         resolve_device("tpu")
+    for spec in ("xla", "meta"):  # torch knows them; they were a traceback deep in training
+        with pytest.raises(InputError, match=f"device '{spec}' is not supported: use auto, cpu, cuda or cuda:N"):
+            resolve_device(spec)
+    if not torch.backends.mps.is_available():
+        with pytest.raises(InputError, match="MPS is not available"):
+            resolve_device("mps")
 
 
 def _fused_supported() -> bool:

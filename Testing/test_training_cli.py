@@ -66,6 +66,7 @@ def test_train_refuses_bad_settings_in_one_line_before_reading_data(tmp_path, ca
         (base + ["--method", "mean-teacher", "--set", "method_params.rampup_period=x"],
          "parameter rampup_period must be an integer, got 'x'"),
         (["train", "--resume", str(tmp_path / "run"), "--overwrite"], "give one of them"),
+        (base + ["--method", "supervised", "--device", "xla"], "device 'xla' is not supported"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv

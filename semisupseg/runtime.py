@@ -12,9 +12,10 @@ DeviceSpec = Union[str, torch.device]
 
 
 def resolve_device(spec: DeviceSpec = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given.
+    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given (``"mps"`` where
+    torch has Apple's GPU backend).
 
-    Raises :class:`InputError` when CUDA is asked for and not available.
+    Raises :class:`InputError` when CUDA (or MPS) is asked for and not available, and for other device types.
     """
     if isinstance(spec, torch.device):
         return spec
@@ -24,9 +25,18 @@ def resolve_device(spec: DeviceSpec = "auto") -> torch.device:
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {spec!r} requested but CUDA is not available (use --device cpu or auto)")
     try:
-        return torch.device(spec)
+        device = torch.device(spec)
     except RuntimeError as exc:
         raise InputError(f"unknown device {spec!r}: expected auto, cpu, cuda or cuda:N") from exc
+    if device.type == "mps":  # Apple GPUs: taken where torch has them, untested by this project
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError(f"device {spec!r} requested but Apple's MPS is not available here (use --device cpu "
+                             "or auto)")
+        return device
+    if device.type not in ("cpu", "cuda"):  # xla, meta, ...: torch knows them, the engine does not run on them
+        raise InputError(f"device {spec!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -320,6 +320,9 @@ def run(args: argparse.Namespace) -> int:
     method_class(cfg.method)  # an unknown name fails here, before anything is written
     method_params(cfg)  # so do its parameters
     check_model_options(cfg)  # and the network's options
+    from semisupseg.runtime import resolve_device
+
+    resolve_device(cfg.device)  # and a device this machine lacks (it was found after the data was read)
     from semisupseg.data.fingerprint import describe_plan, resolve_plan
 
     if args.print_config:
