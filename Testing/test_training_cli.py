@@ -141,3 +141,17 @@ def test_a_resume_says_which_settings_change_from_the_saved_iteration_on(tmp_pat
     assert "optim.lr 0.01 -> 0.005" in err and "iterations" not in err
     _check_resume_changes(saved, TrainConfig().to_dict(), tmp_path)
     assert capsys.readouterr().err == ""
+
+
+def test_under_torchrun_only_rank_0_speaks_for_the_run(tmp_path, capsys, monkeypatch):
+    """Every rank runs train's start-up: the plan, notes and the closing line came once per process (rank 1's own
+    'finished' line without the best Dice)."""
+    from semisupseg.cli.train import _say
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    _say("finished 10 iterations")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    _say("finished 10 iterations")
+    assert capsys.readouterr().err == "finished 10 iterations\n"

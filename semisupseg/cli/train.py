@@ -153,7 +153,7 @@ def _num_labeled_count(args: argparse.Namespace) -> int:
     probe.data.num_labeled = None
     total = len(build_dataset(dataset_spec(probe.data)).labeled)
     count = max(1, int(round(value * total)))
-    print(f"--num-labeled {text}: {count} of the {total} labeled training cases stay labeled", file=sys.stderr)
+    _say(f"--num-labeled {text}: {count} of the {total} labeled training cases stay labeled")
     return count
 
 
@@ -256,6 +256,14 @@ def _flat(settings: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _say(text: str) -> None:
+    """A line of the run's own output on stderr, from one process: rank 0 under torchrun (each rank runs this)."""
+    from semisupseg.training.distributed import env_is_main
+
+    if env_is_main():
+        print(text, file=sys.stderr)
+
+
 def _check_resume_changes(saved: Dict[str, Any], now: Dict[str, Any], run_dir: Path) -> None:
     """Refuse (one line) a resume that changes the network or the cases (its state could not be loaded: a traceback
     after the data was read); say which other settings change from here on."""
@@ -270,8 +278,8 @@ def _check_resume_changes(saved: Dict[str, Any], now: Dict[str, Any], run_dir: P
                          ": the saved state is for the run's own network and cases; start a new run (--out) to "
                          "train with them", run_dir)
     if changed:
-        print("note: resuming with changed settings (from the saved iteration on): " +
-              ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed), file=sys.stderr)
+        _say("note: resuming with changed settings (from the saved iteration on): " +
+             ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -350,10 +358,10 @@ def run(args: argparse.Namespace) -> int:
         plan = resolve_plan(cfg)
         for line in describe_plan(plan):
             if "(from the data" in line:
-                print(line, file=sys.stderr)
+                _say(line)
         note = schedule_note(cfg)
         if note:
-            print(note, file=sys.stderr)
+            _say(note)
     stream = None
     events_path = None
     if args.events == "-":
@@ -379,17 +387,15 @@ def run(args: argparse.Namespace) -> int:
             extra_file.close()
     if result.status == "cancelled":
         if result.interrupted and result.saved_iteration is None:
-            print(f"stopped at iteration {result.iteration} by a second interrupt, before any state was saved: "
-                  f"start again (semisupseg train ... --overwrite --out {run_dir})", file=sys.stderr)
+            _say(f"stopped at iteration {result.iteration} by a second interrupt, before any state was saved: "
+                 f"start again (semisupseg train ... --overwrite --out {run_dir})")
         elif result.interrupted:
-            print(f"stopped at iteration {result.iteration} by a second interrupt without saving; continue from "
-                  f"iteration {result.saved_iteration} with: semisupseg train --resume {run_dir}", file=sys.stderr)
+            _say(f"stopped at iteration {result.iteration} by a second interrupt without saving; continue from "
+                 f"iteration {result.saved_iteration} with: semisupseg train --resume {run_dir}")
         else:
-            print(f"cancelled at iteration {result.iteration}; continue with: semisupseg train --resume {run_dir}",
-                  file=sys.stderr)
+            _say(f"cancelled at iteration {result.iteration}; continue with: semisupseg train --resume {run_dir}")
         return 130
     best = f", best validation Dice {result.best_metric:.4f} at iteration {result.best_iteration}" \
         if result.best_metric is not None else ""
-    print(f"finished {result.iteration} iterations{best}; model: {result.best_path or result.last_path}",
-          file=sys.stderr)
+    _say(f"finished {result.iteration} iterations{best}; model: {result.best_path or result.last_path}")
     return 0
