@@ -281,3 +281,29 @@ def test_cases_restricts_both_sides(folders):
     assert [r.case_id for r in result.rows] == ["case_1"]
     with pytest.raises(InputError, match="no reference file for case"):
         match_cases(pred_dir, ref_dir, only=["case_0", "case_404"])
+
+
+def test_cli_scores_every_class_of_the_model_and_refuses_nothing_to_score(tmp_path, capsys):
+    """A true negative (no structure in the reference, none predicted) was dropped without a word: with the classes
+    known (--model, a dataset.json) each is scored (Dice 1, both empty, with the note); with nothing known and
+    nothing found, one line and exit 2 instead of an empty table."""
+    import json
+
+    empty = Volume(np.zeros((6, 7, 8), np.uint8))
+    pred, ref = tmp_path / "pred", tmp_path / "labelsTr"
+    sio.write_volume(empty, pred / "case_0.nii.gz")
+    sio.write_volume(empty, ref / "case_0.nii.gz")
+    out = tmp_path / "scores.csv"
+    assert cli_main(["evaluate", str(pred), str(ref), "--quiet", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to score" in err and "--labels" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert cli_main(["evaluate", str(pred), str(ref), "--quiet", "--model", "hippocampus", "-o", str(out)]) == 0
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["label"], r["dice"], r["status"]) for r in rows] == [("1", "1.0", "both_empty"),
+                                                                    ("2", "1.0", "both_empty")]
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "lesion"}}))
+    capsys.readouterr()
+    assert cli_main(["evaluate", str(pred), str(ref), "--quiet"]) == 0
+    assert "lesion" in capsys.readouterr().out

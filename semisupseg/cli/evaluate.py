@@ -79,12 +79,21 @@ def run(args: argparse.Namespace) -> int:
     # a bar on a terminal (cleared at the end), plain lines in a log
     progress = None if args.quiet else Progress("evaluate", leave=False,
                                                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+    labels = args.labels
+    if labels is None and names:  # the classes are known (--model, dataset.json): every one is scored, even a
+        labels = sorted(v for v in names if v != 0)  # class no file holds (a true negative) - not only those found
     try:
-        result = evaluate(args.pred, args.ref, args.labels, pred_suffix=args.pred_suffix, cases=args.cases,
+        result = evaluate(args.pred, args.ref, labels, pred_suffix=args.pred_suffix, cases=args.cases,
                           check_geometry=not args.no_geometry_check, progress=progress)
     finally:
         if progress is not None:
             progress.close()
+    if not result.labels:
+        from semisupseg.errors import InputError
+
+        raise InputError("no label value other than 0 in any prediction or reference, so there is nothing to score: "
+                         "name the classes with --labels L [L ...] or --model MODEL (both empty then scores Dice 1)",
+                         args.ref)
     print(result.format_summary(names))
     for note in result.label_notes():  # a label value absent from every reference: say so, the table cannot
         print(f"note: {note}", file=sys.stderr)
