@@ -39,3 +39,33 @@ def test_atomic_path_keeps_the_suffix_writers_need(tmp_path):
         assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
         tmp.write_bytes(b"data")
     assert (tmp_path / "img.nii.gz").read_bytes() == b"data"
+
+
+def test_a_place_that_cannot_be_written_is_named_as_the_user_gave_it(tmp_path, monkeypatch):
+    """The temporary file is the first thing written: its failure named '.scan_label.nii.gz._x356tnz.tmp.nii.gz'
+    (a read-only folder, a full disk). Every writer - text, volumes, PNG previews - names the output asked for; a
+    folder where a preview should go is refused as such even with --overwrite."""
+    import errno
+    import tempfile
+
+    import numpy as np
+
+    from semisupseg.io import write_volume
+    from semisupseg.preview import write_png
+    from semisupseg.volume import Volume
+
+    def refused(prefix="", suffix="", dir=None):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}x1y2z3{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    for write, target in ((lambda p: write_text_atomic("x", p), tmp_path / "notes.txt"),
+                          (lambda p: write_volume(Volume(np.zeros((2, 3, 4), np.float32)), p),
+                           tmp_path / "scan_label.nii.gz"),
+                          (lambda p: write_png(np.zeros((4, 5, 3), np.uint8), p), tmp_path / "scan.png")):
+        with pytest.raises(OSError) as info:
+            write(target)
+        assert info.value.filename == str(target) and info.value.errno == errno.EACCES
+    monkeypatch.undo()
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(InputError, match="output path is a folder"):
+        write_png(np.zeros((4, 5, 3), np.uint8), tmp_path / "folder.png", overwrite=True)

@@ -78,6 +78,20 @@ def remove_stale_temps(folder: PathLike, names: Optional[Iterable[str]] = None) 
     return removed
 
 
+def temp_beside(path: PathLike, suffix: str = "") -> Path:
+    """A new empty temporary file ``.<name>.<random>.tmp<suffix>`` in ``path``'s folder (made when missing). A
+    failure (a read-only or full place) is an ``OSError`` naming ``path``, the file the user asked for, not the
+    temporary name."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{suffix}", dir=str(path.parent))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    os.close(fd)
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
@@ -85,10 +99,7 @@ def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> It
     ``suffix`` is appended to the temporary name (writers that pick the format by suffix need the real one).
     """
     path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{suffix}", dir=str(path.parent))
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_beside(path, suffix)
     try:
         yield tmp_path
         os.chmod(tmp_path, FILE_MODE)

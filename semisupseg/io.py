@@ -40,7 +40,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from semisupseg.fileio import FILE_MODE
+from semisupseg.fileio import FILE_MODE, temp_beside
 from semisupseg.errors import InputError, OutputExistsError
 from semisupseg.volume import Volume
 
@@ -1165,12 +1165,8 @@ def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress:
         raise OutputExistsError("output exists; pass --overwrite to replace it", path)
     if path.is_dir():
         raise InputError("output path is a folder", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary name keeps the real suffix: SimpleITK picks the writer from it.
-    tmp_suffix = ".nrrd" if suffix == ".seg.nrrd" else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{tmp_suffix}", dir=str(path.parent))
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_beside(path, ".nrrd" if suffix == ".seg.nrrd" else suffix)
     extra: List[Path] = []
     if suffix == ".mhd":  # MetaImage header + .raw/.zraw data file next to it
         extra.append(tmp_path.with_suffix(".zraw" if compress else ".raw"))

@@ -23,7 +23,6 @@ one map: the probability of any foreground class (their sum) and the SDM of the 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -312,14 +311,13 @@ def write_png(rgb: np.ndarray, path: PathLike, overwrite: bool = False) -> Path:
     """Write an ``(H, W, 3)`` uint8 picture as PNG, atomically (never replacing a file unless ``overwrite``)."""
     import SimpleITK as sitk
 
+    from semisupseg.fileio import check_writable, temp_beside
+
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise InputError("the preview is written as PNG: give a file name ending in .png", p)
-    if p.exists() and not overwrite:
-        raise OutputExistsError("output exists; pass --overwrite to replace it", p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp.png", dir=str(p.parent))
-    os.close(fd)
+    check_writable(p, overwrite)  # a folder of that name too, with --overwrite
+    tmp = str(temp_beside(p, ".png"))
     try:
         sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(rgb, dtype=np.uint8), isVector=True), tmp)
         os.chmod(tmp, 0o644)

@@ -165,7 +165,8 @@ def test_full_disk_while_writing_csv_and_model_leaves_no_output(run_cli, peer_fi
     with _file_size_limit(600):
         code, _, err = run_cli("import-checkpoint", peer_file, "-o", tmp_path / "m.pt", "--layout", "uamt",
                                "--spacing", "1")
-    assert "cannot write" in _one_error_line(code, err, tmp_path / "m.pt")
+    line = _one_error_line(code, err, tmp_path / "m.pt")  # the OS's reason, as for the CSV (it was torch's
+    assert "too large" in line.lower() or "space" in line.lower()  # "unexpected pos" wrapped as "cannot write")
     assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 
 

@@ -240,10 +240,11 @@ def _undo_start(run_dir: Path, before) -> None:
             pass
 
 
-#: settings a resume cannot change: the saved state holds this network and these cases' index streams
+#: settings a resume cannot change: the saved state holds this network (its classes and input channels) and these
+#: cases' index streams. The patch, the batch and the schedule may change (what the out-of-memory advice asks for)
 RESUME_FIXED = ("method", "model.", "data.split", "data.split_labeled", "data.num_labeled", "data.split_all",
                 "data.split_val", "data.validation", "data.max_unlabeled", "data.num_classes", "data.label_values",
-                "data.class_names", "data.in_channels", "data.spacing", "data.patch_size", "data.normalization")
+                "data.class_names", "data.in_channels")
 
 
 def _flat(settings: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
