@@ -195,6 +195,15 @@ def test_rank_cli_goes_on_past_an_unreadable_scan(model_path, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[-1]] and err[-1].startswith(f"error: {truncated}: ") and "cases failed" not in err[-1]
     assert not none.exists()
+    # a constant scan: there is nothing to rank (it said "nothing to learn from", training's words)
+    import numpy as np
+
+    from semisupseg.io import write_volume
+    from semisupseg.volume import Volume
+
+    flat = write_volume(Volume(np.full((8, 9, 10), 7.0, np.float32)), tmp_path / "flat.nii.gz")
+    assert main(["rank", "--model", str(model_path), str(flat), "-o", str(none)]) == 2
+    assert capsys.readouterr().err.strip().endswith("the image is constant (every voxel is 7): nothing to rank")
 
 
 def test_order_and_spearman():

@@ -246,7 +246,7 @@ def rank_cases(cases: Sequence[Any], model, card, measure: str = DEFAULT_MEASURE
             cancel.raise_if_cancelled("ranking")
         t0 = time.perf_counter()
         try:
-            image, _ = read_case(case, with_label=False)
+            image, _ = read_case(case, with_label=False, what="rank")
             out = score_volume(image, model, card, measures, device=device, fast=fast,
                                progress=scaled(progress, i / len(cases), (i + 1) / len(cases)), cancel=cancel)
             row = CaseScore(case.case_id, str(case.channel_paths[0]), out["scores"], out["object_voxels"],

@@ -700,10 +700,10 @@ class LoadedCase:
         return LoadedCase(self.case_id, self.image, None, self.spacing_xyz, self.geometry)
 
 
-def _read_case_image(case: Case, h5_spacing: Sequence[float]) -> Volume:
+def _read_case_image(case: Case, h5_spacing: Sequence[float], what: str = "learn from") -> Volume:
     vols = [read_image_or_h5(p, h5_spacing=h5_spacing) for p in case.channel_paths]
     for v, p in zip(vols, case.channel_paths):
-        check_not_constant(v, p, "learn from")  # z-scored it would be all zeros: a case that teaches nothing
+        check_not_constant(v, p, what)  # z-scored it would be all zeros: a case that teaches (or shows) nothing
     first = vols[0]
     for v in vols[1:]:
         check_label_geometry(v, first, v.path)  # same checks apply to channels
@@ -717,14 +717,16 @@ def read_case(
     classes: Optional[ClassInfo] = None,
     with_label: bool = True,
     h5_spacing: Sequence[float] = LA_H5_SPACING,
+    what: str = "learn from",
 ) -> Tuple[Volume, Optional[Volume]]:
     """Read one case as it is on disk, with every check training makes: each image file readable (channels on one
     grid), the label (when ``with_label`` and the case has one) readable, whole-numbered, on the image's grid
     (:func:`semisupseg.io.check_label_geometry`) and, when ``classes`` is given, holding only their label values.
     Returns ``(image, label)``: the image float32 ``(Z, Y, X)`` or ``(C, Z, Y, X)``, the label with its file values
     (or ``None``). Problems raise :class:`InputError` naming the file. :func:`load_case` (training) and the data
-    check (``semisupseg check-data``) both read cases through this function."""
-    image = _read_case_image(case, h5_spacing)
+    check (``semisupseg check-data``) both read cases through this function; ``what`` the case is read for names
+    the problem of a constant image ("nothing to learn from", "nothing to rank")."""
+    image = _read_case_image(case, h5_spacing, what)
     label_vol: Optional[Volume] = None
     if with_label and case.label_path is not None:
         label_vol = read_label_or_h5(case.label_path, image,
