@@ -539,3 +539,28 @@ def test_keep_largest_follows_the_card_unless_the_user_says():
     assert fg(plain, None) == (1008, False)
     assert fg(recommends, None) == (1000, True)
     assert fg(recommends, False) == (1008, False) and fg(plain, True) == (1000, True)
+
+
+def test_a_scan_too_large_on_the_model_grid_is_refused_before_resampling(monkeypatch):
+    """40^3 voxels of 10 mm for a 1 mm model is 400^3 on the model grid: refused up front with the sizes and the
+    likely cause (it was an out-of-memory error advising a smaller --batch-size, after minutes of resampling)."""
+    import semisupseg.io as sio
+    from semisupseg.checkpoint import make_card
+    from semisupseg.errors import OutOfMemoryError
+    from semisupseg.inference import segment
+    from semisupseg.inference.segment import model_grid_memory_problem
+    from semisupseg.nets import VNet, VNetConfig
+
+    net = VNet(VNetConfig(num_classes=3, n_filters=2)).eval()
+    card = make_card(net, method="supervised", spacing_xyz=(1.0, 1.0, 1.0), patch_size_xyz=(32, 32, 32))
+    coarse = Volume(np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32), (10.0, 10.0, 10.0),
+                    path="coarse.nii.gz")
+    monkeypatch.setattr(sio, "available_memory", lambda: 1_000_000_000)
+    with pytest.raises(OutOfMemoryError) as info:
+        segment(coarse, net, card)
+    text = str(info.value)
+    assert text.startswith("coarse.nii.gz: resampled to the model's voxel size (1 x 1 x 1 mm)")
+    assert "40 x 40 x 40 voxels of 10 x 10 x 10 mm) becomes 400 x 400 x 400 voxels" in text
+    assert "Check the voxel size in its header" in text and "batch-size" not in text
+    small = Volume(coarse.array[:4, :4, :4].copy(), (10.0, 10.0, 10.0))
+    assert model_grid_memory_problem(small, card) is None  # 40^3 on the model grid fits

@@ -251,6 +251,9 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
         roi_in = None if roi_in is None else turn.box(roi_in, output_grid.shape_zyx)
     reference = Volume(np.zeros(image.shape_zyx, dtype=np.uint8), image.spacing, image.origin,
                        image.direction.copy(), image.path)
+    problem = model_grid_memory_problem(image, card)
+    if problem:  # before the resampling allocates it (it was an out-of-memory error blaming the window batch)
+        raise OutOfMemoryError(f"{image.path}: {problem}" if image.path else problem)
     progress(0.0, "preprocessing")
     # the same preprocessing as training: normalise on the scan's own grid, then resample linearly
     prep = PreprocessConfig(normalization=NormalizationConfig.from_dict(card.normalization),
@@ -324,6 +327,30 @@ def _segment(volume, model, card, options: SegmentOptions, progress, cancel) -> 
         entropy=None if ent is None else back(ent.array),
         info=info,
     )
+
+
+#: float32 maps the model grid holds at once while segmenting, besides the class maps: the resampled scan, its
+#: padded copy and the window weights (the class maps: probabilities, their sum, the SDM)
+_GRID_MAPS = 3
+
+
+def model_grid_memory_problem(image: Volume, card: Any, available: Optional[int] = None) -> Optional[str]:
+    """Why ``image`` cannot be segmented in this process's memory once resampled to the model's voxel size (e.g. a
+    100 mm "voxel" of a wrong header, or a large coarse scan for a fine model), ``None`` when it fits or the memory is
+    unknown. ``available``: bytes that may be allocated (default :func:`semisupseg.io.available_memory`)."""
+    from semisupseg.io import _fmt_bytes, available_memory
+
+    grid = [max(1, int(round(n * s / t))) for n, s, t in zip(image.size_xyz, image.spacing, card.spacing_xyz)]
+    channels = _GRID_MAPS + 2 * int(card.num_classes) + max(int(card.num_classes) - 1, 0)
+    needed = int(np.prod(grid, dtype=np.float64)) * 4 * channels
+    limit = available_memory() if available is None else available
+    if limit is None or needed <= limit:
+        return None
+    return (f"resampled to the model's voxel size ({' x '.join(f'{v:g}' for v in card.spacing_xyz)} mm), the scan "
+            f"({' x '.join(map(str, image.size_xyz))} voxels of {' x '.join(f'{v:g}' for v in image.spacing)} mm) "
+            f"becomes {' x '.join(map(str, grid))} voxels: segmenting it needs about {_fmt_bytes(needed)} of memory, "
+            f"more than the {_fmt_bytes(limit)} available. Check the voxel size in its header, or crop the scan to "
+            "the region to segment first")
 
 
 def scan_reorientation(image: Volume, card: Any):
