@@ -155,3 +155,15 @@ def test_under_torchrun_only_rank_0_speaks_for_the_run(tmp_path, capsys, monkeyp
     monkeypatch.setenv("RANK", "0")
     _say("finished 10 iterations")
     assert capsys.readouterr().err == "finished 10 iterations\n"
+
+
+def test_the_run_remembers_its_data_folders_absolutely_for_a_resume_from_anywhere(tmp_path, monkeypatch, capsys):
+    """data.labeled typed relative was saved relative: a resume from another working folder (Slicer, a scheduler)
+    then found no data."""
+    import shutil
+
+    shutil.copytree(_sample(), tmp_path / "data" / "hip")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--method", "supervised", "--labeled", "data/hip", "--out", "run", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert printed["labeled"] == str(tmp_path / "data" / "hip")

@@ -257,6 +257,18 @@ def _flat(settings: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _absolute_data_paths(cfg) -> None:
+    """The data folders and split file of ``cfg`` as absolute paths (relative ones are taken from the working folder,
+    as when training starts): a relative path saved in the run's config failed a resume from another folder."""
+    d = cfg.data
+
+    def absolute(p):
+        return None if p is None else str(Path(p).expanduser().absolute())
+
+    d.labeled, d.labels, d.split = absolute(d.labeled), absolute(d.labels), absolute(d.split)
+    d.unlabeled = [absolute(u) for u in d.unlabeled]
+
+
 def _say(text: str) -> None:
     """A line of the run's own output on stderr, from one process: rank 0 under torchrun (each rank runs this)."""
     from semisupseg.training.distributed import env_is_main
@@ -320,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("choose a method: --method NAME ('semisupseg methods' lists them; 'supervised' learns from "
                          "the labeled cases only)" + (f"; {args.config} names none" if args.config else ""))
     cfg.out = str(run_dir)
+    if not resume:  # the run's config.yaml is what --resume reads, maybe from another folder (Slicer, a scheduler)
+        _absolute_data_paths(cfg)
     cfg.validate()
     if resume:
         _check_resume_iterations(run_dir, cfg.iterations)
