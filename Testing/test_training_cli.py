@@ -167,3 +167,21 @@ def test_the_run_remembers_its_data_folders_absolutely_for_a_resume_from_anywher
     assert main(["train", "--method", "supervised", "--labeled", "data/hip", "--out", "run", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)["data"]
     assert printed["labeled"] == str(tmp_path / "data" / "hip")
+
+
+def test_validation_typed_on_the_command_line_replaces_the_split_files_list(tmp_path):
+    """The bundled set's splits.json has a 'val' list: --validation 0 still validated its 2 cases, silently."""
+    import argparse
+
+    from semisupseg.cli.train import explicit_overrides, register
+    from semisupseg.training import TrainConfig, apply_overrides
+    from semisupseg.training.loading import resolve_cases
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    for typed, expected in (([], 2), (["--validation", "0"], 0), (["--validation", "1"], 1)):
+        args = parser.parse_args(["train", "--labeled", _sample(), "--split-labeled", "labeled_2", *typed])
+        cfg = TrainConfig()
+        apply_overrides(cfg, explicit_overrides(args))
+        ds, notes = resolve_cases(cfg.data)
+        assert len(ds.val) == expected, (typed, notes)

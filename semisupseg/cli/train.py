@@ -78,7 +78,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="use only the first N training cases as labeled and the others as unlabeled (the papers' "
                         "protocol on a fully labeled dataset); a fraction such as 0.2 takes that share of them")
     p.add_argument("--validation", metavar="N|ID,ID", help="held-out validation cases: a number or a comma list "
-                                                            "of case ids (0: no validation)")
+                                                            "of case ids (0: no validation); it replaces a split "
+                                                            "file's own validation list")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key (repeatable), e.g. --set optim.lr=0.005")
@@ -114,6 +115,7 @@ def explicit_overrides(args: argparse.Namespace) -> List[str]:
     if args.validation is not None:
         v = args.validation.strip()
         add("data.validation", int(v) if v.isdigit() else [s.strip() for s in v.split(",") if s.strip()])
+        add("data.split_val", None)  # typed on the command line, it wins over a split file's validation list
     for key, name in (("iterations", "iterations"), ("batch_size", "batch_size"),
                       ("labeled_batch_size", "labeled_batch_size"), ("device", "device"), ("seed", "seed"),
                       ("amp", "amp")):
