@@ -307,3 +307,25 @@ def test_cli_scores_every_class_of_the_model_and_refuses_nothing_to_score(tmp_pa
     capsys.readouterr()
     assert cli_main(["evaluate", str(pred), str(ref), "--quiet"]) == 0
     assert "lesion" in capsys.readouterr().out
+
+
+def test_a_prediction_stored_in_another_voxel_order_is_compared_where_it_is(tmp_path, capsys):
+    """The same label written LPS by one tool and PIR by another: Dice 1, not an origin error (and not Dice 0 with
+    --no-geometry-check, voxel index against voxel index). A grid that differs otherwise still says so, orders named."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(3)
+    ref = Volume(_labels(rng), (0.8, 1.1, 2.0), (5.0, -3.0, 7.5))
+    sio.write_volume(ref, tmp_path / "ref" / "case.nii.gz")
+    turned = sio.from_sitk(sitk.DICOMOrient(sio.to_sitk(ref), "PIR"))
+    sio.write_volume(turned, tmp_path / "pred" / "case.nii.gz")
+    result = evaluate(tmp_path / "pred", tmp_path / "ref")
+    assert result.rows and all(r.metrics.dice == 1.0 for r in result.rows)
+    moved = Volume(turned.array, turned.spacing, (turned.origin[0] + 5.0, *turned.origin[1:]), turned.direction)
+    sio.write_volume(moved, tmp_path / "pred" / "case.nii.gz", overwrite=True)
+    with pytest.raises(InputError, match=r"prediction origin \(10\.0, .* differs from reference case.nii.gz origin"):
+        evaluate(tmp_path / "pred", tmp_path / "ref")
+    oblique = Volume(ref.array, ref.spacing, ref.origin, np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    sio.write_volume(oblique, tmp_path / "pred" / "case.nii.gz", overwrite=True)  # same array, turned 90 degrees
+    with pytest.raises(InputError, match=r"direction differs from reference case.nii.gz \(voxel order "):
+        evaluate(tmp_path / "pred", tmp_path / "ref")

@@ -14,7 +14,8 @@ Rules (each a clear :class:`~semisupseg.errors.InputError` naming the file):
 * every prediction must have a reference of the same name; references without a prediction are not evaluated but
   listed in :attr:`EvaluationResult.missing_predictions` (and printed by the CLI), never silently dropped;
 * a prediction whose size, spacing, origin or direction differs from its reference is an error
-  (``check_geometry=False`` compares only the array shape);
+  (``check_geometry=False`` compares only the array shape); the same grid stored in another voxel order (``LPS``
+  against ``RAS``, an exact axis permutation/flip) is brought into the reference's order first;
 * ``labels=None`` evaluates every non-zero value found in any reference or prediction; a case where a label is
   absent from both files gets a ``both_empty`` row, exactly as if the labels had been listed.
 """
@@ -238,7 +239,23 @@ def _check_pred_geometry(pred: Volume, ref: Volume, pred_path: Path, ref_path: P
         raise InputError(f"prediction origin {tuple(round(o, 4) for o in pred.origin)} mm differs from reference "
                          f"{ref_path.name} origin {tuple(round(o, 4) for o in ref.origin)} mm", pred_path)
     if not np.allclose(pred.direction, ref.direction, rtol=0, atol=tol):
-        raise InputError(f"prediction direction differs from reference {ref_path.name}", pred_path)
+        from semisupseg.orientation import orientation_code
+
+        raise InputError(f"prediction direction differs from reference {ref_path.name} (voxel order "
+                         f"{orientation_code(pred.direction)} against {orientation_code(ref.direction)})", pred_path)
+
+
+def _in_reference_order(pred: Volume, ref: Volume, tol: float = 1e-3) -> Volume:
+    """``pred`` in ``ref``'s voxel order when it is stored another way and so has ``ref``'s size (e.g. written
+    ``LPS`` by one tool, ``RAS`` by another: an exact axis permutation/flip); else ``pred`` as it is. The geometry
+    check that follows says whether it is then the reference's grid."""
+    from semisupseg.orientation import orientation_code, reorientation
+
+    target = orientation_code(ref.direction)
+    if pred.array.ndim != 3 or orientation_code(pred.direction) == target:
+        return pred
+    turned = reorientation(pred.direction, target).volume(pred)
+    return turned if turned.shape_zyx == ref.shape_zyx else pred  # then checked as any prediction
 
 
 def evaluate(
@@ -279,6 +296,8 @@ def evaluate(
             cancel.raise_if_cancelled("evaluation")
         ref_vol = sio.read_label_or_h5(case.ref_path)
         pred_vol = sio.read_label_or_h5(case.pred_path)
+        if check_geometry:  # the same grid stored in another voxel order is compared voxel by voxel as it is
+            pred_vol = _in_reference_order(pred_vol, ref_vol)
         _check_pred_geometry(pred_vol, ref_vol, case.pred_path, case.ref_path, check_geometry)
         present = set(int(v) for v in np.unique(ref_vol.array)) | set(int(v) for v in np.unique(pred_vol.array))
         present.discard(0)
