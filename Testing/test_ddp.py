@@ -71,6 +71,18 @@ def test_two_gloo_processes_match_single_process(tmp_path):
          "--master_port", str(_free_port()), "-m", "semisupseg", "train", "--no-bar", "--config", str(cfg),
          "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=240)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stderr.count("finished 6 iterations") == 1  # rank 0 speaks for the run, not every process
+    # rank 0 refuses to start (the folder holds a run): rank 1, waiting to join, ends with it at torchrun's SIGTERM
+    # (it sat 30 s until torchrun's SIGKILL)
+    import time
+
+    t0 = time.monotonic()
+    refused = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "semisupseg", "train", "--no-bar", "--config", str(cfg),
+         "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=240)
+    assert refused.returncode != 0 and "holds a run; use --resume" in refused.stderr
+    assert time.monotonic() - t0 < 25 and "forcefully exiting via 9" not in refused.stderr, refused.stderr[-2000:]
     from semisupseg.cli import main
 
     assert main(["train", "--no-bar", "--config", str(cfg), "--out", str(tmp_path / "single")]) == 0

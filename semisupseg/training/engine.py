@@ -262,7 +262,15 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.cfg
         device = runtime.resolve_device(cfg.device)
-        self.dist = dist_utils.init_distributed(device)
+        # joining blocks inside C++ until every rank has come (Python handlers never run there): if one rank refused
+        # to start, torchrun's SIGTERM must end this process at once, as the default action does
+        plain_term = dist_utils.env_world_size() > 1 and threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if plain_term else None
+        try:
+            self.dist = dist_utils.init_distributed(device)
+        finally:
+            if plain_term:
+                signal.signal(signal.SIGTERM, previous)
         self.device = dist_utils.local_device(device, self.dist)
         if not self.dist.is_main:
             self.events.enabled = False
