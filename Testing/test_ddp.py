@@ -139,3 +139,39 @@ def test_collectives_average_method_owned_gradients(tmp_path):
         assert np.allclose(r["bias_grad"], 0.5)              # (1 + 0) / 2
         assert r["flag"] is True and r["gathered"] == [{"r": 0}, {"r": 1}] and r["broadcast"] == "from0"
         assert r["mean"] == 0.5
+
+
+@pytest.mark.slow
+def test_a_failing_rank_is_the_cause_the_run_records(tmp_path):
+    """Rank 1 meets a bad file at iteration 3: rank 0 (which writes the run's events and heartbeat) only saw
+    'Connection closed by peer'; it now records and reports rank 1's own error."""
+    data = _dataset(tmp_path / "data")
+    wrapper = tmp_path / "fail_on_rank1.py"
+    wrapper.write_text(
+        "import os, sys\n"
+        "from semisupseg.training import engine\n"
+        "from semisupseg.errors import InputError\n"
+        "step = engine.Trainer._train_step\n"
+        "def failing(self):\n"
+        "    if os.environ.get('RANK') == '1' and self.iteration == 3:\n"
+        "        raise InputError('cannot read image: truncated file', '/data/x.nii.gz')\n"
+        "    return step(self)\n"
+        "engine.Trainer._train_step = failing\n"
+        "from semisupseg.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), str(wrapper), "train", "--no-bar", "--method", "supervised",
+         "--labeled", str(data), "--validation", "1", "--patch-size", "16", "16", "16", "--batch-size", "4",
+         "--labeled-batch-size", "4", "--device", "cpu", "--set", "model.n_filters=2", "--set", "amp=off",
+         "--iterations", "50", "--out", str(run)], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode != 0 and (run / "events.jsonl").exists(), r.stderr[-3000:]
+    failed = [e for e in read_events(run / "events.jsonl") if e["event"] == "failed"]
+    assert failed and failed[-1]["message"] == ("PeerFailed: another process of the run failed: rank 1: "
+                                                "/data/x.nii.gz: cannot read image: truncated file")
+    assert json.loads((run / "heartbeat.json").read_text())["status"] == "failed"
+    assert "error: another process of the run failed: rank 1: /data/x.nii.gz" in r.stderr
+    assert not list(run.glob(".failed_rank*"))

@@ -185,3 +185,22 @@ def test_validation_typed_on_the_command_line_replaces_the_split_files_list(tmp_
         apply_overrides(cfg, explicit_overrides(args))
         ds, notes = resolve_cases(cfg.data)
         assert len(ds.val) == expected, (typed, notes)
+
+
+def test_a_failure_after_training_started_keeps_the_run_folder(tmp_path):
+    """A refused start leaves no half-made run; a run that had started keeps its events (its failure's record),
+    which the clean-up removed with the rest when the error was an InputError raised mid-run."""
+    import json
+
+    from semisupseg.cli.train import _undo_start
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "heartbeat.json").write_text("{}")
+    (run / "events.jsonl").write_text(json.dumps({"event": "started", "iteration": 0}) + "\n" +
+                                      json.dumps({"event": "failed", "message": "InputError: ..."}) + "\n")
+    _undo_start(run, None)
+    assert sorted(p.name for p in run.iterdir()) == ["events.jsonl", "heartbeat.json"]
+    (run / "events.jsonl").write_text(json.dumps({"event": "failed", "message": "bad data"}) + "\n")
+    _undo_start(run, None)
+    assert not run.exists()

@@ -55,6 +55,11 @@ def case_error_line(exc: BaseException, path: Union[str, Path]) -> str:
     return line if isinstance(exc, SemiSupSegError) else f"{path}: {type(exc).__name__}: {line}"
 
 
+class PeerFailed(SemiSupSegError):
+    """Another process of a distributed run failed first; the message is its error (its rank and one line), which
+    the process that reports the run would otherwise only know as a closed connection."""
+
+
 class OutOfMemoryError(SemiSupSegError):
     """Training or inference ran out of memory (CPU RAM or GPU). The message names the options that lower the
     memory needed (patch, batch, window) and, for training, which saved state a ``--resume`` continues from."""

@@ -221,10 +221,17 @@ def _folder_state(folder: Path):
 
 def _undo_start(run_dir: Path, before) -> None:
     """Remove what a refused start of training created in ``run_dir`` (the heartbeat, the first events...), so that
-    bad data leaves no half-made run behind; never when a model file was written (work is kept, whatever happens)."""
+    bad data leaves no half-made run behind; never when a model file was written (work is kept, whatever happens) or
+    training had started (its events record how it ended)."""
     import shutil
 
     if not run_dir.is_dir() or any(run_dir.rglob("*.pt")):
+        return
+    events = run_dir / "events.jsonl"
+    try:  # training had begun: the events and the folder are the record of its failure
+        if events.is_file() and '"event": "started"' in events.read_text(encoding="utf-8", errors="replace"):
+            return
+    except OSError:
         return
     new = [p for p in run_dir.iterdir() if before is None or p.name not in before]
     for p in new:
@@ -396,7 +403,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = Trainer(cfg, events=events, cancel=cancel, resume=resume, overwrite=args.overwrite).run()
     except InputError:  # refused (bad data): what this start wrote into the run folder is no output, remove it
-        if not resume:
+        if not resume and env_is_main():  # the folder is rank 0's: another rank's error must not empty it
             _undo_start(run_dir, before)
         raise
     finally:

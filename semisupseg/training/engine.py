@@ -39,8 +39,9 @@ from torch import nn
 
 from semisupseg import runtime
 from semisupseg.checkpoint import RESUME_FORMAT
-from semisupseg.errors import (Cancelled, CheckpointError, InputError, OutOfMemoryError, OutputExistsError,
-                               is_out_of_memory, out_of_memory_detail)
+from semisupseg.errors import (Cancelled, CheckpointError, InputError, OutOfMemoryError, OutputExistsError, PeerFailed,
+                               SemiSupSegError, is_out_of_memory, out_of_memory_detail)
+from semisupseg.fileio import write_text_atomic
 from semisupseg.methods import Batch, Method, StepContext, get_method
 from semisupseg.progress import CancelToken, ProgressCallback
 from semisupseg.schedules import poly_lr, step_decay_lr
@@ -691,8 +692,6 @@ class Trainer:
                 save_config(cfg, self.run_dir / "config.yaml")
                 import json
 
-                from semisupseg.fileio import write_text_atomic
-
                 write_text_atomic(json.dumps(self.data.summary(), indent=1), self.run_dir / "data.json",
                                   overwrite=True)
             common = dict(iteration=self.iteration, max_iterations=cfg.iterations, method=cfg.method,
@@ -792,11 +791,46 @@ class Trainer:
             self._leave_process_group()
             return self._interrupted_result()
         oom = self._out_of_memory(exc)
-        self._fail(oom or exc)
+        if self.dist.distributed and not self.dist.is_main:  # rank 0 reports the run: hand it this cause first
+            self._hand_failure_to_rank0(oom or exc)
+        peer = self._peer_failure() if self.dist.distributed and self.dist.is_main else None
+        self._fail(peer or oom or exc)
         self._leave_process_group()
+        if peer is not None:
+            raise peer from exc
         if oom is not None:
             raise oom from exc
         raise exc
+
+    #: a failing non-zero rank's error for rank 0 (which only sees the connection close): ``.failed_rank<N>.txt``
+    PEER_FAILURE_GLOB = ".failed_rank*.txt"
+
+    def _hand_failure_to_rank0(self, exc: BaseException) -> None:
+        line = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, SemiSupSegError):
+            line = f"{type(exc).__name__}: {line}"
+        try:  # written before this process leaves the group, i.e. before rank 0 sees the connection close
+            write_text_atomic(line + "\n", self.run_dir / f".failed_rank{self.dist.rank}.txt", overwrite=True)
+        except OSError:
+            pass
+
+    def _peer_failure(self, wait_s: float = 2.0) -> Optional[PeerFailed]:
+        """The error another rank handed over (:meth:`_hand_failure_to_rank0`), waiting ``wait_s`` for it; the
+        files are removed once read."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            files = sorted(self.run_dir.glob(self.PEER_FAILURE_GLOB))
+            if files or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        lines = []
+        for f in files:
+            try:
+                lines.append(f"rank {f.name[len('.failed_rank'):-len('.txt')]}: {f.read_text().strip()}")
+                f.unlink()
+            except OSError:
+                continue
+        return PeerFailed("another process of the run failed: " + "; ".join(lines)) if lines else None
 
     def _save_on_cancel(self) -> None:
         """On cancellation: keep what was trained (``last`` model + resume state), no validation (be quick). Further
@@ -857,7 +891,7 @@ class Trainer:
 
     def _fail(self, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, (InputError, CheckpointError, FloatingPointError, OutOfMemoryError)):
+        if not isinstance(exc, (InputError, CheckpointError, FloatingPointError, OutOfMemoryError, PeerFailed)):
             message += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
         try:
             self.events.emit("failed", iteration=self.iteration, max_iterations=self.cfg.iterations,
