@@ -567,9 +567,9 @@ def test_import_errors(peer_fixtures, tmp_path, capsys):
     ours = save_model(tmp_path / "ours.pt", net, _card(net))
     with pytest.raises(CheckpointError, match="no import needed"):
         import_peer_checkpoint(ours, "uamt", (1, 1, 1))
-    # --spacing is required
-    with pytest.raises(SystemExit):
-        cli_main(["import-checkpoint", str(sass), "-o", str(out), "--layout", "sassnet"])
+    # --spacing is required (without a card beside the weights)
+    assert cli_main(["import-checkpoint", str(sass), "-o", str(out), "--layout", "sassnet"]) == 2
+    assert "--spacing MM is needed" in capsys.readouterr().err
     assert cli_main(["import-checkpoint", str(sass), "-o", str(out), "--layout", "sassnet", "--spacing", "1", "2"]) == 2
     assert "one or three" in capsys.readouterr().err
     assert not out.exists()

@@ -68,3 +68,28 @@ def test_export_a_user_model_a_run_and_a_run_folder(tmp_path, home, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(line), (model, err)
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_an_export_imports_back_whole_with_the_card_beside_it(tmp_path, home, capsys):
+    """import-checkpoint ignored the card export-checkpoint writes beside the weights: without --spacing it refused,
+    and the window fell back to 112 x 112 x 80 (other labels); with the card read, the round trip gives the model
+    back - spacing, window, classes, normalisation and inference settings - and options still win over it."""
+    from semisupseg.checkpoint import read_card
+
+    peer = tmp_path / "la.pth"
+    assert main(["export-checkpoint", "left-atrium", "-o", str(peer), "--layout", "uamt"]) == 0
+    back = tmp_path / "back" / "la.pt"
+    assert main(["import-checkpoint", str(peer), "-o", str(back), "--layout", "uamt"]) == 0
+    assert "come from la.json beside the weights" in capsys.readouterr().err
+    original, card = read_card(resolve_model("left-atrium")), read_card(back)
+    for field in ("spacing_xyz", "patch_size_xyz", "class_names", "label_values", "normalization", "inference",
+                  "network"):
+        assert getattr(card, field) == getattr(original, field), field
+    again = tmp_path / "again.pt"
+    assert main(["import-checkpoint", str(peer), "-o", str(again), "--layout", "uamt", "--patch-size", "32", "32",
+                 "32"]) == 0
+    assert read_card(again).patch_size_xyz == (32, 32, 32)
+    # no card beside: the spacing must be said
+    peer.with_suffix(".json").unlink()
+    assert main(["import-checkpoint", str(peer), "-o", str(tmp_path / "bare.pt"), "--layout", "uamt"]) == 2
+    assert "--spacing MM is needed" in capsys.readouterr().err
