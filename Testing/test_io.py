@@ -489,3 +489,18 @@ def test_suffix_helpers():
     assert io.strip_suffix("seg.seg.nrrd") == "seg"
     assert io.strip_suffix("hippocampus_003_0000.nii.gz") == "hippocampus_003_0000"
     assert io.volume_suffix("x.png") == ""
+
+
+def test_a_header_whose_data_file_is_missing_names_it(tmp_path):
+    """A .mhd without its .raw said 'corrupt, truncated or not an image: Reason: No such file or directory'."""
+    import numpy as np
+
+    from semisupseg.errors import InputError
+    from semisupseg.io import read_volume, write_volume
+    from semisupseg.volume import Volume
+
+    header = write_volume(Volume(np.zeros((3, 4, 5), np.float32)), tmp_path / "scan.mhd")
+    data = next(p for p in tmp_path.iterdir() if p.suffix in (".raw", ".zraw"))
+    data.unlink()
+    with pytest.raises(InputError, match=rf"keeps its voxels in '{data.name}', which is not beside it"):
+        read_volume(header)

@@ -597,6 +597,11 @@ def _check_text_header(path: Path) -> None:
             if sizes and len(sizes) != int(n[0]):
                 raise InputError(f"corrupt {fmt} header: {key} = {int(n[0])} but {len(sizes)} sizes are given",
                                  path)
+    detached = h.get("elementdatafile", h.get("data file", h.get("datafile", ""))).strip()
+    if detached and detached.upper() not in ("LOCAL", "LIST") and not detached.upper().startswith("LIST") \
+            and "%" not in detached and " " not in detached and not (path.parent / detached).is_file():
+        raise InputError(f"the header keeps its voxels in '{detached}', which is not beside it: copy the data file "
+                         "next to the header (or choose the file that holds both)", path)
     if "dimsize" in h:  # MetaImage
         size = _numbers(h["dimsize"])
         spacing = _numbers(h.get("elementspacing", h.get("elementsize", "")))
