@@ -564,3 +564,22 @@ def test_a_scan_too_large_on_the_model_grid_is_refused_before_resampling(monkeyp
     assert "Check the voxel size in its header" in text and "batch-size" not in text
     small = Volume(coarse.array[:4, :4, :4].copy(), (10.0, 10.0, 10.0))
     assert model_grid_memory_problem(small, card) is None  # 40^3 on the model grid fits
+
+
+def test_exotic_arrays_given_through_the_python_api_get_their_own_message():
+    """Complex voxels were cast silently (imaginary part dropped), finite float64 values beyond float32 were called
+    'NaN or infinite', and a singular direction matrix was accepted."""
+    from semisupseg.checkpoint import make_card
+    from semisupseg.errors import InputError
+    from semisupseg.inference import segment
+    from semisupseg.nets import VNet, VNetConfig
+
+    with pytest.raises(InputError, match="complex numbers"):
+        Volume(np.ones((4, 5, 6), np.complex64))
+    with pytest.raises(InputError, match="direction is singular"):
+        Volume(np.ones((4, 5, 6), np.float32), direction=[[1, 0, 0], [1, 0, 0], [0, 0, 1]])
+    net = VNet(VNetConfig(num_classes=2, n_filters=2)).eval()
+    card = make_card(net, method="supervised", spacing_xyz=(1.0, 1.0, 1.0), patch_size_xyz=(16, 16, 16))
+    huge = np.random.default_rng(0).normal(size=(8, 9, 10)) * 1e39
+    with pytest.raises(InputError, match="exceed the float32 range"):
+        segment(Volume(huge), net, card)

@@ -47,6 +47,12 @@ class Volume:
             raise InputError(f"origin must be finite, got {self.origin}", self.path)
         if not np.all(np.isfinite(self.direction)):
             raise InputError(f"direction must be finite, got {self.direction.tolist()}", self.path)
+        if abs(np.linalg.det(self.direction)) < 1e-6:  # two index axes along one line: no voxel has a place
+            raise InputError(f"direction is singular (its columns are not independent): {self.direction.tolist()}",
+                             self.path)
+        if np.iscomplexobj(self.array):  # a cast would drop the imaginary part without a word
+            raise InputError(f"the voxels are complex numbers ({self.array.dtype}): take the magnitude or the real "
+                             "part first", self.path)
 
     @property
     def shape_zyx(self) -> Tuple[int, int, int]:

@@ -165,6 +165,9 @@ def _as_channels(volume: Union[Volume, Sequence[Volume]], in_channels: int) -> V
         if not v.same_geometry(ref):
             raise InputError(f"input channels must share one geometry; {v.path or 'a channel'} differs from "
                              f"{ref.path or 'the first'}", v.path)
+        if np.issubdtype(v.array.dtype, np.floating) and np.all(np.isfinite(v.array)) and v.array.size and \
+                float(np.max(np.abs(v.array))) > float(np.finfo(np.float32).max):
+            raise InputError("image values exceed the float32 range (|value| > 3.4e38): rescale it first", v.path)
         a = np.asarray(v.array, dtype=np.float32)
         arrays.extend([a] if a.ndim == 3 else list(a))
     if len(arrays) != in_channels:
