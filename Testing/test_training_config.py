@@ -83,12 +83,17 @@ def test_validate_ranges():
     ({"num_threads": -1}, "num_threads: must be >= 1"),
     ({"val_blend": "bogus"}, "val_blend: must be one of"),  # was found at the first validation, after training
     ({"data": {"max_unlabeled": -1}}, "data.max_unlabeled: must be >= 0"),  # dropped one case by slicing
+    ({"data": {"patch_size": [16, 16, 16]}, "batch_size": 2, "labeled_batch_size": 1},  # BatchNorm's ValueError
+     "16 x 16 x 16 leaves the V-Net's deepest stage one voxel"),
 ])
 def test_settings_that_would_crash_or_mislead_a_run_are_refused_before_it(override, words):
     with pytest.raises(InputError) as err:
         config_from_dict(override).validate()
     assert words in str(err.value)
     config_from_dict({"optim": {"grad_clip": 12.0}, "num_threads": 2}).validate()  # the sane values pass
+    for fine in ({"batch_size": 4, "labeled_batch_size": 2}, {"model": {"normalization": "instancenorm"}}):
+        config_from_dict({"data": {"patch_size": [16, 16, 16]}, "batch_size": 2, "labeled_batch_size": 1,
+                          **fine}).validate()
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +236,14 @@ class TrainConfig:
             problem = patch_size_problem(self.data.patch_size)
             if problem:
                 raise bad("data.patch_size", problem)
+            deepest = math.prod(int(v) // 16 for v in self.data.patch_size)
+            streams = [self.labeled_batch_size, self.batch_size - self.labeled_batch_size]
+            if self.model.normalization == "batchnorm" and deepest == 1 and min(s for s in streams if s > 0) == 1:
+                # a forward pass of one patch then leaves BatchNorm one value per channel (a ValueError mid-run)
+                raise bad("data.patch_size", f"{' x '.join(str(int(v)) for v in self.data.patch_size)} leaves the "
+                          "V-Net's deepest stage one voxel, and a pass of one patch (labeled or unlabeled) then "
+                          "gives BatchNorm a single value: use a patch of at least 32 along one axis, or 2 or more "
+                          "patches per stream (--batch-size, --labeled-batch-size)")
         if self.data.spacing is not None and (len(self.data.spacing) != 3 or min(self.data.spacing) <= 0):
             raise bad("data.spacing", f"must be 3 positive values x y z (mm), got {self.data.spacing}")
         if self.data.num_classes is not None and self.data.num_classes < 2:
