@@ -4,8 +4,10 @@ timer).
 
 * :class:`EventLogReader` reads ``RUN_DIR/events.jsonl`` incrementally: each :meth:`~EventLogReader.read_new`
   returns the events completed since the last call; a partial last line (the writer is mid-line) is kept for
-  later; a file that shrank, was replaced (another inode) or whose first bytes changed is a restart (a new run in
-  the folder): reading starts again from the top and :attr:`~EventLogReader.restarted` says so.
+  later, and dropped when a resumed writer cut it; a file that shrank, was replaced (another inode), went away and
+  came back, or whose first bytes changed is a restart (a new run in the folder): reading starts again from the top
+  and :attr:`~EventLogReader.restarted` says so. A log that went away and stays away (its folder deleted or renamed
+  mid-run) keeps what was read, and :attr:`~EventLogReader.missing` says so.
 * :class:`TrainingPlots` keeps table nodes (``vtkMRMLTableNode``), plot series and plot chart nodes of one run and
   appends to them as events arrive — the same nodes all along:
 
@@ -86,6 +88,9 @@ class EventLogReader:
         self._partial = b""
         self._ident: Optional[Tuple[int, int]] = None
         self._head = b""
+        #: the log was read before and is gone now (its folder deleted or renamed): what was read is kept; a log
+        #: that appears again is a new file, read from the top (a restart)
+        self.missing = False
 
     def reset(self) -> None:
         """Forget what was read (the next call reads from the top)."""
@@ -97,12 +102,14 @@ class EventLogReader:
     def _changed(self, st: os.stat_result) -> bool:
         if self._ident is None:
             return False
-        if (st.st_dev, st.st_ino) != self._ident or st.st_size < self.offset:
+        complete = self.offset - len(self._partial)  # the unfinished last line may be cut by a resumed writer
+        if (st.st_dev, st.st_ino) != self._ident or st.st_size < complete:
             return True
-        if self._head:
+        head = self._head[:complete]
+        if head:
             try:
                 with open(self.path, "rb") as fh:
-                    return fh.read(len(self._head)) != self._head
+                    return fh.read(len(head)) != head
             except OSError:
                 return True
         return False
@@ -113,17 +120,20 @@ class EventLogReader:
         try:
             st = os.stat(self.path)
         except OSError:
-            if self.offset or self._partial:  # the log went away: whatever comes next is a new run
-                self.reset()
-                self.restarted = True
-                self.restarts += 1
+            self.missing = bool(self.offset or self._partial)
             return []
-        if self._changed(st):
+        came_back, self.missing = self.missing, False
+        if came_back or self._changed(st):  # a log that went away and is there again is another file
             self.reset()
             self.restarted = True
             self.restarts += 1
         try:
             with open(self.path, "rb") as fh:
+                if self._partial:  # the unfinished last line: a resumed writer cuts it and appends whole lines
+                    fh.seek(self.offset - len(self._partial))
+                    if fh.read(len(self._partial)) != self._partial:
+                        self.offset -= len(self._partial)
+                        self._partial = b""
                 fh.seek(self.offset)
                 data = fh.read()
         except OSError:
@@ -341,6 +351,10 @@ def run_folder_item(scene, run_dir: PathLike, name: Optional[str] = None) -> int
     return item
 
 
+#: what a damaged overlay set's manifest raises (not JSON, a key missing, a wrong type, unreadable)
+_DAMAGED_SET = (ValueError, KeyError, TypeError, OSError)
+
+
 class OverlayLoader:
     """Loads overlay sets of a run into the scene (see the module docstring); the same nodes are updated by each
     newer set of a case. ``loaded[case]``: the manifest of the set shown."""
@@ -374,8 +388,11 @@ class OverlayLoader:
         if root.is_dir():
             for d in sorted(root.iterdir()):
                 sets = list_sets(d)
-                if sets:
-                    out.append(read_manifest(sets[-1])["case"])
+                try:
+                    if sets:
+                        out.append(str(read_manifest(sets[-1])["case"]))
+                except _DAMAGED_SET:  # a hand-edited or damaged manifest: that case is not listed
+                    continue
         return out
 
     def load(self, case_id: str, force: bool = False) -> Optional[Dict[str, Any]]:
@@ -386,8 +403,12 @@ class OverlayLoader:
         folder = newest_set(self.run_dir, case_id)
         if folder is None:
             return None
-        manifest = read_manifest(folder)
         shown = self.loaded.get(case_id)
+        try:
+            manifest = read_manifest(folder)
+            manifest["iteration"], manifest["model"], manifest["files"]  # what loading needs
+        except _DAMAGED_SET:  # a damaged set: the panel goes on (it raised out of every timer tick)
+            return shown
         if shown is not None and shown["iteration"] == manifest["iteration"] and not force:
             return shown
         from semisupseg.io import read_volume

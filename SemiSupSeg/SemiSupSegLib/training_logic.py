@@ -112,7 +112,11 @@ class TrainingSettings:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        self.unlabeled = tuple(str(u) for u in self.unlabeled if str(u).strip())
+        # "~/runs/r1" typed in the panel: the child would take it literally (under Slicer's working folder)
+        self.run_dir = str(Path(str(self.run_dir)).expanduser()) if str(self.run_dir).strip() else self.run_dir
+        self.labeled = str(Path(self.labeled).expanduser()) if self.labeled else self.labeled
+        self.labels = str(Path(self.labels).expanduser()) if self.labels else self.labels
+        self.unlabeled = tuple(str(Path(str(u).strip()).expanduser()) for u in self.unlabeled if str(u).strip())
         self.overlay_cases = tuple(str(c) for c in self.overlay_cases if str(c).strip())
         self.overrides = tuple(self.overrides)
         if self.patch_size is not None:
@@ -180,6 +184,7 @@ def resume_arguments(run_dir: PathLike, iterations: Optional[int] = None,
     """``semisupseg train --resume RUN`` (optionally with a new total of ``iterations`` and ``--set`` overrides)."""
     from SemiSupSegLib.method_form import set_arguments
 
+    run_dir = Path(run_dir).expanduser()
     args = ["train", "--resume", str(run_dir)]
     if iterations is not None:
         args += ["--iterations", str(int(iterations))]
@@ -290,8 +295,10 @@ def status_line(session: Optional["TrainingSession"]) -> str:
     where = f"iteration {it}/{total}" if it is not None and total else (f"iteration {it}" if it is not None else "")
     if session.status == "starting":
         return "starting (loading the data)"
+    gone = f"; its events log is gone ({session.run_dir / 'events.jsonl'}: the run folder deleted or renamed?)" \
+        if session.log_missing else ""
     if session.status == "running":
-        parts = ["running" + ("" if session.owned else " (started elsewhere)"), where]
+        parts = ["running" + ("" if session.owned else " (started elsewhere)") + gone, where]
         if session.eta_s is not None:
             parts.append(f"about {_duration(session.eta_s)} left")
         if session.lr is not None:
@@ -300,12 +307,13 @@ def status_line(session: Optional["TrainingSession"]) -> str:
     if session.status == "finished":
         best = next((e.get("best_val_dice") for e in reversed(session.events) if e.get("event") == "finished"), None)
         return f"finished at {where}" + (f", best validation Dice {best:.3f}" if isinstance(best, (int, float)) else "")
+    saved = (session.run_dir / "resume.pt").is_file() and (session.run_dir / "config.yaml").is_file()
+    then = "Resume continues from the saved state" if saved else "nothing was saved yet: Start again"
     if session.status == "cancelled":
-        return f"cancelled at {where}: Resume continues from the saved state" + \
+        return f"cancelled at {where}: {then}" + \
             (f" ({session.message})" if session.message and "killed" in session.message else "")
     if session.status == "crashed":
-        return f"crashed at {where}: the training process is gone ({session.message or 'no final event'}); " \
-               "Resume continues from the last saved state"
+        return f"crashed at {where}: the training process is gone ({session.message or 'no final event'}); {then}"
     if session.status == "failed":
         return f"failed: {session.message or 'see the log'}"
     return "no run in this folder yet"
@@ -393,6 +401,12 @@ class TrainingSession:
     @property
     def running(self) -> bool:
         return self.status in ("starting", "running")
+
+    @property
+    def log_missing(self) -> bool:
+        """The run's events log was read and is gone now (its folder deleted or renamed): the plots keep what
+        was read."""
+        return bool(getattr(self._reader, "missing", False))
 
     @property
     def ended(self) -> bool:
@@ -527,7 +541,8 @@ class TrainingSession:
         if self.ended and (self.runner is None or not self.runner.running):
             return
         self._cancel_requested = True
-        try:
+        try:  # the child may not have made the folder yet (a cancel right after Start): the stop file is awaited
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             stop_file(self.run_dir).touch()
         except OSError as exc:
             if self.on_log is not None:
@@ -598,8 +613,9 @@ class RunView:
 
     def update(self, events: Sequence[Dict[str, Any]]) -> List[str]:
         """Add ``events`` to the plots and load the overlay sets they announce; returns the cases loaded."""
-        if self.session.restarted:
+        if self.session.restarted:  # a new run in the folder: its plots and overlay sets start over
             self.plots.clear()
+            self.overlays.loaded.clear()
         self.plots.add_events(events)
         loaded = []
         if self.load_overlays:
@@ -807,6 +823,9 @@ class TrainingLogic:
         """Follow the run in ``run_dir``: this process's session for it when it started one (with its process), else
         a follower reading its log and heartbeat (a run of another session, of the CLI, finished or crashed)."""
         session = _OWNED.get(_key(run_dir))
+        if session is not None and session.runner is not None and not session.runner.running:
+            del _OWNED[_key(run_dir)]  # its child ended: the folder may hold a later run (the CLI's, another's)
+            session = None
         if session is not None:
             if on_log is not None:
                 session.on_log = on_log

@@ -75,8 +75,34 @@ def test_reader_partial_lines_growth_and_restarts(tmp_path):
         fh.write(b + a + a + b)
     got = reader.read_new()
     assert reader.restarted and [e["event"] for e in got] == ["iteration", "started", "started", "iteration"]
+    # the log went away (its folder deleted or renamed mid-run): what was read stays, and it is said
     log.unlink()
-    assert reader.read_new() == [] and reader.restarted  # the log went away
+    assert reader.read_new() == [] and not reader.restarted and reader.missing
+    assert reader.read_new() == [] and reader.missing and not reader.restarted
+    log.write_bytes(a)  # there again: another file, read from the top
+    assert [e["event"] for e in reader.read_new()] == ["started"] and reader.restarted and not reader.missing
+
+
+def test_reader_drops_a_partial_line_the_resumed_writer_cut(tmp_path):
+    """A killed run leaves half a line; its resume cuts it (events.drop_partial_line) and appends whole lines. Read
+    after more than the fragment's bytes were appended, the fragment was glued into the middle of the new first
+    line: a phantom event, the 'resumed' event lost."""
+    from semisupseg.training.events import Events
+    from SemiSupSegLib.live import EventLogReader
+
+    log = tmp_path / "events.jsonl"
+    whole = json.dumps({"event": "iteration", "iteration": 10, "loss": 0.5}).encode() + b"\n"
+    cut = json.dumps({"event": "iteration", "iteration": 11, "loss": 0.4}).encode()[:17]
+    log.write_bytes(whole + cut)
+    reader = EventLogReader(log)
+    assert [e["iteration"] for e in reader.read_new()] == [10]
+    events = Events(path=log, bar=False)  # the resumed run's writer
+    events.emit("resumed", iteration=10, max_iterations=20)
+    events.emit("iteration", iteration=11, max_iterations=20, loss=0.3)
+    events.close()
+    got = reader.read_new()
+    assert [(e["event"], e["iteration"]) for e in got] == [("resumed", 10), ("iteration", 11)]
+    assert got[1]["loss"] == 0.3 and not reader.restarted and reader.skipped == 0
 
 
 def test_plots_from_a_real_run_fed_in_pieces(run_dir, tmp_path, headless):
@@ -228,6 +254,22 @@ def test_newer_overlay_set_updates_the_same_nodes(run_dir, tmp_path, headless):
     assert np.allclose(volume_from_node(node).array, ent4) and not np.allclose(ent2, ent4)
 
 
+def test_a_damaged_overlay_manifest_is_passed_over(run_dir, tmp_path, headless):
+    """A manifest that is not JSON, or lacks a key, raised out of every timer tick of the panel."""
+    from SemiSupSegLib.live import OverlayLoader
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    loader = OverlayLoader(headless.scene, run)
+    assert loader.load(UNLABELED)["iteration"] == 4
+    manifest = run / "overlays" / UNLABELED / "it000004" / "manifest.json"
+    manifest.write_text("{not json")
+    assert loader.load(UNLABELED, force=True)["iteration"] == 4  # the set shown stays
+    assert UNLABELED not in loader.cases()
+    manifest.write_text(json.dumps({"case": UNLABELED, "iteration": 4}))  # no model, no files
+    assert loader.load(UNLABELED, force=True)["iteration"] == 4 and UNLABELED in loader.cases()
+
+
 def test_monitor_on_a_crashed_run_and_a_restarted_log(run_dir, tmp_path, headless, monkeypatch):
     from semisupseg.training import events as events_module
     from SemiSupSegLib.live import TrainingMonitor
@@ -270,3 +312,18 @@ def test_monitor_on_a_crashed_run_and_a_restarted_log(run_dir, tmp_path, headles
         fh.write(json.dumps({"event": "finished", "iteration": 1, "max_iterations": 9}) + "\n")
     monitor.poll()
     assert monitor.state["status"] == "finished"
+
+
+def test_a_restarted_run_folder_reloads_its_overlay_sets(run_dir, tmp_path, headless):
+    """After a new run replaced the followed one (CLI --overwrite), a set of the new run at the iteration of the
+    old one's shown set was taken for it and not loaded: the old run's entropy stayed on screen."""
+    from SemiSupSegLib.training_logic import RunView, TrainingSession
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    session = TrainingSession(run)
+    view = RunView(headless.scene, session)
+    assert view.overlays.loaded
+    session.restarted = True  # what poll() says when the log was replaced
+    view.update([])
+    assert view.overlays.loaded == {}

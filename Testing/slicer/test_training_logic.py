@@ -376,7 +376,8 @@ def test_data_check_is_the_report_of_check_data(tmp_path):
     update = panel.tick()
     assert update.check_lines == job.lines() and update.status == "no run" and panel.check is None
     assert update.cases == [c.case_id for c in report.cases]  # the overlay case selector's choices
-    assert sorted(update.cases) == sorted(p.name.split(".")[0] for p in (HIPPO / "imagesTr").iterdir())
+    # --validation given: the split file's own 'val' list is replaced, so its cases are not the run's
+    assert sorted(update.cases) == sorted(json.loads((HIPPO / "splits.json").read_text())["train"])
     out = io.StringIO()
     args = check_data_arguments(settings)
     assert args[:7] == ["check-data", "--method", "mean-teacher", "--labeled", str(HIPPO), "--validation", "1"]
@@ -441,3 +442,57 @@ def test_a_ranking_with_an_unreadable_scan_shows_the_others(tmp_path):
     update = panel.tick()
     assert sorted(r["case"] for r in update.ranking) == ["hippocampus_017", "hippocampus_023"]
     assert len(update.errors) == 1 and update.errors[0].startswith("ranking incomplete") and "broken" in update.errors[0]
+
+
+@pytest.mark.slow
+def test_cancel_right_after_start_in_a_new_folder_stops_the_run(tmp_path):
+    """The child had not made the folder yet, so the stop file could not be created: the run trained on until it
+    was killed at the grace period (a short run simply finished). Now it stops cleanly; with nothing saved, the
+    status says to start again, not to resume; an ended owned session gives way to a follower of the folder."""
+    from SemiSupSegLib import training_logic
+    from SemiSupSegLib.training_logic import TrainingLogic, status_line
+
+    run = tmp_path / "new" / "run"
+    logic = TrainingLogic()
+    session = logic.start(_settings(run, 3000))
+    session.cancel(grace_s=60.0)
+    t0 = time.monotonic()
+    assert session.wait(timeout=120) == "cancelled" and session.returncode == 130
+    assert time.monotonic() - t0 < 50 and "killed" not in (session.message or "")
+    assert _gone(session.runner.pid)
+    if not (run / "resume.pt").is_file():
+        assert "nothing was saved yet: Start again" in status_line(session)
+    # the folder may now hold another run (the CLI's): attach follows the folder, not the ended child
+    again = logic.attach(run)
+    assert again is not session and not again.owned and training_logic._key(run) not in training_logic._OWNED
+
+
+def test_a_run_folder_typed_with_a_tilde_is_the_same_folder_for_the_child(tmp_path, monkeypatch):
+    from SemiSupSegLib.training_logic import resume_arguments, train_arguments
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = _settings("~/runs/r1", 10, labeled="~/data", unlabeled=("~/more",))
+    args = train_arguments(settings)
+    assert args[args.index("--out") + 1] == str(tmp_path / "runs" / "r1")
+    assert args[args.index("--stop-file") + 1] == str(tmp_path / "runs" / "r1" / ".stop")
+    assert args[args.index("--labeled") + 1] == str(tmp_path / "data") and str(tmp_path / "more") in args
+    resumed = resume_arguments("~/runs/r1")
+    assert resumed[resumed.index("--resume") + 1] == str(tmp_path / "runs" / "r1")
+
+
+def test_a_followed_run_whose_log_goes_away_keeps_its_history_and_says_so(tmp_path):
+    from SemiSupSegLib.training_logic import TrainingSession, status_line
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"event": "started", "iteration": 0, "max_iterations": 100}] + \
+        [{"event": "iteration", "iteration": i, "max_iterations": 100, "loss": 1.0 / i} for i in range(1, 9)]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    session = TrainingSession(run)
+    assert len(session.events) == 9
+    (run / "events.jsonl").unlink()  # the folder renamed or deleted while the run goes on
+    session.status = "running"
+    session.poll()
+    assert len(session.events) == 9 and not session.restarted and session.log_missing
+    session.status = "running"
+    assert "its events log is gone" in status_line(session) and str(run / "events.jsonl") in status_line(session)
