@@ -50,6 +50,7 @@ __all__ = [
     "WRITE_SUFFIXES",
     "LA_H5_SPACING",
     "volume_suffix",
+    "header_information",
     "strip_suffix",
     "is_volume_file",
     "read_volume",
@@ -636,6 +637,21 @@ def check_header(path: PathLike) -> None:
     _check_text_header(p)
     if volume_suffix(p) in (".nii", ".nii.gz"):
         _check_nifti_header(p)
+
+
+def header_information(path: PathLike) -> Optional[sitk.ImageFileReader]:
+    """SimpleITK's reader of the file ``path`` with its header read (the voxels are not; the package's own header
+    checks, :func:`check_header`, come first), or ``None`` when ITK cannot read that header (the full reader then
+    names the problem). ITK's C-level complaints stay off the terminal."""
+    check_header(path)  # a damaged header can crash ITK's reader (SIGSEGV): the package's checks come first
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with _itk_messages():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader
 
 
 def _check_before_read(path: Path) -> None:

@@ -142,24 +142,13 @@ def file_orientation(path, h5_spacing: Sequence[float] = (0.625, 0.625, 0.625)) 
     a header reader). The LA release's ``.h5`` arrays have no direction: read as the identity, ``"LPS"``."""
     from pathlib import Path
 
-    import SimpleITK as sitk
-
-    from semisupseg.io import check_header, itk_messages, read_image_or_h5, volume_suffix
+    from semisupseg.io import header_information, read_image_or_h5, volume_suffix
 
     p = Path(path)
     if volume_suffix(p) in (".h5", ".hdf5"):
         return orientation_code(np.eye(3))
-    if p.is_file():
-        check_header(p)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(p))
-        try:
-            with itk_messages():
-                reader.ReadImageInformation()
-            direction = reader.GetDirection()
-            if len(direction) >= 9:
-                n = int(round(len(direction) ** 0.5))
-                return orientation_code(np.asarray(direction, dtype=np.float64).reshape(n, n)[:3, :3])
-        except RuntimeError:
-            pass  # the full reader names the problem
+    reader = header_information(p) if p.is_file() else None
+    if reader is not None and len(reader.GetDirection()) >= 9:
+        n = int(round(len(reader.GetDirection()) ** 0.5))
+        return orientation_code(np.asarray(reader.GetDirection(), dtype=np.float64).reshape(n, n)[:3, :3])
     return orientation_code(read_image_or_h5(p, h5_spacing=h5_spacing).direction)

@@ -158,7 +158,7 @@ def read_header(path: PathLike, h5_spacing: Sequence[float] = (0.625, 0.625, 0.6
     """``(size_xyz, spacing_xyz)`` of an image file from its header (the voxels are not read; a DICOM folder and
     formats without a header reader are read whole). ``.h5`` (LA release): the ``image`` dataset's shape, stored
     x, y, z, and ``h5_spacing``."""
-    from semisupseg.io import check_header, itk_messages, read_image_or_h5, volume_suffix
+    from semisupseg.io import header_information, read_image_or_h5, volume_suffix
 
     p = Path(path)
     if volume_suffix(p) in (".h5", ".hdf5"):
@@ -172,21 +172,11 @@ def read_header(path: PathLike, h5_spacing: Sequence[float] = (0.625, 0.625, 0.6
         if len(shape) != 3:
             raise InputError(f"'image' dataset has shape {shape}; a 3D x,y,z array is required", p)
         return shape, tuple(float(s) for s in h5_spacing)  # type: ignore[return-value]
-    if p.is_file():
-        import SimpleITK as sitk
-
-        check_header(p)  # a damaged header can crash ITK's reader (SIGSEGV): the package's checks come first
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(p))
-        try:
-            with itk_messages():  # ITK's C-level complaints about a bad file stay off the user's terminal
-                reader.ReadImageInformation()
-            size = tuple(int(s) for s in reader.GetSize())
-            spacing = tuple(float(s) for s in reader.GetSpacing())
-            if len(size) >= 3:
-                return size[:3], spacing[:3]  # type: ignore[return-value]
-        except RuntimeError:
-            pass  # the full reader gives the one-line error
+    reader = header_information(p) if p.is_file() else None
+    if reader is not None and len(reader.GetSize()) >= 3:
+        size = tuple(int(s) for s in reader.GetSize())
+        spacing = tuple(float(s) for s in reader.GetSpacing())
+        return size[:3], spacing[:3]  # type: ignore[return-value]
     vol = read_image_or_h5(p, h5_spacing=h5_spacing)
     return tuple(vol.size_xyz), tuple(float(s) for s in vol.spacing)  # type: ignore[return-value]
 
