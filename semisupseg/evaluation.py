@@ -249,12 +249,12 @@ def _in_reference_order(pred: Volume, ref: Volume, tol: float = 1e-3) -> Volume:
     """``pred`` in ``ref``'s voxel order when it is stored another way and so has ``ref``'s size (e.g. written
     ``LPS`` by one tool, ``RAS`` by another: an exact axis permutation/flip); else ``pred`` as it is. The geometry
     check that follows says whether it is then the reference's grid."""
-    from semisupseg.orientation import orientation_code, reorientation
+    from semisupseg.orientation import orientation_code, reorientation_to
 
-    target = orientation_code(ref.direction)
-    if pred.array.ndim != 3 or orientation_code(pred.direction) == target:
+    turn = reorientation_to(pred.direction, orientation_code(ref.direction)) if pred.array.ndim == 3 else None
+    if turn is None:
         return pred
-    turned = reorientation(pred.direction, target).volume(pred)
+    turned = turn.volume(pred)
     return turned if turned.shape_zyx == ref.shape_zyx else pred  # then checked as any prediction
 
 

@@ -40,7 +40,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from semisupseg.fileio import FILE_MODE, temp_beside
+from semisupseg.fileio import FILE_MODE, temp_beside, write_text_atomic
 from semisupseg.errors import InputError, OutputExistsError
 from semisupseg.volume import Volume
 
@@ -1265,11 +1265,7 @@ def _finish_mhd(tmp_header: Path, path: Path, compress: bool, overwrite: bool) -
     ]
     os.chmod(tmp_data, _FILE_MODE)
     os.replace(tmp_data, data)
-    fd, tmp2 = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    with os.fdopen(fd, "w", encoding="latin-1") as handle:
-        handle.write("\n".join(lines) + "\n")
-    os.chmod(tmp2, _FILE_MODE)
-    os.replace(tmp2, path)
+    write_text_atomic("\n".join(lines) + "\n", path, overwrite=True, encoding="latin-1")
     tmp_header.unlink()
 
 

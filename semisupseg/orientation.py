@@ -32,7 +32,7 @@ _LETTER = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2
 _AXIS_SIGN = {letter: axis_sign for axis_sign, letter in _LETTER.items()}
 
 __all__ = ["Reorientation", "file_orientation", "orientation_code", "orientation_problem", "parse_orientation",
-           "reorientation"]
+           "reorientation", "reorientation_to"]
 
 
 def _nearest_axes(direction: np.ndarray) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:
@@ -135,6 +135,15 @@ def reorientation(direction: np.ndarray, target: str) -> Reorientation:
         source.append(c)
         flip.append(signs[c] != want_sign)
     return Reorientation(tuple(source), tuple(flip), orientation_code(direction), target.upper())  # type: ignore
+
+
+def reorientation_to(direction: np.ndarray, target: Optional[str]) -> Optional[Reorientation]:
+    """The :class:`Reorientation` to ``target`` (see :func:`reorientation`), or ``None`` when there is nothing to do:
+    no target (a card or config that does not know its order) or a scan stored that way already."""
+    if not target:
+        return None
+    turn = reorientation(direction, target)
+    return None if turn.identity else turn
 
 
 def file_orientation(path, h5_spacing: Sequence[float] = (0.625, 0.625, 0.625)) -> str:

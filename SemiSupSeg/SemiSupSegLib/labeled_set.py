@@ -282,8 +282,7 @@ def voxels_outside(segmentation_node, segment_id: str, volume_node) -> Tuple[int
     to_world, ras_to_ijk = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(to_world)
     volume_node.GetRASToIJKMatrix(ras_to_ijk)
-    matrix = np.array([[ras_to_ijk.GetElement(r, c) for c in range(4)] for r in range(4)]) @ \
-        np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+    matrix = slicer.util.arrayFromVTKMatrix(ras_to_ijk) @ slicer.util.arrayFromVTKMatrix(to_world)
     ijk = (matrix @ np.stack([i + lo[0], j + lo[1], k + lo[2], np.ones(len(i))]))[:3]
     extent = np.array(volume_node.GetImageData().GetExtent(), dtype=np.float64).reshape(3, 2)
     inside = np.all((ijk >= extent[:, :1] - 0.5) & (ijk <= extent[:, 1:] + 0.5), axis=0)

@@ -204,8 +204,7 @@ class SliceRenderer:
     def xy_to_ras(self) -> np.ndarray:
         """4x4 matrix mapping a view pixel ``(x, y, 0, 1)`` (x right, y **up** from the bottom row) to RAS mm.
         Row ``r`` of the array :meth:`render` returns is ``y = H - 1 - r``."""
-        m = self.slice_node.GetXYToRAS()
-        return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+        return slicer.util.arrayFromVTKMatrix(self.slice_node.GetXYToRAS())
 
     def pixel_to_ras(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """RAS points ``(N, 3)`` of image pixels ``(rows, cols)`` of the array :meth:`render` returns (pixel

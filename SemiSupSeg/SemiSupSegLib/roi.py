@@ -26,7 +26,7 @@ def roi_corners_ras(roi_node) -> np.ndarray:
     bounds = [0.0] * 6
     roi_node.GetObjectBounds(bounds)
     object_to_world = roi_node.GetObjectToWorldMatrix()
-    m = np.array([[object_to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+    m = slicer.util.arrayFromVTKMatrix(object_to_world)
     corners = np.array([[x, y, z, 1.0] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]])
     return (m @ corners.T)[:3].T
 
@@ -39,7 +39,7 @@ def _world_to_volume_ijk(volume_node, points_ras: np.ndarray) -> np.ndarray:
         points_ras = np.array([world_to_local.TransformPoint(*map(float, p)) for p in points_ras])
     ras_to_ijk = vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(ras_to_ijk)
-    m = np.array([[ras_to_ijk.GetElement(r, c) for c in range(4)] for r in range(4)])
+    m = slicer.util.arrayFromVTKMatrix(ras_to_ijk)
     homogeneous = np.c_[points_ras, np.ones(len(points_ras))]
     return (m @ homogeneous.T)[:3].T
 

@@ -748,13 +748,12 @@ def load_case(
     Returns ``(LoadedCase, raw label values present or None)``."""
     cfg = preprocess or PreprocessConfig()
     image, label_vol = read_case(case, classes, with_label, h5_spacing)
-    if cfg.orientation:  # a case stored in another voxel order is seen in the order of the others (exact)
-        from semisupseg.orientation import reorientation
+    from semisupseg.orientation import reorientation_to
 
-        turn = reorientation(image.direction, cfg.orientation)
-        if not turn.identity:
-            image = turn.volume(image)
-            label_vol = None if label_vol is None else turn.volume(label_vol)
+    turn = reorientation_to(image.direction, cfg.orientation)
+    if turn is not None:  # a case stored in another voxel order is seen in the order of the others (exact)
+        image = turn.volume(image)
+        label_vol = None if label_vol is None else turn.volume(label_vol)
     geometry = {"spacing_xyz": list(image.spacing), "origin_xyz": list(image.origin),
                 "direction": image.direction.reshape(-1).tolist(), "size_xyz": list(image.size_xyz),
                 "path": str(case.channel_paths[0])}

@@ -2,7 +2,8 @@
 
 Pipeline (:func:`segment`): bring the scan into the voxel order of the model's training scans (exact axis
 permutations and flips, :mod:`semisupseg.orientation`; when the card records it) → normalise the intensities as the
-model card says and resample (linear) to the model's voxel spacing (:func:`semisupseg.data.preprocess.preprocess_image`, the same function training uses) →
+model card says and resample (linear) to the model's voxel spacing
+(:func:`semisupseg.data.preprocess.preprocess_image`, the same function training uses) →
 sliding-window inference → resample the class probabilities (and SDM) back to the input grid (linear,
 :func:`~semisupseg.data.preprocess.resample_like`) → argmax → label values of the card → optional
 largest-component filtering → the input's own voxel order again. Every output is a
@@ -165,8 +166,8 @@ def _as_channels(volume: Union[Volume, Sequence[Volume]], in_channels: int) -> V
         if not v.same_geometry(ref):
             raise InputError(f"input channels must share one geometry; {v.path or 'a channel'} differs from "
                              f"{ref.path or 'the first'}", v.path)
-        if np.issubdtype(v.array.dtype, np.floating) and np.all(np.isfinite(v.array)) and v.array.size and \
-                float(np.max(np.abs(v.array))) > float(np.finfo(np.float32).max):
+        if np.issubdtype(v.array.dtype, np.floating) and v.array.dtype.itemsize > 4 and v.array.size and \
+                np.all(np.isfinite(v.array)) and float(np.max(np.abs(v.array))) > float(np.finfo(np.float32).max):
             raise InputError("image values exceed the float32 range (|value| > 3.4e38): rescale it first", v.path)
         a = np.asarray(v.array, dtype=np.float32)
         arrays.extend([a] if a.ndim == 3 else list(a))
@@ -360,10 +361,6 @@ def scan_reorientation(image: Volume, card: Any):
     """The :class:`~semisupseg.orientation.Reorientation` bringing ``image`` into the voxel order of the model's
     training scans (``card.inference["orientation"]``); ``None`` when the card does not know it or the scan is
     stored that way already."""
-    target = (getattr(card, "inference", None) or {}).get("orientation")
-    if not target:
-        return None
-    from semisupseg.orientation import reorientation
+    from semisupseg.orientation import reorientation_to
 
-    turn = reorientation(image.direction, target)
-    return None if turn.identity else turn
+    return reorientation_to(image.direction, (getattr(card, "inference", None) or {}).get("orientation"))

@@ -549,5 +549,5 @@ def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "OverlayConfig", "config_from_dict",
-           "config_keys", "load_config", "load_run_config", "save_config", "apply_overrides", "parse_override", "schedule_note",
-           "set_value"]
+           "config_keys", "load_config", "load_run_config", "save_config", "apply_overrides", "parse_override",
+           "schedule_note", "set_value"]

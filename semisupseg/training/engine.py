@@ -504,7 +504,7 @@ class Trainer:
         return make_card(self.model, method=cfg.method, spacing_xyz=data.spacing_xyz,
                          patch_size_xyz=[int(v) for v in cfg.data.patch_size], class_names=data.class_names,
                          label_values=data.label_values, normalization=data.normalization, training=training,
-                         inference={"orientation": data.orientation} if getattr(data, "orientation", None) else None)
+                         inference={"orientation": data.orientation} if data.orientation else None)
 
     def _save_model(self, name: str, extra: Dict[str, Any]) -> Path:
         from semisupseg.checkpoint import save_model
