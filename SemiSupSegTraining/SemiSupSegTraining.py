@@ -118,6 +118,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if self.ui.methodComboBox.count:
             return True
         self.fillMethods()
+        self.showRunSettings()
         slicer.util.infoDisplay("The Python packages are installed. Check the method and settings, then click again.")
         return False
 
@@ -132,19 +133,8 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.fields = self.mf.method_fields(self.ui.methodComboBox.currentText) + self.mf.engine_fields()
         self.editors = {}
         for f in self.fields:
-            if f.kind == "bool":
-                editor = qt.QCheckBox()
-                editor.checked = bool(f.default)
-            elif f.kind == "choice":
-                editor = qt.QComboBox()
-                editor.addItems(list(f.choices))
-                editor.currentText = f.format(f.default)
-            else:
-                editor = qt.QLineEdit(f.format(f.default))
-                editor.placeholderText = "none" if f.optional else ""
-            editor.toolTip = f.doc
-            layout.addRow(f.label + ":", editor)
-            self.editors[f.key] = editor
+            self.editors[f.key] = self.mf.make_editor(f, qt)
+            layout.addRow(f.label + ":", self.editors[f.key])
 
     def settings(self, require=("method", "labeled", "run_dir")):
         values = self.mf.parse_values(self.fields, {k: self.mf.editor_value(e) for k, e in self.editors.items()})
@@ -185,6 +175,14 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onRunFolderChanged(self, *unused):
         self.follow(self.panel.follow_folder(self.ui.runFolderPathLineEdit.currentPath))
+        self.showRunSettings()
+
+    def showRunSettings(self):  # a folder holding a run: the form shows its settings (Resume changes only edits)
+        saved = self.ui.methodComboBox.count and self.tl.run_panel_settings(self.ui.runFolderPathLineEdit.currentPath)
+        if saved:
+            self.ui.methodComboBox.currentText = saved[0]["method"]  # rebuilds the Advanced section
+            widgets = {name: getattr(self.ui, widget) for name, widget in self.tl.PANEL_WIDGETS}
+            self.tl.show_run_settings(saved, widgets, self.fields, self.editors)
 
     def onStart(self):
         from semisupseg.training.heartbeat import has_run_state
@@ -202,9 +200,10 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onResume(self):
         with slicer.util.tryWithErrorDisplay("Training could not resume.", waitCursor=True):
-            self.logic.ensureDependencies()
+            if not self.ready():
+                return
             self.follow(self.logic.training.resume(self.ui.runFolderPathLineEdit.currentPath,
-                                                   iterations=self.ui.iterationsSpinBox.value))
+                                                   settings=self.settings()))
 
     def onCancel(self):
         if self.panel.session is not None:

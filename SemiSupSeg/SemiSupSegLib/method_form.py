@@ -396,6 +396,36 @@ def editor_value(widget: Any) -> Any:
     return None
 
 
+def make_editor(f: FormField, qt: Any) -> Any:
+    """The Advanced section's editor of ``f``, built with the ``qt`` module given: a check box (``bool``), a combo
+    box of the choices (``choice``), else a line edit (empty: ``none`` for an optional field); each shows the
+    default and has the field's documentation as its tool tip."""
+    if f.kind == "bool":
+        editor = qt.QCheckBox()
+        editor.checked = bool(f.default)
+    elif f.kind == "choice":
+        editor = qt.QComboBox()
+        editor.addItems(list(f.choices))
+        editor.currentText = f.format(f.default)
+    else:
+        editor = qt.QLineEdit(f.format(f.default))
+        editor.placeholderText = "none" if f.optional else ""
+    editor.toolTip = f.doc
+    return editor
+
+
+def set_editor_value(widget: Any, value: Any) -> None:
+    """Show ``value`` in an editor, the inverse of :func:`editor_value`: a path, a combo box's text, a spin box's
+    number, a check box's state, a line edit's text (``None`` as empty text)."""
+    for attr in ("currentPath", "currentText", "value", "checked", "text"):
+        if hasattr(widget, attr):
+            if attr in ("currentPath", "currentText", "text"):
+                value = "" if value is None else str(value)
+            setattr(widget, attr, value)
+            return
+    raise TypeError(f"not an editor: {widget!r}")
+
+
 #: the Method box's note while torch is missing (the methods cannot be read without it)
 NOT_INSTALLED_NOTE = ("The Python packages SemiSupSeg trains with (PyTorch and others) are not installed yet: "
                       "Check data, Start or Rank installs them after one question.")
@@ -493,5 +523,5 @@ def validate_method_params(method: str, values: Mapping[str, Any]) -> Dict[str, 
 
 
 __all__ = ["ENGINE_KEYS", "FormField", "KINDS", "NOT_INSTALLED_NOTE", "dataclass_fields", "editor_value",
-           "engine_fields", "field_docs", "method_choices", "method_fields", "method_names", "overrides",
-           "parse_values", "set_arguments", "validate_method_params"]
+           "engine_fields", "field_docs", "make_editor", "method_choices", "method_fields", "method_names", "overrides",
+           "parse_values", "set_arguments", "set_editor_value", "validate_method_params"]

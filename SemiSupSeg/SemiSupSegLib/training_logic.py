@@ -220,6 +220,125 @@ def data_config(settings: TrainingSettings):
     return cfg
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# a saved run -> the panel, and the panel -> what a resume changes
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: config keys holding folders or files (compared as absolute paths: the run saved them so)
+_PATH_KEYS = ("data.labeled", "data.labels", "data.split")
+
+
+def _config_value(cfg, key: str, default: Any = None) -> Any:
+    """The value of the dotted ``key`` in ``cfg`` (``method_params.NAME``: the method's saved parameter, else
+    ``default``)."""
+    if key.startswith("method_params."):
+        return (cfg.method_params or {}).get(key.split(".", 1)[1], default)
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _comparable(key: str, value: Any) -> Any:
+    import json
+
+    if value is not None and (key in _PATH_KEYS or key == "data.unlabeled"):
+        absolute = [str(Path(str(v)).expanduser().absolute()) for v in (value if key == "data.unlabeled" else [value])]
+        value = absolute if key == "data.unlabeled" else absolute[0]
+    return json.loads(json.dumps(value))  # tuples as lists; 1 == 1.0 then compares equal
+
+
+def _run_config(run_dir: PathLike):
+    from semisupseg.training import load_run_config
+
+    return load_run_config(Path(run_dir).expanduser() / "config.yaml")
+
+
+def run_panel_settings(run_dir: PathLike) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """What the panel shows for the run saved in ``run_dir``, from its ``config.yaml``: ``(texts, advanced)``, the
+    editor texts of the main settings by :data:`PANEL_WIDGETS` name (not ``run_dir``) and the Advanced section's
+    values by ``--set`` key. ``None`` when the folder holds no readable run config.
+
+    Choosing a run folder fills the form with these, so that Resume continues the run as it was saved and changes
+    only what the user then edits (:func:`resume_changes`). The validation entry is left empty when the run's
+    validation cases came from its split file (typed, it would replace that list)."""
+    from SemiSupSegLib.method_form import _float_text, engine_fields, method_fields
+
+    from semisupseg.errors import SemiSupSegError
+
+    if not (Path(run_dir).expanduser() / "config.yaml").is_file():
+        return None
+    try:
+        cfg = _run_config(run_dir)
+        fields = method_fields(cfg.method) + engine_fields()
+    except (SemiSupSegError, OSError, ValueError, KeyError):
+        return None  # a damaged or foreign config: the form keeps what it shows; Resume names the problem
+    d = cfg.data
+    validation = "" if d.split_val is not None else \
+        (",".join(d.validation) if isinstance(d.validation, list) else str(d.validation))
+    texts: Dict[str, Any] = {
+        "method": cfg.method, "labeled": d.labeled or "", "labels": d.labels or "", "unlabeled": ";".join(d.unlabeled),
+        "iterations": cfg.iterations, "patch_size": " ".join(str(v) for v in d.patch_size) if d.patch_size else "",
+        "batch_size": cfg.batch_size, "labeled_batch_size": cfg.labeled_batch_size, "lr": _float_text(cfg.optim.lr),
+        "validation": validation, "seed": cfg.seed, "device": cfg.device,
+        "overlay_cases": ";".join(cfg.overlays.cases), "overlay_every": cfg.overlays.every}
+    advanced = {}
+    for f in fields:
+        value = _config_value(cfg, f.key, f.default)
+        advanced[f.key] = str(value) if f.kind == "choice" else (tuple(value) if isinstance(value, list) else value)
+    return texts, advanced
+
+
+def show_run_settings(saved: Tuple[Dict[str, Any], Dict[str, Any]], widgets: Dict[str, Any], fields: Sequence[Any],
+                      editors: Dict[str, Any]) -> None:
+    """Show :func:`run_panel_settings`' ``(texts, advanced)`` in the panel: ``widgets`` are the main editors by
+    :data:`PANEL_WIDGETS` name (``run_dir`` is left alone), ``fields`` and ``editors`` the Advanced section's
+    (``method_form.FormField`` objects and their editors by key) for the run's method."""
+    from SemiSupSegLib.method_form import set_editor_value
+
+    texts, advanced = saved
+    for name, widget in widgets.items():
+        if name in texts and name != "run_dir":
+            set_editor_value(widget, texts[name])
+    for f in fields:
+        if f.key in advanced and f.key in editors:
+            set_editor_value(editors[f.key], advanced[f.key] if f.kind == "bool" else f.format(advanced[f.key]))
+
+
+def resume_changes(run_dir: PathLike, settings: TrainingSettings) -> List[str]:
+    """The ``KEY=VALUE`` overrides that turn the run saved in ``run_dir`` into what the panel's ``settings`` say (its
+    main settings and every Advanced field, a field not in ``settings.overrides`` at its default): ``[]`` when the
+    form shows the run as saved. Settings the panel does not show (a split file's lists, the derived spacing) keep
+    their saved values. Raises :class:`semisupseg.errors.InputError` for a change a resume cannot make (the method,
+    the network, the cases: ``semisupseg.cli.train.RESUME_FIXED``), naming each."""
+    import dataclasses
+    import json
+
+    from semisupseg.cli import build_parser
+    from semisupseg.cli.train import RESUME_FIXED, explicit_overrides
+    from semisupseg.errors import InputError
+    from semisupseg.training.config import parse_override
+    from SemiSupSegLib.method_form import engine_fields, method_fields
+
+    run_dir = Path(run_dir).expanduser()
+    saved = _run_config(run_dir)
+    args = build_parser().parse_args(train_arguments(dataclasses.replace(settings, run_dir=str(run_dir),
+                                                                         overwrite=False)))
+    wanted = dict(parse_override(o) for o in explicit_overrides(args) + list(args.overrides or ()))
+    defaults = {f.key: f.default for f in (method_fields(settings.method) if settings.method == saved.method else [])
+                + engine_fields()}
+    for key, value in defaults.items():
+        wanted.setdefault(key, value)  # an Advanced field at its default: the form says so
+    changed = [(k, _config_value(saved, k, defaults.get(k)), v) for k, v in wanted.items()
+               if _comparable(k, _config_value(saved, k, defaults.get(k))) != _comparable(k, v)]
+    fixed = [c for c in changed if any(c[0] == f or (f.endswith(".") and c[0].startswith(f)) for f in RESUME_FIXED)]
+    if fixed:
+        raise InputError("Resume cannot change " + ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in fixed) +
+                         ": the saved state is for the run's own network and cases; to train with them, choose a "
+                         "new run folder and Start", run_dir)
+    return [f"{k}={json.dumps(_comparable(k, v))}" for k, _, v in changed]
+
+
 def settings_from_panel(texts: Dict[str, Any], overrides: Sequence[str] = (),
                         require: Sequence[str] = ("method", "labeled", "run_dir")) -> TrainingSettings:
     """:class:`TrainingSettings` from the panel's editors: ``texts`` maps the field names of
@@ -807,9 +926,12 @@ class TrainingLogic:
         return self._launch(run_dir, train_arguments(settings), on_log, skip_old_log=settings.overwrite)
 
     def resume(self, run_dir: PathLike, iterations: Optional[int] = None, overrides: Sequence[str] = (),
-               on_log: Optional[LogCallback] = None) -> TrainingSession:
+               on_log: Optional[LogCallback] = None, settings: Optional[TrainingSettings] = None) -> TrainingSession:
         """Continue the run in ``run_dir`` from its saved state (``resume.pt``), optionally to a new total of
-        ``iterations``. Raises :class:`semisupseg.errors.InputError` when it is running or has nothing to resume."""
+        ``iterations`` and with ``overrides``; with the panel's ``settings``, with what they change
+        (:func:`resume_changes`: the iterations, batch, learning rate, Advanced fields; the child's log names each
+        change). Raises :class:`semisupseg.errors.InputError` when it is running, has nothing to resume, or the
+        settings change what a resume cannot."""
         from semisupseg.errors import InputError
 
         run_dir = Path(run_dir).expanduser()
@@ -817,6 +939,8 @@ class TrainingLogic:
         if not (run_dir / "config.yaml").is_file() or not (run_dir / "resume.pt").is_file():
             raise InputError("nothing to resume: the folder holds no saved training state (config.yaml and "
                              "resume.pt)", run_dir)
+        if settings is not None:
+            overrides = resume_changes(run_dir, settings) + list(overrides)
         return self._launch(run_dir, resume_arguments(run_dir, iterations, overrides), on_log)
 
     def attach(self, run_dir: PathLike, on_log: Optional[LogCallback] = None) -> TrainingSession:
@@ -1018,6 +1142,6 @@ class TrainingPanel:
 
 
 __all__ = ["DataCheckJob", "ENDED", "PANEL_WIDGETS", "PanelUpdate", "RankJob", "RunView", "STATUSES", "STOP_FILE",
-           "TrainingLogic", "TrainingPanel", "TrainingSession", "TrainingSettings", "data_arguments", "data_config", "defaults", "resume_arguments", "run_model",
-           "run_model_classes",
-           "settings_from_panel", "status_line", "stop_file", "train_arguments", "unlabeled_folders"]
+           "TrainingLogic", "TrainingPanel", "TrainingSession", "TrainingSettings", "data_arguments", "data_config",
+           "defaults", "resume_arguments", "resume_changes", "run_model", "run_model_classes", "run_panel_settings",
+           "settings_from_panel", "show_run_settings", "status_line", "stop_file", "train_arguments", "unlabeled_folders"]

@@ -496,3 +496,171 @@ def test_a_followed_run_whose_log_goes_away_keeps_its_history_and_says_so(tmp_pa
     assert len(session.events) == 9 and not session.restarted and session.log_missing
     session.status = "running"
     assert "its events log is gone" in status_line(session) and str(run / "events.jsonl") in status_line(session)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# a saved run in the form, and Resume with what the form changes
+# ----------------------------------------------------------------------------------------------------------------------
+
+class _Editor:
+    """A stand-in for one Qt/CTK editor: only the property its kind has (as ``editor_value`` duck-types them)."""
+
+    def __init__(self, prop, value):
+        setattr(self, prop, value)
+
+
+def _panel_widgets():
+    kinds = {"method": "currentText", "device": "currentText", "overlay_cases": "currentText",
+             "labeled": "currentPath", "labels": "currentPath", "unlabeled": "currentPath", "run_dir": "currentPath",
+             "iterations": "value", "batch_size": "value", "labeled_batch_size": "value", "seed": "value",
+             "overlay_every": "value"}
+    from SemiSupSegLib.training_logic import PANEL_WIDGETS
+
+    return {name: _Editor(kinds.get(name, "text"), "") for name, _ in PANEL_WIDGETS}
+
+
+class _FakeQt:
+    """``qt`` for ``method_form.make_editor``: widgets with the properties the panel reads."""
+
+    class QCheckBox:
+        def __init__(self):
+            self.checked, self.toolTip = False, ""
+
+    class QComboBox:
+        def __init__(self):
+            self.items, self.currentText, self.toolTip = [], "", ""
+
+        def addItems(self, items):
+            self.items += items
+
+    class QLineEdit:
+        def __init__(self, text=""):
+            self.text, self.placeholderText, self.toolTip = text, "", ""
+
+
+def _form_of_run(run_dir):
+    """What the panel shows after the run folder ``run_dir`` is chosen, read back as settings (as Start and Resume
+    read the form): the main editors and an Advanced section built for the run's method."""
+    from SemiSupSegLib import method_form as mf
+    from SemiSupSegLib.training_logic import run_panel_settings, show_run_settings
+
+    saved = run_panel_settings(run_dir)
+    assert saved is not None
+    widgets = _panel_widgets()
+    widgets["run_dir"].currentPath = str(run_dir)
+    fields = mf.method_fields(saved[0]["method"]) + mf.engine_fields()
+    editors = {f.key: mf.make_editor(f, _FakeQt) for f in fields}
+    show_run_settings(saved, widgets, fields, editors)
+    return widgets, fields, editors
+
+
+def _read_form(widgets, fields, editors):
+    from SemiSupSegLib import method_form as mf
+    from SemiSupSegLib.training_logic import settings_from_panel
+
+    values = mf.parse_values(fields, {k: mf.editor_value(e) for k, e in editors.items()})
+    texts = {name: mf.editor_value(w) for name, w in widgets.items()}
+    return settings_from_panel(texts, mf.overrides(fields, values))
+
+
+def _train(args, cwd):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "semisupseg"] + [str(a) for a in args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_a_chosen_run_folder_shows_its_settings_and_resume_changes_only_what_is_edited(tmp_path):
+    """Choosing a run folder fills the form with the run's saved settings (main and Advanced); read back, they change
+    nothing on Resume. Edits become exactly the resume's changes (the CLI notes them, the child trains with them);
+    an Advanced field set back to its default is a change too; the method, the network and the cases cannot change
+    (one line naming each, before anything starts). Before, Resume passed the iteration count only: settings edited
+    in the panel were silently not applied."""
+    import dataclasses
+
+    from semisupseg.errors import InputError
+    from SemiSupSegLib.training_logic import TrainingLogic, resume_changes, train_arguments
+
+    run = tmp_path / "run"
+    started = _settings(run, 2, method="mean-teacher", unlabeled=(str(HIPPO / "imagesTr"),), batch_size=4,
+                        validation="hippocampus_017", lr=0.02,
+                        overrides=TINY + ("method_params.consistency=0.5", "optim.momentum=0.8", "val_every=2"))
+    _train(train_arguments(started), tmp_path)
+    widgets, fields, editors = _form_of_run(run)
+    shown = _read_form(widgets, fields, editors)
+    assert (shown.method, shown.labeled, shown.unlabeled, shown.lr, shown.batch_size, shown.validation) == \
+        ("mean-teacher", str(HIPPO), (str(HIPPO / "imagesTr"),), 0.02, 4, "hippocampus_017")
+    assert editors["method_params.consistency"].text == "0.5" and editors["optim.momentum"].text == "0.8"
+    assert editors["amp"].currentText == "off" and editors["model.n_filters"].text == "4"
+    assert resume_changes(run, shown) == []
+
+    # the user edits the learning rate, the iterations and two Advanced fields (one back to its default)
+    widgets["lr"].text, widgets["iterations"].value = "0.005", 4
+    editors["method_params.consistency"].text = "0.25"
+    default_momentum = next(f for f in fields if f.key == "optim.momentum").default
+    editors["optim.momentum"].text = str(default_momentum)
+    edited = _read_form(widgets, fields, editors)
+    assert sorted(resume_changes(run, edited)) == sorted(["iterations=4", "optim.lr=0.005",
+                                                          "method_params.consistency=0.25",
+                                                          f"optim.momentum={default_momentum}"])
+    for change, key in ((dict(method="sgrs"), "method"), (dict(validation="2"), "data.validation"),
+                        (dict(overrides=edited.overrides + ("model.n_filters=8",)), "model.n_filters")):
+        with pytest.raises(InputError, match=f"Resume cannot change .*{key}"):
+            resume_changes(run, dataclasses.replace(edited, **change))
+    # the data moved to another folder: the same cases, a change the CLI names
+    assert f'data.labeled="{tmp_path}"' in resume_changes(run, dataclasses.replace(edited, labeled=str(tmp_path)))
+
+    lines = []
+    session = TrainingLogic().resume(run, settings=edited, on_log=lines.append)
+    _wait_for(session, lambda s: s.ended)
+    assert session.status == "finished", session.log_text
+    assert "optim.lr 0.02 -> 0.005" in session.log_text and "momentum" in session.log_text
+    lrs = [e["lr"] for e in session.events if e.get("event") == "iteration"]
+    assert lrs[:2] == [pytest.approx(0.02)] * 2 and lrs[2:] == [pytest.approx(0.005)] * 2
+    from semisupseg.training import load_run_config
+
+    saved = load_run_config(run / "config.yaml")
+    assert (saved.optim.lr, saved.method_params["consistency"], saved.iterations) == (0.005, 0.25, 4)
+
+
+def test_a_run_whose_validation_came_from_its_split_file_shows_an_empty_validation_entry(tmp_path):
+    """A run that took its validation cases from the split file shows an empty Validation entry (typed, it would
+    replace the split's list and the resume would be refused); a folder without a run, or with a damaged config,
+    changes nothing in the form."""
+    from SemiSupSegLib.training_logic import resume_changes, run_panel_settings
+
+    run = tmp_path / "run"
+    _train(["train", "--method", "supervised", "--labeled", HIPPO, "--out", run, "--iterations", 1,
+            "--patch-size", 16, 16, 16, "--batch-size", 2, "--device", "cpu"] +
+           [a for o in TINY for a in ("--set", o)], tmp_path)
+    widgets, fields, editors = _form_of_run(run)
+    assert widgets["validation"].text == ""
+    assert resume_changes(run, _read_form(widgets, fields, editors)) == []
+    assert run_panel_settings(tmp_path / "nothing") is None
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.yaml").write_text("method: [unclosed\n")
+    assert run_panel_settings(tmp_path / "broken") is None
+
+
+def test_editors_show_and_read_back_every_kind_of_value():
+    """``make_editor`` builds the editor of each kind with its default; ``set_editor_value`` and ``editor_value``
+    are inverses on each editor kind."""
+    from SemiSupSegLib import method_form as mf
+
+    for f in mf.method_fields("sgrs") + mf.engine_fields():
+        editor = mf.make_editor(f, _FakeQt)
+        assert f.parse(mf.editor_value(editor)) == f.parse(f.format(f.default)) or f.is_default(
+            f.parse(mf.editor_value(editor))), f.key
+    for prop, value in (("currentPath", "/data/run"), ("currentText", "cpu"), ("value", 7), ("checked", True),
+                        ("text", "0.5")):
+        editor = _Editor(prop, None)
+        mf.set_editor_value(editor, value)
+        assert mf.editor_value(editor) == value
+    line = _Editor("text", "x")
+    mf.set_editor_value(line, None)
+    assert line.text == ""
+    with pytest.raises(TypeError):
+        mf.set_editor_value(object(), 1)
