@@ -175,3 +175,65 @@ def test_a_failing_rank_is_the_cause_the_run_records(tmp_path):
     assert json.loads((run / "heartbeat.json").read_text())["status"] == "failed"
     assert "error: another process of the run failed: rank 1: /data/x.nii.gz" in r.stderr
     assert not list(run.glob(".failed_rank*"))
+
+
+def _children(pid: int):
+    """The pids whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_of_a_killed_torchrun_stop_and_save_their_state(tmp_path):
+    """torchrun killed with SIGKILL cannot pass a signal on: its workers went on training as orphans until the run's
+    end. Each worker now asks for SIGTERM when its launcher dies: they stop within seconds, rank 0 saving
+    ``resume.pt`` (the run resumes)."""
+    import signal
+    import time
+
+    data = _dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "semisupseg", "train", "--no-bar", "--method", "supervised",
+         "--labeled", str(data), "--validation", "1", "--patch-size", "16", "16", "16", "--batch-size", "4",
+         "--labeled-batch-size", "4", "--device", "cpu", "--set", "model.n_filters=2", "--set", "amp=off",
+         "--iterations", "100000", "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        end = time.monotonic() + 180
+        while not (run / "events.jsonl").exists() or '"iteration"' not in (run / "events.jsonl").read_text():
+            assert launcher.poll() is None and time.monotonic() < end, launcher.stderr.read().decode()[-3000:]
+            time.sleep(0.2)
+        workers = _children(launcher.pid)
+        assert len(workers) == 2
+        launcher.kill()
+        launcher.wait(timeout=30)
+        end = time.monotonic() + 60
+        while any(_alive(w) for w in workers) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "the workers of the killed launcher are still training"
+        assert (run / "resume.pt").is_file()
+        assert [e["event"] for e in read_events(run / "events.jsonl")][-1] == "cancelled"
+    finally:
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

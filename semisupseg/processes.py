@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 _POSIX = os.name == "posix"
 #: what :func:`signal_process_tree` takes: ask the tree to stop (a training run saves its state and ends as
@@ -76,4 +76,36 @@ def kill_process_tree(proc: subprocess.Popen) -> None:
     signal_process_tree(proc, KILL)
 
 
-__all__ = ["KILL", "TERM", "group_popen_kwargs", "signal_process_tree", "kill_process_tree"]
+#: ``prctl`` option: the signal this process gets when the thread that started it ends (Linux)
+_PR_SET_PDEATHSIG = 1
+#: the signal :func:`end_with_parent` asks for: not ``SIGTERM``, because the kernel sends it once per exiting thread
+#: of a multi-threaded parent (torchrun's), and a second ``SIGTERM`` means "stop now, without saving" to a training
+#: run; its handler (``semisupseg.training.engine``) only ever asks the run to stop. ``None`` where there is none.
+PARENT_DIED = getattr(signal, "SIGUSR2", None)
+
+
+def end_with_parent(sig: Optional[int] = PARENT_DIED) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere
+    nothing, ``False``). For the workers of a launcher such as ``torchrun``: a launcher killed with ``SIGKILL``
+    cannot pass its own signals on, and its workers went on training as orphans; with :data:`PARENT_DIED` a training
+    run saves its state and ends as ``cancelled`` (before its handler is installed, the signal's default action ends
+    the process). A parent already gone (this process adopted by init) gets ``sig`` at once. Returns whether the
+    request was made."""
+    import sys
+
+    if sig is None or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() == 1:  # the parent died before the request: nothing would ever be sent
+        os.kill(os.getpid(), sig)
+    return True
+
+
+__all__ = ["KILL", "PARENT_DIED", "TERM", "end_with_parent", "group_popen_kwargs", "signal_process_tree", "kill_process_tree"]

@@ -310,7 +310,12 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.training import (Events, TrainConfig, Trainer, apply_overrides, load_config, load_run_config,
                                      schedule_note)
     from semisupseg.training.config import config_keys
+    from semisupseg.training.distributed import env_world_size
 
+    if env_world_size() > 1:  # a worker of torchrun: a launcher killed outright must not leave it training alone
+        from semisupseg.processes import end_with_parent
+
+        end_with_parent()
     resume = args.resume is not None
     run_dir = args.resume if isinstance(args.resume, str) else args.out
     if not run_dir and not resume and args.config:

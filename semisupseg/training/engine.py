@@ -43,6 +43,7 @@ from semisupseg.errors import (Cancelled, CheckpointError, InputError, OutOfMemo
                                SemiSupSegError, is_out_of_memory, out_of_memory_detail)
 from semisupseg.fileio import write_text_atomic
 from semisupseg.methods import Batch, Method, StepContext, get_method
+from semisupseg.processes import PARENT_DIED
 from semisupseg.progress import CancelToken, ProgressCallback
 from semisupseg.schedules import poly_lr, step_decay_lr
 from semisupseg.training import distributed as dist_utils
@@ -661,6 +662,11 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 old[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+        if PARENT_DIED is not None:  # the launcher died (processes.end_with_parent): stop and save, never more
+            try:
+                old[PARENT_DIED] = signal.signal(PARENT_DIED, lambda signum, frame: self.cancel.cancel())
             except (ValueError, OSError):
                 pass
         return old
