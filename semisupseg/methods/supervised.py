@@ -1,9 +1,12 @@
 """``supervised``: the fully supervised V-Net baseline trained on the labeled cases only.
 
-The papers' lower bound ("V-Net, 16 labeled"): soft Dice on the labeled patches (Milletari et al. 2016) — the
-releases' ``dice_loss`` — optionally with voxel cross-entropy (UA-MT's supervised term is ``0.5 (CE + Dice)``;
-set ``ce_weight=0.5, dice_weight=0.5`` for it). Unlabeled data are not used: the engine's batches hold only the
-``labeled_batch_size`` labeled patches.
+The papers' lower bound ("V-Net, 16 labeled"). Here: soft Dice on the labeled patches (Milletari et al. 2016;
+foreground classes, as the releases' ``dice_loss``), optionally with voxel cross-entropy, a V-Net without dropout,
+and ``labeled_batch_size`` labeled patches per step (unlabeled data are not used). The releases' supervised V-Net
+(UA-MT ``code/train_LA.py``, which DTC and SASSNet quote) differs in three settings, each a flag:
+``0.5 (CE + Dice)`` (``--set method_params.ce_weight=0.5 --set method_params.dice_weight=0.5``), dropout
+(``--set 'model.extra={dropout: true}'``) and 4 labeled patches per step (``--batch-size 4
+--labeled-batch-size 4``).
 """
 from __future__ import annotations
 
