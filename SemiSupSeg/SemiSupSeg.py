@@ -9,7 +9,7 @@ import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
-from SemiSupSegLib import bootstrap, dependencies
+from SemiSupSegLib import bootstrap, dependencies, self_tests
 from SemiSupSegLib.parameters import OVERLAY_KINDS, SegmentParameters, observe_scene_replaced
 from SemiSupSegLib.results import set_foreground
 from SemiSupSegLib.segment_logic import (SegmentLogic, SegmentRequest, device_note, first_overlay_id, gpu_available,
@@ -197,14 +197,11 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
 
 
 class SemiSupSegTest(ScriptedLoadableModuleTest):
-    def runTest(self):
-        from SemiSupSegLib.self_tests import skip_reason
+    def setUp(self):  # also under ctest, whose unittest loader runs the test_ methods without runTest
+        self_tests.set_up(self, slicer.mrmlScene)
 
-        slicer.mrmlScene.Clear()
-        if reason := skip_reason():
-            self.delayDisplay(reason)
-        else:
-            self.test_segment_sample_scan()
+    def runTest(self):
+        self_tests.run_test(self, self.test_segment_sample_scan)
 
     def test_segment_sample_scan(self):
         """SemiSupSegLib.self_tests.segment_sample_scan with the bundled test model on the application's scene (also

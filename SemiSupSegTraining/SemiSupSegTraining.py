@@ -26,7 +26,7 @@ def find_library(module_dir):
 
 
 find_library(os.path.dirname(os.path.abspath(__file__)))
-from SemiSupSegLib import bootstrap, dependencies  # noqa: E402
+from SemiSupSegLib import bootstrap, dependencies, self_tests  # noqa: E402
 
 
 class SemiSupSegTraining(ScriptedLoadableModule):
@@ -65,7 +65,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
         self.tl, self.mf = training_logic, method_form
         self.panel = training_logic.TrainingPanel(self.logic.training, slicer.mrmlScene)
-        self.segmentJob = self.plotViewNode = None
+        self.plotViewNode = None
         self.fields, self.editors = [], {}
         qt.QFormLayout(self.ui.advancedFormWidget)
         for kind, (title, _) in TrainingPlots.CHARTS.items():
@@ -78,7 +78,8 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.folderTimer.setSingleShot(True)
         self.folderTimer.setInterval(400)
         self.folderTimer.connect("timeout()", self.onRunFolderChanged)
-        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self.folderTimer.start)
+        # (a lambda: PythonQt would pass the path on to QTimer.start(int), which fails, and the run never showed)
+        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", lambda *unused: self.folderTimer.start())
         self.ui.chartComboBox.connect("currentIndexChanged(int)", self.showChart)
         self.ui.rankingTable.connect("cellClicked(int,int)", self.onRankingClicked)
         for button, slot in ((self.ui.checkDataButton, self.onCheckData), (self.ui.addCaseButton, self.onAddCase),
@@ -96,6 +97,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def cleanup(self):  # the training runs go on; the timer, a ranking and the segmentation worker stop
         if hasattr(self, "timer"):
             self.timer.stop()
+            self.folderTimer.stop()
             self.panel.close()
             self.logic.close()
         self.removeObservers()
@@ -148,6 +150,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             if not self.ready():
                 return
             self.panel.check_data(self.settings(require=("method", "labeled")))
+            self.rememberFolders()
             self.ui.dataCheckList.clear()
             self.ui.dataCheckList.addItem("checking (reading every file)...")
 
@@ -173,6 +176,11 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.iterationsSpinBox.value = session.max_iterations or self.ui.iterationsSpinBox.value
         self.onTimer()
 
+    def rememberFolders(self):  # the paths' drop-down history (CTK saves it only when asked)
+        for edit in (self.ui.labeledPathLineEdit, self.ui.labelsPathLineEdit, self.ui.unlabeledPathLineEdit,
+                     self.ui.runFolderPathLineEdit):
+            edit.addCurrentPathToHistory()
+
     def onRunFolderChanged(self, *unused):
         self.follow(self.panel.follow_folder(self.ui.runFolderPathLineEdit.currentPath))
         self.showRunSettings()
@@ -185,12 +193,13 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.tl.show_run_settings(saved, widgets, self.fields, self.editors)
 
     def onStart(self):
-        from semisupseg.training.heartbeat import has_run_state
-
         with slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True):
-            if not self.ready():
+            if not self.ready():  # installs torch first: the import below needs it
                 return
+            from semisupseg.training.heartbeat import has_run_state
+
             settings = self.settings()
+            self.rememberFolders()
             if has_run_state(settings.run_dir):
                 if not slicer.util.confirmYesNoDisplay("The run folder holds a run. Start afresh, removing its "
                                                        "checkpoints, events and overlays? (No: Resume continues it.)"):
@@ -204,6 +213,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 return
             self.follow(self.logic.training.resume(self.ui.runFolderPathLineEdit.currentPath,
                                                    settings=self.settings()))
+            self.rememberFolders()
 
     def onCancel(self):
         if self.panel.session is not None:
@@ -226,15 +236,10 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onRankingClicked(self, row, column):
         """Load the scan and segment it with the run's model, its entropy in the foreground (Annotate next)."""
-        from SemiSupSegLib.segment_logic import SegmentRequest
-
         with slicer.util.tryWithErrorDisplay("The scan could not be segmented.", waitCursor=True):
-            if self.segmentJob is not None:  # before loading: a refused click must not add another copy of a scan
-                raise RuntimeError("a scan is being segmented: wait for it, then click again")
-            node = slicer.util.loadVolume(self.ui.rankingTable.item(row, 1).data(qt.Qt.UserRole))
-            model = str(self.tl.run_model(self.ui.runFolderPathLineEdit.currentPath))
-            self.segmentJob = self.logic.segment.start(SegmentRequest(node, model, overlays=("entropy",)))
-            self.ui.addVolumeSelector.setCurrentNode(node)
+            self.ui.addVolumeSelector.setCurrentNode(self.panel.annotate(
+                self.logic.segment, slicer.util.loadVolume, self.ui.rankingTable.item(row, 1).data(qt.Qt.UserRole),
+                self.ui.runFolderPathLineEdit.currentPath))
 
     def onTimer(self):
         u = self.panel.tick()
@@ -257,13 +262,11 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             for message in u.errors:
                 slicer.util.errorDisplay(message)
             self.timer.start()
-        if self.segmentJob is not None and self.segmentJob.poll():
+        if u.annotated is not None:
             from SemiSupSegLib.results import set_foreground
 
-            if self.segmentJob.state == "done":
-                self.ui.addSegmentationSelector.setCurrentNode(self.segmentJob.outcome.segmentation_node)
-                set_foreground(slicer.mrmlScene, self.segmentJob.outcome.overlay_nodes.get("entropy"), 0.5)
-            self.segmentJob = None
+            self.ui.addSegmentationSelector.setCurrentNode(u.annotated.segmentation_node)
+            set_foreground(slicer.mrmlScene, u.annotated.overlay_nodes.get("entropy"), 0.5)
         if u.chart_changed:
             self.showChart()
         self.ui.statusLabel.text, self.ui.progressBar.value = u.status, u.percent
@@ -309,15 +312,11 @@ class SemiSupSegTrainingLogic(ScriptedLoadableModuleLogic):
 
 
 class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
-    def runTest(self):
-        from SemiSupSegLib.self_tests import skip_reason
+    def setUp(self):  # also under ctest, whose unittest loader runs the test_ methods without runTest
+        self_tests.set_up(self, slicer.mrmlScene)
 
-        slicer.mrmlScene.Clear()
-        reason = skip_reason()
-        if reason:
-            self.delayDisplay(reason)
-        else:
-            self.test_train_watch_and_segment()
+    def runTest(self):
+        self_tests.run_test(self, self.test_train_watch_and_segment)
 
     def test_train_watch_and_segment(self):
         """SemiSupSegLib.self_tests.train_watch_and_segment on the application's scene (also run headless by

@@ -321,7 +321,17 @@ def _slicer_version(slicer_module) -> Optional[Tuple[int, int]]:
 
 
 def _pip_ensure(slicer_module) -> Optional[Callable[..., object]]:
+    """Slicer's ``slicer.packaging.pip_ensure`` (5.9+), else ``None``. ``slicer.packaging`` is a submodule that
+    ``import slicer`` does not import: it is imported here (before, the attribute was missing and the older
+    ``pip_install`` path always taken)."""
     packaging = getattr(slicer_module, "packaging", None)
+    if packaging is None and getattr(slicer_module, "__name__", None) == "slicer":
+        import importlib
+
+        try:
+            packaging = importlib.import_module("slicer.packaging")
+        except ImportError:  # an older Slicer, or its Qt-free core
+            packaging = None
     return getattr(packaging, "pip_ensure", None) if packaging is not None else None
 
 

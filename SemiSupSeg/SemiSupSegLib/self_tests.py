@@ -29,6 +29,28 @@ def skip_reason() -> Optional[str]:
     return None
 
 
+def set_up(test_case, scene) -> None:
+    """A self-test's ``setUp``: an empty scene, and ``skipTest`` with :func:`skip_reason` when the scenarios cannot
+    run. Slicer's ctest runs the ``test_*`` methods through unittest's loader, which calls ``setUp`` and never
+    ``runTest``: the skip in ``runTest`` alone let them fail on a build machine without PyTorch."""
+    scene.Clear()
+    reason = skip_reason()
+    if reason:
+        test_case.skipTest(reason)
+
+
+def run_test(test_case, *tests: Callable[[], Any]) -> None:
+    """A self-test's ``runTest`` ("Reload and Test"): the skip reason shown (not raised: the button would report a
+    failure), else ``setUp`` and each of ``tests``."""
+    reason = skip_reason()
+    if reason:
+        test_case.delayDisplay(reason)
+        return
+    for test in tests:
+        test_case.setUp()
+        test()
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise AssertionError(message)

@@ -25,7 +25,7 @@ is ``RUN/.stop`` (:func:`stop_file`), so any session can ask any run started by 
   also handles as a clean cancel) — never a kill.
 * :class:`TrainingLogic`: :meth:`~TrainingLogic.start`, :meth:`~TrainingLogic.resume`, :meth:`~TrainingLogic.attach`
   (a session of this process for that folder if there is one, else a follower), :meth:`~TrainingLogic.check_data`
-  (:class:`DataCheckJob`, the checks of ``semisupseg train`` on a thread), :meth:`~TrainingLogic.use_in_segment`
+  (:class:`DataCheckJob`, the checks of ``semisupseg train`` in a child process), :meth:`~TrainingLogic.use_in_segment`
   (registers the run's best model in the shared catalogue and returns its name), :meth:`~TrainingLogic.rank`
   (:class:`RankJob`: ``semisupseg rank`` of the unlabeled scans by the model's uncertainty — *Annotate next*).
 * :class:`RunView`: a session's events in the scene (``SemiSupSegLib.live``: tables, plot charts, overlay sets).
@@ -43,7 +43,6 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -749,71 +748,64 @@ class RunView:
 # ----------------------------------------------------------------------------------------------------------------------
 
 class DataCheckJob:
-    """``semisupseg.training.datacheck.check_train_data`` — the checks ``semisupseg train`` and ``semisupseg
-    check-data`` run — and, for usable data, the settings training would derive from it
-    (``semisupseg.data.fingerprint.plan_for``), as ``check-data`` reports them, on a background thread (it reads
-    every file once). :meth:`poll` → ``True`` once done;
-    ``report`` (a ``DataReport``) or ``error`` (one line); ``fraction``/``message`` while it runs."""
+    """``semisupseg check-data`` — the checks ``semisupseg train`` runs, and for usable data the settings training
+    would derive from it — in a child process (it reads every file once: in Slicer a Python thread would run only
+    while the GUI thread runs Python, and a crash in a reader would take Slicer with it). :meth:`poll` → ``True``
+    once done; ``report`` (a ``semisupseg.training.datacheck.DataReport``, read back from the child's ``--report``
+    file) or ``error`` (one line); ``runner`` for the log."""
 
-    def __init__(self, settings: TrainingSettings):
-        from semisupseg.progress import CancelToken
+    def __init__(self, settings: TrainingSettings, python: Optional[Sequence[str]] = None,
+                 env: Optional[Dict[str, str]] = None, on_log: Optional[LogCallback] = None):
+        from SemiSupSegLib.runner import ProcessRunner
 
         self.settings = settings
         self.report: Any = None
         self.error: Optional[str] = None
         self.fraction = 0.0
-        self.message = ""
-        self._cancel = CancelToken()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="semisupseg-check-data", daemon=True)
+        self.message = "checking (reading every file)"
+        args = check_data_arguments(settings) + ["--report", "{temp_dir}/report.json"]
+        self.runner = ProcessRunner(args, on_event=self._on_event, on_log=on_log, env=env, stop_file_option=None,
+                                    python=python)
 
     def start(self) -> "DataCheckJob":
-        self._thread.start()
+        self.runner.start()
         return self
 
-    def _progress(self, fraction: float, message: str = "") -> None:
-        self.fraction, self.message = float(fraction), message
+    def _on_event(self, event: Dict[str, Any]) -> None:
+        if event.get("event") != "exit":
+            return
+        import json
 
-    def _run(self) -> None:
-        from semisupseg.errors import Cancelled, SemiSupSegError
-        from semisupseg.training.datacheck import check_train_data
-        from semisupseg.training.engine import method_class
+        from semisupseg.training.datacheck import DataReport
 
-        try:
-            cfg = data_config(self.settings)
-            with_unlabeled = bool(getattr(method_class(cfg.method), "uses_unlabeled", True))
-            report = check_train_data(cfg.data, with_unlabeled=with_unlabeled, progress=self._progress,
-                                      cancel=self._cancel)
-            if report.usable:  # what training would derive from this data (patch size, spacing, normalisation)
-                from semisupseg.data.fingerprint import describe_plan, plan_for
-
-                report.plan = plan_for(cfg)
-                report.plan_lines = describe_plan(report.plan)
-            self.report = report
-        except Cancelled:
+        report = Path(self.runner.temp_dir) / "report.json"  # read before the runner removes its folder
+        if event.get("cancelled"):
             self.error = "data check cancelled"
-        except (SemiSupSegError, SystemExit) as exc:  # the options themselves (argparse exits on bad ones)
-            self.error = str(exc) if not isinstance(exc, SystemExit) else "the data options are not valid"
-        except Exception as exc:  # noqa: BLE001 - shown in the panel, not raised in a thread
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self._done.set()
+        elif report.is_file():  # exit 2 with a report: the data cannot be used, and the report says why
+            try:
+                self.report = DataReport.from_dict(json.loads(report.read_text(encoding="utf-8")))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self.error = f"the data check's report cannot be read: {exc}"
+        else:
+            self.error = event.get("error") or "the data check failed"
+        self.fraction, self.message = 1.0, ""
 
     def poll(self) -> bool:
-        return self._done.is_set()
+        self.runner.poll()
+        return not self.runner.running
 
     def wait(self, timeout: Optional[float] = None) -> Any:
         """Block until done; returns the report (``InputError`` with the error otherwise)."""
         from semisupseg.errors import InputError
 
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"the data check did not finish within {timeout} s")
+        self.runner.wait(timeout)
         if self.report is None:
             raise InputError(self.error or "the data check failed")
         return self.report
 
-    def cancel(self) -> None:
-        self._cancel.cancel()
+    def cancel(self, block: bool = False) -> None:
+        """Kill the check's process tree (it writes nothing of the user's)."""
+        self.runner.cancel(grace_s=0.0, block=block)
 
     def lines(self) -> List[str]:
         """The result list: the report as ``semisupseg check-data`` prints it, or the error."""
@@ -995,10 +987,10 @@ class TrainingLogic:
         return session
 
     # ---------------------------------------------------------------------------------------------- data, models
-    def check_data(self, settings: TrainingSettings) -> DataCheckJob:
-        """Start the data check of ``settings`` on a thread; returns the job (:meth:`DataCheckJob.poll` /
+    def check_data(self, settings: TrainingSettings, on_log: Optional[LogCallback] = None) -> DataCheckJob:
+        """Start the data check of ``settings`` in a child process; returns the job (:meth:`DataCheckJob.poll` /
         :meth:`~DataCheckJob.wait`)."""
-        return DataCheckJob(settings).start()
+        return DataCheckJob(settings, python=self.python, env=self.env, on_log=on_log).start()
 
     def rank(self, model: str, inputs: Sequence[PathLike], on_log: Optional[LogCallback] = None) -> RankJob:
         """Start ranking the scans of ``inputs`` (folders or files; the unlabeled folders) by ``model``'s uncertainty
@@ -1046,7 +1038,8 @@ class PanelUpdate:
     ``status``: the line under the progress bar; ``percent``: 0..100; ``running``: a run is going (Cancel on,
     Start/Resume off); ``chart_changed``: the chart nodes are new (point the plot view at them); ``check_lines`` and
     ``cases``: the data check's result list and the case ids it found (the overlay case selector); ``ranking``: rows
-    of the uncertainty ranking; ``errors``: messages for the user (a failed ranking)."""
+    of the uncertainty ranking; ``annotated``: the outcome of an Annotate-next segmentation that finished (show its
+    segmentation and entropy); ``errors``: messages for the user (a failed ranking or Annotate-next segmentation)."""
 
     status: str = "no run"
     percent: int = 0
@@ -1055,6 +1048,7 @@ class PanelUpdate:
     check_lines: Optional[List[str]] = None
     cases: Optional[List[str]] = None
     ranking: Optional[List[Dict[str, str]]] = None
+    annotated: Any = None
     errors: List[str] = field(default_factory=list)
 
 
@@ -1072,6 +1066,7 @@ class TrainingPanel:
         self.view: Optional[RunView] = None
         self.check: Optional[DataCheckJob] = None
         self.ranking: Optional[RankJob] = None
+        self.annotating: Any = None  # the Annotate-next SegmentJob
 
     def follow(self, session: Optional[TrainingSession]) -> Optional[TrainingSession]:
         self.session, self.view = session, None
@@ -1085,6 +1080,8 @@ class TrainingPanel:
         return self.follow(None)
 
     def check_data(self, settings: TrainingSettings) -> DataCheckJob:
+        if self.check is not None:  # a new check replaces the running one
+            self.check.cancel(block=True)
         self.check = self.logic.check_data(settings)
         return self.check
 
@@ -1100,12 +1097,38 @@ class TrainingPanel:
         self.ranking = self.logic.rank(str(model), [f for f in folders if str(f).strip()])
         return self.ranking
 
+    def annotate(self, segment_logic, load_volume: Callable[[str], Any], image: PathLike, run_dir: PathLike) -> Any:
+        """Annotate next: load the ranked scan ``image`` (``load_volume(path) -> node``: Slicer's loader) and start
+        segmenting it with the run's model and its entropy overlay (``segment_logic``: a ``SegmentLogic``); returns
+        the volume node at once, the outcome comes in a tick's ``annotated`` (a failure in its ``errors``). Refused
+        while a scan is being segmented, before loading (a refused click must not add another copy of the scan); a
+        scan whose segmentation cannot start is removed from the scene again."""
+        from semisupseg.errors import InputError
+        from SemiSupSegLib.segment_logic import SegmentRequest
+
+        if self.annotating is not None:
+            raise InputError("a scan is being segmented: wait for it, then click again")
+        model = run_model(run_dir)
+        if model is None:
+            raise InputError("the run folder holds no model yet: train first", run_dir)
+        node = load_volume(str(image))
+        try:
+            self.annotating = segment_logic.start(SegmentRequest(node, str(model), overlays=("entropy",)))
+        except BaseException:
+            if node is not None and node.GetScene() is not None:
+                node.GetScene().RemoveNode(node)
+            raise
+        return node
+
     def close(self) -> None:
-        """The panel goes (module reload, Slicer closes): a running ranking is killed with its process tree. Training
+        """The panel goes (module reload, Slicer closes): a running ranking or data check is killed with its process tree. Training
         runs go on: they are the user's long work, and the panel re-attaches to them from their folder."""
         if self.ranking is not None:
             self.ranking.cancel(block=True)
             self.ranking = None
+        if self.check is not None:
+            self.check.cancel(block=True)
+            self.check = None
 
     def chart(self, kind: str):
         """The chart node of ``kind`` (``loss``, ``dice``, ``hd95``, ``lr``, ``figures``) of the followed run."""
@@ -1127,6 +1150,12 @@ class TrainingPanel:
                 what = "ranking incomplete" if self.ranking.rows else "ranking failed"
                 update.errors.append(f"{what}: {self.ranking.error}")
             self.ranking = None
+        if self.annotating is not None and self.annotating.poll():
+            if self.annotating.state == "done":
+                update.annotated = self.annotating.outcome
+            elif self.annotating.state == "failed":
+                update.errors.append(f"the scan could not be segmented: {self.annotating.error}")
+            self.annotating = None
         session = self.session
         if session is not None:
             new = session.poll()

@@ -228,6 +228,25 @@ def test_apply_uses_pip_ensure_where_slicer_has_it():
     assert [c[0] for c in rec.calls].count("confirm") == 1
 
 
+def test_pip_ensure_is_found_in_slicers_packaging_submodule(monkeypatch):
+    """``slicer.packaging`` is a submodule ``import slicer`` does not import: looked up as an attribute it was
+    missing, so Slicer's ``pip_ensure`` was never used. It is imported now (and absent where Slicer lacks it)."""
+    import sys
+    import types
+
+    from SemiSupSegLib.dependencies import _pip_ensure
+
+    def pip_ensure(*args, **kwargs):
+        return None
+
+    fake_slicer = types.ModuleType("slicer")
+    monkeypatch.setitem(sys.modules, "slicer.packaging", types.SimpleNamespace(pip_ensure=pip_ensure))
+    assert _pip_ensure(fake_slicer) is pip_ensure
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # an older Slicer: importing it fails
+    assert _pip_ensure(fake_slicer) is None
+    assert _pip_ensure(types.ModuleType("not_slicer")) is None
+
+
 def test_declining_installs_nothing():
     plan = plan_dependencies(env(h5py=None, torch=None))
     rec = Recorder(answer=False)

@@ -51,3 +51,50 @@ def test_the_self_tests_say_why_they_skip_without_torch(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     assert "PyTorch is not installed" in self_tests.skip_reason() and "Segment" in self_tests.skip_reason()
+
+
+def test_the_skip_also_holds_when_ctest_runs_the_test_methods(monkeypatch):
+    """Slicer's ctest (``slicer.testing.runUnitTest``) loads the ``test_*`` methods with unittest's loader, which
+    calls ``setUp`` and never ``runTest``: the skip and the empty scene live in ``setUp`` now (``set_up``), and
+    "Reload and Test" (``runTest``) shows the reason instead of reporting a failure."""
+    import importlib.util
+    import unittest
+
+    from SemiSupSegLib import self_tests
+
+    class Scene:
+        cleared = 0
+
+        def Clear(self):
+            Scene.cleared += 1
+
+    ran, shown = [], []
+
+    class Case(unittest.TestCase):  # the shape of the modules' ScriptedLoadableModuleTest classes
+        def setUp(self):
+            self_tests.set_up(self, Scene())
+
+        def runTest(self):
+            self_tests.run_test(self, self.test_scenario)
+
+        def delayDisplay(self, text):
+            shown.append(text)
+
+        def test_scenario(self):
+            ran.append("scenario")
+
+    def run_loaded():
+        result = unittest.TestResult()
+        unittest.TestLoader().loadTestsFromTestCase(Case).run(result)
+        return result
+
+    result = run_loaded()
+    assert ran == ["scenario"] and not result.skipped and result.wasSuccessful() and Scene.cleared == 1
+    Case().runTest()
+    assert ran == ["scenario"] * 2 and Scene.cleared == 2 and not shown
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    result = run_loaded()
+    assert ran == ["scenario"] * 2 and len(result.skipped) == 1 and "PyTorch is not installed" in result.skipped[0][1]
+    Case().runTest()
+    assert ran == ["scenario"] * 2 and shown and "PyTorch is not installed" in shown[0]

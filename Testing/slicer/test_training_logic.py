@@ -398,8 +398,30 @@ def test_data_check_is_the_report_of_check_data(tmp_path):
     text = "\n".join(job.wait(timeout=120) and job.lines())
     assert "hippocampus_011" in text and "hippocampus_017" in text and "error(s): training would not start" in text
     assert not job.report.usable
+    assert job.runner.returncode == 2  # check-data's own verdict, its report read back from its --report file
     with pytest.raises(InputError, match="holds no model yet"):  # Annotate next needs the run's model
         panel.rank(tmp_path / "run", [HIPPO / "imagesTr"])
+
+
+def test_the_data_check_runs_in_a_child_process_that_cancel_and_closing_the_panel_end(tmp_path):
+    """The check reads every file: in Slicer a Python thread would run only while the GUI thread runs Python, so it
+    runs as ``semisupseg check-data`` in a child process. A new check replaces a running one, and closing the panel
+    ends it, each with its process tree; a cancelled check says so."""
+    from SemiSupSegLib.training_logic import TrainingLogic, TrainingPanel
+
+    panel = TrainingPanel(TrainingLogic(), scene=None)
+    first = panel.check_data(_settings(tmp_path / "run", 10))
+    assert first.runner.pid is not None and first.runner.pid != os.getpid()
+    pid = first.runner.pid
+    second = panel.check_data(_settings(tmp_path / "run", 10))
+    assert _gone(pid) and first.poll() and first.error == "data check cancelled" and first.lines() == \
+        ["error: data check cancelled"]
+    pid = second.runner.pid
+    panel.close()
+    assert _gone(pid) and panel.check is None and second.report is None
+    third = TrainingLogic().check_data(_settings(tmp_path / "run", 10, labeled=str(tmp_path / "missing")))
+    assert not third.wait(timeout=120).usable  # options that cannot be used: a report naming the folder
+    assert any("missing" in line for line in third.lines() if line.startswith("error: "))
 
 
 def test_a_new_ranking_and_closing_the_panel_kill_the_running_ranking(tmp_path):
@@ -664,3 +686,64 @@ def test_editors_show_and_read_back_every_kind_of_value():
     assert line.text == ""
     with pytest.raises(TypeError):
         mf.set_editor_value(object(), 1)
+
+
+def test_annotate_next_segments_the_clicked_scan_and_reports_a_failure(headless, tmp_path):
+    """A click on a ranked scan loads it and segments it with the run's model (the outcome comes in a tick's
+    ``annotated``); a second click while it runs is refused before loading; a segmentation that fails is reported
+    in ``errors`` (before, the widget dropped it: the scan stayed without a segmentation and nothing was said); a
+    scan whose segmentation cannot start is removed again."""
+    from semisupseg.catalogue import ModelCatalogue
+    from semisupseg.errors import InputError
+    from SemiSupSegLib.segment_logic import SegmentLogic
+    from SemiSupSegLib.training_logic import TrainingLogic, TrainingPanel
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for suffix in (".pt", ".json"):
+        shutil.copy(RANK_MODEL.with_suffix(suffix), run / f"best{suffix}")
+    segment = SegmentLogic(headless.scene, headless.logic("Segmentations"), catalogue=ModelCatalogue(home=tmp_path))
+    panel = TrainingPanel(TrainingLogic(), headless.scene)
+    scan = HIPPO / "imagesTr" / "hippocampus_023.nii.gz"
+    try:
+        with pytest.raises(InputError, match="no model yet"):
+            panel.annotate(segment, headless.load_volume, scan, tmp_path / "empty")
+        volumes = headless.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+        node = panel.annotate(segment, headless.load_volume, scan, run)
+        with pytest.raises(InputError, match="being segmented"):
+            panel.annotate(segment, headless.load_volume, scan, run)
+        assert headless.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes + 1
+        end = time.monotonic() + 300
+        update = panel.tick()
+        while update.annotated is None and not update.errors:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+            update = panel.tick()
+        assert not update.errors and update.annotated.segmentation_node is not None
+        assert "entropy" in update.annotated.overlay_nodes and panel.annotating is None
+
+        # a segmentation that fails in the worker (weights that do not fit the card's network): said in errors
+        import torch
+
+        saved = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+        name = next(iter(saved["state_dict"]))
+        saved["state_dict"][name] = torch.zeros(1)
+        torch.save(saved, run / "best.pt")
+        node = panel.annotate(segment, headless.load_volume, scan, run)
+        update = panel.tick()
+        while panel.annotating is not None:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+            update = panel.tick()
+        assert update.annotated is None and update.errors and "could not be segmented" in update.errors[0]
+
+        # a segmentation that cannot start (no model card at all): the scan just loaded is removed again
+        (run / "best.pt").write_bytes(b"not a model")
+        (run / "best.json").unlink()
+        before = headless.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+        with pytest.raises(Exception):
+            panel.annotate(segment, headless.load_volume, scan, run)
+        assert headless.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == before
+        assert node.GetScene() is headless.scene
+    finally:
+        segment.close()

@@ -11,8 +11,8 @@ would derive from it (patch size, spacing, normalisation; your own settings are 
 
 Exit codes: 0 the data can be used (warnings allowed), 2 it cannot. ``--json`` prints one JSON object instead
 (``usable``, ``labeled``/``unlabeled``/``validation`` case lists with files, size and spacing, ``classes``,
-``problems`` with ``severity``, ``path``, ``case``, ``message``, ``line``; ``notes``) — what the Slicer training
-panel reads.
+``problems`` with ``severity``, ``path``, ``case``, ``message``, ``line``; ``notes``); ``--report FILE`` writes the
+same object to FILE (what the Slicer training panel reads: ``DataReport.from_dict``).
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object (for programs)")
+    p.add_argument("--report", metavar="FILE", help="also write the report as one JSON object to FILE (what the "
+                   "Slicer training panel reads from its check-data child)")
     p.set_defaults(func=run)
 
 
@@ -55,11 +57,15 @@ def run(args: argparse.Namespace) -> int:
             report.plan = plan_for(cfg)
             report.plan_lines = describe_plan(report.plan)
     except InputError as exc:  # the options themselves (config file, --set key, method name)
-        if not args.json:
+        if not (args.json or args.report):
             raise
         from semisupseg.data.cases import DataProblem
 
         report = DataReport(problems=[DataProblem.from_error(exc)])
+    if args.report:
+        from semisupseg.fileio import write_text_atomic
+
+        write_text_atomic(json.dumps(report.to_dict(), indent=1) + "\n", args.report, overwrite=True)
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -90,6 +90,21 @@ class DataReport:
                     "plan": self.plan, "plan_lines": list(self.plan_lines)})
         return out
 
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "DataReport":
+        """The report :meth:`to_dict` wrote (``check-data --json`` / ``--report``): ``from_dict(r.to_dict())``
+        gives ``r`` back, ``to_dict`` of it the same object."""
+        from semisupseg.data.cases import DataProblem
+
+        cases = [CaseReport(case_id=c["case"], role=c["role"], image=list(c["image"]), label=c.get("label"),
+                            size_xyz=c.get("size_xyz"), spacing_xyz=c.get("spacing_xyz"), channels=c.get("channels"),
+                            label_values=c.get("label_values"), ok=bool(c.get("ok", True)))
+                 for role in ROLES for c in data.get(role, [])]
+        problems = [DataProblem(p["message"], p.get("path"), p.get("case"), p.get("severity", "error"))
+                    for p in data.get("problems", [])]
+        return cls(cases=cases, classes=data.get("classes"), problems=problems, notes=list(data.get("notes", [])),
+                   plan=data.get("plan"), plan_lines=list(data.get("plan_lines", [])))
+
     def text(self) -> str:
         """The report as the CLI prints it: cases per role, classes, notes, a per-case table, then the problems,
         one line each, and a verdict."""
