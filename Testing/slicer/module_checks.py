@@ -74,6 +74,28 @@ def qt_offenders(path: Path, slicer_attributes: Iterable[str] = ("app", "modules
     return offenders
 
 
+def connect_target_problems(module_file: Path) -> List[str]:
+    """Signal connections whose target is not a Python function (``X.connect("sig(args)", target)``): the target must
+    be a lambda, a plain name, or ``self.<method>`` of a method the class defines. PythonQt trims a signal's
+    arguments to fit only a Python function's signature; a Qt slot (``self.timer.start``) gets them all and fails
+    (``QTimer.start("a path")`` finds no overload), in Slicer only. Returns ``"line N: target"`` strings."""
+    tree = ast.parse(module_file.read_text())
+    methods = {f.name for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for f in c.body
+               if isinstance(f, ast.FunctionDef)}
+    problems = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
+                and len(node.args) == 2 and isinstance(node.args[0], ast.Constant)):
+            continue
+        target = node.args[1]
+        ok = isinstance(target, (ast.Lambda, ast.Name)) or (
+            isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
+            and target.attr in methods)
+        if not ok:
+            problems.append(f"line {node.lineno}: {ast.unparse(target)}")
+    return problems
+
+
 def _python39() -> Optional[str]:
     for candidate in sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python")) + [shutil.which("python3.9")]:
         if candidate and subprocess.run([str(candidate), "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],

@@ -7,6 +7,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from module_checks import (check_compiles_with_python39, check_designer_xml, check_icon, cmake_list, module_ui_names,
                            qt_offenders, ui_root, ui_widgets)
 
@@ -186,3 +188,17 @@ def test_top_cmake_metadata_and_modules():
 def test_icons_are_128_pixel_rgba_pngs():
     for path in (REPO / "Resources" / "Icons" / "SemiSupSeg.png", MODULE_DIR / "Resources" / "Icons" / "SemiSupSeg.png"):
         check_icon(path)
+
+
+@pytest.mark.parametrize("module_file", [REPO / "SemiSupSeg" / "SemiSupSeg.py",
+                                         REPO / "SemiSupSegTraining" / "SemiSupSegTraining.py"])
+def test_signals_are_connected_to_python_functions(module_file, tmp_path):
+    """A signal connected straight to a Qt slot gets all of the signal's arguments (PythonQt trims them only for
+    Python functions): the run-folder field once started its timer with the path, which failed in Slicer only."""
+    from module_checks import connect_target_problems
+
+    assert connect_target_problems(module_file) == []
+    bad = tmp_path / "bad.py"
+    bad.write_text("class W:\n    def setup(self):\n        self.edit.connect('currentPathChanged(QString)', "
+                   "self.timer.start)\n        self.box.connect('toggled(bool)', self.setup)\n")
+    assert connect_target_problems(bad) == ["line 3: self.timer.start"]
