@@ -30,6 +30,44 @@ def test_sign_test_exact_values(heldout):
     assert heldout.sign_test_p([1] * 9 + [-1]) == pytest.approx(22 / 1024)
 
 
+def test_sign_test_takes_numpy_arrays_of_any_length(heldout):
+    """numpy counts overflowed ``2 ** n`` from n = 63 on: 50 + / 13 - gave a negative p, 60 + / 4 - gave 1."""
+    from scipy.stats import binomtest
+
+    for pos, neg in ((50, 13), (60, 4), (200, 40), (3, 2)):
+        diffs = np.array([0.01] * pos + [-0.01] * neg)
+        assert heldout.sign_test_p(diffs) == pytest.approx(binomtest(pos, pos + neg).pvalue, rel=1e-9)
+        assert heldout.sign_test_p(diffs) == pytest.approx(heldout.sign_test_p(list(diffs)), rel=1e-12)
+
+
+def test_paired_differences_take_the_test_case_as_the_unit(heldout):
+    """Two classes of one case and one case under several seeds are not independent: each case gives one
+    difference (the mean over its classes and shared seeds), the sign test and the interval count cases, and each
+    seed's mean difference is shown apart. Unpaired and NaN entries are left out."""
+    nan = math.nan
+
+    def scores(values):
+        return {key: {"dice": v, "hd95_mm": 1.0, "asd_mm": 1.0} for key, v in values.items()}
+
+    run = {1: scores({("a", 1): 0.9, ("a", 2): 0.8, ("b", 1): 0.7, ("b", 2): nan, ("c", 1): 0.5}),
+           2: scores({("a", 1): 0.95, ("a", 2): 0.85, ("b", 1): 0.6, ("b", 2): 0.6, ("c", 1): 0.5}),
+           3: scores({("a", 1): 0.1})}  # a seed the reference lacks
+    ref = {1: scores({("a", 1): 0.8, ("a", 2): 0.8, ("b", 1): 0.6, ("b", 2): 0.6}),
+           2: scores({("a", 1): 0.85, ("a", 2): 0.75, ("b", 1): 0.7, ("b", 2): 0.5, ("c", 1): 0.5})}
+    per_case, per_seed = heldout.case_differences(run, ref)
+    assert per_case == pytest.approx({"a": (0.1 + 0.0 + 0.1 + 0.1) / 4, "b": (0.1 - 0.1 + 0.1) / 3, "c": 0.0})
+    assert per_seed == pytest.approx({1: (0.1 + 0.0 + 0.1) / 3, 2: (0.1 + 0.1 - 0.1 + 0.1 + 0.0) / 5})
+    text = heldout.paired_comparison(run, ref)
+    assert text.startswith("+0.036 [") and "p = 0.5 (3 cases); per seed +0.067, +0.040" in text
+    assert heldout.paired_comparison(run, {}) == ""
+
+
+def test_distance_means_say_how_many_cases_they_hold(heldout):
+    assert heldout.finite_mean([1.0, 3.0]) == "2.00"
+    assert heldout.finite_mean([1.0, 3.0, math.nan, math.inf]) == "2.00 (n 2/4)"
+    assert heldout.finite_mean([math.nan]) == "-"
+
+
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_n(heldout):
     rng = np.random.default_rng(3)
     small = rng.normal(0.01, 0.02, 16)

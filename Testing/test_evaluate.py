@@ -329,3 +329,28 @@ def test_a_prediction_stored_in_another_voxel_order_is_compared_where_it_is(tmp_
     sio.write_volume(oblique, tmp_path / "pred" / "case.nii.gz", overwrite=True)  # same array, turned 90 degrees
     with pytest.raises(InputError, match=r"direction differs from reference case.nii.gz \(voxel order "):
         evaluate(tmp_path / "pred", tmp_path / "ref")
+
+
+def test_a_sheared_reference_grid_is_named_its_distances_approximate(tmp_path, capsys):
+    """A grid whose axes are not perpendicular (NRRD ``space directions`` with a 30 degree tilt, as gantry-tilted CT):
+    the distances take each axis's spacing as if they were (6.00 mm where the physical HD95 is 5.57), so the command
+    says so, naming the case; perpendicular grids (oblique ones too) get no such note."""
+    import SimpleITK as sitk
+
+    ref = np.zeros((12, 20, 20), np.uint8)
+    ref[3:9, 5:15, 5:15] = 1
+    tilt = np.deg2rad(30)
+    sheared = (1, 0, 0, 0, 1, np.sin(tilt), 0, 0, np.cos(tilt))
+    for name, arr, direction in (("ref", ref, sheared), ("pred", np.roll(ref, 2, axis=0), sheared),
+                                 ("ref_ok", ref, (1, 0, 0, 0, 0, -1, 0, 1, 0)),
+                                 ("pred_ok", np.roll(ref, 2, axis=0), (1, 0, 0, 0, 0, -1, 0, 1, 0))):
+        image = sitk.GetImageFromArray(arr)
+        image.SetSpacing((1.0, 1.0, 3.0))
+        image.SetDirection(direction)
+        (tmp_path / name).mkdir()
+        sitk.WriteImage(image, str(tmp_path / name / "c.nrrd"))
+    result = evaluate(tmp_path / "pred", tmp_path / "ref", [1])
+    assert result.sheared == ["c"] and "not perpendicular" in result.grid_notes()[0]
+    assert evaluate(tmp_path / "pred_ok", tmp_path / "ref_ok", [1]).grid_notes() == []
+    assert cli_main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--labels", "1"]) == 0
+    assert "note: the grid axes of c are not perpendicular" in capsys.readouterr().err

@@ -251,3 +251,19 @@ def test_a_second_interrupt_waits_for_the_cancel_save_or_ends_cleanly(tmp_path, 
     assert events[-1]["event"] == "cancelled" and "second interrupt" in events[-1]["message"]
     assert "iteration 2 is kept" in events[-1]["message"] and not any(e["event"] == "failed" for e in events)
     assert load_state(tmp_path / "two" / "resume.pt")["iteration"] == 2
+
+
+def test_validation_counts_every_class_whose_hd95_is_undefined():
+    """A validation case with one class predicted and present, the other absent from its reference: HD95 is the
+    defined class's, and the undefined one is counted (before, ``hd95_undefined`` counted only cases where every
+    class was undefined, so it said 0 here)."""
+    from semisupseg.training.engine import validation_scores
+
+    label = np.zeros((8, 10, 10), np.uint8)
+    label[2:6, 2:6, 2:6] = 1
+    pred = label.copy()
+    pred[2:6, 2:6, 6:8] = 2  # class 2 predicted, absent from the reference
+    dice, hd, undefined = validation_scores(pred, label, 3, (2.0, 1.0, 1.0))
+    assert dice == pytest.approx(0.5) and hd == 0.0 and undefined == 1
+    dice, hd, undefined = validation_scores(np.zeros_like(label), label, 3, (2.0, 1.0, 1.0))
+    assert dice == pytest.approx(0.5) and math.isnan(hd) and undefined == 2  # both empty scores Dice 1 (class 2)

@@ -67,16 +67,12 @@ def make_split(base: Dict[str, List[str]], initial: str, ranked: List[str], k: i
 def summary(name: str, by_seed: Dict[int, Dict], reference: Optional[Dict[int, Dict]] = None) -> str:
     seed_means = [np.nanmean([v["dice"] for v in s.values()]) for s in by_seed.values()]
     vals = [v for s in by_seed.values() for v in s.values()]
-    comp = ""
-    if reference:
-        diffs = [s[c]["dice"] - reference[seed][c]["dice"] for seed, s in by_seed.items() if seed in reference
-                 for c in s if c in reference[seed]]
-        if diffs:
-            lo, hi = heldout.bootstrap_ci(diffs)
-            comp = f"{np.mean(diffs):+.3f} [{lo:+.3f}, {hi:+.3f}], p = {heldout.sign_test_p(diffs):.2g} (n = {len(diffs)})"
-    return (f"| {name} | {len(by_seed)} | {np.mean(seed_means):.3f} ± {np.std(seed_means):.3f} | "
+    comp = heldout.paired_comparison(by_seed, reference) if reference else ""
+    sd = np.std(seed_means, ddof=1) if len(seed_means) > 1 else float("nan")  # the sample sd (n - 1)
+    return (f"| {name} | {len(by_seed)} | {np.mean(seed_means):.3f} ± {sd:.3f} | "
             f"{np.nanmedian([v['dice'] for v in vals]):.3f} | {min(v['dice'] for v in vals):.3f} | "
-            f"{np.nanmean([v['hd95_mm'] for v in vals]):.2f} | {np.nanmean([v['asd_mm'] for v in vals]):.2f} | {comp} |")
+            f"{heldout.finite_mean([v['hd95_mm'] for v in vals])} | {heldout.finite_mean([v['asd_mm'] for v in vals])} "
+            f"| {comp} |")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -126,8 +122,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{row['run']}: {row['status']} ({row['seconds']:.0f} s)", flush=True)
 
     def scores(dirs: Dict[int, Path]) -> Dict[int, Dict]:
-        return {s: {c: v for (c, lab), v in heldout.read_scores(d).items()} for s, d in dirs.items()
-                if (d / "test.csv").exists()}
+        # keyed by (case, label) as heldout.table does: a case alone kept only its last class on multi-class data
+        return {s: heldout.read_scores(d) for s, d in dirs.items() if (d / "test.csv").exists()}
 
     n0 = len(base[args.initial])
     baseline = scores({s: args.baseline_dir / args.dataset / heldout.run_name(args.method, n0, args.augment, s)
@@ -137,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\n{args.dataset}: {n0} labeled + {args.add} chosen from a pool of {len(pool)}; {args.method}, "
           f"{args.iterations} it, augment {args.augment}; test = {len(base['test'])} held-out scans\n")
     print("| labeled set | seeds | test Dice (mean ± sd over seeds) | median | worst case | HD95 mm | ASD mm "
-          "| Δ Dice vs random [95 % CI], sign test p |")
+          "| Δ Dice vs random, per test case [95 % CI], sign test p over cases; per seed |")
     print("|---|---|---|---|---|---|---|---|")
     if baseline:
         print(summary(f"initial {n0}", baseline))

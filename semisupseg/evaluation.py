@@ -84,6 +84,9 @@ class EvaluationResult:
     labels: List[int]
     cases: List[EvaluationCase]
     missing_predictions: List[str] = field(default_factory=list)
+    #: references whose grid axes are not perpendicular (a sheared grid, e.g. CT with gantry tilt): their distances
+    #: in mm take each axis's spacing as if the axes were, and are approximate
+    sheared: List[str] = field(default_factory=list)
 
     @property
     def summary(self) -> List[MetricSummary]:
@@ -103,6 +106,14 @@ class EvaluationResult:
                 row.update({_METRIC_TO_COLUMN[k]: v for k, v in values.items()})
                 out.append(row)
         return write_csv_atomic(path, SUMMARY_COLUMNS, out, overwrite)
+
+    def grid_notes(self) -> List[str]:
+        """One line when some references have non-perpendicular axes (:attr:`sheared`), naming them."""
+        if not self.sheared:
+            return []
+        names = ", ".join(self.sheared[:5]) + (f" and {len(self.sheared) - 5} more" if len(self.sheared) > 5 else "")
+        return [f"the grid axes of {names} are not perpendicular (a sheared grid, e.g. CT with gantry tilt): HD95 "
+                "and ASD in mm treat them as perpendicular and are approximate there (Dice and Jaccard are exact)"]
 
     def label_notes(self) -> List[str]:
         """One line per evaluated label that is absent from every reference: ``"label 3 occurs in neither the
@@ -291,6 +302,7 @@ def evaluate(
         raise InputError("no prediction/reference pairs to evaluate")
     per_case: List[Tuple[str, List[ClassMetrics], set]] = []
     found: set = set()
+    sheared: List[str] = []
     for i, case in enumerate(cases):
         if cancel is not None:
             cancel.raise_if_cancelled("evaluation")
@@ -304,6 +316,9 @@ def evaluate(
         found |= present
         todo = labels if labels is not None else sorted(present)
         spacing = ref_vol.spacing_zyx
+        d = np.asarray(ref_vol.direction, dtype=np.float64).reshape(3, 3)
+        if not np.allclose(d.T @ d, np.eye(3), atol=1e-3):  # distances below assume perpendicular axes
+            sheared.append(case.case_id)
         rows = [binary_metrics(pred_vol.array == v, ref_vol.array == v, spacing, v, voxel_units) for v in todo]
         per_case.append((case.case_id, rows, present))
         progress((i + 1) / len(cases), f"evaluated {case.case_id} ({i + 1}/{len(cases)})")
@@ -317,7 +332,7 @@ def evaluate(
                 nan = math.nan
                 row = ClassMetrics(v, 1.0, 1.0, nan, nan, nan, nan, nan, nan, 0, 0, STATUS_BOTH_EMPTY)
             out_rows.append(CaseRow(case_id, row))
-    return EvaluationResult(out_rows, final_labels, cases, missing)
+    return EvaluationResult(out_rows, final_labels, cases, missing, sheared)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                          "name the classes with --labels L [L ...] or --model MODEL (both empty then scores Dice 1)",
                          args.ref)
     print(result.format_summary(names))
-    for note in result.label_notes():  # a label value absent from every reference: say so, the table cannot
+    for note in result.grid_notes() + result.label_notes():  # sheared grids; a label value absent from every
+        # reference: say so, the table cannot
         print(f"note: {note}", file=sys.stderr)
     if args.output:
         path = _written(result.write_csv, args.output, args.overwrite)

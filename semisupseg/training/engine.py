@@ -31,7 +31,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -113,6 +113,21 @@ def network_config(cfg: TrainConfig, method_cls) -> Dict[str, Any]:
         net["encoder_depths"] = list(cfg.model.encoder_depths)
     net.update(cfg.model.extra)
     return net
+
+
+def validation_scores(pred: np.ndarray, label: np.ndarray, num_classes: int,
+                      spacing_zyx: Sequence[float]) -> Tuple[float, float, int]:
+    """One validation case: ``(dice, hd95, undefined)`` — the mean Dice over the foreground classes, the mean HD95
+    (mm) over the classes where it is defined (NaN when none is), and the number of classes where it is not (an
+    empty prediction or reference). ``pred``/``label``: label arrays (z, y, x); ``spacing_zyx`` in mm."""
+    from semisupseg import metrics
+
+    dices, hds = [], []
+    for c in range(1, num_classes):
+        dices.append(metrics.dice(pred == c, label == c))
+        hds.append(metrics.hd95(pred == c, label == c, spacing_zyx))
+    defined = [v for v in hds if not math.isnan(v)]
+    return float(np.mean(dices)), (float(np.mean(defined)) if defined else math.nan), len(hds) - len(defined)
 
 
 def saved_iteration(run_dir: Path) -> Optional[int]:
@@ -449,7 +464,6 @@ class Trainer:
         """Dice / HD95 of the student on the validation cases (rank 0 only; ``None`` elsewhere or without cases)."""
         if not self.dist.is_main or not self.data.validation:
             return None
-        from semisupseg import metrics
         from semisupseg.inference import sliding_window_inference
 
         model = self.model
@@ -458,6 +472,7 @@ class Trainer:
         per_case = []
         dices: List[float] = []
         hds: List[float] = []
+        undefined = 0
         try:
             for case in self.data.validation:
                 out = sliding_window_inference(model, case.image, self.cfg.data.patch_size_zyx,
@@ -466,21 +481,19 @@ class Trainer:
                                                fast=self.use_bf16,
                                                cancel=None if self.dist.distributed else self.cancel)
                 pred = np.argmax(out["prob"], axis=0)
-                spacing_zyx = tuple(reversed(case.spacing_xyz))
-                cd, ch = [], []
-                for c in range(1, self.cfg.data.num_classes):
-                    cd.append(metrics.dice(pred == c, case.label == c))
-                    ch.append(metrics.hd95(pred == c, case.label == c, spacing_zyx))
-                d = float(np.mean(cd))
-                h = float(np.nanmean(ch)) if not all(math.isnan(v) for v in ch) else math.nan
+                d, h, n_undefined = validation_scores(pred, case.label, self.cfg.data.num_classes,
+                                                      tuple(reversed(case.spacing_xyz)))
                 dices.append(d)
                 hds.append(h)
+                undefined += n_undefined
                 per_case.append({"case": case.case_id, "dice": d, "hd95": h})
         finally:
             model.train(was_training)
         finite_hd = [h for h in hds if not math.isnan(h)]
+        # hd95: the mean over cases of each case's mean over the classes where it is defined; hd95_undefined: the
+        # case-class pairs where it is not (an empty prediction or reference), not only the cases with none defined
         return {"dice": float(np.mean(dices)), "hd95": float(np.mean(finite_hd)) if finite_hd else math.nan,
-                "hd95_undefined": len(hds) - len(finite_hd), "cases": per_case}
+                "hd95_undefined": int(undefined), "cases": per_case}
 
     # ------------------------------------------------------------------------------------------------- files
     def _card(self, extra_training: Dict[str, Any]):
