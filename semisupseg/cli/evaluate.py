@@ -13,8 +13,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         description="Evaluate predicted label files against reference label files, matched by file name "
                     "(e.g. predictions/hippocampus_001.nii.gz with labelsTr/hippocampus_001.nii.gz). Distances use "
                     "the reference file's spacing (mm) and follow medpy's definitions: HD95 = 95th percentile of "
-                    "both directed surface-distance sets, ASD = mean distance from the prediction's surface to the "
-                    "reference's, ASSD = symmetric mean. When a label is empty in the prediction or the reference "
+                    "the union of both directed surface-distance sets (MONAI and surface-distance take the larger "
+                    "of the two directed percentiles instead), ASD = mean distance from the prediction's surface to "
+                    "the reference's, ASSD = symmetric mean. When a label is empty in the prediction or the reference "
                     "its distances are undefined (nan in the CSV), Dice is 0 (1 when both are empty), and the table "
                     "counts these cases.")
     p.add_argument("pred", metavar="PRED", help="prediction label file or folder of label files")
