@@ -214,6 +214,14 @@ def test_scan_many_times_smaller_than_the_training_scans_is_warned_about(tmp_pat
         vol = Volume(hip.array, (x_spacing, 1.25, 1.25), hip.origin, hip.direction)
         got = [w for w in domain_warnings(vol, la_card) if "this small" in w]
         assert bool(got) == warned, (scale, got)
+    # small along every axis though along none below 1/3: every bundled hippocampus scan is warned about, the
+    # 42 x 51 x 28 mm one (0.35x along x) by its volume (0.10x, below 1/3^2); 0.5x along every axis (0.125x) is not
+    for i in range(6):
+        assert any("this small" in w for w in domain_warnings(read_image(_sample_image("hippocampus", i)), la_card)), i
+    wide = read_image(_sample_image("hippocampus", 2))
+    assert any("0.10x the volume of the training scans' median" in w for w in domain_warnings(wide, la_card))
+    half = Volume(np.zeros((20, 20, 20), np.float32), tuple(median / 2 / 20), hip.origin, hip.direction)
+    assert not any("this small" in w for w in domain_warnings(half, la_card))
     # a card without training statistics: the training patch, by the mirrored patch factor
     bare = read_card(resolve_model("left-atrium"))
     bare.training = {}

@@ -574,6 +574,9 @@ def domain_warnings(volume: Any, card: Any) -> List[str]:
         a = int(np.argmin(ratio))
         out.append(f"the scan is {_fmt(shown_extent, 0)} mm, {ratio[a]:.2f}x {what} ({_fmt(ref_a, 0)} mm) along "
                    f"{axes[a]}: the model never saw anything this small")
+    elif np.prod(ratio) < 1.0 / factor ** 2:  # small along every axis, though no axis alone is below 1/factor
+        out.append(f"the scan is {_fmt(shown_extent, 0)} mm, {np.prod(ratio):.2f}x the volume of {what} "
+                   f"({_fmt(ref_a, 0)} mm): the model never saw anything this small")
     model_sp = np.asarray(card.spacing_xyz, dtype=np.float64)
     sp_ratio = spacing / model_sp
     bad = [i for i in range(3) if sp_ratio[i] > SPACING_FACTOR or sp_ratio[i] < 1.0 / SPACING_FACTOR]
