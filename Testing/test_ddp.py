@@ -217,12 +217,13 @@ def test_workers_of_a_killed_torchrun_stop_and_save_their_state(tmp_path):
          "--labeled-batch-size", "4", "--device", "cpu", "--set", "model.n_filters=2", "--set", "amp=off",
          "--iterations", "100000", "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True)
+    workers = []
     try:
         end = time.monotonic() + 180
         while not (run / "events.jsonl").exists() or '"iteration"' not in (run / "events.jsonl").read_text():
             assert launcher.poll() is None and time.monotonic() < end, launcher.stderr.read().decode()[-3000:]
             time.sleep(0.2)
-        workers = _children(launcher.pid)
+        workers = _children(launcher.pid)  # torchrun starts them in sessions of their own: killpg misses them
         assert len(workers) == 2
         launcher.kill()
         launcher.wait(timeout=30)
@@ -232,8 +233,9 @@ def test_workers_of_a_killed_torchrun_stop_and_save_their_state(tmp_path):
         assert not any(_alive(w) for w in workers), "the workers of the killed launcher are still training"
         assert (run / "resume.pt").is_file()
         assert [e["event"] for e in read_events(run / "events.jsonl")][-1] == "cancelled"
-    finally:
-        try:
-            os.killpg(launcher.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    finally:  # whatever failed above: nothing of this run may go on training (a 100000-iteration run)
+        for pid in [launcher.pid] + workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
