@@ -215,7 +215,7 @@ def test_workers_of_a_killed_torchrun_stop_and_save_their_state(tmp_path):
          "--master_port", str(_free_port()), "-m", "semisupseg", "train", "--no-bar", "--method", "supervised",
          "--labeled", str(data), "--validation", "1", "--patch-size", "16", "16", "16", "--batch-size", "4",
          "--labeled-batch-size", "4", "--device", "cpu", "--set", "model.n_filters=2", "--set", "amp=off",
-         "--iterations", "100000", "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+         "--iterations", "3000", "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True)
     workers = []
     try:
@@ -233,7 +233,7 @@ def test_workers_of_a_killed_torchrun_stop_and_save_their_state(tmp_path):
         assert not any(_alive(w) for w in workers), "the workers of the killed launcher are still training"
         assert (run / "resume.pt").is_file()
         assert [e["event"] for e in read_events(run / "events.jsonl")][-1] == "cancelled"
-    finally:  # whatever failed above: nothing of this run may go on training (a 100000-iteration run)
+    finally:  # whatever failed above: nothing of this run may go on training
         for pid in [launcher.pid] + workers:
             try:
                 os.kill(pid, signal.SIGKILL)
