@@ -267,3 +267,29 @@ def test_validation_counts_every_class_whose_hd95_is_undefined():
     assert dice == pytest.approx(0.5) and hd == 0.0 and undefined == 1
     dice, hd, undefined = validation_scores(np.zeros_like(label), label, 3, (2.0, 1.0, 1.0))
     assert dice == pytest.approx(0.5) and math.isnan(hd) and undefined == 2  # both empty scores Dice 1 (class 2)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_every_method_uses_all_the_network_parameters_unless_it_says_otherwise(num_classes, tmp_path):
+    """Under torchrun, DDP looks for parameters without a gradient only when the method declares some
+    (``ddp_unused_parameters``): every registered method's steps must then give every parameter of the network a
+    gradient, or DDP would fail at the next step. (Before, it always looked: a graph traversal per step and a
+    warning from every rank.)"""
+    import sys
+    from pathlib import Path
+
+    from semisupseg.methods import list_methods
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_baselines_train import _config, _synthetic_data
+
+    for method in list_methods():
+        data = _synthetic_data()
+        if num_classes == 2:
+            for case in data.labeled:
+                case.label[case.label > 1] = 1
+        cfg = _config(method.name, tmp_path / f"{method.name}_{num_classes}", 2, (16, 16, 16), num_classes)
+        trainer = Trainer(cfg, events=Events(bar=False), data=data, handle_signals=False)
+        trainer.run()
+        unused = [n for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is None]
+        assert method.ddp_unused_parameters or not unused, (method.name, unused)

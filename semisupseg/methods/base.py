@@ -134,6 +134,10 @@ class Method(nn.Module):
     uses_teacher: ClassVar[bool] = False
     #: the model is built with Dropout3d (UA-MT's Monte-Carlo dropout)
     needs_dropout: ClassVar[bool] = False
+    #: some of the network's parameters get no gradient in some steps (a head used only now and then): DDP must
+    #: then look for them (``find_unused_parameters``), else it fails at the next step. ``False`` for every built-in
+    #: method (``Testing/test_training_engine.py`` checks each registered method)
+    ddp_unused_parameters: ClassVar[bool] = False
     #: the method trains on unlabeled patches; ``False`` (supervised baseline): the engine's batches hold only the
     #: ``labeled_batch_size`` labeled patches
     uses_unlabeled: ClassVar[bool] = True

@@ -171,6 +171,10 @@ class TrainConfig:
     * ``plan``: what was derived from the data for the settings left unset, and the training-data statistics
       (:func:`semisupseg.data.fingerprint.resolve_plan` fills it; the model card records it).
     * ``overlays``: training snapshots of chosen cases for overlays (:class:`OverlayConfig`).
+    * ``ddp_find_unused_parameters``: DistributedDataParallel's ``find_unused_parameters`` under ``torchrun``;
+      ``None`` (default): the method's ``ddp_unused_parameters`` (``False`` for every built-in method: each uses
+      all the network's parameters in every step, which a test checks; ``True`` costs a graph traversal per step
+      and a warning from every rank).
     """
 
     method: str = "supervised"
@@ -194,7 +198,7 @@ class TrainConfig:
     keep_every: int = 0
     log_every: int = 1
     stop_on_nonfinite: bool = True
-    ddp_find_unused_parameters: bool = True
+    ddp_find_unused_parameters: Optional[bool] = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

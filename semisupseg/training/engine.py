@@ -354,8 +354,9 @@ class Trainer:
         self.teacher = make_teacher(model) if method_cls.uses_teacher else None
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.step_model: nn.Module = _DDP(model, device_ids=ids,
-                                              find_unused_parameters=cfg.ddp_find_unused_parameters)
+            unused = cfg.ddp_find_unused_parameters
+            self.step_model: nn.Module = _DDP(model, device_ids=ids, find_unused_parameters=bool(
+                method_cls.ddp_unused_parameters if unused is None else unused))
         else:
             self.step_model = model
         self.optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
