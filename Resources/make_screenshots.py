@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "Resources" / "Screenshots"
 DEFAULT_MODEL = "hippocampus"  # the shipped model (catalogue name)
-DEFAULT_SCAN = REPO / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr" / "hippocampus_011.nii.gz"
+DEFAULT_SCAN = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr" / "hippocampus_011.nii.gz"
 
 
 def main(argv=None) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "Resources" / "Screenshots"
-HIPPOCAMPUS = REPO / "semisupseg" / "sample_data" / "hippocampus"
+HIPPOCAMPUS = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus"
 LABELED_CASE = "hippocampus_008"  # labeled in the sample split (labeled_2)
 UNLABELED_CASE = "hippocampus_015"  # unlabeled in it
 RING_RGB = (1.0, 0.85, 0.0)  # the boundary ring's colour in the training panel (SemiSupSegLib.live)

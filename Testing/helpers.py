@@ -38,7 +38,7 @@ def tiny_model(path: Path, seed: int = 0, method: str = "supervised", classes=("
 def train_child(*args: str, **popen_kw) -> subprocess.Popen:
     """Start ``python -m semisupseg train --no-bar ARGS`` (this checkout's package, one OpenMP thread) with stdout and
     stderr piped as text; ``popen_kw`` go to ``subprocess.Popen``."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "semisupseg", "train", "--no-bar", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kw)

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODULE_FOLDERS = (REPO / "SemiSupSeg", REPO / "SemiSupSegTraining")
 #: small real scans bundled for the tests, and the package's sample data
 TEST_DATA = REPO / "Testing" / "data"
-SAMPLE_DATA = REPO / "semisupseg" / "sample_data"
+SAMPLE_DATA = REPO / "src" / "semisupseg" / "sample_data"
 
 
 def require_slicer():

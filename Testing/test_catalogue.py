@@ -19,7 +19,7 @@ from semisupseg.io import read_image, read_volume
 from helpers import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-LA_SAMPLE = REPO / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
+LA_SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
 
 
 @pytest.fixture

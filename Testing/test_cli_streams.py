@@ -10,7 +10,7 @@ from pathlib import Path
 
 from semisupseg.cli.streams import PipeSafeStream
 
-SAMPLE = Path(__file__).resolve().parents[1] / "semisupseg" / "sample_data" / "hippocampus"
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "semisupseg" / "sample_data" / "hippocampus"
 
 
 def test_pipe_safe_stream_passes_writes_through():

@@ -64,7 +64,7 @@ def test_two_gloo_processes_match_single_process(tmp_path):
         "optim": {"lr": 0.05}, "model": {"n_filters": 2, "normalization": "none"},
         "data": {"labeled": str(data), "validation": 1, "patch_size": [16, 16, 16]},
     }))
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -159,7 +159,7 @@ def test_a_failing_rank_is_the_cause_the_run_records(tmp_path):
         "engine.Trainer._train_step = failing\n"
         "from semisupseg.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     run = tmp_path / "run"
     r = subprocess.run(
@@ -209,7 +209,7 @@ def test_workers_of_a_killed_torchrun_stop_and_save_their_state(tmp_path):
 
     data = _dataset(tmp_path / "data")
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     launcher = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(_free_port()), "-m", "semisupseg", "train", "--no-bar", "--method", "supervised",

@@ -84,7 +84,7 @@ def test_demo_end_to_end_segments_trains_both_compares_and_draws(tmp_path, home,
     for m in models[1:]:
         assert f"[{m}] finished at iteration 2/2" in err and re.search(rf"^-- trained: .*\b{m} in \d+s", err, re.M)
         assert f"started {m} at iteration 0/2" in (out / m / "train.log").read_text()  # the child's own log
-    card = read_card(REPO / "semisupseg" / "models" / "hippocampus.pt")
+    card = read_card(REPO / "src" / "semisupseg" / "models" / "hippocampus.pt")
     members = card.training.get("ensemble_of")
     said = f"{card.method}, {members} networks averaged, each" if members else card.method
     assert (f"shipped-hippocampus: {said} trained on {card.training['labeled_cases']} labeled + "
@@ -234,7 +234,7 @@ def test_the_shipped_model_fits_by_its_classes(home):
 def test_what_the_shipped_models_training_did_with_the_sample_cases():
     from semisupseg.checkpoint import read_card
 
-    card = read_card(REPO / "semisupseg" / "models" / "hippocampus.pt")
+    card = read_card(REPO / "src" / "semisupseg" / "models" / "hippocampus.pt")
     data = card.training["data"]
     split_file = REPO / data["split_file"]
     if not split_file.is_file():

@@ -27,7 +27,7 @@ import pytest
 from semisupseg.checkpoint import read_card
 from semisupseg.cli import main
 
-SAMPLE = Path(__file__).resolve().parents[1] / "semisupseg" / "sample_data" / "hippocampus"
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "semisupseg" / "sample_data" / "hippocampus"
 CASES = ["hippocampus_008", "hippocampus_011"]
 ITERATIONS = 400
 #: CPU threads of the training: the CI machine's two cores when the suite runs one test at a time, one when it runs

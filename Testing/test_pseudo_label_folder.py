@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus"
+SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus"
 CASES = sorted(p.name[: -len(".nii.gz")] for p in (SAMPLE / "imagesTr").glob("*.nii.gz"))
 
 

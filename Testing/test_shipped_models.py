@@ -15,8 +15,8 @@ from semisupseg.cli import main
 from semisupseg.io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "semisupseg" / "models"
-SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus"
+MODELS = REPO / "src" / "semisupseg" / "models"
+SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus"
 SPLIT = json.loads((REPO / "benchmarks" / "splits" / "hippocampus.json").read_text())
 SHARED_HIPPO = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
 
@@ -61,7 +61,7 @@ def test_hippocampus_model_on_bundled_scans_it_never_saw(tmp_path):
 
 @pytest.mark.parametrize("model, image", [
     ("hippocampus", SAMPLE / "imagesTr" / "hippocampus_011.nii.gz"),
-    ("left-atrium", next((REPO / "semisupseg" / "sample_data" / "la" / "imagesTr").glob("*.nii.gz")))])
+    ("left-atrium", next((REPO / "src" / "semisupseg" / "sample_data" / "la" / "imagesTr").glob("*.nii.gz")))])
 def test_shipped_models_segment_a_scan_stored_in_any_voxel_order_alike(tmp_path, model, image):
     """The same scan written in other voxel orders (only the header and the array's order change) gets the same
     labels, each in its own file's geometry: the card's training order is restored before the network sees it.
@@ -128,7 +128,7 @@ def test_half_precision_weights_keep_the_shipped_model_labels(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ left atrium
-LA_SAMPLE = REPO / "semisupseg" / "sample_data" / "la"
+LA_SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "la"
 LA_SPLIT = json.loads((REPO / "benchmarks" / "splits" / "la.json").read_text())
 SHARED_LA = REPO.parent / "shared" / "data" / "LA"
 #: the release's full-resolution (0.625 mm) scans in shared/: all three are in the model's unlabeled pool (their

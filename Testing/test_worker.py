@@ -19,8 +19,8 @@ from semisupseg.worker import geometry_of, save_volume_npy, volume_from_npy
 from helpers import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-LA_SAMPLE = REPO / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
-HIPPO_SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
+LA_SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
+HIPPO_SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
 
 
 class Worker:

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr"
-SHIPPED = REPO / "semisupseg" / "models" / "hippocampus.pt"
+SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr"
+SHIPPED = REPO / "src" / "semisupseg" / "models" / "hippocampus.pt"
 
 
 def make_files(folder: Path, n: int, bad: int, seed: int = 0) -> List[Path]:
@@ -84,7 +84,7 @@ def _status(pid: int) -> Dict[str, int]:
 
 def run_batch(paths: List[Path], model: Path, out: Path, extra: Optional[List[str]] = None) -> Dict[str, Any]:
     """Segment ``paths`` in one child; returns its exit code, reported failures, RSS (MiB) per case and peak."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "semisupseg", "segment", *map(str, paths), "--model", str(model), "-o", str(out),
            "--json-progress", "--device", "cpu", *(extra or [])]

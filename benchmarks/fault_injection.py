@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus"
+SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus"
 
 #: files whose writes are interrupted, with the number of write calls to choose among (a kill after the file's last
 #: write call is a kill "before rename")
@@ -229,7 +229,7 @@ def _child_cmd(plan: Optional[Dict[str, Any]], args: List[str]) -> List[str]:
 
 
 def _env() -> Dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    return dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                 OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 

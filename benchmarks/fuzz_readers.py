@@ -1,6 +1,6 @@
 """Fuzz the readers on mutated real files: every case must end in a valid Volume (or model) or an InputError.
 
-Seeds are real files: the bundled hippocampus scan and its label (``semisupseg/sample_data``), written by SimpleITK
+Seeds are real files: the bundled hippocampus scan and its label (``src/semisupseg/sample_data``), written by SimpleITK
 also as uncompressed NIfTI, gzip and raw NRRD, compressed and raw MetaImage; the LA release crop ``mri_norm2.h5``
 and the 12-slice DICOM series of ``Testing/data``; a small V-Net model file written by ``semisupseg.checkpoint``.
 Each case applies one seeded mutation to one seed:
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus"
+SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus"
 SCAN = SAMPLE / "imagesTr" / "hippocampus_008.nii.gz"
 SCAN_LABEL = SAMPLE / "labelsTr" / "hippocampus_008.nii.gz"
 DICOM = REPO / "Testing" / "data" / "dicom_hippocampus_033"

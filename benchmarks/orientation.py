@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
 SAMPLES = {  # model -> bundled sample scans it never trained on (test-split cases of the benchmark splits)
     "hippocampus": ["hippocampus/imagesTr/hippocampus_011.nii.gz", "hippocampus/imagesTr/hippocampus_015.nii.gz"],
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
         for code in args.orders:
             rows = {"turned": [], "stored": []}
             for rel in files:
-                image = read_image(REPO / "semisupseg" / "sample_data" / rel)
-                label = read_label(REPO / "semisupseg" / "sample_data" / rel.replace("imagesTr", "labelsTr"))
+                image = read_image(REPO / "src" / "semisupseg" / "sample_data" / rel)
+                label = read_label(REPO / "src" / "semisupseg" / "sample_data" / rel.replace("imagesTr", "labelsTr"))
                 image = from_sitk(sitk.DICOMOrient(to_sitk(image), code))
                 label = from_sitk(sitk.DICOMOrient(to_sitk(label), code))
                 assert orientation_code(image.direction) == code

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "SemiSupSeg"))
 DEFAULT_H5 = REPO.parent / "shared" / "data" / "LA" / "h5"
 SHOWN = ["labels", "sdm", "entropy"]  # what the Slicer module puts in the scene

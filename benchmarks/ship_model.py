@@ -1,9 +1,9 @@
-"""Package a finished training run as a shipped model: ``semisupseg/models/<name>.pt`` + its card, with the held-out
+"""Package a finished training run as a shipped model: ``src/semisupseg/models/<name>.pt`` + its card, with the held-out
 test figures the benchmark measured (``test.csv`` of ``benchmarks/heldout.py``) and the data's provenance written
 into the card, so ``semisupseg info <name>`` and the Slicer panel show what the model was trained on and how well it
 did on scans it never saw.
 
-``RUN_DIR`` may also be a model file (``semisupseg/models/NAME.pt``): it is re-packaged with new test figures
+``RUN_DIR`` may also be a model file (``src/semisupseg/models/NAME.pt``): it is re-packaged with new test figures
 (``--test-csv``, required) and options, its weights unchanged.
 
 Usage::
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.own_test_csv and not args.test_note:
         p.error("--own-test-csv needs --test-note (say whose figures the card's test figures are)")
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "src"))
     from semisupseg.checkpoint import load_model, save_model
 
     import yaml
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
             print(f"not shipped: below --half-min-agreement {args.half_min_agreement}", file=sys.stderr)
             return 1
         card.training["weights_stored_as"] = "float16"
-    out = save_model(REPO / "semisupseg" / "models" / f"{args.name}.pt", model, card, overwrite=args.overwrite,
+    out = save_model(REPO / "src" / "semisupseg" / "models" / f"{args.name}.pt", model, card, overwrite=args.overwrite,
                      half=args.half)
     print(out.relative_to(REPO))
     for line in card.summary_lines():

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 DEFAULT_LA = REPO.parent / "shared" / "data" / "LA"
 
 
@@ -117,7 +117,7 @@ def run_method(method: str, args: argparse.Namespace) -> Dict[str, Any]:
             cmd += ["--out", str(run_dir), "--overwrite"]
     else:
         cmd += ["--out", str(run_dir)]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS=str(args.threads))
     load0 = [round(v, 2) for v in os.getloadavg()]
     print(f"[{dt.datetime.now():%H:%M:%S}] {method}: {' '.join(cmd[2:])}", flush=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DEFAULT_METHODS = ["supervised", "mean-teacher", "ua-mt", "entropy-min", "dtc", "sassnet", "sbnet", "vwadv", "sgrs"]

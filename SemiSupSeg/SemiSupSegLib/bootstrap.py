@@ -6,7 +6,8 @@ files is the one they run with):
 1. **installed extension**: the build installs the package's files next to the modules (``SemiSupSeg.py``,
    ``SemiSupSegLib/`` and ``semisupseg/`` side by side in the extension's ``qt-scripted-modules`` folder);
 2. **source checkout**: the module folder (``<checkout>/SemiSupSeg``) was added to Slicer's module paths; the package
-   is ``<checkout>/semisupseg`` beside ``<checkout>/pyproject.toml``;
+   is ``<checkout>/src/semisupseg`` beside ``<checkout>/pyproject.toml`` (under ``src/``: ``semisupseg/`` beside
+   ``SemiSupSeg/`` would be one folder on the case-insensitive file systems of Windows and macOS);
 3. **environment**: the package is installed in Slicer's Python (``pip install``), found by the import system.
 
 :func:`ensure_semisupseg` puts the chosen folder first on ``sys.path`` and returns where the package comes from.
@@ -59,14 +60,14 @@ def find_semisupseg(module_dir: Optional[Path] = None) -> PackageLocation:
     if _is_package(module_dir):
         return PackageLocation(module_dir, "installed")
     checkout = module_dir.parent
-    if _is_package(checkout) and (checkout / "pyproject.toml").is_file():
-        return PackageLocation(checkout, "checkout")
+    if _is_package(checkout / "src") and (checkout / "pyproject.toml").is_file():
+        return PackageLocation(checkout / "src", "checkout")
     spec = importlib.util.find_spec(PACKAGE) if PACKAGE not in sys.modules else sys.modules[PACKAGE].__spec__
     if spec is not None and spec.origin:
         return PackageLocation(Path(spec.origin).resolve().parents[1], "environment")
     raise PackageNotFound(
         f"the '{PACKAGE}' Python package was not found: not installed next to the module ({module_dir / PACKAGE}), "
-        f"not in a source checkout ({checkout / PACKAGE} with {checkout / 'pyproject.toml'}), and not in Slicer's "
+        f"not in a source checkout ({checkout / 'src' / PACKAGE} with {checkout / 'pyproject.toml'}), and not in Slicer's "
         f"Python. Reinstall the SemiSupSeg extension, or add the 'SemiSupSeg' folder of a complete source checkout to "
         f"the module paths, or run 'PythonSlicer -m pip install <checkout>'.")
 

@@ -39,7 +39,7 @@ import SimpleITK as sitk
 sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK's notes on metadata it drops while writing MHA
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "semisupseg" / "sample_data"
+SAMPLE = REPO / "src" / "semisupseg" / "sample_data"
 TEST_DATA = REPO / "Testing" / "data"
 HIPPO = SAMPLE / "hippocampus"
 #: the real scan (float32, 36 x 48 x 40, 1 mm, direction diag(-1,-1,1)) most entries are made from, and its label
@@ -47,7 +47,7 @@ SCAN = HIPPO / "imagesTr" / "hippocampus_008.nii.gz"
 SCAN_LABEL = HIPPO / "labelsTr" / "hippocampus_008.nii.gz"
 DICOM = TEST_DATA / "dicom_hippocampus_033"
 H5 = TEST_DATA / "la_crop" / "mri_norm2.h5"
-MODEL = REPO / "semisupseg" / "models" / "hippocampus.pt"
+MODEL = REPO / "src" / "semisupseg" / "models" / "hippocampus.pt"
 
 KINDS = ("image", "label", "dataset", "model")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "semisupseg" / "models" / "hippocampus.pt"
+MODEL = REPO / "src" / "semisupseg" / "models" / "hippocampus.pt"
 
 
 def _batch_memory():

@@ -19,7 +19,7 @@ from semisupseg.errors import OutOfMemoryError, is_out_of_memory, out_of_memory_
 from semisupseg.training import read_events
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus"
+SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus"
 resource = pytest.importorskip("resource")  # POSIX
 
 #: the address-space limit of the children: a small run peaks at ~1.2 GiB of address space here (torch's libraries
@@ -31,7 +31,7 @@ def _limited_child(*args: str, limit: int = LIMIT) -> subprocess.CompletedProces
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     return subprocess.run([sys.executable, "-m", "semisupseg", *args], env=env, preexec_fn=cap,
                           capture_output=True, text=True, timeout=300)

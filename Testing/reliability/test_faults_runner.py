@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]  # the Slicer module folders are on sys.path (conftest.py)
-SAMPLE_DATA = REPO / "semisupseg" / "sample_data"
+SAMPLE_DATA = REPO / "src" / "semisupseg" / "sample_data"
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups and /proc")
 

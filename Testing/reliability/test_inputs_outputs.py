@@ -128,7 +128,7 @@ def _limited(max_bytes: int):
 
 
 def _cli_child(args, cwd, max_bytes):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")  # no .pyc cut short by the limit
     return subprocess.run([sys.executable, "-m", "semisupseg", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120, preexec_fn=_limited(max_bytes))

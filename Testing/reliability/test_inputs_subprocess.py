@@ -22,7 +22,7 @@ def _child(args, cwd):
     def limits():
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "semisupseg", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=180, preexec_fn=limits)

@@ -36,7 +36,7 @@ from semisupseg.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 SCAN = REPO / "Testing" / "data" / "hippocampus_003_image.nii.gz"
-SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus"
+SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus"
 SLICER_MODULE = REPO / "SemiSupSeg"
 SHIPPED_MODEL = "hippocampus"  # semisupseg/models/hippocampus.pt
 
@@ -184,7 +184,7 @@ def test_slicer_library_imports_in_process_with_sockets_blocked(blocked):
 
 
 def _child_env(tmp: Path, log: Path) -> Dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(_guard_module(tmp)), str(REPO), str(SLICER_MODULE)]),
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(_guard_module(tmp)), str(REPO / "src"), str(SLICER_MODULE)]),
                 SEMISUPSEG_NO_NET_LOG=str(log), SEMISUPSEG_HOME=str(tmp / "home"), OMP_NUM_THREADS="1",
                 PYTHONNOUSERSITE="1")
 

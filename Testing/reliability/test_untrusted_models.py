@@ -459,7 +459,7 @@ def test_the_worker_process_and_segment_process_refuse_hostile_files(good, tmp_p
     traceback, no marker."""
     marker = tmp_path / "PWNED"
     path = write_container("zip-in-state-dict", code_payloads(marker)["os.system"], good, tmp_path / "hostile.pt")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
     seg = subprocess.run([sys.executable, "-m", "semisupseg", "segment", "--model", str(path), "-o",
                           str(tmp_path / "out"), str(SCAN)], capture_output=True, text=True, env=env, timeout=120)
     assert seg.returncode == 2 and "Traceback" not in seg.stderr, seg.stderr
@@ -767,7 +767,7 @@ def test_huge_declared_sizes_do_not_allocate(good_file, tmp_path):
     bomb 300 MB)."""
     shutil.copy(good_file, tmp_path / "good.pt")
     here = Path(__file__).resolve().parent
-    proc = subprocess.run([sys.executable, "-c", HUGE_CHILD, str(tmp_path), str(here), str(here.parent), str(REPO)],
+    proc = subprocess.run([sys.executable, "-c", HUGE_CHILD, str(tmp_path), str(here), str(here.parent), str(REPO / "src")],
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]

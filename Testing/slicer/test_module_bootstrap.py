@@ -19,7 +19,7 @@ import pytest
 from SemiSupSegLib import bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGE = REPO / "semisupseg"
+PACKAGE = REPO / "src" / "semisupseg"
 BOOTSTRAP = REPO / "SemiSupSeg" / "SemiSupSegLib" / "bootstrap.py"
 
 PROBE = """
@@ -69,12 +69,13 @@ def test_installed_next_to_the_modules(tmp_path):
 def test_source_checkout(tmp_path):
     checkout = tmp_path / "checkout"
     module_dir = _module_dir(checkout / "SemiSupSeg")
-    _link_package(checkout)
+    (checkout / "src").mkdir()
+    _link_package(checkout / "src")
     (checkout / "pyproject.toml").write_text('[project]\nname = "semisupseg"\n')
     found = _probe(module_dir)
     assert found["how"] == "checkout"
-    assert Path(found["first_on_path"]) == checkout.resolve()
-    assert Path(found["file"]).parent == checkout / "semisupseg"
+    assert Path(found["first_on_path"]) == (checkout / "src").resolve()
+    assert Path(found["file"]).parent == checkout / "src" / "semisupseg"
 
 
 def test_nowhere_gives_one_clear_message(tmp_path):

@@ -17,7 +17,7 @@ MODULE_DIR = REPO / "SemiSupSeg"
 MODULE_FILE = MODULE_DIR / "SemiSupSeg.py"
 LIB = MODULE_DIR / "SemiSupSegLib"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SemiSupSeg.ui"
-PACKAGE = REPO / "semisupseg"
+PACKAGE = REPO / "src" / "semisupseg"
 #: Qt widget classes the .ui may use without declaring them as custom widgets
 QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QCheckBox", "QProgressBar", "QPlainTextEdit",
               "QTextBrowser", "QTextEdit", "QSpinBox", "QDoubleSpinBox", "QLineEdit", "QToolButton", "QFrame",
@@ -136,16 +136,16 @@ def test_module_cmake_lists_every_library_file_and_resource():
 
 
 def _glob_recurse(text: str, var: str):
-    """Evaluate ``file(GLOB_RECURSE var RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} ... patterns)`` and the
-    ``list(FILTER var EXCLUDE REGEX ...)`` after it, as CMake does, on the repository."""
-    match = re.search(r"file\(GLOB_RECURSE\s+" + var + r"\s+RELATIVE\s+\$\{CMAKE_CURRENT_SOURCE_DIR\}"
+    """Evaluate ``file(GLOB_RECURSE var RELATIVE ${CMAKE_CURRENT_SOURCE_DIR}/src ... patterns)`` and the
+    ``list(FILTER var EXCLUDE REGEX ...)`` after it, as CMake does, on the repository (paths relative to src/)."""
+    match = re.search(r"file\(GLOB_RECURSE\s+" + var + r"\s+RELATIVE\s+\$\{CMAKE_CURRENT_SOURCE_DIR\}/src"
                       r"\s+CONFIGURE_DEPENDS\s+(.*?)\)", text, re.S)
-    assert match, f"file(GLOB_RECURSE {var} ...) not found"
+    assert match, f"file(GLOB_RECURSE {var} RELATIVE .../src ...) not found"
     found = set()
     for pattern in match.group(1).split():
         rel = pattern.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "")
         folder, name = rel.rsplit("/", 1)
-        found |= {str(p.relative_to(REPO)) for p in (REPO / folder).rglob(name) if p.is_file()}
+        found |= {str(p.relative_to(REPO / "src")) for p in (REPO / folder).rglob(name) if p.is_file()}
     for regex in re.findall(r"list\(FILTER\s+" + var + r"\s+EXCLUDE\s+REGEX\s+\"(.*?)\"\)", text):
         regex = regex.replace("\\\\", "\\")
         found = {f for f in found if not re.search(regex, f)}
@@ -156,7 +156,7 @@ def test_top_cmake_installs_every_file_of_the_package():
     text = (REPO / "CMakeLists.txt").read_text()
     scripts = _glob_recurse(text, "SEMISUPSEG_PACKAGE_SCRIPTS")
     data = _glob_recurse(text, "SEMISUPSEG_PACKAGE_DATA")
-    package_files = {str(p.relative_to(REPO)) for p in PACKAGE.rglob("*")
+    package_files = {str(p.relative_to(REPO / "src")) for p in PACKAGE.rglob("*")
                      if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     assert package_files - scripts - data == set(), "package files the extension would not install"
     assert all(f.endswith(".py") for f in scripts) and not any(f.endswith(".py") for f in data)
@@ -164,7 +164,7 @@ def test_top_cmake_installs_every_file_of_the_package():
     assert any(f.startswith("semisupseg/sample_data/hippocampus/imagesTr/") for f in data)
     block = re.search(r"ctkMacroCompilePythonScript\((.*?)\)", text, re.S).group(1)
     for word in ("SCRIPTS \"${SEMISUPSEG_PACKAGE_SCRIPTS}\"", "RESOURCES \"${SEMISUPSEG_PACKAGE_DATA}\"",
-                 "SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR}",
+                 "SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR}/src",
                  "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}",
                  "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}", "NO_INSTALL_SUBDIR"):
         assert word in block, word

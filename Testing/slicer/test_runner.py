@@ -21,8 +21,8 @@ from semisupseg.io import read_image, read_volume
 from helpers import alive, gone, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
-LA_SAMPLE = REPO / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
-HIPPO_SAMPLE = REPO / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
+LA_SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "la" / "imagesTr" / "06SR5RBREL16DQ6M8LWS.nii.gz"
+HIPPO_SAMPLE = REPO / "src" / "semisupseg" / "sample_data" / "hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 #: a child that starts a grandchild, reports both pids, then ignores the stop file and SIGTERM forever

@@ -7,7 +7,7 @@ import pytest
 
 from slicer_guard import SAMPLE_DATA
 
-TEST_MODEL = SAMPLE_DATA.parents[1] / "SemiSupSeg" / "Resources" / "Testing" / "hippocampus_dtc_tiny.pt"
+TEST_MODEL = SAMPLE_DATA.parents[2] / "SemiSupSeg" / "Resources" / "Testing" / "hippocampus_dtc_tiny.pt"
 
 
 @pytest.fixture

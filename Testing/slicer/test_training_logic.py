@@ -23,7 +23,7 @@ from slicer_guard import SAMPLE_DATA
 HIPPO = SAMPLE_DATA / "hippocampus"
 TINY = ("model.n_filters=4", "num_threads=1", "amp=off", "save_every=1")
 #: the small hippocampus model the SemiSupSeg module's tests use (ranking needs a model that segments something)
-RANK_MODEL = SAMPLE_DATA.parents[1] / "SemiSupSeg" / "Resources" / "Testing" / "hippocampus_dtc_tiny.pt"
+RANK_MODEL = SAMPLE_DATA.parents[2] / "SemiSupSeg" / "Resources" / "Testing" / "hippocampus_dtc_tiny.pt"
 
 
 def _settings(run_dir: Path, iterations: int, **kw):

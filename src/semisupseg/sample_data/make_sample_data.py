@@ -1,6 +1,6 @@
 """Rebuild the bundled sample data from ../shared/data (the exact processing documented in README.md).
 
-Run from the repository root:  python semisupseg/sample_data/make_sample_data.py [SHARED_DATA_DIR]
+Run from the repository root:  python src/semisupseg/sample_data/make_sample_data.py [SHARED_DATA_DIR]
 """
 from __future__ import annotations
 
