@@ -95,7 +95,7 @@ def test_environment_install(tmp_path):
     module_dir = _module_dir(tmp_path / "modules")
     found = _probe(module_dir, isolated=False)
     assert found["how"] == "environment"
-    assert Path(found["root"]) == REPO
+    assert Path(found["root"]) == REPO / "src"
 
 
 def test_a_different_package_already_loaded_is_reported(tmp_path):
@@ -117,7 +117,7 @@ def test_a_different_package_already_loaded_is_reported(tmp_path):
 
 def test_this_checkout():
     location = bootstrap.find_semisupseg()
-    assert location.how == "checkout" and location.root == REPO
+    assert location.how == "checkout" and location.root == REPO / "src"
     assert bootstrap.ensure_semisupseg() == location
     assert location.package_dir == PACKAGE
 
@@ -136,7 +136,8 @@ def test_symlinked_module_folder_resolves(tmp_path):
     """Slicer may be given a symlink to the checkout's module folder: the checkout is still found."""
     checkout = tmp_path / "checkout"
     module_dir = _module_dir(checkout / "SemiSupSeg")
-    _link_package(checkout)
+    (checkout / "src").mkdir()
+    _link_package(checkout / "src")
     (checkout / "pyproject.toml").write_text("")
     link = tmp_path / "linked-module"
     link.symlink_to(module_dir, target_is_directory=True)

@@ -201,9 +201,9 @@ def shipped_data_roles(card, case_ids: Sequence[str]) -> Dict[str, str]:
     unknown = {c: "unknown" for c in case_ids}
     if not split_file or not labeled_key:
         return unknown
-    path = Path(semisupseg.__file__).resolve().parents[1] / split_file
+    tree = Path(semisupseg.__file__).resolve().parents[2]  # the source tree: <tree>/src/semisupseg/__init__.py
     try:
-        split = json.loads(path.read_text(encoding="utf-8"))
+        split = json.loads((tree / split_file).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return unknown
     labeled = set(split.get(labeled_key) or [])
