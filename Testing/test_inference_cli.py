@@ -175,3 +175,50 @@ def test_segment_never_replaces_an_input_scan_even_with_overwrite(tmp_path, caps
         assert "a_label.nii.gz: the output of case 'a' would replace this input scan" in err
         assert (scans / "a_label.nii.gz").read_bytes() == before
         assert sorted(p.name for p in scans.iterdir()) == ["a.nii.gz", "a_label.nii.gz"]
+
+
+def test_segment_takes_folders_of_images_and_continues_an_interrupted_batch(tmp_path, capsys, monkeypatch):
+    """A folder of images is segmented scan by scan (as rank takes one; before, a folder was read only as a DICOM
+    series and refused); an earlier run's outputs beside its scans are not taken for scans. A batch cut off by
+    Ctrl-C ends with one line and exit 130 (before: a traceback), and ``--skip-existing`` continues it where the
+    plain rerun is refused with a line naming that option. ``--threads`` sets the CPU threads."""
+    from semisupseg.cli import segment as segment_cli
+
+    scans = tmp_path / "scans"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        write_volume(Volume(rng.normal(size=(12, 14, 10)).astype(np.float32)), scans / f"{name}.nii.gz")
+    (tmp_path / "ds" / "imagesTr").mkdir(parents=True)
+    write_volume(Volume(rng.normal(size=(12, 14, 10)).astype(np.float32)), tmp_path / "ds" / "imagesTr" / "d.nii.gz")
+    model = _model_file(tmp_path, 2, (1.0, 1.0, 1.0), (16, 16, 16))
+    out = tmp_path / "out"
+
+    real = segment_cli._segment_case
+    def interrupted(args, index, *rest):  # Ctrl-C while the third case is segmented
+        if index == 2:
+            raise KeyboardInterrupt
+        return real(args, index, *rest)
+
+    monkeypatch.setattr(segment_cli, "_segment_case", interrupted)
+    argv = ["segment", str(scans), str(tmp_path / "ds"), "--model", str(model), "-o", str(out), "--threads", "1"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("cancelled (interrupted)") and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["a_label.nii.gz", "b_label.nii.gz"]
+    monkeypatch.setattr(segment_cli, "_segment_case", real)
+    assert main(argv) == 2
+    assert "pass --overwrite to replace it, or --skip-existing" in capsys.readouterr().err
+    assert main(argv + ["--skip-existing"]) == 0
+    assert "skipping 2 of 4 case(s) whose outputs exist" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a_label.nii.gz", "b_label.nii.gz", "c_label.nii.gz",
+                                                     "d_label.nii.gz"]
+    # outputs written into the scans' own folder are not scans on the next run
+    assert main(["segment", str(scans), "--model", str(model), "-o", str(scans)]) == 0
+    assert main(["segment", str(scans), "--model", str(model), "-o", str(scans), "--skip-existing"]) == 0
+    assert "skipping 3 of 3 case(s)" in capsys.readouterr().err
+    assert main(["segment", str(scans), "--model", str(model), "-o", str(out), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["segment", str(empty), "--model", str(model), "-o", str(out)]) == 2
+    assert "folder holds no DICOM series and no image files" in capsys.readouterr().err

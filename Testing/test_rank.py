@@ -117,6 +117,8 @@ def test_rank_cli_csv_order_dice_and_correlation(model_path, tmp_path, capsys):
     # single files and a missing one
     assert main(["rank", "--model", str(model_path), str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "x.csv")]) == 2
     assert "nope.nii.gz: file not found" in capsys.readouterr().err
+    assert main(["rank", "--model", str(model_path), str(images), "-o", str(tmp_path / "y.csv"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
 
 
 def test_rank_cli_notes_labels_that_match_no_or_some_scans(model_path, tmp_path, capsys):

@@ -837,7 +837,7 @@ def _read_dicom_series_inner(folder: Path, series_id: Optional[str] = None) -> s
     except RuntimeError as exc:
         raise InputError(f"cannot scan the folder for DICOM series: {exc}", folder) from exc
     if not ids:
-        raise InputError("folder holds no DICOM series (and a folder is only read as a DICOM series)", folder)
+        raise InputError("folder holds no DICOM series and no image files (.nii.gz, .nii, .nrrd, .mha/.mhd)", folder)
     series_files = {i: list(reader.GetGDCMSeriesFileNames(str(folder), i)) for i in ids}
     if series_id is None:
         if len(ids) > 1:

@@ -83,6 +83,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Cancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # Ctrl-C where a command has no cancel of its own: one line, not a traceback
+        _details()
+        print("cancelled (interrupted): every output file finished before is complete and kept", file=sys.stderr)
+        return 130
     except SemiSupSegError as exc:
         _details()
         print(f"error: {exc}", file=sys.stderr)

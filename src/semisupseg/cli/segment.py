@@ -15,8 +15,14 @@ the folder name ``<ID>``), in the input image's exact geometry, format by ``--ou
   times the training scans, voxel size or intensities far off; also printed, one line) or ``--layout whole`` fell
   back to windows.
 
+Inputs: image files, DICOM series folders, LA ``<ID>`` folders holding ``mri_norm2.h5``, and folders of images
+(every image in them, or in their ``imagesTr/``/``imagesTs/``; ``<case>_0000``, ``_0001``... files are one case's
+channels), after the files named one by one.
+
 Existing outputs are never replaced without ``--overwrite`` (checked for every case before any work starts), and an
 input scan never, even with it (e.g. ``a.nii.gz`` and ``a_label.nii.gz`` segmented into their own folder).
+``--skip-existing`` continues an interrupted batch: the cases whose outputs all exist are skipped, the others
+segmented (a case cut off between its outputs is done again, its earlier outputs replaced).
 A case that fails (an unreadable or refused image, out of memory) is reported on its own line and leaves no outputs;
 the other cases are still segmented, and the command ends with one line listing the failures and exit code 2 (with
 ``--json-progress``: a ``failed`` event per case and a final ``summary`` event). With a single input its error is
@@ -42,9 +48,12 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         description="Segment one or more images (NIfTI/NRRD/MHA/DICOM folder/LA .h5) with a SemiSupSeg model file. "
                     "Outputs are written in each input's geometry as <case>_label, _prob, _sdm, _entropy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="input images (groups of k for k-channel models)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="input images (groups of k for k-channel models), DICOM series folders, or folders of "
+                        "images (every image inside, or inside their imagesTr/ or imagesTs/)")
     p.add_argument("--model", "-m", required=True,
-                   help="model file (.pt) or the name of a catalogued model ('semisupseg models' lists them)")
+                   help="model file (.pt), a training run's folder (its best.pt) or the name of a catalogued "
+                        "model ('semisupseg models' lists them)")
     p.add_argument("--output", "-o", required=True, metavar="OUTDIR", help="output folder (created if needed)")
     p.add_argument("--prob", action="store_true",
                    help="also write the foreground class probabilities (<case>_prob: a scalar volume for a binary "
@@ -83,6 +92,12 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="DICOM folder inputs holding several series: read the series with this SeriesInstanceUID "
                         "(the error for such a folder lists them)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip the cases whose outputs all exist (continue an interrupted batch); a case with only "
+                        "some of them is segmented again")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: PyTorch's, one per core); fewer is much faster on a machine busy "
+                        "with other work")
     p.add_argument("--stop-file", default=None,
                    help="cancel cleanly when this file appears (for GUIs running the command in a process)")
     p.add_argument("--json-progress", action="store_true",
@@ -98,6 +113,10 @@ def case_name(path: Path) -> str:
     if volume_suffix(path) in (".h5", ".hdf5") and stem == "mri_norm2" and path.parent.name:
         return path.resolve().parent.name
     return stem
+
+
+#: what ``segment`` appends to a case's name for its outputs (``<case>_label.nii.gz``...)
+OUTPUT_KINDS = ("label", "prob", "sdm", "entropy")
 
 
 def output_paths(case: str, outdir: Path, suffix: str, prob: bool, sdm: bool, entropy: bool) -> Dict[str, Path]:
@@ -119,15 +138,39 @@ def warnings_path(case: str, outdir: Path) -> Path:
     return outdir / f"{case}_warnings.txt"
 
 
+def _image_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder of images to segment one by one (not a DICOM series, not an LA ``<ID>``
+    folder): it holds image files, or an ``imagesTr``/``imagesTs`` folder."""
+    from semisupseg.io import list_volume_files
+
+    if not path.is_dir() or (path / "mri_norm2.h5").is_file():
+        return False
+    return bool(list_volume_files(path)) or any((path / sub).is_dir() for sub in ("imagesTr", "imagesTs"))
+
+
 def _group_cases(images: List[str], in_channels: int) -> List[Tuple[str, List[Path]]]:
+    from semisupseg.data.cases import discover_unlabeled
     from semisupseg.errors import InputError
 
-    paths = [Path(p) for p in images]
+    given = [Path(p) for p in images]
+    paths = [p / "mri_norm2.h5" if p.is_dir() and (p / "mri_norm2.h5").is_file() else p
+             for p in given if not _image_folder(p)]
     if len(paths) % in_channels:
         raise InputError(f"the model takes {in_channels} channels: give the images in groups of {in_channels} "
                          f"(got {len(paths)} paths)")
     groups = [paths[i:i + in_channels] for i in range(0, len(paths), in_channels)]
     cases = [(case_name(g[0]), g) for g in groups]
+    for folder in (p for p in given if _image_folder(p)):
+        found = discover_unlabeled(folder)
+        ids = {c.case_id for c in found}
+        for case in found:
+            base, _, kind = case.case_id.rpartition("_")
+            if kind in OUTPUT_KINDS and base in ids:  # an earlier run's output beside its scan, not a scan
+                continue
+            if len(case.channel_paths) != in_channels:
+                raise InputError(f"case {case.case_id} has {len(case.channel_paths)} channel file(s) in this folder; "
+                                 f"the model takes {in_channels}", folder)
+            cases.append((case.case_id, list(case.channel_paths)))
     seen: Dict[str, Path] = {}
     for name, g in cases:
         if name in seen:
@@ -161,6 +204,12 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.inference import SegmentOptions, tta_axes_for_model
     from semisupseg.progress import CancelToken
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(int(args.threads))
     model_path = resolve_model(args.model)
     model, card = load_model(model_path, device="cpu")
     if args.sdm and not card.network.get("sdm_head", False):
@@ -199,11 +248,19 @@ def run(args: argparse.Namespace) -> int:
             if p.resolve() in inputs:
                 raise InputError(f"the output of case '{name}' would replace this input scan: choose another output "
                                  "folder (-o) or --output-suffix", inputs[p.resolve()])
-    if not args.overwrite:
+    if args.skip_existing and not args.overwrite:
+        done = [plan for plan in plans if all(p.exists() for p in plan[2].values())]
+        if done:
+            print(f"note: skipping {len(done)} of {len(plans)} case(s) whose outputs exist (--skip-existing)",
+                  file=sys.stderr)
+        plans = [plan for plan in plans if plan not in done]
+        args.overwrite = True  # a remaining case's outputs are those of the interrupted run: they are replaced
+    elif not args.overwrite:
         for name, _, outs in plans:
             for p in list(outs.values()) + [warnings_path(name, outdir)]:
                 if p.exists():
-                    raise OutputExistsError("output exists; pass --overwrite to replace it", p)
+                    raise OutputExistsError("output exists; pass --overwrite to replace it, or --skip-existing to "
+                                            "segment only the cases without outputs", p)
     cancel = CancelToken(args.stop_file)
 
     def emit(record: dict) -> None:
