@@ -119,6 +119,35 @@ def test_stray_label_value_without_dataset_json_warns(tmp_path, capsys):
     assert _check(capsys, "--labeled", str(root2), "--validation", "0")[2] == []
 
 
+def test_a_structure_labeled_with_another_value_in_some_files_warns(tmp_path, capsys):
+    """One of four label files has the posterior class as 5 instead of 2 (no dataset.json): both become classes
+    (4 classes) and check-data said nothing, since 5 is large where present. It now names the file and value 2,
+    which that file lacks and every other has; a class absent from a few cases alone is not flagged."""
+    import SimpleITK as sitk
+
+    root = _labeled(tmp_path, IDS[:4], dataset_json=False)
+    path = root / "labelsTr" / "hippocampus_008.nii.gz"
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)
+    array[array == 2] = 5
+    relabeled = sitk.GetImageFromArray(array)
+    relabeled.CopyInformation(image)
+    sitk.WriteImage(relabeled, str(path))
+    code, out, warnings = _check(capsys, "--labeled", str(root), "--validation", "0")
+    assert code == 0 and "classes: 0 background, 1 class_1, 2 class_2, 5 class_5" in out
+    assert len(warnings) == 1, out
+    assert warnings[0].startswith(f"warning: {path}: label value 5 is in only 1 of the 4 labeled cases "
+                                  "(hippocampus_008), which have no value 2 where every other case has one")
+    # value 2 simply missing from one case (nothing in its place): no warning
+    root2 = _labeled(tmp_path, IDS[:4], "absent", dataset_json=False)
+    path2 = root2 / "labelsTr" / "hippocampus_008.nii.gz"
+    array[array == 5] = 0
+    cleared = sitk.GetImageFromArray(array)
+    cleared.CopyInformation(image)
+    sitk.WriteImage(cleared, str(path2))
+    assert _check(capsys, "--labeled", str(root2), "--validation", "0")[2] == []
+
+
 # ------------------------------------------------------------------------------------------------ the same scan twice
 def test_scan_both_labeled_and_unlabeled_is_dropped_from_the_pool(tmp_path, capsys):
     root = _labeled(tmp_path, IDS[:3])

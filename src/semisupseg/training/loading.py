@@ -193,6 +193,22 @@ def stray_label_problems(counts: Dict[str, Dict[int, int]], voxels: Dict[str, in
                                f"becomes a class: a stray value? Without a dataset.json every label value is a "
                                f"class; declare the classes with {fix}",
                                None if label_paths is None else label_paths.get(first), first, "warning"))
+    flagged = {s[0] for s in stray}
+    for v in values:  # a structure labeled with another value in some files: 5 where the others have 2
+        holders = {cid for cid, c in counts.items() if c.get(v, 0) > 0}
+        if v in flagged or n < 3 or 2 * len(holders) >= n:
+            continue
+        for w in values:
+            has_w = {cid for cid, c in counts.items() if c.get(w, 0) > 0}
+            if w != v and has_w and not has_w & holders and has_w | holders == set(counts):
+                names = ", ".join(sorted(holders)[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
+                first = sorted(holders)[0]
+                out.append(DataProblem(
+                    f"label value {v} is in only {len(holders)} of the {n} labeled cases ({names}), which have no "
+                    f"value {w} where every other case has one: the same structure labeled {v} there? Both become "
+                    f"classes; relabel those files, or declare the classes (a dataset.json, or data.label_values)",
+                    None if label_paths is None else label_paths.get(first), first, "warning"))
+                break
     return out
 
 
