@@ -368,3 +368,24 @@ def test_a_catalogue_home_that_is_a_file_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the catalogue home is a file, not a folder" in err and len(err.strip().splitlines()) == 1
     assert afile.read_text() == "mine"
+
+
+def test_models_says_what_each_shipped_model_was_trained_on(capsys):
+    """A newcomer choosing a model sees, under the table, the anatomy's data and size each was trained on (from
+    its card), not only its classes and voxel size; a card that says nothing gives no line."""
+    from semisupseg.catalogue import resolve_model
+    from semisupseg.cli.models import model_purpose
+
+    hip = model_purpose(resolve_model("hippocampus"))
+    assert hip.startswith("MRI scans of about 35 x 50 x 36 mm (median of 140 training scans); Task04_Hippocampus")
+    assert "left atrium" in model_purpose(resolve_model("left-atrium"))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "what each model was trained on" in out and f"  hippocampus: {hip}" in out
+
+
+def test_a_card_without_training_data_gives_no_purpose(tmp_path):
+    from semisupseg.cli.models import model_purpose
+
+    assert model_purpose(tiny_model(tmp_path / "bare.pt")) == ""
+    assert model_purpose(tmp_path / "missing.pt") == ""

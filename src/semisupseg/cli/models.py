@@ -56,6 +56,29 @@ def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> List[s
     return [line(header)] + [line(r) for r in rows]
 
 
+def model_purpose(path) -> str:
+    """One line of what the model at ``path`` was trained on, from its card: ``"MRI scans of about 35 x 50 x 36 mm
+    (median of 140 training scans); Task04_Hippocampus (...)"``; ``""`` when the card does not say."""
+    from semisupseg.checkpoint import read_card
+    from semisupseg.errors import SemiSupSegError
+
+    try:
+        training = read_card(path).training or {}
+    except (SemiSupSegError, OSError):
+        return ""
+    stats = training.get("data_statistics") or {}
+    parts = []
+    extent = stats.get("median_extent_mm")
+    if extent:
+        cases = f" (median of {stats['cases']} training scans)" if stats.get("cases") else ""
+        parts.append(f"{stats.get('modality', 'scans')} scans of about {' x '.join(f'{v:.0f}' for v in extent)} mm"
+                     + cases)
+    dataset = (training.get("data") or {}).get("dataset")
+    if dataset:
+        parts.append(str(dataset))
+    return "; ".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     from semisupseg.catalogue import ModelCatalogue
     from semisupseg.checkpoint import aligned_lines
@@ -78,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
                 rows.append([e.name, e.source, e.method, ",".join(e.classes), _spacing(e), str(e.path)])
         for line in format_table(rows, ["NAME", "SOURCE", "METHOD", "CLASSES", "SPACING", "PATH"]):
             print(line.rstrip())
+        purposes = [(e.name, model_purpose(e.path)) for e in entries if e.error is None]
+        if any(text for _, text in purposes):
+            print("\nwhat each model was trained on (segment scans like these):")
+            for name, text in purposes:
+                if text:
+                    print(f"  {name}: {text}")
         return 0
     if action == "add":
         e = cat.add(args.file, name=args.name)
