@@ -112,6 +112,10 @@ def test_matching_rules_and_errors(folders, tmp_path):
         match_cases(suffixed, ref_dir)
     cases, missing = match_cases(suffixed, ref_dir, pred_suffix="_seg")
     assert [c.case_id for c in cases] == ["case_1"] and "case_0" in missing
+    # one of segment's <case>_label files against a folder of references: its case is the name without _label
+    shutil.copy(pred_dir / "case_1.nii.gz", tmp_path / "case_1_label.nii.gz")
+    cases, missing = match_cases(tmp_path / "case_1_label.nii.gz", ref_dir)
+    assert [c.case_id for c in cases] == ["case_1"] and "case_0" in missing
     # file lists
     cases, _ = match_cases([pred_dir / "case_2.nii.gz", pred_dir / "case_0.nii.gz"], ref_dir)
     assert [c.case_id for c in cases] == ["case_0", "case_2"]

@@ -188,15 +188,16 @@ def match_cases(pred: PathsArg, ref: PathsArg, pred_suffix: Optional[str] = None
     ``pred_suffix``: an ending of prediction names to drop before matching. In a prediction **folder** only the
     files carrying it are used, so ``semisupseg segment``'s output folder (``<case>_label`` beside
     ``<case>_prob``, ``_sdm``, ``_entropy``) is evaluated as is: ``None`` (default) picks ``"_label"``
-    automatically when the folder holds such files, else uses the names unchanged.
+    automatically when the folder holds such files (or the one prediction file is such a file), else uses the
+    names unchanged.
 
     ``only``: evaluate just these case ids (others on either side are ignored); an id without a reference file is
     an :class:`InputError`.
     """
     pred_files, pred_is_folder = _as_paths(pred)
     ref_files, _ = _as_paths(ref)
-    if pred_suffix is None:
-        has_label_files = pred_is_folder and any(
+    if pred_suffix is None:  # a folder holding segment's <case>_label files, or one such file against a folder
+        has_label_files = (pred_is_folder or len(pred_files) == 1) and any(
             sio.strip_suffix(f).endswith(SEGMENT_LABEL_SUFFIX) for f in pred_files)
         pred_suffix = SEGMENT_LABEL_SUFFIX if has_label_files else ""
     if pred_is_folder and pred_suffix:
