@@ -97,6 +97,10 @@ def test_num_labeled_count_or_fraction_and_the_error_that_sends_users_there(tmp_
         assert main(["train", "--method", "mean-teacher", "--labeled", hip, "--out", run, "--num-labeled", bad,
                      "--print-config"]) == 2
         assert "--num-labeled" in capsys.readouterr().err
+    # the config alone needs no run folder, and it shows every method parameter the run would use
+    assert main(["train", "--method", "mean-teacher", "--labeled", hip, "--num-labeled", "1", "--print-config"]) == 0
+    shown = capsys.readouterr().out
+    assert "out: null" in shown and "consistency: " in shown and "method_params: {}" not in shown
     help_text = dict(_subparsers(build_parser()))["train"].format_help()
     assert "--num-labeled N|FRACTION" in help_text
     # check-data takes the same option (the data options are shared)

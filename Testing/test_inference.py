@@ -203,9 +203,16 @@ def test_roi_limits_windows_and_is_background_outside(rng):
 def test_progress_and_cancel(rng):
     image = rng.normal(size=(1, 16, 16, 64)).astype(np.float32)
     seen = []
+    messages = []
     sliding_window_inference(Pointwise(), image, (16, 16, 16), overlap=0.0, fast=False,
-                             progress=lambda f, m="": seen.append(f))
+                             progress=lambda f, m="": (seen.append(f), messages.append(m)))
     assert seen == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert messages == ["window 1/4", "window 2/4", "window 3/4", "window 4/4"]  # windows, as the summary counts
+    # two windows per batch: the count still runs over windows, to the total
+    messages.clear()
+    sliding_window_inference(Pointwise(), image, (16, 16, 16), overlap=0.0, fast=False, batch_size=3,
+                             progress=lambda f, m="": messages.append(m))
+    assert messages == ["window 3/4", "window 4/4"]
 
     token = CancelToken()
     calls = []

@@ -322,12 +322,12 @@ def run(args: argparse.Namespace) -> int:
         run_dir = load_config(args.config).out or None  # the config file's own out:
     if resume and isinstance(args.resume, str) and args.out and Path(args.out) != Path(args.resume):
         raise InputError(f"--resume {args.resume} and --out {args.out} name different run directories")
-    if not run_dir:
+    if not run_dir and not (args.print_config and not resume):  # the config alone needs no folder
         raise InputError("--out RUN_DIR is required (or --resume RUN_DIR)")
     if resume and args.overwrite:
         raise InputError("--resume continues the run and --overwrite starts it afresh: give one of them")
-    run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
+    run_dir = Path(run_dir) if run_dir else None
+    saved = run_dir / "config.yaml" if run_dir else None
     saved_settings: Dict[str, Any] = {}
     if resume and saved.exists():
         cfg = load_run_config(saved)
@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
             and not (args.config and "method" in config_keys(args.config)):
         raise InputError("choose a method: --method NAME ('semisupseg methods' lists them; 'supervised' learns from "
                          "the labeled cases only)" + (f"; {args.config} names none" if args.config else ""))
-    cfg.out = str(run_dir)
+    cfg.out = str(run_dir) if run_dir else None
     if not resume:  # the run's config.yaml is what --resume reads, maybe from another folder (Slicer, a scheduler)
         _absolute_data_paths(cfg)
     cfg.validate()
@@ -355,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.training.engine import check_model_options, method_class, method_params
 
     method_class(cfg.method)  # an unknown name fails here, before anything is written
-    method_params(cfg)  # so do its parameters
+    params = method_params(cfg)  # so do its parameters
     check_model_options(cfg)  # and the network's options
     from semisupseg.runtime import resolve_device
 
@@ -369,6 +369,11 @@ def run(args: argparse.Namespace) -> int:
             except InputError as exc:  # the config is still shown; training would stop at the same problem
                 print(f"note: the settings left to the data are derived when training starts; the data cannot "
                       f"be read now: {exc}", file=sys.stderr)
+        import dataclasses
+
+        from semisupseg.training.engine import _plain
+
+        cfg.method_params = _plain(dataclasses.asdict(params))  # every parameter the run would use, as saved
         _print_config(cfg)
         return 0
     from semisupseg.training.distributed import env_is_main

@@ -489,7 +489,8 @@ def sliding_window_inference(
                                      for z, y, xx in batch_pos]).to(dev)
                     prob, sdm = _predict_batch(run_model, x, flips, channels_last, bf16)
                     accumulate(batch_pos, prob, sdm, w_dev)
-                progress((b + 1) / n_batches, f"window batch {b + 1}/{n_batches}")
+                done = len(positions) - len(todo) + min((b + 1) * batch_size, len(todo))  # the probe counts too
+                progress((b + 1) / n_batches, f"window {done}/{len(positions)}")
             prob_acc = acc["prob"]
             sdm_acc = acc.get("sdm")
             prob_acc /= weight_acc
