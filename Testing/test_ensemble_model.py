@@ -42,8 +42,8 @@ def _save(tmp_path, name, net, **card_kw):
     card_kw.setdefault("spacing_xyz", (1.0, 1.0, 1.0))
     card_kw.setdefault("patch_size_xyz", (16, 16, 16))
     card_kw.setdefault("class_names", ["background", "anterior", "posterior"])
-    training = card_kw.pop("training", {"augmentation": "none", "perturb": "both", "labeled_cases": 20,
-                                        "unlabeled_cases": 120, "iterations": 3000, "seed": int(name[-1])})
+    training = card_kw.pop("training", None) or {"augmentation": "none", "perturb": "both", "labeled_cases": 20,
+                                                 "unlabeled_cases": 120, "iterations": 3000, "seed": int(name[-1])}
     card = make_card(net, training=training, **card_kw)
     return save_model(tmp_path / f"{name}.pt", net, card)
 
@@ -144,6 +144,15 @@ def test_members_that_preprocess_differently_are_refused_naming_the_file(tmp_pat
         assert info.value.path == b and str(b) in str(info.value)
     with pytest.raises(CheckpointError, match="2-8 model files"):
         combine_models([a])
+    # two runs' best.pt: the message names each by its folder, not "best.pt ... best.pt's"
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r2").mkdir()
+    training = {"augmentation": "none", "perturb": "both", "iterations": 3000, "seed": 1}
+    first = _save(tmp_path / "r1", "best", _net(1), training=training)
+    second = _save(tmp_path / "r2", "best", _net(2), spacing_xyz=(1.0, 1.0, 2.0), training=training)
+    with pytest.raises(CheckpointError) as info:
+        combine_models([first, second])
+    assert f"with {first}: its spacing_xyz" in str(info.value) and f"that of {first} is" in str(info.value)
 
 
 def test_an_ensemble_is_not_nested_and_differing_flips_mean_no_flip_tta(tmp_path):

@@ -77,8 +77,8 @@ def combine_models(paths: Sequence[PathLike]) -> Tuple[nn.Module, ModelCard]:
         for name in SHARED_FIELDS:
             a, b = getattr(first, name), getattr(card, name)
             if a != b:
-                raise CheckpointError(f"cannot join an ensemble with {first_path.name}: its {name} is {b!r}, "
-                                      f"{first_path.name}'s is {a!r} (members must preprocess alike)", path)
+                raise CheckpointError(f"cannot join an ensemble with {first_path}: its {name} is {b!r}, "
+                                      f"that of {first_path} is {a!r} (members must preprocess alike)", path)
     orientations = {c.inference.get("orientation") or "" for _, _, c in loaded}
     if len(orientations) > 1:  # the members would each need the scan in another voxel order
         raise CheckpointError("cannot join an ensemble: the members were trained on scans stored in different voxel "
