@@ -103,6 +103,9 @@ def test_segment_block_and_python_example_run(tmp_path, monkeypatch, capsys):
     label = read_label(la / "labelsTr" / f"{cases[2]}.nii.gz", image)
     _write_h5(tmp_path / "shared/data/LA/h5" / cases[2] / "mri_norm2.h5", image.array, label.array)
     write_volume(Volume(label.array, (0.625,) * 3), work / "labelsTr" / f"{cases[2]}.nii.gz")  # h5 geometry
+    # imagesTs/: a folder of hippocampus scans for the shipped model
+    (work / "imagesTs").mkdir()
+    shutil.copy(sample_dataset("hippocampus") / "imagesTr" / "hippocampus_023.nii.gz", work / "imagesTs")
     # runs/la_mt/best.pt: a mean-teacher model of the README's train example, tiny and briefly trained
     assert main(["train", "--method", "mean-teacher", "--labeled", str(la), "--split-labeled", "labeled_2",
                  "--out", "runs/la_mt", "--iterations", "1", "--patch-size", "32", "32", "32",
@@ -123,6 +126,7 @@ def test_segment_block_and_python_example_run(tmp_path, monkeypatch, capsys):
         assert code == 0, (argv, captured.err)
     assert sorted(p.name for p in (work / "seg").glob("*_label.nii.gz")) == sorted(
         f"{c}_label.nii.gz" for c in ("scan", "other", cases[2]))
+    assert [p.name for p in (work / "seg_ts").iterdir()] == ["hippocampus_023_label.nii.gz"]
     table = Path("metrics.csv").read_text()
     assert "scan" in table and cases[2] in table
     assert Path("scan.png").stat().st_size > 1000 and Path("sassnet.pt").exists() and Path("la_mt_vnet.pth").exists()
