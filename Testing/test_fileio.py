@@ -69,3 +69,32 @@ def test_a_place_that_cannot_be_written_is_named_as_the_user_gave_it(tmp_path, m
     (tmp_path / "folder.png").mkdir()
     with pytest.raises(InputError, match="output path is a folder"):
         write_png(np.zeros((4, 5, 3), np.uint8), tmp_path / "folder.png", overwrite=True)
+
+
+def test_replace_waits_while_windows_refuses_a_file_open_elsewhere(tmp_path, monkeypatch):
+    """Windows refuses to replace a file another process holds open (a reader polling a heartbeat, an antivirus):
+    the atomic writers retry for a moment there instead of failing a checkpoint save; elsewhere a refusal is an
+    error at once."""
+    import os
+
+    from semisupseg import fileio
+
+    real = os.replace
+    refusals = []
+
+    def busy_twice(src, dst):
+        if len(refusals) < 2:
+            refusals.append(dst)
+            raise PermissionError(13, "The process cannot access the file", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", busy_twice)
+    monkeypatch.setattr(fileio, "_WINDOWS", True)
+    fileio.write_text_atomic("new\n", tmp_path / "heartbeat.json", overwrite=True)
+    assert (tmp_path / "heartbeat.json").read_text() == "new\n" and len(refusals) == 2
+    refusals.clear()
+    monkeypatch.setattr(fileio, "_WINDOWS", False)
+    with pytest.raises(PermissionError):
+        fileio.write_text_atomic("newer\n", tmp_path / "heartbeat.json", overwrite=True)
+    assert (tmp_path / "heartbeat.json").read_text() == "new\n" and len(refusals) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["heartbeat.json"]  # no temporary file left

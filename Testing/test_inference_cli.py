@@ -222,3 +222,16 @@ def test_segment_takes_folders_of_images_and_continues_an_interrupted_batch(tmp_
     empty.mkdir()
     assert main(["segment", str(empty), "--model", str(model), "-o", str(out)]) == 2
     assert "folder holds no DICOM series and no image files" in capsys.readouterr().err
+
+
+def test_case_names_that_differ_only_in_case_are_refused(tmp_path, capsys):
+    """``A/Case1`` and ``B/case1``: on the case-insensitive disks of Windows and macOS their outputs are one file
+    (the second case replaced the first's, or deleted it while cleaning up its own failure)."""
+    rng = np.random.default_rng(0)
+    for folder, name in (("A", "Case1"), ("B", "case1")):
+        write_volume(Volume(rng.normal(size=(12, 14, 10)).astype(np.float32)), tmp_path / folder / f"{name}.nii.gz")
+    model = _model_file(tmp_path, 2, (1.0, 1.0, 1.0), (16, 16, 16))
+    assert main(["segment", str(tmp_path / "A" / "Case1.nii.gz"), str(tmp_path / "B" / "case1.nii.gz"),
+                 "--model", str(model), "-o", str(tmp_path / "out")]) == 2
+    assert "case names that differ only in case ('Case1')" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

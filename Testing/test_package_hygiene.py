@@ -79,3 +79,45 @@ def test_cli_help_runs():
                             cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stderr
     assert "semisupseg" in result.stdout
+
+
+POSIX_ONLY = ("resource", "fcntl", "termios", "pwd", "grp", "posix")
+
+
+def test_no_module_level_import_of_posix_only_modules():
+    """Windows has no ``resource`` (nor ``fcntl``...): a module-level import of one stopped every import of the
+    training package there (train, check-data, demo, the Slicer training panel). They are imported inside the
+    function that needs them, behind a guard."""
+    import ast
+
+    offenders = []
+    for path in _python_files():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            offenders += [f"{path.relative_to(PACKAGE.parent)}: {n}" for n in names if n.split(".")[0] in POSIX_ONLY]
+    assert offenders == []
+
+
+def test_the_package_trains_where_posix_only_modules_are_missing(tmp_path):
+    """Windows simulated: with ``resource`` and ``fcntl`` unimportable, the training package imports, the peak
+    memory is unknown (None) rather than an error, and the demo's CPU clock falls back to ``os.times``."""
+    code = ("import sys\n"
+            "sys.modules['resource'] = None; sys.modules['fcntl'] = None\n"
+            "import semisupseg.training, semisupseg.cli.train, semisupseg.cli.check_data, semisupseg.cli.demo\n"
+            "from semisupseg.training.engine import peak_rss_mb\n"
+            "from semisupseg.cli.demo import _children_cpu\n"
+            "assert peak_rss_mb() is None and _children_cpu() >= 0\n"
+            "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_cli_output_in_a_legacy_code_page_is_escaped_not_an_error():
+    """A Windows pipe or console in cp1252: a method's description (γ, λ, Ω) raised UnicodeEncodeError."""
+    import os
+
+    env = dict(os.environ, PYTHONIOENCODING="cp1252")
+    result = subprocess.run([sys.executable, "-m", "semisupseg", "methods"], capture_output=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"sgrs" in result.stdout

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -88,6 +89,23 @@ def _volume_files(folder: Path) -> List[Path]:
     return [p for p in sorted(folder.iterdir()) if is_volume_file(p)] if folder.is_dir() else []
 
 
+#: file systems that ignore case in names by default (NTFS, APFS)
+_CASE_INSENSITIVE = sys.platform in ("win32", "darwin")
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether two paths name one folder: by the file system when both exist (on the case-insensitive disks of
+    Windows and macOS, ``Labels`` and ``labels`` are one folder though their resolved paths differ), else by their
+    resolved paths, ignoring case where the file system does."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    ra, rb = str(a.resolve()), str(b.resolve())
+    return ra == rb or (_CASE_INSENSITIVE and ra.casefold() == rb.casefold())
+
+
 def labeled_set_layout(labeled_dir: PathLike, labels_dir: Optional[PathLike] = None) -> LabeledSetLayout:
     """The layout of the labeled set named as ``semisupseg train`` takes it (``--labeled DIR [--labels DIR]``).
 
@@ -106,7 +124,7 @@ def labeled_set_layout(labeled_dir: PathLike, labels_dir: Optional[PathLike] = N
             raise InputError(f"cannot make the labeled set's folder here: {above} is a file, not a folder", folder)
     if labels_dir:
         layout = LabeledSetLayout(root, Path(labels_dir).expanduser())
-        if layout.labels.resolve() == layout.images.resolve():  # image and label would share one file name
+        if _same_folder(layout.labels, layout.images):  # image and label would share one file name
             raise InputError("the labels folder is the images folder: label maps need a folder of their own",
                              layout.labels)
     elif not root.exists() or (root / "imagesTr").is_dir() or not any(p for p in root.iterdir()

@@ -171,7 +171,7 @@ def test_new_images_and_labels_folders_take_an_oblique_uint8_scan(headless, tmp_
     assert read_dataset_json(msd / "dataset.json").names == ["background", "Anterior", "Posterior"]
 
 
-def test_layouts_that_cannot_take_a_case(tmp_path):
+def test_layouts_that_cannot_take_a_case(tmp_path, monkeypatch):
     from semisupseg.errors import InputError
     from SemiSupSegLib.labeled_set import labeled_set_layout, new_case_name
 
@@ -202,6 +202,14 @@ def test_layouts_that_cannot_take_a_case(tmp_path):
     # a labels folder that is the images folder: the image and its label would be one file
     with pytest.raises(InputError, match="labels folder is the images folder"):
         labeled_set_layout(loose, loose)
+    # the same folder named in another case: one folder on Windows' and macOS's disks (not yet made: by name)
+    from SemiSupSegLib import labeled_set as ls
+
+    monkeypatch.setattr(ls, "_CASE_INSENSITIVE", True)
+    with pytest.raises(InputError, match="labels folder is the images folder"):
+        labeled_set_layout(tmp_path / "new" / "Scans", tmp_path / "new" / "scans")
+    monkeypatch.setattr(ls, "_CASE_INSENSITIVE", False)
+    assert labeled_set_layout(tmp_path / "new" / "Scans", tmp_path / "new" / "scans").labels.name == "scans"
 
 
 def test_a_segmentation_outside_the_scan_is_refused_or_noted(headless, dataset):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterable, Iterator, List, Optional, Union
 
@@ -92,6 +93,26 @@ def temp_beside(path: PathLike, suffix: str = "") -> Path:
     return Path(tmp)
 
 
+#: how long :func:`replace_file` keeps trying while Windows refuses to replace a file another process has open
+REPLACE_RETRY_S = 2.0
+_WINDOWS = os.name == "nt"
+
+
+def replace_file(source: PathLike, target: PathLike) -> None:
+    """``os.replace(source, target)``; on Windows a ``PermissionError`` (the target open in another process without
+    delete sharing: a reader polling it, an antivirus or search indexer) is retried for :data:`REPLACE_RETRY_S`
+    seconds before it is raised. Elsewhere a replace never waits for readers."""
+    deadline = time.monotonic() + REPLACE_RETRY_S
+    while True:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if not _WINDOWS or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
@@ -103,7 +124,7 @@ def atomic_path(path: PathLike, overwrite: bool = False, suffix: str = "") -> It
     try:
         yield tmp_path
         os.chmod(tmp_path, FILE_MODE)
-        os.replace(tmp_path, path)
+        replace_file(tmp_path, path)
     finally:
         if tmp_path.exists():
             try:

@@ -40,7 +40,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from semisupseg.fileio import FILE_MODE, temp_beside, write_text_atomic
+from semisupseg.fileio import FILE_MODE, replace_file, temp_beside, write_text_atomic
 from semisupseg.errors import InputError, OutputExistsError
 from semisupseg.volume import Volume
 
@@ -1202,7 +1202,7 @@ def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress:
         if suffix == ".mhd":
             _finish_mhd(tmp_path, path, compress, overwrite)
         else:
-            os.replace(tmp_path, path)
+            replace_file(tmp_path, path)
     except RuntimeError as exc:
         raise InputError(f"cannot write the file: {_itk_reason(str(exc), tmp_path)}", path) from exc
     finally:
@@ -1264,7 +1264,7 @@ def _finish_mhd(tmp_header: Path, path: Path, compress: bool, overwrite: bool) -
         for line in header.splitlines()
     ]
     os.chmod(tmp_data, _FILE_MODE)
-    os.replace(tmp_data, data)
+    replace_file(tmp_data, data)
     write_text_atomic("\n".join(lines) + "\n", path, overwrite=True, encoding="latin-1")
     tmp_header.unlink()
 

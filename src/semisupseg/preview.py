@@ -311,7 +311,7 @@ def write_png(rgb: np.ndarray, path: PathLike, overwrite: bool = False) -> Path:
     """Write an ``(H, W, 3)`` uint8 picture as PNG, atomically (never replacing a file unless ``overwrite``)."""
     import SimpleITK as sitk
 
-    from semisupseg.fileio import check_writable, temp_beside
+    from semisupseg.fileio import check_writable, replace_file, temp_beside
 
     p = Path(path)
     if p.suffix.lower() != ".png":
@@ -321,7 +321,7 @@ def write_png(rgb: np.ndarray, path: PathLike, overwrite: bool = False) -> Path:
     try:
         sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(rgb, dtype=np.uint8), isVector=True), tmp)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
+        replace_file(tmp, p)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

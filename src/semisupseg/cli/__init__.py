@@ -76,6 +76,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 1
     saved = sys.stdout, sys.stderr
+    for stream in saved:  # a Windows console or pipe in a legacy code page: unencodable text (a method's γ, λ, Ω, a
+        # non-ASCII path) is escaped, not a UnicodeEncodeError
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "strict") == "strict":
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
     # a run outlives the reader of its output (Slicer quitting, a closed terminal): see semisupseg.cli.streams
     sys.stdout, sys.stderr = PipeSafeStream(sys.stdout), PipeSafeStream(sys.stderr)
     try:

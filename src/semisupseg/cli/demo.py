@@ -51,6 +51,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import shlex
 import sys
@@ -345,9 +346,13 @@ def train_models(methods: List[str], root: Path, split: dict, preset: dict, iter
 
 
 def _children_cpu() -> float:
-    """User + system CPU seconds of this process's ended (waited-for) children."""
-    import resource
-
+    """User + system CPU seconds of this process's ended (waited-for) children (``os.times`` where there is no
+    ``resource`` module: Windows, which reports 0 there)."""
+    try:
+        import resource
+    except ImportError:
+        times = os.times()
+        return times.children_user + times.children_system
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 

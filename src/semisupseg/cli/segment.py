@@ -171,12 +171,14 @@ def _group_cases(images: List[str], in_channels: int) -> List[Tuple[str, List[Pa
                 raise InputError(f"case {case.case_id} has {len(case.channel_paths)} channel file(s) in this folder; "
                                  f"the model takes {in_channels}", folder)
             cases.append((case.case_id, list(case.channel_paths)))
-    seen: Dict[str, Path] = {}
-    for name, g in cases:
-        if name in seen:
-            raise InputError(f"two inputs give the same case name {name!r} ({seen[name]} and {g[0]}); "
-                             "segment them into different output folders", g[0])
-        seen[name] = g[0]
+    seen: Dict[str, Tuple[str, Path]] = {}
+    for name, g in cases:  # "Case1" and "case1" are one output file on Windows' and macOS's disks
+        if name.casefold() in seen:
+            other, first = seen[name.casefold()]
+            same = "the same case name" if other == name else f"case names that differ only in case ({other!r})"
+            raise InputError(f"two inputs give {same} {name!r} ({first} and {g[0]}); segment them into different "
+                             "output folders", g[0])
+        seen[name.casefold()] = (name, g[0])
     return cases
 
 

@@ -77,7 +77,7 @@ def _read_stdout(run: ChildRun, lines: "queue.Queue") -> None:
 def _start(run: ChildRun, lines: "queue.Queue", command: Callable[[Sequence[str]], List[str]]) -> None:
     run.log.parent.mkdir(parents=True, exist_ok=True)
     run._log_fh = open(run.log, "w", encoding="utf-8")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")  # read as UTF-8 (Windows: not the code page)
     run._proc = subprocess.Popen(command(run.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=run._log_fh, text=True, encoding="utf-8", errors="replace", env=env,
                                  **group_popen_kwargs())

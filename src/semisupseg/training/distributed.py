@@ -48,7 +48,8 @@ def env_is_main() -> bool:
 
 
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when launched by ``torchrun`` with ``WORLD_SIZE > 1`` (NCCL for CUDA, gloo otherwise).
+    """Join the process group when launched by ``torchrun`` with ``WORLD_SIZE > 1`` (NCCL for CUDA where the build
+    has it, gloo otherwise).
 
     For CUDA the process uses ``cuda:LOCAL_RANK``; the caller should build its device from :func:`local_device`.
     """
@@ -57,7 +58,8 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # NCCL for CUDA where the build has it (PyTorch's Windows builds do not): gloo otherwise
+    backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)

@@ -23,7 +23,6 @@ import dataclasses
 import gc
 import math
 import random
-import resource
 import signal
 import sys
 import threading
@@ -164,9 +163,16 @@ def check_model_options(cfg: TrainConfig) -> None:
         raise InputError(f"config model: {exc}") from None
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (Linux ``ru_maxrss`` is KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def peak_rss_mb() -> Optional[float]:
+    """Peak resident memory of this process in MiB: ``ru_maxrss`` is KiB on Linux, bytes on macOS; ``None`` on
+    Windows, which has no ``resource`` module (imported here: at module level it stopped every import of the
+    training package there)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
 class _DDP(nn.parallel.DistributedDataParallel):
@@ -846,7 +852,7 @@ class Trainer:
         lines = []
         for f in files:
             try:
-                lines.append(f"rank {f.name[len('.failed_rank'):-len('.txt')]}: {f.read_text().strip()}")
+                lines.append(f"rank {f.name[len('.failed_rank'):-len('.txt')]}: {f.read_text(encoding='utf-8').strip()}")
                 f.unlink()
             except OSError:
                 continue
