@@ -204,3 +204,43 @@ def test_a_failure_after_training_started_keeps_the_run_folder(tmp_path):
     (run / "events.jsonl").write_text(json.dumps({"event": "failed", "message": "bad data"}) + "\n")
     _undo_start(run, None)
     assert not run.exists()
+
+
+def test_a_run_started_without_a_stop_file_stops_at_the_run_folders_own(tmp_path):
+    """The Slicer panel's Cancel for a run it did not start creates ``RUN/.stop`` and could otherwise only send a
+    signal, which reaches no process on Windows or on another host: a run started without ``--stop-file`` now
+    watches that file. One left by an earlier run (older than this start) does not stop it."""
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    from helpers import train_child, wait_for_iteration
+    from semisupseg.cli.train import DEFAULT_STOP_FILE
+    from semisupseg.data import sample_dataset
+    from semisupseg.training import read_events
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SemiSupSeg"))
+    from SemiSupSegLib.training_logic import STOP_FILE
+
+    assert DEFAULT_STOP_FILE == STOP_FILE  # the panel's Cancel makes the file the run watches
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / DEFAULT_STOP_FILE
+    stale.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # an earlier run's cancel
+    args = ["--method", "supervised", "--labeled", str(sample_dataset("hippocampus")), "--out", str(run),
+            "--patch-size", "16", "16", "16", "--batch-size", "2", "--labeled-batch-size", "2", "--device", "cpu",
+            "--set", "model.n_filters=4", "--set", "amp=off", "--set", "val_every=100000"]
+    proc = train_child(*args, "--iterations", "3000")
+    try:
+        wait_for_iteration(proc, run / "events.jsonl", 3)
+        assert proc.poll() is None  # the stale file did not stop it
+        stale.touch()  # Cancel
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    kinds = [e["event"] for e in read_events(run / "events.jsonl")]
+    assert kinds[-1] == "cancelled" and (run / "resume.pt").is_file()

@@ -31,21 +31,31 @@ class CancelToken:
     """A flag that long work polls between units of work (windows, iterations).
 
     It is set by :meth:`cancel` (from another thread, e.g. a signal handler or a GUI button) or, when
-    ``stop_file`` is given, by the existence of that file (so another process can ask a run to stop).
+    ``stop_file`` is given, by the existence of that file (so another process can ask a run to stop). With
+    ``newer_than`` (a ``time.time()``), only a file made or touched since then counts: one left by an earlier run
+    in the same place does not stop this one.
     """
 
-    def __init__(self, stop_file: Optional[Union[str, Path]] = None):
+    def __init__(self, stop_file: Optional[Union[str, Path]] = None, newer_than: Optional[float] = None):
         self._event = threading.Event()
         self.stop_file = None if stop_file is None else Path(stop_file)
+        self.newer_than = newer_than
 
     def cancel(self) -> None:
         self._event.set()
 
     @property
     def cancelled(self) -> bool:
-        if not self._event.is_set() and self.stop_file is not None and self.stop_file.exists():
+        if not self._event.is_set() and self.stop_file is not None and self._stop_file_counts():
             self._event.set()
         return self._event.is_set()
+
+    def _stop_file_counts(self) -> bool:
+        try:
+            made = self.stop_file.stat().st_mtime  # type: ignore[union-attr]
+        except OSError:
+            return False
+        return self.newer_than is None or made >= self.newer_than - 1.0  # coarse file-system clocks
 
     def raise_if_cancelled(self, what: str = "work") -> None:
         """Raise :class:`~semisupseg.errors.Cancelled` if cancellation was requested."""

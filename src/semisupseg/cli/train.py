@@ -25,8 +25,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
+
+#: the stop file a run watches when ``--stop-file`` is not given, inside its run folder (the Slicer panel's
+#: ``SemiSupSegLib.training_logic.STOP_FILE``)
+DEFAULT_STOP_FILE = ".stop"
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -57,7 +62,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="snapshot every N iterations and at the last (default 100; the newest "
                         "overlays.keep=3 sets per case are kept)")
     p.add_argument("--events", metavar="PATH|-", help="also write the JSON-line events here ('-' = stdout)")
-    p.add_argument("--stop-file", metavar="PATH", help="stop cleanly (saving state) when this file appears")
+    p.add_argument("--stop-file", metavar="PATH",
+                   help="stop cleanly (saving state) when this file appears (default: RUN_DIR/.stop made or touched "
+                        "after the start: what the Slicer panel's Cancel creates for a run it did not start)")
     p.add_argument("--no-bar", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
@@ -408,7 +415,10 @@ def run(args: argparse.Namespace) -> int:
         extra_file = Events(path=events_path, bar=False)
         events.listeners.append(lambda rec: extra_file.emit(rec["event"], **{k: v for k, v in rec.items()
                                                                               if k not in ("event", "time")}))
-    cancel = CancelToken(stop_file=args.stop_file)
+    # the default stop file is the one the Slicer panel's Cancel makes for a run it did not start (any system, any
+    # host sharing the folder; a signal only reaches a process on this machine): one older than this start is stale
+    cancel = CancelToken(stop_file=args.stop_file) if args.stop_file else \
+        CancelToken(stop_file=run_dir / DEFAULT_STOP_FILE, newer_than=time.time())
     before = _folder_state(run_dir)
     try:
         result = Trainer(cfg, events=events, cancel=cancel, resume=resume, overwrite=args.overwrite).run()
