@@ -149,6 +149,32 @@ def test_one_forward_per_step_and_none_in_after_step():
     assert len(calls) == 1
 
 
+def test_fresh_maps_give_the_discriminator_the_updated_segmenters_eval_mode_sdms(monkeypatch):
+    """``d_fresh_maps``: the release's discriminator step, a second no-grad forward of the updated segmenter in eval
+    mode (the model is back in train mode afterwards); the discriminator is updated on exactly those maps."""
+    import semisupseg.methods.sassnet as sassnet_module
+
+    model, method = _setup(params=SASSNetParams(d_ndf=4, d_fresh_maps=True))
+    modes, seen = [], []
+    model.register_forward_hook(lambda module, inputs, output: modes.append((module.training,
+                                                                             torch.is_grad_enabled())))
+    real_update = sassnet_module.update_discriminator
+    monkeypatch.setattr(sassnet_module, "update_discriminator",
+                        lambda m, maps, batch, ctx: (seen.append(maps), real_update(m, maps, batch, ctx))[1])
+    batch, ctx = _batch(), _ctx()
+    model.train()
+    sum(method.step(model, batch, ctx).losses.values()).backward()
+    with torch.no_grad():
+        for q in model.parameters():
+            q.add_(0.01)  # the segmenter's update: the fresh maps must be the updated model's
+    logs = method.after_step(model, batch, ctx)
+    assert modes == [(True, True), (False, False)] and model.training
+    model.eval()
+    with torch.no_grad():
+        expected = model(batch.image)["sdm"].float()
+    assert torch.allclose(seen[0], expected) and "d_loss" in logs
+
+
 def test_gradients_reach_exactly_the_right_parameters():
     torch.manual_seed(0)
     model, method = _setup()

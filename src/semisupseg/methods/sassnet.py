@@ -17,7 +17,8 @@ Implementation notes and deviations:
 * **One forward per step.** The segmenter is run once over the whole two-stream batch. The discriminator's update
   (:meth:`after_step`) reuses the SDMs of that forward (detached). The release runs a second, no-grad forward of
   the freshly updated model in eval mode for the discriminator step; ours sees the maps from just before the
-  segmenter's update (one step older, train-mode BN). This saves a full forward per step.
+  segmenter's update (one step older, train-mode BN). This saves a full forward per step; ``d_fresh_maps=true``
+  does as the release does.
 * The generator term is computed with ``D`` frozen (its parameters do not require gradients, so the segmenter's
   backward neither computes nor accumulates discriminator gradients) and in eval mode (no dropout), as the release
   does (``D.eval()`` for the segmenter's update).
@@ -62,7 +63,9 @@ class SASSNetParams(MethodParams):
     paper's Gaussian warm-up; the release uses 0.01/0.015 with ``beta_rampup="sigmoid"``); ``beta_rampup``:
     ``"gaussian"`` (paper, ``β exp(-5 (1 - t/t_max)^2)``), ``"sigmoid"`` (release, ``β sigmoid_rampup(t //
     rampup_period, rampup_length)``) or ``"constant"``; ``d_lr``, ``d_beta1``, ``d_beta2``: the discriminator's Adam;
-    ``d_ndf``: discriminator width (64); ``d_dropout``: its Dropout3d probability (0.5).
+    ``d_ndf``: discriminator width (64); ``d_dropout``: its Dropout3d probability (0.5); ``d_fresh_maps``: the
+    discriminator learns from the maps of a second, no-grad forward of the just-updated segmenter in eval mode, as
+    the release does (one more forward per step), instead of the step's own maps.
     """
 
     alpha: float = 0.3
@@ -75,6 +78,7 @@ class SASSNetParams(MethodParams):
     d_beta2: float = 0.99
     d_ndf: int = 64
     d_dropout: float = 0.5
+    d_fresh_maps: bool = False
 
     def __post_init__(self) -> None:
         if self.beta_rampup not in RAMPUPS:
@@ -157,8 +161,12 @@ class SASSNet(MapDiscriminatorMethod):
         return StepResult(losses=losses, logs=logs)
 
     def after_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Dict[str, float]:
-        """The discriminator's update on the step's (detached) SDMs: labeled real, unlabeled fake (eq. 5)."""
+        """The discriminator's update on the step's (detached) SDMs, or with ``d_fresh_maps`` on those of the
+        just-updated segmenter in eval mode (the release): labeled real, unlabeled fake (eq. 5)."""
         maps, self._cache = self._cache, None
+        if maps is not None and self.params.d_fresh_maps:
+            with torch.no_grad(), eval_mode(model), ctx.autocast():
+                maps = model(batch.image)["sdm"].float()
         return update_discriminator(self, maps, batch, ctx)
 
 
