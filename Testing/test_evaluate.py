@@ -358,3 +358,23 @@ def test_a_sheared_reference_grid_is_named_its_distances_approximate(tmp_path, c
     assert evaluate(tmp_path / "pred_ok", tmp_path / "ref_ok", [1]).grid_notes() == []
     assert cli_main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--labels", "1"]) == 0
     assert "note: the grid axes of c are not perpendicular" in capsys.readouterr().err
+
+
+def test_a_reference_value_that_is_not_an_evaluated_label_is_named(tmp_path, capsys):
+    """With the classes given (``--labels``, ``--model``), a reference holding another value (a structure numbered
+    5 instead of 2) was ignored without a word: its class just looked empty. It is named with its cases."""
+    ref = np.zeros((10, 12, 12), np.uint8)
+    ref[2:6, 2:6, 2:6] = 1
+    ref[6:8, 6:9, 6:9] = 5
+    sio.write_volume(Volume(ref), tmp_path / "ref" / "c1.nii.gz")
+    sio.write_volume(Volume((ref == 1).astype(np.uint8)), tmp_path / "pred" / "c1.nii.gz")
+    result = evaluate(tmp_path / "pred", tmp_path / "ref", [1, 2])
+    assert result.unscored == {5: ["c1"]}
+    assert any(n.startswith("label value 5 is in the reference of c1 but is not one of the evaluated labels (1, 2)")
+               for n in result.label_notes())
+    assert cli_main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--labels", "1", "2"]) == 0
+    assert "label value 5" not in capsys.readouterr().err  # --labels: a subset chosen on purpose
+    (tmp_path / "dataset.json").write_text('{"labels": {"0": "background", "1": "head", "2": "tail"}}')
+    assert cli_main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref")]) == 0  # the classes of dataset.json
+    assert "note: label value 5 is in the reference of c1" in capsys.readouterr().err
+    assert evaluate(tmp_path / "pred", tmp_path / "ref").unscored == {}  # no classes given: every value is scored

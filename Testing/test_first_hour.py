@@ -240,8 +240,12 @@ def test_scan_many_times_smaller_than_the_training_scans_is_warned_about(tmp_pat
     img = _sample_image("hippocampus", 0)
     case = img.name[:-len(".nii.gz")]
     assert main(["segment", str(img), "--model", "left-atrium", "-o", str(out)]) == 0
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"warning: {case}: ")]
+    err = capsys.readouterr().err.splitlines()
+    lines = [ln for ln in err if ln.startswith(f"warning: {case}: ")]
     assert len(lines) == 1 and found[0] in lines[0]
+    # and what the model is for, from its card: the labels of another anatomy are likely meaningless
+    assert any(ln.startswith(f"note: {case}: the model was trained on MRI scans of about 120 x 89 x 55 mm") and
+               "left atrium" in ln and "likely meaningless" in ln for ln in err)
     assert (out / f"{case}_warnings.txt").read_text().splitlines() == found
 
 

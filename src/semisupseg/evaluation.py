@@ -84,6 +84,9 @@ class EvaluationResult:
     labels: List[int]
     cases: List[EvaluationCase]
     missing_predictions: List[str] = field(default_factory=list)
+    #: label values found in some reference that are not among the evaluated labels (``--labels``, ``--model``):
+    #: value -> the cases whose reference holds it (not scored: a stray or differently numbered label?)
+    unscored: Dict[int, List[str]] = field(default_factory=dict)
     #: references whose grid axes are not perpendicular (a sheared grid, e.g. CT with gantry tilt): their distances
     #: in mm take each axis's spacing as if the axes were, and are approximate
     sheared: List[str] = field(default_factory=list)
@@ -115,13 +118,18 @@ class EvaluationResult:
         return [f"the grid axes of {names} are not perpendicular (a sheared grid, e.g. CT with gantry tilt): HD95 "
                 "and ASD in mm treat them as perpendicular and are approximate there (Dice and Jaccard are exact)"]
 
-    def label_notes(self) -> List[str]:
+    def label_notes(self, include_unscored: bool = True) -> List[str]:
         """One line per evaluated label that is absent from every reference: ``"label 3 occurs in neither the
         prediction nor the reference of any of the 3 cases ..."`` (its Dice 1.0 is only the empty-vs-empty
         convention: usually a wrong ``--labels`` value) or ``"label 3 occurs in no reference of the 3 cases ..."``
-        (it is in some prediction only). Empty when every label is in some reference."""
+        (it is in some prediction only); first, unless ``include_unscored`` is off (labels chosen on purpose), one line
+        per reference value that is not an evaluated label (:attr:`unscored`). Empty when there is nothing to say."""
         notes: List[str] = []
         n = len(self.cases)
+        for v, cases in sorted(self.unscored.items()) if include_unscored else ():
+            listed = ", ".join(cases[:3]) + (f" and {len(cases) - 3} more" if len(cases) > 3 else "")
+            notes.append(f"label value {v} is in the reference of {listed} but is not one of the evaluated labels "
+                         f"({', '.join(map(str, self.labels))}): it is not scored (a stray or renumbered label?)")
         for v in self.labels:
             rows = [r.metrics for r in self.rows if r.metrics.label == v]
             if not rows or any(m.ref_voxels for m in rows):
@@ -304,6 +312,7 @@ def evaluate(
     per_case: List[Tuple[str, List[ClassMetrics], set]] = []
     found: set = set()
     sheared: List[str] = []
+    unscored: Dict[int, List[str]] = {}
     for i, case in enumerate(cases):
         if cancel is not None:
             cancel.raise_if_cancelled("evaluation")
@@ -316,6 +325,9 @@ def evaluate(
         present.discard(0)
         found |= present
         todo = labels if labels is not None else sorted(present)
+        if labels is not None:
+            for v in sorted(set(int(x) for x in np.unique(ref_vol.array)) - {0} - set(labels)):
+                unscored.setdefault(v, []).append(case.case_id)
         spacing = ref_vol.spacing_zyx
         d = np.asarray(ref_vol.direction, dtype=np.float64).reshape(3, 3)
         if not np.allclose(d.T @ d, np.eye(3), atol=1e-3):  # distances below assume perpendicular axes
@@ -333,7 +345,7 @@ def evaluate(
                 nan = math.nan
                 row = ClassMetrics(v, 1.0, 1.0, nan, nan, nan, nan, nan, nan, 0, 0, STATUS_BOTH_EMPTY)
             out_rows.append(CaseRow(case_id, row))
-    return EvaluationResult(out_rows, final_labels, cases, missing, sheared)
+    return EvaluationResult(out_rows, final_labels, cases, missing, unscored, sheared)
 
 
 # --------------------------------------------------------------------------------------------------------------

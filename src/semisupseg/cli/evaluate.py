@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
                          "name the classes with --labels L [L ...] or --model MODEL (both empty then scores Dice 1)",
                          args.ref)
     print(result.format_summary(names))
-    for note in result.grid_notes() + result.label_notes():  # sheared grids; a label value absent from every
-        # reference: say so, the table cannot
+    # what the table cannot say: sheared grids, labels absent from every reference, and reference values outside the
+    # classes when these came from --model or dataset.json (not from --labels: a subset chosen on purpose)
+    for note in result.grid_notes() + result.label_notes(include_unscored=args.labels is None):
         print(f"note: {note}", file=sys.stderr)
     if args.output:
         path = _written(result.write_csv, args.output, args.overwrite)

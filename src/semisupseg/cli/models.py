@@ -63,9 +63,15 @@ def model_purpose(path) -> str:
     from semisupseg.errors import SemiSupSegError
 
     try:
-        training = read_card(path).training or {}
+        card = read_card(path)
     except (SemiSupSegError, OSError):
         return ""
+    return training_summary(card)
+
+
+def training_summary(card) -> str:
+    """:func:`model_purpose` of a model card already read: ``""`` when it does not say."""
+    training = card.training or {}
     stats = training.get("data_statistics") or {}
     parts = []
     extent = stats.get("median_extent_mm")

@@ -311,7 +311,13 @@ def _segment_case(args, index, name, group, outs, plans, model, card, options, t
     check_not_constant(volumes[0], group[0])
     warnings = domain_warnings(volumes[0], card)  # far outside the training data: say so, keep it with outputs
     if warnings:
+        from semisupseg.cli.models import training_summary
+
         print(f"warning: {name}: " + "; ".join(warnings), file=sys.stderr)
+        trained_on = training_summary(card)
+        if trained_on:  # what the model is for: the labels of another anatomy are likely meaningless
+            print(f"note: {name}: the model was trained on {trained_on}; its labels for a scan unlike these are "
+                  "likely meaningless", file=sys.stderr)
     bar: Optional[Progress] = None
     if args.json_progress:
         emit({"event": "case", "case": name, "index": index, "cases": len(plans)})
