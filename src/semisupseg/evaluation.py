@@ -292,8 +292,8 @@ def evaluate(
 ) -> EvaluationResult:
     """Evaluate prediction label files against reference label files (see the module docstring).
 
-    ``labels``: label values to evaluate (``None``: every non-zero value present); ``cases``: only these case ids. Distances use each reference
-    file's spacing (mm) and are also given in voxels (``voxel_units``). ``progress(fraction, message)`` is called
+    ``labels``: label values to evaluate (``None``: every non-zero value present); ``cases``: only these case ids.
+    Distances use each reference file's spacing (mm) and are also given in voxels (``voxel_units``). ``progress(fraction, message)`` is called
     after each case; ``cancel`` is polled between cases (raises :class:`~semisupseg.errors.Cancelled`).
     """
     progress = progress or no_progress
