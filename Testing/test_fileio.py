@@ -98,3 +98,29 @@ def test_replace_waits_while_windows_refuses_a_file_open_elsewhere(tmp_path, mon
         fileio.write_text_atomic("newer\n", tmp_path / "heartbeat.json", overwrite=True)
     assert (tmp_path / "heartbeat.json").read_text() == "new\n" and len(refusals) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["heartbeat.json"]  # no temporary file left
+
+
+def test_a_folder_is_probed_for_writing_before_long_work(tmp_path, monkeypatch, capsys):
+    """``train --out`` on a read-only place read and fingerprinted all the data before failing; the probe (a file
+    made and removed where the folder is or would be made) fails first, naming the folder, and leaves nothing."""
+    from semisupseg import fileio
+    from semisupseg.cli import main
+
+    assert fileio.check_folder_writable(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []  # nothing made, nothing left
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError, match="Operation not permitted") as info:
+        fileio.check_folder_writable(tmp_path / "run")
+    assert info.value.filename == str(tmp_path / "run")
+    reads = []
+    monkeypatch.setattr("semisupseg.data.fingerprint.resolve_plan", lambda *a, **k: reads.append(1))
+    from semisupseg.data import sample_dataset
+
+    assert main(["train", "--method", "supervised", "--labeled", str(sample_dataset("hippocampus")),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert reads == [] and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'run'}: Operation not permitted"

@@ -38,6 +38,24 @@ def check_writable(path: PathLike, overwrite: bool) -> Path:
     return path
 
 
+def check_folder_writable(folder: PathLike) -> Path:
+    """Raise ``OSError`` naming ``folder`` unless files can be made in it, or, when it does not exist yet, in the
+    nearest folder above it that does (where it would be made). A real probe (a temporary file made and removed),
+    so a read-only disk, an immutable folder or a missing permission show even for root, before long work starts;
+    nothing is left behind."""
+    folder = Path(folder).expanduser().absolute()
+    place = next((p for p in [folder] + list(folder.parents) if p.exists()), None)
+    if place is None or not place.is_dir():
+        raise OSError(20, "not a folder", str(place or folder))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=str(place))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from exc
+    os.close(fd)
+    os.unlink(probe)
+    return folder
+
+
 #: the temporary files of :func:`atomic_path` are named ``.<destination name>.<random>.tmp<suffix>``
 TEMP_MARK = ".tmp"
 

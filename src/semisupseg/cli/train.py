@@ -394,6 +394,9 @@ def run(args: argparse.Namespace) -> int:
         refusal = None if resume else start_refusal(run_dir, args.overwrite)
         if refusal is not None:
             raise InputError(refusal, run_dir)
+        from semisupseg.fileio import check_folder_writable
+
+        check_folder_writable(run_dir)  # before the data is read (minutes): a read-only place fails now
     if not resume:
         _check_unlabeled_pool(cfg)
         plan = resolve_plan(cfg)
