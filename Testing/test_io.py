@@ -504,3 +504,26 @@ def test_a_header_whose_data_file_is_missing_names_it(tmp_path):
     data.unlink()
     with pytest.raises(InputError, match=rf"keeps its voxels in '{data.name}', which is not beside it"):
         read_volume(header)
+
+
+def test_a_path_itk_cannot_open_on_windows_is_named_not_called_corrupt(tmp_path, monkeypatch):
+    """Windows (simulated: its ANSI code page as cp1252): ITK opens files through the code page, so a file under a
+    folder named in Chinese was 'corrupt, truncated or not an image'. Reading and writing now say what is wrong, naming
+    the characters; paths the code page holds read as before."""
+    import numpy as np
+
+    from semisupseg import io as sio
+    from semisupseg.errors import InputError
+    from semisupseg.volume import Volume
+
+    folder = tmp_path / "扫描"
+    sio.write_volume(Volume(np.zeros((4, 5, 6), np.float32)), folder / "scan.nii.gz")  # fine on Linux
+    sio.write_volume(Volume(np.zeros((4, 5, 6), np.float32)), tmp_path / "José" / "scan.nii.gz")
+    monkeypatch.setattr(sio, "_WINDOWS", True)
+    monkeypatch.setattr(sio, "_ANSI_CODEC", "cp1252")
+    with pytest.raises(InputError, match=r"cannot read the file: its path has characters \(扫描\) that Windows' ANSI "
+                                         r"code page lacks"):
+        sio.read_image(folder / "scan.nii.gz")
+    with pytest.raises(InputError, match="cannot write the file: its path has characters"):
+        sio.write_volume(Volume(np.zeros((4, 5, 6), np.float32)), folder / "out.nii.gz")
+    assert sio.read_image(tmp_path / "José" / "scan.nii.gz").shape_zyx == (4, 5, 6)  # é is in cp1252

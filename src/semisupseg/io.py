@@ -339,9 +339,42 @@ def check_label_geometry(label: Volume, image: Volume, path: Optional[PathLike] 
 # ---------------------------------------------------------------------------------------------------------------
 # readers
 # ---------------------------------------------------------------------------------------------------------------
+#: Windows opens files for ITK through its ANSI code page (``mbcs``): a path character outside it cannot be opened
+_WINDOWS = os.name == "nt"
+_ANSI_CODEC = "mbcs"
+
+
+def check_itk_path(path: Path, what: str = "read") -> None:
+    """Refuse, in one line naming them, the characters of ``path`` the image library (ITK) cannot open on Windows:
+    it opens files with the C library's narrow functions, in the ANSI code page, so e.g. a Chinese folder name on a
+    Western-European Windows is a file it cannot find ("not an image" otherwise). Nothing elsewhere, nor where
+    Windows runs with UTF-8 as its code page."""
+    if not _WINDOWS:
+        return
+    text = str(path)
+    try:
+        text.encode(_ANSI_CODEC, errors="strict")
+    except UnicodeEncodeError:
+        bad = "".join(sorted({c for c in text if not _encodable(c)}))
+        raise InputError(f"cannot {what} the file: its path has characters ({bad}) that Windows' ANSI code page "
+                         f"lacks, which the image library (ITK) cannot open; move or rename it to a path without "
+                         f"them", path) from None
+    except LookupError:  # no such code page here
+        return
+
+
+def _encodable(char: str) -> bool:
+    try:
+        char.encode(_ANSI_CODEC, errors="strict")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
 def _read_sitk(path: Path, series_id: Optional[str] = None) -> sitk.Image:
     if not path.exists():
         raise InputError("file not found", path)
+    check_itk_path(path)
     if path.is_dir():
         return _read_dicom_series(path, series_id)
     if path.stat().st_size == 0:
@@ -825,6 +858,7 @@ def _keep_locale() -> Iterator[None]:
 
 
 def _read_dicom_series(folder: Path, series_id: Optional[str] = None) -> sitk.Image:
+    check_itk_path(folder)
     with _keep_locale():
         return _read_dicom_series_inner(folder, series_id)
 
@@ -1186,6 +1220,7 @@ def _atomic_sitk_write(image: sitk.Image, path: Path, overwrite: bool, compress:
         raise OutputExistsError("output exists; pass --overwrite to replace it", path)
     if path.is_dir():
         raise InputError("output path is a folder", path)
+    check_itk_path(path.parent / f".{path.name}.xxxxxxxx.tmp", "write")  # the temporary name it writes first
     # The temporary name keeps the real suffix: SimpleITK picks the writer from it.
     tmp_path = temp_beside(path, ".nrrd" if suffix == ".seg.nrrd" else suffix)
     extra: List[Path] = []
