@@ -389,3 +389,23 @@ def test_a_card_without_training_data_gives_no_purpose(tmp_path):
 
     assert model_purpose(tiny_model(tmp_path / "bare.pt")) == ""
     assert model_purpose(tmp_path / "missing.pt") == ""
+
+
+def test_registry_writes_are_locked_on_windows_too(tmp_path, monkeypatch):
+    """Windows has no fcntl: the registry's read-modify-write went unlocked there, so the Slicer module and the
+    command line adding models at once could lose one. It now takes msvcrt's lock (simulated here: the calls, in
+    order, around the write)."""
+    import sys
+    import types
+
+    from semisupseg.catalogue import ModelCatalogue
+
+    calls = []
+    fake = types.SimpleNamespace(LK_LOCK=1, LK_UNLCK=0,
+                                 locking=lambda fd, mode, n: calls.append(("lock" if mode == 1 else "unlock", n)))
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    cat = ModelCatalogue(tmp_path / "home")
+    cat.add(tiny_model(tmp_path / "m.pt"), name="mine")
+    assert calls == [("lock", 1), ("unlock", 1)]
+    assert [e.name for e in cat.entries() if e.source == "user"] == ["mine"]

@@ -34,6 +34,7 @@ import datetime as _dt
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
@@ -192,15 +193,18 @@ class ModelCatalogue:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Exclusive advisory lock around a read-modify-write of the registry (POSIX; a no-op elsewhere)."""
+        """Exclusive lock around a read-modify-write of the registry, so that the Slicer module and the command line
+        writing at once lose no entry: ``flock`` on POSIX, ``msvcrt.locking`` on Windows (retried while another
+        process holds it)."""
         if self.home.exists() and not self.home.is_dir():
             raise CatalogueError(f"the catalogue home is a file, not a folder (it holds {REGISTRY_NAME}): give a "
                                  f"folder with --home or {HOME_ENV}", self.home)
         self.home.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
-        except ImportError:  # Windows: single-writer assumption
-            yield
+        except ImportError:
+            with self._locked_windows():
+                yield
             return
         with open(self.home / (REGISTRY_NAME + ".lock"), "a+") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -208,6 +212,30 @@ class ModelCatalogue:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _locked_windows(self) -> Iterator[None]:
+        try:
+            import msvcrt
+        except ImportError:  # neither POSIX nor Windows: a single writer is assumed
+            yield
+            return
+        with open(self.home / (REGISTRY_NAME + ".lock"), "a+") as fh:
+            fh.seek(0)
+            deadline = time.monotonic() + 120.0
+            while True:  # LK_LOCK itself retries for 10 s, then raises
+                try:
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        raise CatalogueError("the model catalogue stays locked by another process",
+                                             self.home / (REGISTRY_NAME + ".lock")) from None
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
 
     def _shipped(self) -> List[ModelEntry]:
         if not self.shipped_dir.is_dir():
