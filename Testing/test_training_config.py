@@ -132,3 +132,15 @@ def test_residual_and_encoder_depths_overrides_reach_the_network_config():
     assert net["residual"] is True and net["encoder_depths"] == [2, 3, 3, 3, 3] and net["max_filters"] == 48
     plain = network_config(TrainConfig(), get_method("sgrs"))
     assert "residual" not in plain and "encoder_depths" not in plain  # the releases' network: metadata unchanged
+
+
+def test_under_torchrun_the_batchnorm_check_counts_each_processs_patches(monkeypatch):
+    """2 + 2 patches of 16^3 are fine in one process, but under torchrun with 2 processes each passes 1 + 1: sgrs
+    failed at its first step with BatchNorm's ValueError on rank 1. Refused before the run, per process."""
+    cfg = {"data": {"patch_size": [16, 16, 16]}, "batch_size": 4, "labeled_batch_size": 2}
+    config_from_dict(cfg).validate()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="a pass of one patch per process of the 2 under torchrun"):
+        config_from_dict(cfg).validate()
+    config_from_dict({**cfg, "batch_size": 8, "labeled_batch_size": 4}).validate()
+    config_from_dict({**cfg, "batch_size": 1, "labeled_batch_size": 1}).validate()  # fewer than the processes

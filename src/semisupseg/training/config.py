@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,13 +242,19 @@ class TrainConfig:
             if problem:
                 raise bad("data.patch_size", problem)
             deepest = math.prod(int(v) // 16 for v in self.data.patch_size)
-            streams = [self.labeled_batch_size, self.batch_size - self.labeled_batch_size]
-            if self.model.normalization == "batchnorm" and deepest == 1 and min(s for s in streams if s > 0) == 1:
+            try:  # under torchrun each process takes its share of the global batch's patches
+                world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+            except ValueError:
+                world = 1
+            streams = [s for s in (self.labeled_batch_size // world, (self.batch_size - self.labeled_batch_size) //
+                                   world) if s > 0]
+            if self.model.normalization == "batchnorm" and deepest == 1 and streams and min(streams) == 1:
                 # a forward pass of one patch then leaves BatchNorm one value per channel (a ValueError mid-run)
+                per = f" per process of the {world} under torchrun" if world > 1 else ""
                 raise bad("data.patch_size", f"{' x '.join(str(int(v)) for v in self.data.patch_size)} leaves the "
-                          "V-Net's deepest stage one voxel, and a pass of one patch (labeled or unlabeled) then "
-                          "gives BatchNorm a single value: use a patch of at least 32 along one axis, or 2 or more "
-                          "patches per stream (--batch-size, --labeled-batch-size)")
+                          f"V-Net's deepest stage one voxel, and a pass of one patch{per} (labeled or unlabeled) "
+                          "then gives BatchNorm a single value: use a patch of at least 32 along one axis, or 2 or "
+                          "more patches per stream (--batch-size, --labeled-batch-size)")
         if self.data.spacing is not None and (len(self.data.spacing) != 3 or min(self.data.spacing) <= 0):
             raise bad("data.spacing", f"must be 3 positive values x y z (mm), got {self.data.spacing}")
         if self.data.num_classes is not None and self.data.num_classes < 2:
