@@ -416,11 +416,15 @@ def make_editor(f: FormField, qt: Any) -> Any:
 
 def set_editor_value(widget: Any, value: Any) -> None:
     """Show ``value`` in an editor, the inverse of :func:`editor_value`: a path, a combo box's text, a spin box's
-    number, a check box's state, a line edit's text (``None`` as empty text)."""
+    number, a check box's state, a line edit's text (``None`` as empty text). A combo box that lacks the text as an
+    item gets it first (a non-editable one ignores other text: a run's overlay case before any data check, a
+    ``cuda:1`` device, would silently read back as something else)."""
     for attr in ("currentPath", "currentText", "value", "checked", "text"):
         if hasattr(widget, attr):
             if attr in ("currentPath", "currentText", "text"):
                 value = "" if value is None else str(value)
+            if attr == "currentText" and value and hasattr(widget, "findText") and widget.findText(value) < 0:
+                widget.addItem(value)
             setattr(widget, attr, value)
             return
     raise TypeError(f"not an editor: {widget!r}")

@@ -684,6 +684,23 @@ def test_editors_show_and_read_back_every_kind_of_value():
     line = _Editor("text", "x")
     mf.set_editor_value(line, None)
     assert line.text == ""
+
+    class Combo:  # a non-editable QComboBox: only its items can be its text
+        def __init__(self, items):
+            self.items, self.currentText = list(items), items[0]
+
+        def findText(self, text):
+            return self.items.index(text) if text in self.items else -1
+
+        def addItem(self, text):
+            self.items.append(text)
+
+    overlay = Combo([""])  # before any data check: no case ids yet
+    mf.set_editor_value(overlay, "hippocampus_015")
+    assert overlay.items == ["", "hippocampus_015"] and mf.editor_value(overlay) == "hippocampus_015"
+    device = Combo(["auto", "cpu", "cuda"])
+    mf.set_editor_value(device, "cpu")
+    assert device.items == ["auto", "cpu", "cuda"] and mf.editor_value(device) == "cpu"
     with pytest.raises(TypeError):
         mf.set_editor_value(object(), 1)
 
