@@ -147,4 +147,24 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(argv, namespace)
 
 
-__all__ = ["Parser", "DefaultsFormatter", "plain_text"]
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` of the inference commands (``segment``, ``rank``), applied by :func:`apply_threads`."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads (default: PyTorch's, one per core); fewer is much faster on a machine "
+                             "busy with other work")
+
+
+def apply_threads(threads: Optional[int]) -> None:
+    """Set PyTorch's CPU threads to ``--threads`` (``None``: leave its default); fewer than 1 is one error line."""
+    if threads is None:
+        return
+    from semisupseg.errors import InputError
+
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
+__all__ = ["Parser", "DefaultsFormatter", "add_threads_option", "apply_threads", "plain_text"]

@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import List
 
+from semisupseg.cli.parser import add_threads_option, apply_threads
+
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser(
@@ -48,8 +50,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--labels", metavar="DIR", help="held-back labels (named like the images): report each scan's "
                                                    "Dice and how each measure correlates with the error")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: PyTorch's, one per core); fewer is much faster on a busy machine")
+    add_threads_option(p)
     p.add_argument("--no-fast", action="store_true", help="plain fp32 inference (no bf16/channels-last)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     p.set_defaults(func=run)
@@ -97,12 +98,7 @@ def run(args: argparse.Namespace) -> int:
         if note:  # said before the ranking: a wrong folder would otherwise be ignored silently
             print(f"note: {note}", file=sys.stderr)
     path = resolve_model(args.model)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(int(args.threads))
+    apply_threads(args.threads)
     model, card = load_model(path, device="cpu")
     available = model_measures(model)
     if args.measure not in available + ["all"]:  # member_disagreement of one network

@@ -39,6 +39,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from semisupseg.cli.parser import add_threads_option, apply_threads
+
 AXIS_INDEX_ZYX = {"z": 0, "y": 1, "x": 2}
 
 
@@ -95,9 +97,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="skip the cases whose outputs all exist (continue an interrupted batch); a case with only "
                         "some of them is segmented again")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: PyTorch's, one per core); fewer is much faster on a machine busy "
-                        "with other work")
+    add_threads_option(p)
     p.add_argument("--stop-file", default=None,
                    help="cancel cleanly when this file appears (for GUIs running the command in a process)")
     p.add_argument("--json-progress", action="store_true",
@@ -206,12 +206,7 @@ def run(args: argparse.Namespace) -> int:
     from semisupseg.inference import SegmentOptions, tta_axes_for_model
     from semisupseg.progress import CancelToken
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(int(args.threads))
+    apply_threads(args.threads)
     model_path = resolve_model(args.model)
     model, card = load_model(model_path, device="cpu")
     if args.sdm and not card.network.get("sdm_head", False):
