@@ -747,38 +747,78 @@ class RunView:
 # data check on a thread
 # ----------------------------------------------------------------------------------------------------------------------
 
-class DataCheckJob:
-    """``semisupseg check-data`` — the checks ``semisupseg train`` runs, and for usable data the settings training
-    would derive from it — in a child process (it reads every file once: in Slicer a Python thread would run only
-    while the GUI thread runs Python, and a crash in a reader would take Slicer with it). :meth:`poll` → ``True``
-    once done; ``report`` (a ``semisupseg.training.datacheck.DataReport``, read back from the child's ``--report``
-    file) or ``error`` (one line); ``runner`` for the log."""
+class _ChildJob:
+    """A ``semisupseg`` command in a child process (:class:`SemiSupSegLib.runner.ProcessRunner`) that leaves its
+    result in a file of the runner's temporary folder (``{temp_dir}`` in ``args``), read by :meth:`_exited` when
+    the child has ended, before the folder goes. :meth:`poll` → ``True`` once done; :meth:`_result` (``None``:
+    none) or ``error`` (one line); ``runner`` for the log; :meth:`cancel` kills the process tree."""
 
-    def __init__(self, settings: TrainingSettings, python: Optional[Sequence[str]] = None,
+    #: the error when the child ended with neither a result nor a reason of its own
+    failed = "the command failed"
+
+    def __init__(self, args: Sequence[str], python: Optional[Sequence[str]] = None,
                  env: Optional[Dict[str, str]] = None, on_log: Optional[LogCallback] = None):
         from SemiSupSegLib.runner import ProcessRunner
 
-        self.settings = settings
-        self.report: Any = None
         self.error: Optional[str] = None
-        self.fraction = 0.0
-        self.message = "checking (reading every file)"
-        args = check_data_arguments(settings) + ["--report", "{temp_dir}/report.json"]
         self.runner = ProcessRunner(args, on_event=self._on_event, on_log=on_log, env=env, stop_file_option=None,
                                     python=python)
 
-    def start(self) -> "DataCheckJob":
+    def start(self):
         self.runner.start()
         return self
 
     def _on_event(self, event: Dict[str, Any]) -> None:
-        if event.get("event") != "exit":
-            return
+        if event.get("event") == "exit":
+            self._exited(event, Path(self.runner.temp_dir))  # read before the runner removes its folder
+
+    def _exited(self, event: Dict[str, Any], temp_dir: Path) -> None:
+        raise NotImplementedError
+
+    def _result(self) -> Any:
+        raise NotImplementedError
+
+    def poll(self) -> bool:
+        self.runner.poll()
+        return not self.runner.running
+
+    def wait(self, timeout: Optional[float] = None) -> Any:
+        """Block until done; returns the result (``InputError`` with the error otherwise)."""
+        from semisupseg.errors import InputError
+
+        self.runner.wait(timeout)
+        if self._result() is None:
+            raise InputError(self.error or self.failed)
+        return self._result()
+
+    def cancel(self, block: bool = False) -> None:
+        """Kill the child's process tree (nothing of it is worth keeping); ``block``: wait until it is gone."""
+        self.runner.cancel(grace_s=0.0, block=block)
+
+
+class DataCheckJob(_ChildJob):
+    """``semisupseg check-data`` — the checks ``semisupseg train`` runs, and for usable data the settings training
+    would derive from it — in a child process (it reads every file once: in Slicer a Python thread would run only
+    while the GUI thread runs Python, and a crash in a reader would take Slicer with it). ``report`` (a
+    ``semisupseg.training.datacheck.DataReport``, read back from the child's ``--report`` file) or ``error``."""
+
+    failed = "the data check failed"
+
+    def __init__(self, settings: TrainingSettings, python: Optional[Sequence[str]] = None,
+                 env: Optional[Dict[str, str]] = None, on_log: Optional[LogCallback] = None):
+        self.settings = settings
+        self.report: Any = None
+        self.fraction = 0.0
+        self.message = "checking (reading every file)"
+        super().__init__(check_data_arguments(settings) + ["--report", "{temp_dir}/report.json"], python, env,
+                         on_log)
+
+    def _exited(self, event: Dict[str, Any], temp_dir: Path) -> None:
         import json
 
         from semisupseg.training.datacheck import DataReport
 
-        report = Path(self.runner.temp_dir) / "report.json"  # read before the runner removes its folder
+        report = temp_dir / "report.json"
         if event.get("cancelled"):
             self.error = "data check cancelled"
         elif report.is_file():  # exit 2 with a report: the data cannot be used, and the report says why
@@ -787,25 +827,11 @@ class DataCheckJob:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 self.error = f"the data check's report cannot be read: {exc}"
         else:
-            self.error = event.get("error") or "the data check failed"
+            self.error = event.get("error") or self.failed
         self.fraction, self.message = 1.0, ""
 
-    def poll(self) -> bool:
-        self.runner.poll()
-        return not self.runner.running
-
-    def wait(self, timeout: Optional[float] = None) -> Any:
-        """Block until done; returns the report (``InputError`` with the error otherwise)."""
-        from semisupseg.errors import InputError
-
-        self.runner.wait(timeout)
-        if self.report is None:
-            raise InputError(self.error or "the data check failed")
+    def _result(self) -> Any:
         return self.report
-
-    def cancel(self, block: bool = False) -> None:
-        """Kill the check's process tree (it writes nothing of the user's)."""
-        self.runner.cancel(grace_s=0.0, block=block)
 
     def lines(self) -> List[str]:
         """The result list: the report as ``semisupseg check-data`` prints it, or the error."""
@@ -818,53 +844,31 @@ class DataCheckJob:
 # annotate next: the uncertainty ranking in a child process
 # ----------------------------------------------------------------------------------------------------------------------
 
-class RankJob:
-    """``semisupseg rank --model M FOLDER... -o CSV`` in a child process (it segments every scan). :meth:`poll` →
-    ``True`` once done; ``rows`` (``semisupseg.ranking.read_ranking_csv``: dicts with ``rank``, ``case``,
-    ``score``, the measures, ``image``; least sure first) and/or ``error`` (both when some scans could not be read:
-    the others are ranked, the error names the skipped ones); ``runner`` for the log and progress."""
+class RankJob(_ChildJob):
+    """``semisupseg rank --model M FOLDER... -o CSV`` in a child process (it segments every scan). ``rows``
+    (``semisupseg.ranking.read_ranking_csv``: dicts with ``rank``, ``case``, ``score``, the measures, ``image``;
+    least sure first) and/or ``error`` (both when some scans could not be read: the others are ranked, the error
+    names the skipped ones); ``runner`` for the log and progress."""
+
+    failed = "the ranking failed"
 
     def __init__(self, model: str, inputs: Sequence[PathLike], python: Optional[Sequence[str]] = None,
                  env: Optional[Dict[str, str]] = None, on_log: Optional[LogCallback] = None):
-        from SemiSupSegLib.runner import ProcessRunner
-
         self.rows: Optional[List[Dict[str, str]]] = None
-        self.error: Optional[str] = None
-        args = ["rank"] + [str(i) for i in inputs] + ["--model", str(model), "-o", "{temp_dir}/ranking.csv"]
-        self.runner = ProcessRunner(args, on_event=self._on_event, on_log=on_log, env=env, stop_file_option=None,
-                                    python=python)
+        super().__init__(["rank"] + [str(i) for i in inputs] + ["--model", str(model), "-o", "{temp_dir}/ranking.csv"],
+                         python, env, on_log)
 
-    def start(self) -> "RankJob":
-        self.runner.start()
-        return self
-
-    def _on_event(self, event: Dict[str, Any]) -> None:
-        if event.get("event") != "exit":
-            return
+    def _exited(self, event: Dict[str, Any], temp_dir: Path) -> None:
         from semisupseg.ranking import read_ranking_csv
 
-        csv_path = Path(self.runner.temp_dir) / "ranking.csv"  # read before the runner removes its folder
+        csv_path = temp_dir / "ranking.csv"
         if not event.get("cancelled") and csv_path.is_file():  # also when some scans could not be read (exit 2)
             self.rows = read_ranking_csv(csv_path)
         if event.get("returncode") != 0:
-            self.error = "cancelled" if event.get("cancelled") else (event.get("error") or "the ranking failed")
+            self.error = "cancelled" if event.get("cancelled") else (event.get("error") or self.failed)
 
-    def poll(self) -> bool:
-        self.runner.poll()
-        return not self.runner.running
-
-    def wait(self, timeout: Optional[float] = None) -> List[Dict[str, str]]:
-        """Block until done; returns the rows (``InputError`` with the child's reason otherwise)."""
-        from semisupseg.errors import InputError
-
-        self.runner.wait(timeout)
-        if self.rows is None:
-            raise InputError(self.error or "the ranking failed")
+    def _result(self) -> Any:
         return self.rows
-
-    def cancel(self, block: bool = False) -> None:
-        """Kill the ranking's process tree (nothing of it is worth keeping); ``block``: wait until it is gone."""
-        self.runner.cancel(grace_s=0.0, block=block)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1121,8 +1125,9 @@ class TrainingPanel:
         return node
 
     def close(self) -> None:
-        """The panel goes (module reload, Slicer closes): a running ranking or data check is killed with its process tree. Training
-        runs go on: they are the user's long work, and the panel re-attaches to them from their folder."""
+        """The panel goes (module reload, Slicer closes): a running ranking or data check is killed with its
+        process tree. Training runs go on: they are the user's long work, and the panel re-attaches to them from
+        their folder."""
         if self.ranking is not None:
             self.ranking.cancel(block=True)
             self.ranking = None
@@ -1173,4 +1178,5 @@ class TrainingPanel:
 __all__ = ["DataCheckJob", "ENDED", "PANEL_WIDGETS", "PanelUpdate", "RankJob", "RunView", "STATUSES", "STOP_FILE",
            "TrainingLogic", "TrainingPanel", "TrainingSession", "TrainingSettings", "data_arguments", "data_config",
            "defaults", "resume_arguments", "resume_changes", "run_model", "run_model_classes", "run_panel_settings",
-           "settings_from_panel", "show_run_settings", "status_line", "stop_file", "train_arguments", "unlabeled_folders"]
+           "settings_from_panel", "show_run_settings", "status_line", "stop_file", "train_arguments",
+           "unlabeled_folders"]
