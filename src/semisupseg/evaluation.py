@@ -321,12 +321,12 @@ def evaluate(
         if check_geometry:  # the same grid stored in another voxel order is compared voxel by voxel as it is
             pred_vol = _in_reference_order(pred_vol, ref_vol)
         _check_pred_geometry(pred_vol, ref_vol, case.pred_path, case.ref_path, check_geometry)
-        present = set(int(v) for v in np.unique(ref_vol.array)) | set(int(v) for v in np.unique(pred_vol.array))
-        present.discard(0)
+        in_ref = set(int(v) for v in np.unique(ref_vol.array)) - {0}
+        present = in_ref | (set(int(v) for v in np.unique(pred_vol.array)) - {0})
         found |= present
         todo = labels if labels is not None else sorted(present)
         if labels is not None:
-            for v in sorted(set(int(x) for x in np.unique(ref_vol.array)) - {0} - set(labels)):
+            for v in sorted(in_ref - set(labels)):
                 unscored.setdefault(v, []).append(case.case_id)
         spacing = ref_vol.spacing_zyx
         d = np.asarray(ref_vol.direction, dtype=np.float64).reshape(3, 3)
