@@ -22,36 +22,43 @@ import heldout  # noqa: E402
 R = str(Path(__file__).resolve().parent / "results") + "/"
 H = "hippocampus/"
 
+
 def load(spec):
     return {s: heldout.read_scores(R + p) for s, p in spec.items()}
+
 
 def seeds(prefix, ss, suffix=""):
     return {s: f"{prefix}_s{s}{suffix}.csv" for s in ss}
 
-def pooled(run, ref):
-    d = []
-    for s, sc in run.items():
-        if s not in ref: continue
-        for k, v in sc.items():
-            o = ref[s].get(k)
-            if o is None or math.isnan(v["dice"]) or math.isnan(o["dice"]): continue
-            d.append(v["dice"] - o["dice"])
-    lo, hi = heldout.bootstrap_ci(d)
-    return dict(n=len(d), mean=float(np.mean(d)), lo=lo, hi=hi, better=sum(x > 0 for x in d),
-                worse=sum(x < 0 for x in d), p=heldout.sign_test_p(d))
-
-def per_case(run, ref):
-    pc, ps = heldout.case_differences(run, ref)
-    v = list(pc.values())
-    lo, hi = heldout.bootstrap_ci(v)
-    return dict(n=len(v), mean=float(np.mean(v)), lo=lo, hi=hi, better=sum(x > 0 for x in v),
-                worse=sum(x < 0 for x in v), p=heldout.sign_test_p(v), per_seed=ps,
-                text=heldout.paired_comparison(run, ref))
 
 def one(path):  # a single model (an ensemble file, a shipped model) as "seed 0"
     return {0: path}
 
+
+def summary(diffs):
+    """Mean, 95 % bootstrap interval, better / worse counts and sign test p of paired differences."""
+    lo, hi = heldout.bootstrap_ci(diffs)
+    return dict(n=len(diffs), mean=float(np.mean(diffs)), lo=lo, hi=hi, better=sum(x > 0 for x in diffs),
+                worse=sum(x < 0 for x in diffs), p=heldout.sign_test_p(diffs))
+
+
+def pooled(run, ref):
+    """As first published: every (case, class, seed) difference a sample."""
+    diffs = [v["dice"] - ref[s][k]["dice"] for s, scores in run.items() if s in ref for k, v in scores.items()
+             if k in ref[s] and not math.isnan(v["dice"]) and not math.isnan(ref[s][k]["dice"])]
+    return summary(diffs)
+
+
+def per_case(run, ref):
+    """The test case as the unit (``heldout.case_differences``), with each seed's mean difference."""
+    by_case, by_seed = heldout.case_differences(run, ref)
+    return dict(summary(list(by_case.values())), per_seed=by_seed)
+
+
+#: the comparisons: (what, where in RESULTS.md / README.md at commit 52e2130, as published, run, reference)
 C = []
+
+
 def add(tag, line, published, run, ref):
     C.append((tag, line, published, run, ref))
 
