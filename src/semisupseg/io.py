@@ -351,24 +351,22 @@ def check_itk_path(path: Path, what: str = "read") -> None:
     Windows runs with UTF-8 as its code page."""
     if not _WINDOWS:
         return
-    text = str(path)
-    try:
-        text.encode(_ANSI_CODEC, errors="strict")
-    except UnicodeEncodeError:
-        bad = "".join(sorted({c for c in text if not _encodable(c)}))
+    bad = "".join(sorted({c for c in str(path) if not _encodable(c)}))
+    if bad:
         raise InputError(f"cannot {what} the file: its path has characters ({bad}) that Windows' ANSI code page "
                          f"lacks, which the image library (ITK) cannot open; move or rename it to a path without "
-                         f"them", path) from None
-    except LookupError:  # no such code page here
-        return
+                         f"them", path)
 
 
 def _encodable(char: str) -> bool:
+    """Whether the ANSI code page holds ``char`` (an unknown code page refuses nothing)."""
     try:
         char.encode(_ANSI_CODEC, errors="strict")
-        return True
-    except (UnicodeEncodeError, LookupError):
+    except UnicodeEncodeError:
         return False
+    except LookupError:
+        return True
+    return True
 
 
 def _read_sitk(path: Path, series_id: Optional[str] = None) -> sitk.Image:
