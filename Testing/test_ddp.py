@@ -190,14 +190,6 @@ def _children(pid: int):
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_of_a_killed_torchrun_stop_and_save_their_state(tmp_path):
@@ -206,6 +198,8 @@ def test_workers_of_a_killed_torchrun_stop_and_save_their_state(tmp_path):
     ``resume.pt`` (the run resumes)."""
     import signal
     import time
+
+    from helpers import gone
 
     data = _dataset(tmp_path / "data")
     run = tmp_path / "run"
@@ -227,10 +221,7 @@ def test_workers_of_a_killed_torchrun_stop_and_save_their_state(tmp_path):
         assert len(workers) == 2
         launcher.kill()
         launcher.wait(timeout=30)
-        end = time.monotonic() + 60
-        while any(_alive(w) for w in workers) and time.monotonic() < end:
-            time.sleep(0.2)
-        assert not any(_alive(w) for w in workers), "the workers of the killed launcher are still training"
+        assert gone(workers, timeout=60), "the workers of the killed launcher are still training"
         assert (run / "resume.pt").is_file()
         assert [e["event"] for e in read_events(run / "events.jsonl")][-1] == "cancelled"
     finally:  # whatever failed above: nothing of this run may go on training
