@@ -16,7 +16,6 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,10 +241,9 @@ class TrainConfig:
             if problem:
                 raise bad("data.patch_size", problem)
             deepest = math.prod(int(v) // 16 for v in self.data.patch_size)
-            try:  # under torchrun each process takes its share of the global batch's patches
-                world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
-            except ValueError:
-                world = 1
+            from semisupseg.training.distributed import env_world_size
+
+            world = max(1, env_world_size())  # under torchrun each process takes its share of the global batch
             streams = [s for s in (self.labeled_batch_size // world, (self.batch_size - self.labeled_batch_size) //
                                    world) if s > 0]
             if self.model.normalization == "batchnorm" and deepest == 1 and streams and min(streams) == 1:
