@@ -153,14 +153,15 @@ def _group_cases(images: List[str], in_channels: int) -> List[Tuple[str, List[Pa
     from semisupseg.errors import InputError
 
     given = [Path(p) for p in images]
+    folders = [p for p in given if _image_folder(p)]  # each folder listed once
     paths = [p / "mri_norm2.h5" if p.is_dir() and (p / "mri_norm2.h5").is_file() else p
-             for p in given if not _image_folder(p)]
+             for p in given if p not in folders]
     if len(paths) % in_channels:
         raise InputError(f"the model takes {in_channels} channels: give the images in groups of {in_channels} "
                          f"(got {len(paths)} paths)")
     groups = [paths[i:i + in_channels] for i in range(0, len(paths), in_channels)]
     cases = [(case_name(g[0]), g) for g in groups]
-    for folder in (p for p in given if _image_folder(p)):
+    for folder in folders:
         found = discover_unlabeled(folder)
         ids = {c.case_id for c in found}
         for case in found:
