@@ -176,8 +176,9 @@ def stray_label_problems(counts: Dict[str, Dict[int, int]], voxels: Dict[str, in
     values = sorted({int(v) for c in counts.values() for v, k in c.items() if k > 0} - {0})
     out = []
     stray = []
+    holders_of = {v: [cid for cid, c in counts.items() if c.get(v, 0) > 0] for v in values}  # the cases holding v
     for v in values:
-        holders = [cid for cid, c in counts.items() if c.get(v, 0) > 0]
+        holders = holders_of[v]
         found = sum(counts[cid][v] for cid in holders)
         if 2 * len(holders) < n and found < STRAY_VOXEL_FRACTION * sum(voxels[cid] for cid in holders):
             stray.append((v, holders, found))
@@ -195,11 +196,11 @@ def stray_label_problems(counts: Dict[str, Dict[int, int]], voxels: Dict[str, in
                                None if label_paths is None else label_paths.get(first), first, "warning"))
     flagged = {s[0] for s in stray}
     for v in values:  # a structure labeled with another value in some files: 5 where the others have 2
-        holders = {cid for cid, c in counts.items() if c.get(v, 0) > 0}
+        holders = set(holders_of[v])
         if v in flagged or n < 3 or 2 * len(holders) >= n:
             continue
         for w in values:
-            has_w = {cid for cid, c in counts.items() if c.get(w, 0) > 0}
+            has_w = set(holders_of[w])
             if w != v and has_w and not has_w & holders and has_w | holders == set(counts):
                 names = ", ".join(sorted(holders)[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
                 first = sorted(holders)[0]
